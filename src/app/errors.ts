@@ -1,0 +1,44 @@
+// Errors that the service means to return. Each carries a stable reason; src/api/status.ts is the
+// one place that turns a reason (or any other error) into a gRPC code and an ErrorInfo.
+
+export type ErrorReason =
+  // The contract's reasons (../shared/API.md).
+  | "CALLER_UNAUTHENTICATED"
+  | "CALLER_NOT_ALLOWED"
+  | "ORGANIZATION_NOT_REGISTERED"
+  | "ONLY_DESTINATION_CAN_ACTIVATE"
+  | "ONLY_SOURCE_CAN_REACTIVATE"
+  | "INVALID_ARGUMENT"
+  | "ORGANIZATION_HEADER_REQUIRED"
+  | "SELF_CONNECTION"
+  | "UNKNOWN_SCOPE"
+  | "REQUEST_ID_REUSED"
+  | "CONNECTION_NOT_FOUND"
+  | "ORGANIZATION_NOT_FOUND"
+  | "CONNECTION_ALREADY_EXISTS"
+  | "ORGANIZATION_ALREADY_EXISTS"
+  | "INVALID_STATE_TRANSITION"
+  | "ETAG_MISMATCH"
+  // Failures of the service itself, which the contract leaves to us.
+  | "WRITE_CONFLICT"
+  | "DATABASE_UNAVAILABLE"
+  | "REQUEST_TOO_LARGE"
+  | "DEADLINE_EXCEEDED"
+  | "SHUTTING_DOWN"
+  | "INTERNAL";
+
+export class ServiceError extends Error {
+  constructor(
+    readonly reason: ErrorReason,
+    message: string,
+    readonly metadata: Readonly<Record<string, string>> = {},
+  ) {
+    super(message);
+    this.name = "ServiceError";
+  }
+}
+
+/** INVALID_ARGUMENT naming the offending request field. */
+export function invalidArgument(field: string, message: string): ServiceError {
+  return new ServiceError("INVALID_ARGUMENT", message, { field });
+}

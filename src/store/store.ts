@@ -1,0 +1,132 @@
+// The one storage interface. Handlers and the domain know nothing of SQL or of which database
+// is in use; the Kysely implementation translates driver errors into the sentinels below.
+
+import type { EventType, State } from "../domain/connection.js";
+
+export interface OrganizationRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly createTime: Date;
+}
+
+export interface ConnectionRecord {
+  readonly id: string;
+  readonly sourceOrganizationId: string;
+  readonly destinationOrganizationId: string;
+  readonly name: string;
+  /** Sorted, without duplicates. */
+  readonly scopes: readonly string[];
+  readonly state: State;
+  readonly createTime: Date;
+  readonly updateTime: Date;
+  readonly activateTime: Date | undefined;
+  readonly deactivateTime: Date | undefined;
+  /** The x-actor of the creating request, or "". */
+  readonly creator: string;
+  /** The CreateConnection request_id that made it, or "" (idempotency key, per source). */
+  readonly createRequestId: string;
+  /** Starts at 1 and grows by one with every transition: the etag and the optimistic lock. */
+  readonly version: number;
+}
+
+export interface EventRecord {
+  readonly id: string;
+  readonly connectionId: string;
+  readonly type: EventType;
+  /** Undefined for CREATED. */
+  readonly fromState: State | undefined;
+  readonly toState: State;
+  readonly actorOrganizationId: string;
+  readonly caller: string;
+  readonly actor: string;
+  readonly reason: string;
+  readonly requestId: string;
+  readonly createTime: Date;
+}
+
+export type Direction = "BOTH" | "OUTBOUND" | "INBOUND";
+
+export interface ListConnectionsQuery {
+  /** The acting organization: only its Connections are listed. */
+  readonly organizationId: string;
+  readonly direction: Direction;
+  /** Empty means every state. */
+  readonly states: readonly State[];
+  /** Keyset position: list only Connections created before this cursor (exclusive). */
+  readonly before: string | undefined;
+  readonly limit: number;
+}
+
+export interface ListEventsQuery {
+  readonly connectionId: string;
+  /** Keyset position: list only events recorded after this cursor (exclusive). */
+  readonly after: string | undefined;
+  readonly limit: number;
+}
+
+/** A page of results, and the cursor of its last item when more may follow. */
+export interface Page<T> {
+  readonly items: T[];
+  /** Opaque to callers of the store; undefined on the last page. */
+  readonly nextCursor: string | undefined;
+}
+
+export interface Store {
+  /** Throws AlreadyExistsError when the id is taken. */
+  createOrganization(organization: OrganizationRecord): Promise<OrganizationRecord>;
+  getOrganization(id: string): Promise<OrganizationRecord | undefined>;
+  /** Organizations are never deleted, so a positive answer may be remembered. */
+  organizationExists(id: string): Promise<boolean>;
+
+  /**
+   * Inserts a Connection and its CREATED event in one transaction. Throws AlreadyExistsError
+   * (with `conflict: "pair"` or `conflict: "request_id"`) when the ordered pair already has a
+   * Connection or the source already used the request id.
+   */
+  createConnection(connection: ConnectionRecord, event: EventRecord): Promise<void>;
+  getConnection(id: string): Promise<ConnectionRecord | undefined>;
+  findConnectionByPair(sourceOrganizationId: string, destinationOrganizationId: string): Promise<ConnectionRecord | undefined>;
+  findConnectionByRequestId(sourceOrganizationId: string, requestId: string): Promise<ConnectionRecord | undefined>;
+  listConnections(query: ListConnectionsQuery): Promise<Page<ConnectionRecord>>;
+
+  /**
+   * Replaces `next.version - 1` by `next` and records `event`, in one transaction. Returns false,
+   * changing nothing, when the stored version is no longer `next.version - 1` (someone else won).
+   */
+  saveTransition(next: ConnectionRecord, event: EventRecord): Promise<boolean>;
+  listEvents(query: ListEventsQuery): Promise<Page<EventRecord>>;
+
+  /**
+   * The hot path of CheckConnection. Exact: reflects every transition that has returned to its
+   * caller, on this process or any other that shares the database.
+   */
+  getConnectionForCheck(id: string): Promise<ConnectionRecord | undefined>;
+
+  /** Resolves when the database answers; throws UnavailableError when it does not. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A unique constraint was violated. */
+export class AlreadyExistsError extends Error {
+  constructor(readonly conflict: "organization" | "pair" | "request_id") {
+    super(`already exists: ${conflict}`);
+    this.name = "AlreadyExistsError";
+  }
+}
+
+/** The database cannot be reached or refused work for a while (down, pool exhausted, timeout). */
+export class UnavailableError extends Error {
+  constructor(options?: { cause?: unknown }) {
+    super("database unavailable", options);
+    this.name = "UnavailableError";
+  }
+}
+
+/** A transaction lost a race (serialization failure, deadlock, busy) and retries ran out. */
+export class ConflictError extends Error {
+  constructor(options?: { cause?: unknown }) {
+    super("write conflict", options);
+    this.name = "ConflictError";
+  }
+}
