@@ -1,0 +1,56 @@
+// Records to wire messages. The domain's names equal the proto enum names without their prefix,
+// so the generated enums' own name-to-number maps do the translation.
+
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import {
+  Connection_State,
+  ConnectionEvent_Type,
+  type ConnectionEventSchema,
+  type ConnectionSchema,
+} from "../../gen/connections/v1/connection_pb.js";
+import type { OrganizationSchema } from "../../gen/connections/v1/organization_service_pb.js";
+import { etagOf } from "../app/connections.js";
+import type { State } from "../domain/connection.js";
+import type { ConnectionRecord, EventRecord, OrganizationRecord } from "../store/store.js";
+
+export function stateToProto(state: State): Connection_State {
+  return Connection_State[state];
+}
+
+export function connectionToProto(connection: ConnectionRecord): MessageInitShape<typeof ConnectionSchema> {
+  return {
+    id: connection.id,
+    sourceOrganizationId: connection.sourceOrganizationId,
+    destinationOrganizationId: connection.destinationOrganizationId,
+    name: connection.name,
+    scopes: [...connection.scopes],
+    state: stateToProto(connection.state),
+    createTime: timestampFromDate(connection.createTime),
+    updateTime: timestampFromDate(connection.updateTime),
+    activateTime: connection.activateTime && timestampFromDate(connection.activateTime),
+    deactivateTime: connection.deactivateTime && timestampFromDate(connection.deactivateTime),
+    creator: connection.creator,
+    etag: etagOf(connection),
+  };
+}
+
+export function eventToProto(event: EventRecord): MessageInitShape<typeof ConnectionEventSchema> {
+  return {
+    id: event.id,
+    connectionId: event.connectionId,
+    type: ConnectionEvent_Type[event.type],
+    fromState: event.fromState === undefined ? Connection_State.UNSPECIFIED : stateToProto(event.fromState),
+    toState: stateToProto(event.toState),
+    actorOrganizationId: event.actorOrganizationId,
+    caller: event.caller,
+    actor: event.actor,
+    reason: event.reason,
+    requestId: event.requestId,
+    createTime: timestampFromDate(event.createTime),
+  };
+}
+
+export function organizationToProto(organization: OrganizationRecord): MessageInitShape<typeof OrganizationSchema> {
+  return { id: organization.id, name: organization.name, createTime: timestampFromDate(organization.createTime) };
+}

@@ -1,0 +1,212 @@
+// The transport-neutral RPC pipeline. Every transport (the gRPC fast path, and Connect/gRPC-Web/
+// gRPC through connect-node) decodes a request, hands it to `invoke`, and encodes what comes back.
+// So there is one caller policy, one organization check, one error mapping and one log line for
+// every protocol, and the activation gate runs before any handler or database work, whatever the
+// transport.
+
+import { randomUUID } from "node:crypto";
+import {
+  create,
+  type DescMessage,
+  type DescMethod,
+  type Message,
+  type MessageInitShape,
+  type MessageShape,
+} from "@bufbuild/protobuf";
+import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
+import { Code } from "@connectrpc/connect";
+import type { Logger } from "pino";
+import { invalidArgument, ServiceError } from "../app/errors.js";
+import { isOrganizationId } from "../app/ids.js";
+import type { Organizations } from "../app/organizations.js";
+import type { CallerAuthenticator, CallerName } from "./callers.js";
+import { CALLER_TABLE } from "./policy.js";
+import { type RpcStatus, toRpcStatus } from "./status.js";
+
+/** What a transport knows about an incoming request besides its message. */
+export interface RequestMeta {
+  /** A request header by lower-case name. */
+  header(name: string): string | undefined;
+  /** The client's deadline in ms since the epoch, if it sent one. */
+  readonly deadline: number | undefined;
+  /** For logs and metrics: "grpc", "grpc-web" or "connect". */
+  readonly protocol: string;
+}
+
+/** Who is calling, established before any handler runs. */
+export interface Call {
+  readonly caller: CallerName;
+  /** The registered acting organization; "" for RPCs that do not act for one. */
+  readonly organizationId: string;
+  /** The x-actor header, or "". */
+  readonly actor: string;
+  readonly requestId: string;
+}
+
+export type UnaryHandlers<T extends GenServiceMethods> = {
+  [K in keyof T]: (request: MessageShape<T[K]["input"]>, call: Call) => Promise<MessageInitShape<T[K]["output"]>>;
+};
+
+export interface RegisteredMethod {
+  /** "/connections.v1.ConnectionService/CreateConnection": the HTTP path of every protocol. */
+  readonly path: string;
+  readonly method: DescMethod;
+  readonly callers: ReadonlySet<CallerName>;
+  readonly actsForOrganization: boolean;
+  readonly handle: (request: Message, call: Call) => Promise<MessageInitShape<DescMessage>>;
+}
+
+export type RpcResult =
+  | { readonly ok: true; readonly response: Message; readonly requestId: string }
+  | { readonly ok: false; readonly status: RpcStatus; readonly requestId: string };
+
+export interface RpcObserver {
+  /** Called once per RPC when it ends; `code` 0 is OK. */
+  observe(method: RegisteredMethod, code: number, seconds: number): void;
+}
+
+export interface RpcPipelineOptions {
+  readonly authenticator: CallerAuthenticator;
+  readonly organizations: Organizations;
+  readonly logger: Logger;
+  readonly observer?: RpcObserver;
+  /** The longest any RPC may run, whatever deadline the client sent. */
+  readonly maxDeadlineMs: number;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const MAX_ACTOR_LENGTH = 200;
+
+export class RpcPipeline {
+  private readonly methods = new Map<string, RegisteredMethod>();
+
+  constructor(private readonly options: RpcPipelineOptions) {}
+
+  register<T extends GenServiceMethods>(service: GenService<T>, handlers: UnaryHandlers<T>): void {
+    for (const method of service.methods) {
+      const key = `${service.typeName}/${method.name}`;
+      const policy = CALLER_TABLE[key];
+      if (policy === undefined) throw new Error(`no caller policy for ${key}`);
+      if (method.methodKind !== "unary") throw new Error(`${key} is not unary`);
+      const handle = handlers[method.localName as keyof T] as unknown as RegisteredMethod["handle"];
+      this.methods.set(`/${key}`, {
+        path: `/${key}`,
+        method,
+        callers: new Set(policy.callers),
+        actsForOrganization: policy.actsForOrganization,
+        handle,
+      });
+    }
+  }
+
+  lookup(path: string): RegisteredMethod | undefined {
+    return this.methods.get(path);
+  }
+
+  registered(): IterableIterator<RegisteredMethod> {
+    return this.methods.values();
+  }
+
+  /** Runs one RPC through authentication, the caller table, the organization check and its handler. */
+  async invoke(method: RegisteredMethod, request: Message, meta: RequestMeta): Promise<RpcResult> {
+    const started = performance.now();
+    const presentedId = meta.header("x-request-id");
+    const requestId =
+      presentedId !== undefined && REQUEST_ID.test(presentedId)
+        ? presentedId
+        : `req_${randomUUID().replaceAll("-", "")}`;
+    let caller: CallerName | undefined;
+    let organizationId = "";
+    let result: RpcResult;
+    try {
+      caller = this.options.authenticator.authenticate(meta.header("authorization"));
+      if (caller === undefined) {
+        throw new ServiceError("CALLER_UNAUTHENTICATED", "send a valid token as 'authorization: Bearer <token>'");
+      }
+      if (!method.callers.has(caller)) {
+        throw new ServiceError("CALLER_NOT_ALLOWED", `caller "${caller}" may not call ${method.method.name}`);
+      }
+      const actor = meta.header("x-actor") ?? "";
+      if (actor.length > MAX_ACTOR_LENGTH) {
+        throw invalidArgument("x-actor", `x-actor must be at most ${MAX_ACTOR_LENGTH} characters`);
+      }
+      if (method.actsForOrganization) {
+        organizationId = await this.actingOrganization(meta.header("x-organization-id"));
+      }
+      const call: Call = { caller, organizationId, actor, requestId };
+      const response = await withDeadline(
+        method.handle(request, call),
+        Math.min(meta.deadline ?? Number.POSITIVE_INFINITY, Date.now() + this.options.maxDeadlineMs),
+      );
+      result = { ok: true, response: create(method.method.output, response), requestId };
+    } catch (error) {
+      const { status, internalCause } = toRpcStatus(error);
+      if (internalCause !== undefined) {
+        this.options.logger.error({ err: internalCause, requestId, method: method.path }, "rpc failed");
+      }
+      result = { ok: false, status, requestId };
+    }
+    const code = result.ok ? 0 : result.status.code;
+    const seconds = (performance.now() - started) / 1000;
+    this.options.observer?.observe(method, code, seconds);
+    this.options.logger.info(
+      {
+        method: method.path,
+        protocol: meta.protocol,
+        code: codeName(code),
+        reason: result.ok ? undefined : result.status.reason,
+        durationMs: Math.round(seconds * 1e6) / 1000,
+        caller,
+        organizationId: organizationId || meta.header("x-organization-id"),
+        requestId,
+      },
+      "rpc",
+    );
+    return result;
+  }
+
+  private async actingOrganization(header: string | undefined): Promise<string> {
+    if (header === undefined || header === "") {
+      throw new ServiceError("ORGANIZATION_HEADER_REQUIRED", "send the acting organization as x-organization-id");
+    }
+    if (!isOrganizationId(header)) {
+      throw invalidArgument("x-organization-id", "x-organization-id must be 1-64 letters, digits, '_' or '-'");
+    }
+    if (!(await this.options.organizations.isRegistered(header))) {
+      throw new ServiceError("ORGANIZATION_NOT_REGISTERED", `organization "${header}" is not registered`);
+    }
+    return header;
+  }
+}
+
+function withDeadline<T>(work: Promise<T>, deadline: number): Promise<T> {
+  const remaining = deadline - Date.now();
+  if (remaining === Number.POSITIVE_INFINITY) return work;
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new ServiceError("DEADLINE_EXCEEDED", "the deadline passed before the RPC finished")),
+      Math.max(remaining, 0),
+    );
+    work.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
+  });
+}
+
+const CODE_NAMES = new Map<number, string>(
+  Object.entries(Code)
+    .filter((entry): entry is [string, Code] => typeof entry[1] === "number")
+    .map(([name, code]) => [code, name]),
+);
+
+/** "OK", "NotFound", ...: connect's names, with 0 for success. */
+export function codeName(code: number): string {
+  return code === 0 ? "OK" : (CODE_NAMES.get(code) ?? String(code));
+}

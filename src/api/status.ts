@@ -1,0 +1,71 @@
+// The one place where errors become gRPC statuses. Every status carries a google.rpc.ErrorInfo
+// with a stable reason; anything unexpected becomes INTERNAL with no driver text, and its cause
+// is handed back for the log instead.
+
+import { create } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import { type ErrorInfo, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { type ErrorReason, ServiceError } from "../app/errors.js";
+import { ConflictError, UnavailableError } from "../store/store.js";
+
+export const ERROR_DOMAIN = "connections.v1";
+
+const CODE_BY_REASON: Readonly<Record<ErrorReason, Code>> = {
+  CALLER_UNAUTHENTICATED: Code.Unauthenticated,
+  CALLER_NOT_ALLOWED: Code.PermissionDenied,
+  ORGANIZATION_NOT_REGISTERED: Code.PermissionDenied,
+  ONLY_DESTINATION_CAN_ACTIVATE: Code.PermissionDenied,
+  ONLY_SOURCE_CAN_REACTIVATE: Code.PermissionDenied,
+  INVALID_ARGUMENT: Code.InvalidArgument,
+  ORGANIZATION_HEADER_REQUIRED: Code.InvalidArgument,
+  SELF_CONNECTION: Code.InvalidArgument,
+  UNKNOWN_SCOPE: Code.InvalidArgument,
+  REQUEST_ID_REUSED: Code.InvalidArgument,
+  CONNECTION_NOT_FOUND: Code.NotFound,
+  ORGANIZATION_NOT_FOUND: Code.NotFound,
+  CONNECTION_ALREADY_EXISTS: Code.AlreadyExists,
+  ORGANIZATION_ALREADY_EXISTS: Code.AlreadyExists,
+  INVALID_STATE_TRANSITION: Code.FailedPrecondition,
+  ETAG_MISMATCH: Code.Aborted,
+  WRITE_CONFLICT: Code.Aborted,
+  DATABASE_UNAVAILABLE: Code.Unavailable,
+  REQUEST_TOO_LARGE: Code.ResourceExhausted,
+  DEADLINE_EXCEEDED: Code.DeadlineExceeded,
+  SHUTTING_DOWN: Code.Unavailable,
+  INTERNAL: Code.Internal,
+};
+
+export interface RpcStatus {
+  readonly code: Code;
+  readonly message: string;
+  readonly reason: ErrorReason;
+  readonly metadata: Readonly<Record<string, string>>;
+}
+
+export interface MappedError {
+  readonly status: RpcStatus;
+  /** Set when the error was not one we meant to return: log it, never send it. */
+  readonly internalCause: unknown;
+}
+
+function statusOf(error: ServiceError): RpcStatus {
+  return { code: CODE_BY_REASON[error.reason], message: error.message, reason: error.reason, metadata: error.metadata };
+}
+
+export function toRpcStatus(error: unknown): MappedError {
+  if (error instanceof ServiceError) return { status: statusOf(error), internalCause: undefined };
+  if (error instanceof UnavailableError) {
+    const unavailable = new ServiceError("DATABASE_UNAVAILABLE", "the database is unavailable; retry with backoff");
+    return { status: statusOf(unavailable), internalCause: error.cause };
+  }
+  if (error instanceof ConflictError) {
+    const conflict = new ServiceError("WRITE_CONFLICT", "the write lost a race with another; retry");
+    return { status: statusOf(conflict), internalCause: undefined };
+  }
+  const internal = new ServiceError("INTERNAL", "internal error; the server log has the details under this request id");
+  return { status: statusOf(internal), internalCause: error };
+}
+
+export function errorInfoOf(status: RpcStatus): ErrorInfo {
+  return create(ErrorInfoSchema, { reason: status.reason, domain: ERROR_DOMAIN, metadata: { ...status.metadata } });
+}

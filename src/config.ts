@@ -1,0 +1,71 @@
+// Configuration from the environment, validated in one place so that a mistake stops the
+// service at start with every problem named, instead of surfacing later as odd behaviour.
+
+export interface Config {
+  readonly port: number;
+  readonly host: string;
+  /** Prometheus metrics; 0 picks a free port, undefined when ADMIN_PORT is "off". */
+  readonly adminPort: number | undefined;
+  readonly databaseUrl: string;
+  readonly databasePoolSize: number;
+  readonly databaseStatementTimeoutMs: number;
+  readonly callersFile: string | undefined;
+  readonly logLevel: string;
+  readonly production: boolean;
+  readonly shutdownGraceMs: number;
+  readonly maxRequestBytes: number;
+  readonly maxDeadlineMs: number;
+}
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+export class ConfigError extends Error {
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration:\n  ${problems.join("\n  ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const problems: string[] = [];
+
+  const integer = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = env[name];
+    if (raw === undefined || raw === "") return fallback;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < min || value > max) {
+      problems.push(`${name}=${raw}: expected a whole number from ${min} to ${max}`);
+      return fallback;
+    }
+    return value;
+  };
+
+  const databaseUrl = env.DATABASE_URL || "sqlite:data/connections.db";
+  if (!/^(sqlite:.+|postgres(ql)?:\/\/.+)$/.test(databaseUrl)) {
+    problems.push("DATABASE_URL: expected sqlite:<path>, sqlite::memory: or postgres://...");
+  }
+  const logLevel = env.LOG_LEVEL || "info";
+  if (!LOG_LEVELS.includes(logLevel)) problems.push(`LOG_LEVEL=${logLevel}: expected one of ${LOG_LEVELS.join(", ")}`);
+  const production = env.NODE_ENV === "production";
+  const callersFile = env.CALLERS_FILE || undefined;
+  if (production && callersFile === undefined) {
+    problems.push("CALLERS_FILE is required when NODE_ENV=production (dev tokens are refused there)");
+  }
+
+  const config: Config = {
+    port: integer("PORT", 8080, 0, 65535),
+    host: env.HOST || "127.0.0.1",
+    adminPort: env.ADMIN_PORT === "off" ? undefined : integer("ADMIN_PORT", 9090, 0, 65535),
+    databaseUrl,
+    databasePoolSize: integer("DATABASE_POOL_SIZE", 10, 1, 1000),
+    databaseStatementTimeoutMs: integer("DATABASE_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
+    callersFile,
+    logLevel,
+    production,
+    shutdownGraceMs: integer("SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
+    maxRequestBytes: integer("MAX_REQUEST_BYTES", 256 * 1024, 1024, 64 * 1024 * 1024),
+    maxDeadlineMs: integer("MAX_DEADLINE_MS", 30_000, 100, 3_600_000),
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
+}
