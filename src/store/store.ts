@@ -71,6 +71,16 @@ export interface Page<T> {
   readonly nextCursor: string | undefined;
 }
 
+/** The database connections of a store, for metrics. */
+export interface PoolStats {
+  /** Connections open. */
+  readonly total: number;
+  /** Connections open and unused. */
+  readonly idle: number;
+  /** Queries waiting for a connection. */
+  readonly waiting: number;
+}
+
 export interface Store {
   /** Throws AlreadyExistsError when the id is taken. */
   createOrganization(organization: OrganizationRecord): Promise<OrganizationRecord>;
@@ -85,7 +95,10 @@ export interface Store {
    */
   createConnection(connection: ConnectionRecord, event: EventRecord): Promise<void>;
   getConnection(id: string): Promise<ConnectionRecord | undefined>;
-  findConnectionByPair(sourceOrganizationId: string, destinationOrganizationId: string): Promise<ConnectionRecord | undefined>;
+  findConnectionByPair(
+    sourceOrganizationId: string,
+    destinationOrganizationId: string,
+  ): Promise<ConnectionRecord | undefined>;
   findConnectionByRequestId(sourceOrganizationId: string, requestId: string): Promise<ConnectionRecord | undefined>;
   listConnections(query: ListConnectionsQuery): Promise<Page<ConnectionRecord>>;
 
@@ -101,6 +114,9 @@ export interface Store {
    * caller, on this process or any other that shares the database.
    */
   getConnectionForCheck(id: string): Promise<ConnectionRecord | undefined>;
+
+  /** Connections open to the database, idle ones, and queries waiting for one. */
+  poolStats(): PoolStats;
 
   /** Resolves when the database answers; throws UnavailableError when it does not. */
   ping(): Promise<void>;

@@ -1,0 +1,414 @@
+// The Store on Kysely: one implementation for SQLite and PostgreSQL. Dialect differences live in
+// the migrations (column types) and in how getConnectionForCheck reads (check-reader.ts).
+
+import { setTimeout as sleep } from "node:timers/promises";
+import { type CompiledQuery, type Insertable, type Kysely, type Selectable, sql, type Transaction } from "kysely";
+import type { EventType, State } from "../domain/connection.js";
+import { BatchingCheckReader, CachingCheckReader, type CheckReader, FifoMap } from "./check-reader.js";
+import { classifyError, translateError } from "./errors.js";
+import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
+import {
+  AlreadyExistsError,
+  type ConnectionRecord,
+  type EventRecord,
+  type ListConnectionsQuery,
+  type ListEventsQuery,
+  type OrganizationRecord,
+  type Page,
+  type PoolStats,
+  type Store,
+} from "./store.js";
+
+const CONNECTION_COLUMNS = [
+  "seq",
+  "id",
+  "source_organization_id",
+  "destination_organization_id",
+  "name",
+  "scopes",
+  "state",
+  "create_time",
+  "update_time",
+  "activate_time",
+  "deactivate_time",
+  "creator",
+  "create_request_id",
+  "version",
+] as const;
+
+const EVENT_COLUMNS = [
+  "seq",
+  "id",
+  "connection_id",
+  "type",
+  "from_state",
+  "to_state",
+  "actor_organization_id",
+  "caller",
+  "actor",
+  "reason",
+  "request_id",
+  "create_time",
+] as const;
+
+type ConnectionRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_COLUMNS)[number]>;
+type EventRow = Pick<Selectable<ConnectionEventsTable>, (typeof EVENT_COLUMNS)[number]>;
+
+const MAX_WRITE_ATTEMPTS = 5;
+const KNOWN_ORGANIZATIONS = 100_000;
+
+export interface KyselyStoreOptions {
+  readonly dialect: SqlDialect;
+  /** PostgreSQL: the pool size; at most half of it serves coalesced checks. */
+  readonly poolSize?: number;
+  /** PostgreSQL: the pool's counts. */
+  readonly poolStats?: () => PoolStats;
+}
+
+/** SQLite has one connection and no pool; better-sqlite3 runs each statement synchronously. */
+const SQLITE_POOL_STATS: PoolStats = { total: 1, idle: 1, waiting: 0 };
+
+export class KyselyStore implements Store {
+  readonly #db: Kysely<Database>;
+  readonly #checks: CheckReader;
+  readonly #poolStats: () => PoolStats;
+  /** Organizations are never deleted: a positive answer stays true on every replica. */
+  readonly #knownOrganizations = new FifoMap<string, true>(KNOWN_ORGANIZATIONS);
+  /** Compiled once: the check path and point reads skip Kysely's query building. */
+  readonly #connectionById: CompiledQuery<ConnectionRow>;
+
+  constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
+    this.#db = db;
+    this.#poolStats = options.poolStats ?? (() => SQLITE_POOL_STATS);
+    this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
+    if (options.dialect === "postgres") {
+      const connectionsByIds = db
+        .selectFrom("connections")
+        .select(CONNECTION_COLUMNS)
+        .where("id", "=", sql<string>`any(${[]})`)
+        .compile();
+      this.#checks = new BatchingCheckReader(
+        (ids) =>
+          this.#read(async () => {
+            const result = await db.executeQuery(withParameters(connectionsByIds, [ids]));
+            return result.rows.map(toConnection);
+          }),
+        Math.max(1, Math.floor((options.poolSize ?? 10) / 2)),
+      );
+    } else {
+      this.#checks = new CachingCheckReader((id) => this.getConnection(id));
+    }
+  }
+
+  async createOrganization(organization: OrganizationRecord): Promise<OrganizationRecord> {
+    await this.#write((trx) =>
+      trx
+        .insertInto("organizations")
+        .values({
+          id: organization.id,
+          name: organization.name,
+          create_time: organization.createTime.toISOString(),
+        })
+        .execute(),
+    );
+    this.#knownOrganizations.set(organization.id, true);
+    return organization;
+  }
+
+  async getOrganization(id: string): Promise<OrganizationRecord | undefined> {
+    const row = await this.#read(() =>
+      this.#db
+        .selectFrom("organizations")
+        .select(["id", "name", "create_time"])
+        .where("id", "=", id)
+        .executeTakeFirst(),
+    );
+    if (row === undefined) return undefined;
+    this.#knownOrganizations.set(row.id, true);
+    return { id: row.id, name: row.name, createTime: toDate(row.create_time) };
+  }
+
+  async organizationExists(id: string): Promise<boolean> {
+    if (this.#knownOrganizations.get(id) === true) return true;
+    const row = await this.#read(() =>
+      this.#db.selectFrom("organizations").select("id").where("id", "=", id).executeTakeFirst(),
+    );
+    if (row === undefined) return false;
+    this.#knownOrganizations.set(id, true);
+    return true;
+  }
+
+  async createConnection(connection: ConnectionRecord, event: EventRecord): Promise<void> {
+    try {
+      await this.#write(async (trx) => {
+        await trx.insertInto("connections").values(toConnectionRow(connection)).execute();
+        await trx.insertInto("connection_events").values(toEventRow(event)).execute();
+      });
+    } catch (error) {
+      throw await this.#requestIdFirst(error, connection);
+    }
+    this.#checks.written(connection);
+  }
+
+  async getConnection(id: string): Promise<ConnectionRecord | undefined> {
+    const result = await this.#read(() => this.#db.executeQuery(withParameters(this.#connectionById, [id])));
+    const row = result.rows[0];
+    return row === undefined ? undefined : toConnection(row);
+  }
+
+  async findConnectionByPair(
+    sourceOrganizationId: string,
+    destinationOrganizationId: string,
+  ): Promise<ConnectionRecord | undefined> {
+    const row = await this.#read(() =>
+      this.#db
+        .selectFrom("connections")
+        .select(CONNECTION_COLUMNS)
+        .where("source_organization_id", "=", sourceOrganizationId)
+        .where("destination_organization_id", "=", destinationOrganizationId)
+        .executeTakeFirst(),
+    );
+    return row === undefined ? undefined : toConnection(row);
+  }
+
+  async findConnectionByRequestId(
+    sourceOrganizationId: string,
+    requestId: string,
+  ): Promise<ConnectionRecord | undefined> {
+    // "" is how a Connection made without a request id is stored, not a key.
+    if (requestId === "") return undefined;
+    const row = await this.#read(() =>
+      this.#db
+        .selectFrom("connections")
+        .select(CONNECTION_COLUMNS)
+        .where("source_organization_id", "=", sourceOrganizationId)
+        .where("create_request_id", "=", requestId)
+        .executeTakeFirst(),
+    );
+    return row === undefined ? undefined : toConnection(row);
+  }
+
+  async listConnections(query: ListConnectionsQuery): Promise<Page<ConnectionRecord>> {
+    const before = query.before === undefined ? undefined : parseCursor(query.before);
+    const fetch = query.limit + 1;
+    // Each side is one backward scan of its (organization, seq) index, so every page costs the
+    // same however deep it is; BOTH merges the two scans instead of OR-ing the columns.
+    const side = (column: "source_organization_id" | "destination_organization_id") => {
+      let select = this.#db
+        .selectFrom("connections")
+        .select(CONNECTION_COLUMNS)
+        .where(column, "=", query.organizationId);
+      if (query.states.length > 0) select = select.where("state", "in", query.states);
+      if (before !== undefined) select = select.where("seq", "<", before);
+      return select.orderBy("seq", "desc").limit(fetch);
+    };
+    const rows = await this.#read(() => {
+      switch (query.direction) {
+        case "OUTBOUND":
+          return side("source_organization_id").execute();
+        case "INBOUND":
+          return side("destination_organization_id").execute();
+        case "BOTH":
+          return this.#db
+            .selectFrom(side("source_organization_id").as("outbound"))
+            .selectAll()
+            .unionAll(this.#db.selectFrom(side("destination_organization_id").as("inbound")).selectAll())
+            .orderBy("seq", "desc")
+            .limit(fetch)
+            .execute();
+      }
+    });
+    return toPage(rows, query.limit, toConnection);
+  }
+
+  async saveTransition(next: ConnectionRecord, event: EventRecord): Promise<boolean> {
+    const saved = await this.#write(async (trx) => {
+      const result = await trx
+        .updateTable("connections")
+        .set({
+          name: next.name,
+          scopes: JSON.stringify(next.scopes),
+          state: next.state,
+          update_time: next.updateTime.toISOString(),
+          activate_time: next.activateTime?.toISOString() ?? null,
+          deactivate_time: next.deactivateTime?.toISOString() ?? null,
+          version: next.version,
+        })
+        .where("id", "=", next.id)
+        .where("version", "=", next.version - 1)
+        .executeTakeFirst();
+      if (result.numUpdatedRows === 0n) return false;
+      await trx.insertInto("connection_events").values(toEventRow(event)).execute();
+      return true;
+    });
+    if (saved) this.#checks.written(next);
+    return saved;
+  }
+
+  async listEvents(query: ListEventsQuery): Promise<Page<EventRecord>> {
+    const after = query.after === undefined ? undefined : parseCursor(query.after);
+    const rows = await this.#read(() => {
+      let select = this.#db
+        .selectFrom("connection_events")
+        .select(EVENT_COLUMNS)
+        .where("connection_id", "=", query.connectionId);
+      if (after !== undefined) select = select.where("seq", ">", after);
+      return select
+        .orderBy("seq", "asc")
+        .limit(query.limit + 1)
+        .execute();
+    });
+    return toPage(rows, query.limit, toEvent);
+  }
+
+  getConnectionForCheck(id: string): Promise<ConnectionRecord | undefined> {
+    return this.#checks.get(id);
+  }
+
+  poolStats(): PoolStats {
+    return this.#poolStats();
+  }
+
+  async ping(): Promise<void> {
+    await this.#read(() => sql`select 1`.execute(this.#db));
+  }
+
+  close(): Promise<void> {
+    return this.#db.destroy();
+  }
+
+  /**
+   * A create that repeats both the pair and the request id is a retry: report the request id
+   * whichever unique index the database happened to check first (SQLite and PostgreSQL differ).
+   */
+  async #requestIdFirst(error: unknown, connection: ConnectionRecord): Promise<unknown> {
+    if (!(error instanceof AlreadyExistsError) || error.conflict !== "pair") return error;
+    const earlier = await this.findConnectionByRequestId(connection.sourceOrganizationId, connection.createRequestId);
+    if (earlier === undefined) return error;
+    const sentinel = new AlreadyExistsError("request_id");
+    sentinel.cause = error.cause;
+    return sentinel;
+  }
+
+  /** Runs a read, once more when the connection broke under it (e.g. after a database restart). */
+  async #read<T>(query: () => Promise<T>): Promise<T> {
+    try {
+      return await query();
+    } catch (error) {
+      const failure = classifyError(error);
+      if (failure.kind !== "connection_lost") throw translateError(error, failure);
+    }
+    try {
+      return await query();
+    } catch (error) {
+      throw translateError(error);
+    }
+  }
+
+  /** Runs `work` in a transaction, again (a bounded number of times) when it lost a race. */
+  async #write<T>(work: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#db.transaction().execute(work);
+      } catch (error) {
+        const failure = classifyError(error);
+        if (failure.kind !== "retryable" || attempt >= MAX_WRITE_ATTEMPTS) throw translateError(error, failure);
+        await sleep(5 * 2 ** (attempt - 1) * (0.5 + Math.random()));
+      }
+    }
+  }
+}
+
+function withParameters<R>(query: CompiledQuery<R>, parameters: readonly unknown[]): CompiledQuery<R> {
+  return { ...query, parameters };
+}
+
+function parseCursor(cursor: string): number {
+  const seq = Number(cursor);
+  if (!/^\d{1,15}$/.test(cursor) || !Number.isSafeInteger(seq)) throw new RangeError("malformed store cursor");
+  return seq;
+}
+
+function toPage<R extends { seq: number | string }, T>(rows: R[], limit: number, convert: (row: R) => T): Page<T> {
+  const more = rows.length > limit;
+  const kept = more ? rows.slice(0, limit) : rows;
+  const last = kept.at(-1);
+  return { items: kept.map(convert), nextCursor: more && last !== undefined ? String(last.seq) : undefined };
+}
+
+/** SQLite returns the ISO string that was written, pg a Date. */
+function toDate(value: Date | string): Date {
+  return value instanceof Date ? value : new Date(value);
+}
+
+function toOptionalDate(value: Date | string | null): Date | undefined {
+  return value === null ? undefined : toDate(value);
+}
+
+function toConnectionRow(connection: ConnectionRecord): Insertable<ConnectionsTable> {
+  return {
+    id: connection.id,
+    source_organization_id: connection.sourceOrganizationId,
+    destination_organization_id: connection.destinationOrganizationId,
+    name: connection.name,
+    scopes: JSON.stringify(connection.scopes),
+    state: connection.state,
+    create_time: connection.createTime.toISOString(),
+    update_time: connection.updateTime.toISOString(),
+    activate_time: connection.activateTime?.toISOString() ?? null,
+    deactivate_time: connection.deactivateTime?.toISOString() ?? null,
+    creator: connection.creator,
+    create_request_id: connection.createRequestId,
+    version: connection.version,
+  };
+}
+
+function toConnection(row: ConnectionRow): ConnectionRecord {
+  return {
+    id: row.id,
+    sourceOrganizationId: row.source_organization_id,
+    destinationOrganizationId: row.destination_organization_id,
+    name: row.name,
+    scopes: JSON.parse(row.scopes) as string[],
+    state: row.state as State,
+    createTime: toDate(row.create_time),
+    updateTime: toDate(row.update_time),
+    activateTime: toOptionalDate(row.activate_time),
+    deactivateTime: toOptionalDate(row.deactivate_time),
+    creator: row.creator,
+    createRequestId: row.create_request_id,
+    version: row.version,
+  };
+}
+
+function toEventRow(event: EventRecord): Insertable<ConnectionEventsTable> {
+  return {
+    id: event.id,
+    connection_id: event.connectionId,
+    type: event.type,
+    from_state: event.fromState ?? null,
+    to_state: event.toState,
+    actor_organization_id: event.actorOrganizationId,
+    caller: event.caller,
+    actor: event.actor,
+    reason: event.reason,
+    request_id: event.requestId,
+    create_time: event.createTime.toISOString(),
+  };
+}
+
+function toEvent(row: EventRow): EventRecord {
+  return {
+    id: row.id,
+    connectionId: row.connection_id,
+    type: row.type as EventType,
+    fromState: (row.from_state ?? undefined) as State | undefined,
+    toState: row.to_state as State,
+    actorOrganizationId: row.actor_organization_id,
+    caller: row.caller,
+    actor: row.actor,
+    reason: row.reason,
+    requestId: row.request_id,
+    createTime: toDate(row.create_time),
+  };
+}

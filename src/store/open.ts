@@ -1,0 +1,147 @@
+// Opens the store that DATABASE_URL names, applies the migrations, and hands back a Store.
+
+import { mkdirSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import SqliteDatabase from "better-sqlite3";
+import { Kysely, type MigrationResult, PostgresDialect, SqliteDialect, sql } from "kysely";
+import pg from "pg";
+import type { Logger } from "pino";
+import { classifyError, translateError } from "./errors.js";
+import { KyselyStore } from "./kysely-store.js";
+import { migrateToLatest } from "./migrations.js";
+import type { Database, SqlDialect } from "./schema.js";
+import type { Store } from "./store.js";
+
+export interface OpenStoreOptions {
+  readonly databaseUrl: string;
+  /** PostgreSQL pool size (default 10). */
+  readonly poolSize?: number;
+  /** PostgreSQL statement_timeout (default 5000 ms). */
+  readonly statementTimeoutMs?: number;
+  readonly logger?: Logger;
+}
+
+export type DatabaseTarget =
+  | { readonly dialect: "sqlite"; readonly path: string }
+  | { readonly dialect: "postgres"; readonly url: string };
+
+const SQLITE_MEMORY = ":memory:";
+/** How long a starting process waits for the SQLite file lock (e.g. a predecessor shutting down). */
+const SQLITE_LOCK_WAIT_MS = 1000;
+const SQLITE_BUSY_TIMEOUT_MS = 5000;
+const PG_CONNECT_TIMEOUT_MS = 2000;
+/** Any 64-bit constant works: it only has to be the same in every replica. */
+const PG_MIGRATION_LOCK = 0x636f6e6e; // "conn"
+
+/** Throws an error naming what is wrong with the URL (never echoing credentials). */
+export function parseDatabaseUrl(databaseUrl: string): DatabaseTarget {
+  if (databaseUrl.startsWith("sqlite:")) {
+    const path = databaseUrl.slice("sqlite:".length);
+    if (path === "") throw new Error("DATABASE_URL sqlite: needs a file path, e.g. sqlite:data/connections.db");
+    return { dialect: "sqlite", path };
+  }
+  if (databaseUrl.startsWith("postgres://") || databaseUrl.startsWith("postgresql://")) {
+    return { dialect: "postgres", url: databaseUrl };
+  }
+  const scheme = /^[a-z][a-z0-9+.-]*:/i.exec(databaseUrl)?.[0] ?? "(no scheme)";
+  throw new Error(`DATABASE_URL must start with sqlite:, postgres:// or postgresql:// (it starts with ${scheme})`);
+}
+
+export async function openStore(options: OpenStoreOptions): Promise<Store> {
+  const target = parseDatabaseUrl(options.databaseUrl);
+  return target.dialect === "sqlite" ? openSqlite(target.path, options) : openPostgres(target.url, options);
+}
+
+async function openSqlite(path: string, options: OpenStoreOptions): Promise<Store> {
+  if (path !== SQLITE_MEMORY) mkdirSync(dirname(resolve(path)), { recursive: true });
+  const database = new SqliteDatabase(path, { timeout: SQLITE_LOCK_WAIT_MS });
+  try {
+    // Held until close: no other process may write (or read) the file behind the check cache.
+    database.pragma("locking_mode = EXCLUSIVE");
+    database.pragma("journal_mode = WAL");
+    database.exec("BEGIN EXCLUSIVE; COMMIT");
+  } catch (error) {
+    database.close();
+    if (classifyError(error).kind === "retryable") {
+      throw new Error(
+        `SQLite database ${path} is in use by another process; one file serves one process (stop the other one or use another DATABASE_URL)`,
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+  database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
+  database.pragma("synchronous = NORMAL");
+  database.pragma("foreign_keys = ON");
+  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database }) });
+  await migrate(db, "sqlite", options.logger);
+  return new KyselyStore(db, { dialect: "sqlite" });
+}
+
+async function openPostgres(url: string, options: OpenStoreOptions): Promise<Store> {
+  const poolSize = options.poolSize ?? 10;
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: poolSize,
+    connectionTimeoutMillis: PG_CONNECT_TIMEOUT_MS,
+    statement_timeout: options.statementTimeoutMs ?? 5000,
+    application_name: "connections",
+    keepAlive: true,
+  });
+  // A client whose server went away emits 'error', on the pool when idle and on the client while
+  // checked out (its query fails too); an unheard 'error' would crash the process. The pool
+  // drops such a client and connects a new one when next asked.
+  pool.on("error", (error) => options.logger?.warn({ err: error }, "an idle PostgreSQL connection failed"));
+  pool.on("connect", (client) =>
+    client.on("error", (error) => options.logger?.debug({ err: error }, "a PostgreSQL connection failed")),
+  );
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  await migrate(db, "postgres", options.logger);
+  return new KyselyStore(db, {
+    dialect: "postgres",
+    poolSize,
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
+  });
+}
+
+async function migrate(db: Kysely<Database>, dialect: SqlDialect, logger: Logger | undefined): Promise<void> {
+  try {
+    const results = await db
+      .connection()
+      .execute((connection) =>
+        dialect === "sqlite"
+          ? migrateSqlite(connection as Kysely<unknown>)
+          : migratePostgres(connection as Kysely<unknown>),
+      );
+    for (const result of results) logger?.info({ migration: result.migrationName, status: result.status }, "migration");
+  } catch (error) {
+    await db.destroy();
+    throw translateError(error);
+  }
+}
+
+/** Kysely runs SQLite migrations outside a transaction, but SQLite's DDL is transactional: use it. */
+async function migrateSqlite(connection: Kysely<unknown>): Promise<readonly MigrationResult[]> {
+  await sql`begin immediate`.execute(connection);
+  try {
+    const results = await migrateToLatest(connection, "sqlite");
+    await sql`commit`.execute(connection);
+    return results;
+  } catch (error) {
+    await sql`rollback`.execute(connection);
+    throw error;
+  }
+}
+
+async function migratePostgres(connection: Kysely<unknown>): Promise<readonly MigrationResult[]> {
+  // Replicas starting together migrate one after the other; waiting for the lock must not hit
+  // the statement timeout meant for RPCs.
+  await sql`set statement_timeout = 0`.execute(connection);
+  await sql`select pg_advisory_lock(${PG_MIGRATION_LOCK})`.execute(connection);
+  try {
+    return await migrateToLatest(connection, "postgres");
+  } finally {
+    await sql`select pg_advisory_unlock(${PG_MIGRATION_LOCK})`.execute(connection);
+    await sql`reset statement_timeout`.execute(connection);
+  }
+}

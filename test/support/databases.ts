@@ -1,0 +1,127 @@
+// The databases that every storage and end-to-end suite runs against: SQLite always, PostgreSQL
+// when TEST_DATABASE_URL names a server. Each provisioned database is new and empty (a fresh
+// PostgreSQL database or SQLite file), so runs and files never see each other's data.
+
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { describe } from "vitest";
+import { type OpenStoreOptions, openStore } from "../../src/store/open.js";
+import type { Store } from "../../src/store/store.js";
+
+export type TestDialect = "sqlite" | "postgres";
+
+export interface TestDatabase {
+  /** Shown in suite titles. */
+  readonly name: string;
+  readonly dialect: TestDialect;
+  /** False when the database is not configured here; its suites are skipped. */
+  readonly enabled: boolean;
+  readonly kind: "sqlite-memory" | "sqlite-file" | "postgres";
+}
+
+/** Where PostgreSQL suites create their databases, e.g. postgres://postgres@127.0.0.1:5432/test. */
+export const postgresAdminUrl: string | undefined = process.env.TEST_DATABASE_URL || undefined;
+
+export const testDatabases: readonly TestDatabase[] = [
+  { name: "sqlite (memory)", dialect: "sqlite", enabled: true, kind: "sqlite-memory" },
+  { name: "sqlite (file)", dialect: "sqlite", enabled: true, kind: "sqlite-file" },
+  { name: "postgres", dialect: "postgres", enabled: postgresAdminUrl !== undefined, kind: "postgres" },
+];
+
+export const POSTGRES_SKIP_MESSAGE =
+  "PostgreSQL suites skipped: set TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run them";
+
+let skipNoticeShown = false;
+
+/** Declares `body` once per test database, as `title [database]`; skips the ones not configured. */
+export function describeEachDatabase(title: string, body: (database: TestDatabase) => void): void {
+  for (const database of testDatabases) {
+    if (!database.enabled && !skipNoticeShown) {
+      skipNoticeShown = true;
+      console.info(POSTGRES_SKIP_MESSAGE);
+    }
+    describe.skipIf(!database.enabled)(`${title} [${database.name}]`, () => body(database));
+  }
+}
+
+export interface ProvisionedDatabase {
+  /** A DATABASE_URL for the service or openStore. */
+  readonly url: string;
+  /** Removes the database (close every store on it first; PostgreSQL connections are forced off). */
+  drop(): Promise<void>;
+}
+
+/** A new, empty database of the given kind. */
+export async function provisionDatabase(database: TestDatabase): Promise<ProvisionedDatabase> {
+  switch (database.kind) {
+    case "sqlite-memory":
+      return { url: "sqlite::memory:", drop: () => Promise.resolve() };
+    case "sqlite-file":
+      return provisionSqliteFile();
+    case "postgres":
+      return provisionPostgres();
+  }
+}
+
+export async function provisionSqliteFile(): Promise<ProvisionedDatabase> {
+  const directory = await mkdtemp(join(tmpdir(), "connections-test-"));
+  return {
+    url: `sqlite:${join(directory, "data", "connections.db")}`,
+    drop: () => rm(directory, { recursive: true, force: true }),
+  };
+}
+
+export async function provisionPostgres(): Promise<ProvisionedDatabase> {
+  if (postgresAdminUrl === undefined) throw new Error(POSTGRES_SKIP_MESSAGE);
+  const name = `connections_test_${randomBytes(6).toString("hex")}`;
+  await withAdminClient((client) => client.query(`CREATE DATABASE ${name}`));
+  const url = new URL(postgresAdminUrl);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    drop: () => withAdminClient((client) => client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)),
+  };
+}
+
+async function withAdminClient(work: (client: pg.Client) => Promise<unknown>): Promise<void> {
+  const client = new pg.Client({ connectionString: postgresAdminUrl });
+  await client.connect();
+  try {
+    await work(client);
+  } finally {
+    await client.end();
+  }
+}
+
+export interface TestStore {
+  readonly store: Store;
+  readonly url: string;
+  /** Closes the store and drops its database. */
+  dispose(): Promise<void>;
+}
+
+/** A store on a new, empty database of the given kind. */
+export async function createTestStore(
+  database: TestDatabase,
+  options: Omit<OpenStoreOptions, "databaseUrl"> = {},
+): Promise<TestStore> {
+  const provisioned = await provisionDatabase(database);
+  let store: Store;
+  try {
+    store = await openStore({ ...options, databaseUrl: provisioned.url });
+  } catch (error) {
+    await provisioned.drop();
+    throw error;
+  }
+  return {
+    store,
+    url: provisioned.url,
+    async dispose() {
+      await store.close();
+      await provisioned.drop();
+    },
+  };
+}
