@@ -1,0 +1,184 @@
+// grpc.health.v1.Health (https://github.com/grpc/grpc/blob/master/doc/health-checking.md), without
+// credentials and outside the pipeline, so that load balancers and orchestrators can always ask.
+//
+// "" (the whole server) and the pipeline's services serve only while readiness() answers true (the
+// database answers); health and reflection serve whenever the process does. Everything turns
+// NOT_SERVING for good once shutdown begins.
+
+import { once } from "node:events";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import type { Logger } from "pino";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
+
+export { ServingStatus };
+
+export interface HealthControllerOptions {
+  /** True when the database answers. */
+  readonly readiness: () => Promise<boolean>;
+  /** Services that serve only while readiness() is true; "" should be among them. */
+  readonly servicesNeedingReadiness: readonly string[];
+  /** Services that serve until shutdown, whatever readiness() says. */
+  readonly alwaysServingServices: readonly string[];
+  readonly logger: Logger;
+  readonly pollIntervalMs?: number;
+  /** A readiness() that has not answered by then counts as false. */
+  readonly readinessTimeoutMs?: number;
+}
+
+interface Signal {
+  readonly fired: Promise<void>;
+  readonly fire: () => void;
+}
+
+function newSignal(): Signal {
+  let fire: () => void = () => {};
+  const fired = new Promise<void>((resolve) => {
+    fire = resolve;
+  });
+  return { fired, fire };
+}
+
+export class HealthController {
+  private readonly servicesNeedingReadiness: ReadonlySet<string>;
+  private readonly alwaysServingServices: ReadonlySet<string>;
+  private readonly pollIntervalMs: number;
+  private readonly readinessTimeoutMs: number;
+  private ready: boolean | undefined;
+  private shuttingDown = false;
+  private checkedAt = 0;
+  private runningCheck: Promise<void> | undefined;
+  private pollTimer: NodeJS.Timeout | undefined;
+  /** Fires (and is replaced) on every change of any status. */
+  private changed = newSignal();
+
+  constructor(private readonly options: HealthControllerOptions) {
+    this.servicesNeedingReadiness = new Set(options.servicesNeedingReadiness);
+    this.alwaysServingServices = new Set(options.alwaysServingServices);
+    this.pollIntervalMs = options.pollIntervalMs ?? 1_000;
+    this.readinessTimeoutMs = options.readinessTimeoutMs ?? 1_000;
+  }
+
+  /** Runs the first readiness check, then one every poll interval until shutdown. */
+  async start(): Promise<void> {
+    await this.refresh();
+    this.schedulePoll();
+  }
+
+  /** The status of a service, or undefined for a service that this server does not have. */
+  status(service: string): ServingStatus | undefined {
+    if (this.servicesNeedingReadiness.has(service)) {
+      return this.ready === true && !this.shuttingDown ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
+    }
+    if (this.alwaysServingServices.has(service)) {
+      return this.shuttingDown ? ServingStatus.NOT_SERVING : ServingStatus.SERVING;
+    }
+    return undefined;
+  }
+
+  statuses(): Map<string, ServingStatus> {
+    const statuses = new Map<string, ServingStatus>();
+    for (const service of [...this.servicesNeedingReadiness, ...this.alwaysServingServices]) {
+      statuses.set(service, this.status(service) ?? ServingStatus.SERVICE_UNKNOWN);
+    }
+    return statuses;
+  }
+
+  /** Asks readiness() now if the last answer is older than two poll intervals (a stuck poll). */
+  async refreshIfStale(): Promise<void> {
+    if (!this.shuttingDown && Date.now() - this.checkedAt > 2 * this.pollIntervalMs) await this.refresh();
+  }
+
+  /**
+   * Reports NOT_SERVING for every service from now on, stops polling, and ends Watch streams after
+   * they have sent that. The server's close() calls this first.
+   */
+  shutDown(): void {
+    if (this.shuttingDown) return;
+    this.shuttingDown = true;
+    clearTimeout(this.pollTimer);
+    this.notifyChange();
+  }
+
+  /** The service's status now and after every change; ends at shutdown or when `signal` aborts. */
+  async *watch(service: string, signal: AbortSignal): AsyncGenerator<ServingStatus> {
+    const aborted = once(signal, "abort");
+    // Taken before reading the status, so that a change while the caller consumes is not missed.
+    let changed = this.changed.fired;
+    let last = this.status(service) ?? ServingStatus.SERVICE_UNKNOWN;
+    yield last;
+    while (!this.shuttingDown && !signal.aborted) {
+      await Promise.race([changed, aborted]);
+      if (signal.aborted) return;
+      changed = this.changed.fired;
+      const current = this.status(service) ?? ServingStatus.SERVICE_UNKNOWN;
+      if (current !== last) {
+        last = current;
+        yield current;
+      }
+    }
+  }
+
+  private refresh(): Promise<void> {
+    this.runningCheck ??= this.check().finally(() => {
+      this.runningCheck = undefined;
+    });
+    return this.runningCheck;
+  }
+
+  private async check(): Promise<void> {
+    const ready = await answerWithin(this.options.readiness, this.readinessTimeoutMs);
+    this.checkedAt = Date.now();
+    if (ready === this.ready || this.shuttingDown) return;
+    if (ready) this.options.logger.info("ready: the database answers");
+    else this.options.logger.warn("not ready: the database does not answer; health reports NOT_SERVING");
+    this.ready = ready;
+    this.notifyChange();
+  }
+
+  private schedulePoll(): void {
+    if (this.shuttingDown) return;
+    this.pollTimer = setTimeout(() => {
+      void this.refresh().then(() => this.schedulePoll());
+    }, this.pollIntervalMs);
+    this.pollTimer.unref();
+  }
+
+  private notifyChange(): void {
+    const { fire } = this.changed;
+    this.changed = newSignal();
+    fire();
+  }
+}
+
+async function answerWithin(readiness: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<false>((resolve) => {
+    timer = setTimeout(resolve, timeoutMs, false);
+  });
+  try {
+    return await Promise.race([Promise.resolve().then(readiness), timedOut]);
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export function routeHealth(router: ConnectRouter, health: HealthController): void {
+  router.service(Health, {
+    async check(request) {
+      await health.refreshIfStale();
+      const status = health.status(request.service);
+      if (status === undefined) throw new ConnectError(`unknown service "${request.service}"`, Code.NotFound);
+      return { status };
+    },
+    list() {
+      const statuses: Record<string, { status: ServingStatus }> = {};
+      for (const [service, status] of health.statuses()) statuses[service] = { status };
+      return { statuses };
+    },
+    async *watch(request, context) {
+      for await (const status of health.watch(request.service, context.signal)) yield { status };
+    },
+  });
+}
