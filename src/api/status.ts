@@ -5,8 +5,8 @@
 import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { type ErrorInfo, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
-import { type ErrorReason, ServiceError } from "../app/errors.js";
-import { ConflictError, UnavailableError } from "../store/store.js";
+import { type ErrorReason, invalidArgument, ServiceError } from "../app/errors.js";
+import { ConflictError, InvalidCursorError, UnavailableError } from "../store/store.js";
 
 export const ERROR_DOMAIN = "connections.v1";
 
@@ -54,6 +54,10 @@ function statusOf(error: ServiceError): RpcStatus {
 
 export function toRpcStatus(error: unknown): MappedError {
   if (error instanceof ServiceError) return { status: statusOf(error), internalCause: undefined };
+  if (error instanceof InvalidCursorError) {
+    const forged = invalidArgument("page_token", "page_token is not a token this service issued");
+    return { status: statusOf(forged), internalCause: undefined };
+  }
   if (error instanceof UnavailableError) {
     const unavailable = new ServiceError("DATABASE_UNAVAILABLE", "the database is unavailable; retry with backoff");
     return { status: statusOf(unavailable), internalCause: error.cause };

@@ -24,6 +24,8 @@ export function organizationId(field: string, value: string): string {
 
 export function boundedText(field: string, value: string, maxLength: number): string {
   if (value.length > maxLength) throw invalidArgument(field, `${field} must be at most ${maxLength} characters`);
+  // PostgreSQL cannot store U+0000 in text; refuse it on every dialect alike.
+  if (value.includes("\u0000")) throw invalidArgument(field, `${field} must not contain NUL characters`);
   return value;
 }
 

@@ -11,6 +11,7 @@ import {
   AlreadyExistsError,
   type ConnectionRecord,
   type EventRecord,
+  InvalidCursorError,
   type ListConnectionsQuery,
   type ListEventsQuery,
   type OrganizationRecord,
@@ -325,7 +326,7 @@ function withParameters<R>(query: CompiledQuery<R>, parameters: readonly unknown
 
 function parseCursor(cursor: string): number {
   const seq = Number(cursor);
-  if (!/^\d{1,15}$/.test(cursor) || !Number.isSafeInteger(seq)) throw new RangeError("malformed store cursor");
+  if (!/^\d{1,15}$/.test(cursor) || !Number.isSafeInteger(seq)) throw new InvalidCursorError();
   return seq;
 }
 

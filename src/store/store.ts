@@ -146,3 +146,11 @@ export class ConflictError extends Error {
     this.name = "ConflictError";
   }
 }
+
+/** A cursor that this store never handed out (callers can forge the page tokens that carry one). */
+export class InvalidCursorError extends Error {
+  constructor() {
+    super("not a cursor of this store");
+    this.name = "InvalidCursorError";
+  }
+}
