@@ -1,0 +1,170 @@
+// Several real service processes on one PostgreSQL database, driven through different replicas at
+// once: the one-per-pair rule, the state machine's history and read-after-write must hold across
+// processes, not just inside one.
+
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Connection_State, type ConnectionEvent } from "../../gen/connections/v1/connection_pb.js";
+import {
+  CheckConnectionRequest_Action,
+  CheckConnectionResponse_Reason,
+} from "../../gen/connections/v1/connection_service_pb.js";
+import {
+  POSTGRES_SKIP_MESSAGE,
+  type ProvisionedDatabase,
+  postgresAdminUrl,
+  provisionPostgres,
+} from "../support/databases.js";
+import { type ServiceProcess, startServiceProcess } from "../support/process.js";
+import { Code, GrpcJsRpcClient, RpcError, uniqueId } from "../support/service.js";
+
+const REPLICAS = 3;
+
+if (postgresAdminUrl === undefined) console.warn(POSTGRES_SKIP_MESSAGE);
+
+describe.skipIf(postgresAdminUrl === undefined)(`${REPLICAS} replicas on one PostgreSQL`, () => {
+  let database: ProvisionedDatabase;
+  let replicas: ServiceProcess[] = [];
+  let clients: GrpcJsRpcClient[] = [];
+  const client = (index: number) => clients[index % clients.length] as GrpcJsRpcClient;
+
+  beforeAll(async () => {
+    database = await provisionPostgres();
+    // Started at once: their migrations race, and the advisory lock must make that safe.
+    replicas = await Promise.all(
+      Array.from({ length: REPLICAS }, () => startServiceProcess({ DATABASE_URL: database.url })),
+    );
+    clients = replicas.map((replica) => new GrpcJsRpcClient(`127.0.0.1:${replica.port}`));
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const rpc of clients) await rpc.close();
+    await Promise.all(replicas.map((replica) => replica.stop()));
+    await database?.drop();
+  });
+
+  async function twoOrganizations(): Promise<[string, string]> {
+    const source = uniqueId("org_src");
+    const destination = uniqueId("org_dst");
+    for (const [index, id] of [source, destination].entries()) {
+      await client(index).as({ caller: "provisioning" }).createOrganization({ id, name: id });
+    }
+    return [source, destination];
+  }
+
+  async function allEvents(connectionId: string, organizationId: string): Promise<ConnectionEvent[]> {
+    const events: ConnectionEvent[] = [];
+    let pageToken = "";
+    do {
+      const page = await client(0)
+        .as({ caller: "api-gateway", organizationId })
+        .listConnectionEvents({ connectionId, pageSize: 100, pageToken });
+      events.push(...page.events);
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+    return events;
+  }
+
+  it("lets exactly one of many concurrent creates for one pair win, across replicas", async () => {
+    const [source, destination] = await twoOrganizations();
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 60 }, (_, index) =>
+        client(index)
+          .as({ caller: "api-gateway", organizationId: source })
+          .createConnection({ destinationOrganizationId: destination, scopes: ["account.read"], name: `try ${index}` }),
+      ),
+    );
+    const won = outcomes.flatMap((outcome) => (outcome.status === "fulfilled" ? [outcome.value.connection?.id] : []));
+    expect(won).toHaveLength(1);
+    for (const outcome of outcomes) {
+      if (outcome.status === "fulfilled") continue;
+      expect(outcome.reason).toBeInstanceOf(RpcError);
+      expect(outcome.reason).toMatchObject({
+        code: Code.AlreadyExists,
+        reason: "CONNECTION_ALREADY_EXISTS",
+        metadata: { connection_id: won[0] },
+      });
+    }
+  });
+
+  it("keeps an unbroken history when both parties race transitions through different replicas", async () => {
+    const [source, destination] = await twoOrganizations();
+    const created = await client(0)
+      .as({ caller: "api-gateway", organizationId: source })
+      .createConnection({ destinationOrganizationId: destination, scopes: ["account.read"] });
+    const id = created.connection?.id ?? "";
+
+    const attempts = [
+      { rpc: "activateConnection", caller: "dashboard-bff", organizationId: destination },
+      { rpc: "deactivateConnection", caller: "api-gateway", organizationId: source },
+      { rpc: "deactivateConnection", caller: "dashboard-bff", organizationId: destination },
+      { rpc: "reactivateConnection", caller: "api-gateway", organizationId: source },
+    ] as const;
+    const succeeded: string[] = [];
+    for (let round = 0; round < 15; round++) {
+      const { connection } = await client(round)
+        .as({ caller: "api-gateway", organizationId: source })
+        .getConnection({ id });
+      const calls = Array.from({ length: 12 }, (_, index) => {
+        const attempt = attempts[(index + round) % attempts.length] as (typeof attempts)[number];
+        const requestId = uniqueId("req");
+        // Half send the etag they read, so stale etags are raced too.
+        const etag = index % 2 === 0 ? (connection?.etag ?? "") : "";
+        return client(index)
+          .as({ caller: attempt.caller, organizationId: attempt.organizationId, requestId })
+          [attempt.rpc]({ id, etag })
+          .then(
+            () => succeeded.push(requestId),
+            (error: unknown) => {
+              expect(error).toBeInstanceOf(RpcError);
+              expect([Code.FailedPrecondition, Code.Aborted]).toContain((error as RpcError).code);
+            },
+          );
+      });
+      await Promise.all(calls);
+    }
+
+    const events = await allEvents(id, source);
+    const final = await client(2).as({ caller: "api-gateway", organizationId: destination }).getConnection({ id });
+    expect(events[0]?.type).toBe(1);
+    for (let index = 1; index < events.length; index++) {
+      expect(events[index]?.fromState, `event ${index}`).toBe(events[index - 1]?.toState);
+    }
+    expect(final.connection?.state).toBe(events.at(-1)?.toState);
+    // Every successful call is recorded exactly once, and nothing else is.
+    const recorded = events.slice(1).map((event) => event.requestId);
+    expect(new Set(recorded).size).toBe(recorded.length);
+    expect(recorded.sort()).toEqual([...succeeded].sort());
+    expect(succeeded.length).toBeGreaterThan(0);
+  });
+
+  it("never allows a check on any replica once a deactivation has returned on another", async () => {
+    const [source, destination] = await twoOrganizations();
+    const created = await client(0)
+      .as({ caller: "api-gateway", organizationId: source })
+      .createConnection({ destinationOrganizationId: destination, scopes: ["transaction.read"] });
+    const id = created.connection?.id ?? "";
+    const check = (replica: number) =>
+      client(replica).as({ caller: "token-service" }).checkConnection({
+        connectionId: id,
+        organizationId: source,
+        action: CheckConnectionRequest_Action.ISSUE_SHARE_TOKEN,
+        scope: "transaction.read",
+      });
+
+    for (let round = 0; round < 20; round++) {
+      await client(round).as({ caller: "dashboard-bff", organizationId: destination }).activateConnection({ id });
+      await expect(check(round + 2)).resolves.toMatchObject({ allowed: true });
+      const deactivated = await client(round + 1)
+        .as({ caller: "api-gateway", organizationId: destination })
+        .deactivateConnection({ id });
+      expect(deactivated.connection?.state).toBe(Connection_State.INACTIVE);
+      const answers = await Promise.all(Array.from({ length: 3 * REPLICAS }, (_, index) => check(index)));
+      for (const answer of answers) {
+        expect(answer).toMatchObject({ allowed: false, reason: CheckConnectionResponse_Reason.NOT_ACTIVE });
+      }
+      await client(round + 2)
+        .as({ caller: "api-gateway", organizationId: source })
+        .reactivateConnection({ id });
+    }
+  });
+});
