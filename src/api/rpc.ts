@@ -4,7 +4,6 @@
 // every protocol, and the activation gate runs before any handler or database work, whatever the
 // transport.
 
-import { randomUUID } from "node:crypto";
 import {
   create,
   type DescMessage,
@@ -21,6 +20,7 @@ import { isOrganizationId } from "../app/ids.js";
 import type { Organizations } from "../app/organizations.js";
 import type { CallerAuthenticator, CallerName } from "./callers.js";
 import { CALLER_TABLE } from "./policy.js";
+import { requestIdFor } from "./request-id.js";
 import { type RpcStatus, toRpcStatus } from "./status.js";
 
 /** What a transport knows about an incoming request besides its message. */
@@ -74,7 +74,6 @@ export interface RpcPipelineOptions {
   readonly maxDeadlineMs: number;
 }
 
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const MAX_ACTOR_LENGTH = 200;
 
 export class RpcPipeline {
@@ -110,11 +109,7 @@ export class RpcPipeline {
   /** Runs one RPC through authentication, the caller table, the organization check and its handler. */
   async invoke(method: RegisteredMethod, request: Message, meta: RequestMeta): Promise<RpcResult> {
     const started = performance.now();
-    const presentedId = meta.header("x-request-id");
-    const requestId =
-      presentedId !== undefined && REQUEST_ID.test(presentedId)
-        ? presentedId
-        : `req_${randomUUID().replaceAll("-", "")}`;
+    const requestId = requestIdFor(meta.header("x-request-id"));
     let caller: CallerName | undefined;
     let organizationId = "";
     let result: RpcResult;

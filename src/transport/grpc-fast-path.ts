@@ -20,10 +20,10 @@ import { Code } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { type ErrorInfo, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
+import { requestIdFor } from "../api/request-id.js";
 import { codeName, type RegisteredMethod, type RequestMeta, type RpcPipeline } from "../api/rpc.js";
 import { errorInfoOf, type RpcStatus, toRpcStatus } from "../api/status.js";
 import { type ErrorReason, ServiceError } from "../app/errors.js";
-import { requestIdFor } from "./request-id.js";
 
 const GRPC_CONTENT_TYPES: ReadonlySet<string> = new Set(["application/grpc", "application/grpc+proto"]);
 const ACCEPTED_ENCODINGS = "identity,gzip";

@@ -19,12 +19,12 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Logger } from "pino";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import { requestIdFor } from "../api/request-id.js";
 import type { RpcPipeline } from "../api/rpc.js";
 import { routePipeline } from "./connect-routes.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";
 import { HealthController, routeHealth } from "./health.js";
 import { REFLECTION_SERVICES, ReflectionIndex, routeReflection } from "./reflection.js";
-import { requestIdFor } from "./request-id.js";
 
 export interface ServeOptions {
   readonly pipeline: RpcPipeline;
@@ -185,6 +185,8 @@ class MultiProtocolServer implements RunningServer {
       await allClosed;
     } finally {
       clearInterval(sweep);
+      // Stops the connection checks that emitting 'listening' started.
+      this.http1Server.close();
     }
   }
 

@@ -1,6 +1,5 @@
-// The request id of a request that the transport refuses before the pipeline sees it (too large,
-// malformed, unsupported encoding), so that those answers carry an x-request-id too. The rule is
-// the pipeline's (src/api/rpc.ts): echo a well-formed x-request-id, otherwise make one up.
+// The x-request-id rule, shared by the pipeline and by transports that answer before the pipeline
+// runs (too large, malformed): echo a well-formed id, otherwise make one up.
 
 import { randomUUID } from "node:crypto";
 
