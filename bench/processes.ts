@@ -1,0 +1,253 @@
+// Child processes of the benchmark, their resource figures from /proc, and the clean-up that runs
+// at the end whatever happened (error, Ctrl-C, SIGTERM).
+
+import { type ChildProcess, execFileSync, fork, spawn } from "node:child_process";
+import { closeSync, openSync, readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
+import type { ClientMessage, ListResult, LoadResult, Plan } from "./workload.js";
+
+export const ROOT = new URL("..", import.meta.url).pathname;
+
+// ---------------------------------------------------------------------------------------------
+// Clean-up: every resource registers how to release it; `cleanUp` releases them newest first.
+
+const cleanups: { readonly name: string; readonly run: () => Promise<void> }[] = [];
+
+/** Registers a release; the returned function runs it now (once) and forgets it. */
+export function onCleanUp(name: string, run: () => Promise<void>): () => Promise<void> {
+  const entry = { name, run };
+  cleanups.push(entry);
+  return async () => {
+    const index = cleanups.indexOf(entry);
+    if (index === -1) return;
+    cleanups.splice(index, 1);
+    await run();
+  };
+}
+
+let cleaning: Promise<void> | undefined;
+
+/** Releases everything registered; callers at the same time share one pass. */
+export function cleanUp(): Promise<void> {
+  cleaning ??= (async () => {
+    while (cleanups.length > 0) {
+      const entry = cleanups.pop();
+      if (entry === undefined) break;
+      try {
+        await entry.run();
+      } catch (error) {
+        process.stderr.write(`clean-up of ${entry.name} failed: ${(error as Error).message}\n`);
+      }
+    }
+    cleaning = undefined;
+  })();
+  return cleaning;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+export interface Child {
+  readonly pid: number;
+  readonly child: ChildProcess;
+  /** SIGTERM, then SIGKILL if it has not exited in time; resolves once it has exited. */
+  stop(): Promise<void>;
+}
+
+function track(name: string, child: ChildProcess, stderr: () => string): Child {
+  const pid = child.pid;
+  if (pid === undefined) throw new Error(`${name} did not start`);
+  const exited = new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve();
+    else child.once("exit", () => resolve());
+  });
+  const terminate = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => {
+        process.stderr.write(`${name} did not stop on SIGTERM; killing it\n${stderr().slice(-2000)}`);
+        child.kill("SIGKILL");
+      }, 15_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  };
+  return { pid, child, stop: onCleanUp(name, terminate) };
+}
+
+function collect(child: ChildProcess): () => string {
+  let text = "";
+  child.stderr?.on("data", (chunk: Buffer) => {
+    text = (text + chunk.toString()).slice(-20_000);
+  });
+  return () => text;
+}
+
+function failedToStart(name: string, child: ChildProcess, stderr: () => string): Promise<never> {
+  return new Promise((_, reject) => {
+    child.once("exit", (code, signal) => reject(new Error(`${name} exited (${code ?? signal}):\n${stderr()}`)));
+  });
+}
+
+function timeout(name: string, ms: number, stderr: () => string): Promise<never> {
+  return new Promise((_, reject) => {
+    setTimeout(() => reject(new Error(`${name} did not start within ${ms / 1000} s:\n${stderr()}`)), ms).unref();
+  });
+}
+
+/** The grpc-js baseline, on a free port. */
+export async function startBaseline(): Promise<Child & { readonly port: number }> {
+  const child = spawn(process.execPath, ["--import", "tsx", "bench/baseline-server.ts"], {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const stderr = collect(child);
+  const tracked = track("baseline server", child, stderr);
+  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+  const port = await Promise.race([
+    new Promise<number>((resolve) =>
+      lines.on("line", (line) => {
+        const parsed = JSON.parse(line) as { port?: number };
+        if (typeof parsed.port === "number") resolve(parsed.port);
+      }),
+    ),
+    failedToStart("baseline server", child, stderr),
+    timeout("baseline server", 30_000, stderr),
+  ]);
+  return { ...tracked, port };
+}
+
+export interface ServiceOptions {
+  readonly databaseUrl: string;
+  readonly logLevel: string;
+  /** Where stdout (the JSON log) goes: a file, so that writing it costs what it costs in production. */
+  readonly logPath: string;
+  /** When set, the service runs with --cpu-prof and writes its profile here on exit. */
+  readonly cpuProfileDir: string | undefined;
+}
+
+/** The service as production runs it (`node --import tsx src/main.ts`), on a port it picks. */
+export async function startService(options: ServiceOptions): Promise<Child & { readonly port: number }> {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PORT: "0",
+    HOST: "127.0.0.1",
+    DATABASE_URL: options.databaseUrl,
+    LOG_LEVEL: options.logLevel,
+    ADMIN_PORT: "off",
+  };
+  // Dev tokens, whatever the caller's shell says.
+  delete env.CALLERS_FILE;
+  delete env.NODE_ENV;
+  const profiling =
+    options.cpuProfileDir === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${options.cpuProfileDir}`];
+  const logFd = openSync(options.logPath, "w");
+  let child: ChildProcess;
+  try {
+    child = spawn(process.execPath, [...profiling, "--import", "tsx", "src/main.ts"], {
+      cwd: ROOT,
+      env,
+      stdio: ["ignore", logFd, "pipe"],
+    });
+  } finally {
+    closeSync(logFd);
+  }
+  const stderr = collect(child);
+  const tracked = track("service", child, stderr);
+  const port = await Promise.race([
+    waitForStartLine(options.logPath),
+    failedToStart("service", child, stderr),
+    timeout("service", 60_000, () => `${stderr()}\n${readFileSync(options.logPath, "utf8").slice(-4000)}`),
+  ]);
+  return { ...tracked, port };
+}
+
+/** Polls the log file for the line `serving gRPC, gRPC-Web and Connect` and returns its port. */
+async function waitForStartLine(logPath: string): Promise<number> {
+  for (;;) {
+    for (const line of readFileSync(logPath, "utf8").split("\n")) {
+      if (!line.includes("serving gRPC, gRPC-Web and Connect")) continue;
+      const port = (JSON.parse(line) as { port?: unknown }).port;
+      if (typeof port === "number") return port;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+export interface ClientRun<R> {
+  readonly result: R;
+  /** process.hrtime (CLOCK_MONOTONIC) in microseconds when the measured window began and ended. */
+  readonly windowUs: readonly [number, number];
+}
+
+/**
+ * Runs the load client on `planPath` in its own process; `onWindow` is called when its measured
+ * window starts and ends (to sample the other processes' CPU time).
+ */
+export async function runClient<P extends Plan>(
+  planPath: string,
+  onWindow: (edge: "start" | "end") => void,
+): Promise<ClientRun<P extends { kind: "load" } ? LoadResult : ListResult>> {
+  const child = fork(`${ROOT}bench/load-client.ts`, [planPath], {
+    cwd: ROOT,
+    execArgv: ["--import", "tsx"],
+    stdio: ["ignore", "inherit", "pipe", "ipc"],
+  });
+  const stderr = collect(child);
+  const tracked = track("load client", child, stderr);
+  const windowUs: [number, number] = [0, 0];
+  const nowUs = () => Number(process.hrtime.bigint() / 1000n);
+  try {
+    const result = await new Promise<LoadResult | ListResult>((resolve, reject) => {
+      child.on("message", (message: ClientMessage) => {
+        if (message.type === "measure-start") {
+          windowUs[0] = nowUs();
+          onWindow("start");
+        } else if (message.type === "measure-end") {
+          windowUs[1] = nowUs();
+          onWindow("end");
+        } else {
+          resolve(message.result);
+        }
+      });
+      child.once("exit", (code) => reject(new Error(`load client exited (${code}) without a result:\n${stderr()}`)));
+    });
+    return { result: result as P extends { kind: "load" } ? LoadResult : ListResult, windowUs };
+  } finally {
+    await tracked.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures from /proc
+
+const CLOCK_TICKS_PER_SECOND = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** A field of /proc/<pid>/status in MiB (e.g. VmHWM, the peak resident set). */
+export function statusMiB(pid: number, field: "VmHWM" | "VmRSS"): number {
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return match?.[1] === undefined ? Number.NaN : Number(match[1]) / 1024;
+}
+
+/** CPU seconds (user + system) a process has used so far. */
+export function processCpuSeconds(pid: number): number {
+  // Fields after the command name (which may hold spaces), counted from field 3: utime is 14, stime 15.
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+/** Busy and total CPU seconds of the whole machine so far (all cores). */
+export function machineCpuSeconds(): { busy: number; total: number } {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
+  const values = line.trim().split(/\s+/).slice(1).map(Number);
+  const total = values.reduce((sum, value) => sum + value, 0);
+  const idle = (values[3] ?? 0) + (values[4] ?? 0);
+  return { busy: (total - idle) / CLOCK_TICKS_PER_SECOND, total: total / CLOCK_TICKS_PER_SECOND };
+}
