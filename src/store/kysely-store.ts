@@ -157,33 +157,31 @@ export class KyselyStore implements Store {
     return row === undefined ? undefined : toConnection(row);
   }
 
-  async findConnectionByPair(
+  findConnectionByPair(
     sourceOrganizationId: string,
     destinationOrganizationId: string,
   ): Promise<ConnectionRecord | undefined> {
-    const row = await this.#read(() =>
-      this.#db
-        .selectFrom("connections")
-        .select(CONNECTION_COLUMNS)
-        .where("source_organization_id", "=", sourceOrganizationId)
-        .where("destination_organization_id", "=", destinationOrganizationId)
-        .executeTakeFirst(),
-    );
-    return row === undefined ? undefined : toConnection(row);
+    return this.#findBySource(sourceOrganizationId, "destination_organization_id", destinationOrganizationId);
   }
 
-  async findConnectionByRequestId(
-    sourceOrganizationId: string,
-    requestId: string,
-  ): Promise<ConnectionRecord | undefined> {
+  findConnectionByRequestId(sourceOrganizationId: string, requestId: string): Promise<ConnectionRecord | undefined> {
     // "" is how a Connection made without a request id is stored, not a key.
-    if (requestId === "") return undefined;
+    if (requestId === "") return Promise.resolve(undefined);
+    return this.#findBySource(sourceOrganizationId, "create_request_id", requestId);
+  }
+
+  /** The source's Connection whose `column` is `value`: both lookups are unique per source. */
+  async #findBySource(
+    sourceOrganizationId: string,
+    column: "destination_organization_id" | "create_request_id",
+    value: string,
+  ): Promise<ConnectionRecord | undefined> {
     const row = await this.#read(() =>
       this.#db
         .selectFrom("connections")
         .select(CONNECTION_COLUMNS)
         .where("source_organization_id", "=", sourceOrganizationId)
-        .where("create_request_id", "=", requestId)
+        .where(column, "=", value)
         .executeTakeFirst(),
     );
     return row === undefined ? undefined : toConnection(row);
