@@ -1,4 +1,4 @@
-// The caller table of ../shared/API.md: which caller may call which RPC, and which RPCs act for an
+// The caller table of docs/API.md: which caller may call which RPC, and which RPCs act for an
 // organization (and so need a registered x-organization-id). Fail closed: an RPC missing here
 // cannot be registered.
 

@@ -2,7 +2,7 @@
 // one place that turns a reason (or any other error) into a gRPC code and an ErrorInfo.
 
 export type ErrorReason =
-  // The contract's reasons (../shared/API.md).
+  // The contract's reasons (docs/API.md, "Errors").
   | "CALLER_UNAUTHENTICATED"
   | "CALLER_NOT_ALLOWED"
   | "ORGANIZATION_NOT_REGISTERED"

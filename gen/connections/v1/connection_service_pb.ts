@@ -615,16 +615,32 @@ export const CheckConnectionResponse_ReasonSchema: GenEnum<CheckConnectionRespon
   enumDesc(file_connections_v1_connection_service, 15, 0);
 
 /**
- * Connections between organizations. Every RPC needs "authorization: Bearer
- * <token>" and, except CheckConnection, an "x-organization-id" header naming
- * the registered organization the caller acts for.
+ * Connections between organizations; the full contract is docs/API.md in the
+ * repository.
+ *
+ * Callers: every RPC needs a known caller, named by "authorization: Bearer
+ * <token>" and/or, over mTLS, a client certificate whose SPIFFE ID is listed in
+ * the callers file (both must name the same caller, else UNAUTHENTICATED).
+ * dashboard-bff may call every RPC except the checks (and is the only caller of
+ * ActivateConnection); api-gateway creates, reads, lists, updates, deactivates,
+ * reactivates and watches; token-service checks, reads and watches.
+ *
+ * Headers: "x-organization-id" names the registered organization the caller
+ * acts for (required except on the checks, and on WatchConnectionEvents from
+ * the token service); "x-actor" (optional) who acted in it; "x-request-id"
+ * (optional) is echoed and logged.
+ *
+ * Errors: a standard code with a google.rpc.ErrorInfo in domain
+ * "connections.v1" whose reason is stable (e.g. CALLER_NOT_ALLOWED,
+ * INVALID_STATE_TRANSITION, ETAG_MISMATCH); see docs/API.md for the table.
  *
  * @generated from service connections.v1.ConnectionService
  */
 export const ConnectionService: GenService<{
   /**
    * Creates a PENDING Connection from the acting organization (the source) to
-   * a destination. Idempotent per organization through request_id.
+   * a destination. Idempotent per organization through request_id for at
+   * least 24 hours (REQUEST_ID_REUSED when the parameters differ).
    *
    * @generated from rpc connections.v1.ConnectionService.CreateConnection
    */
@@ -644,7 +660,8 @@ export const ConnectionService: GenService<{
     output: typeof GetConnectionResponseSchema;
   },
   /**
-   * Lists the acting organization's Connections, newest first.
+   * Lists the acting organization's Connections, newest first. page_size 0 means
+   * 50, at most 500; page tokens are bound to the filters they were issued for.
    *
    * @generated from rpc connections.v1.ConnectionService.ListConnections
    */

@@ -143,7 +143,8 @@ export const GetOrganizationResponseSchema: GenMessage<GetOrganizationResponse> 
 
 /**
  * Registers organizations, so that Connections can name them. Called by the
- * provisioning job.
+ * provisioning job (CreateOrganization, GetOrganization) and the dashboard BFF
+ * (GetOrganization). Callers, headers and errors: docs/API.md in the repository.
  *
  * @generated from service connections.v1.OrganizationService
  */
