@@ -10,11 +10,20 @@ export interface Config {
   readonly databasePoolSize: number;
   readonly databaseStatementTimeoutMs: number;
   readonly callersFile: string | undefined;
+  /** PEM files; when set, the port serves TLS only. */
+  readonly tls: TlsFiles | undefined;
   readonly logLevel: string;
   readonly production: boolean;
   readonly shutdownGraceMs: number;
   readonly maxRequestBytes: number;
   readonly maxDeadlineMs: number;
+}
+
+export interface TlsFiles {
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** Client certificates are required and verified against this CA (mTLS) when set. */
+  readonly clientCaFile: string | undefined;
 }
 
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
@@ -52,6 +61,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     problems.push("CALLERS_FILE is required when NODE_ENV=production (dev tokens are refused there)");
   }
 
+  const certFile = env.TLS_CERT_FILE || undefined;
+  const keyFile = env.TLS_KEY_FILE || undefined;
+  const clientCaFile = env.TLS_CLIENT_CA_FILE || undefined;
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    problems.push("TLS_CERT_FILE and TLS_KEY_FILE: set both (TLS only) or neither (cleartext)");
+  }
+  if (clientCaFile !== undefined && certFile === undefined) {
+    problems.push("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE (mTLS is TLS with client certificates)");
+  }
+
   const config: Config = {
     port: integer("PORT", 8080, 0, 65535),
     host: env.HOST || "127.0.0.1",
@@ -60,6 +79,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databasePoolSize: integer("DATABASE_POOL_SIZE", 10, 1, 1000),
     databaseStatementTimeoutMs: integer("DATABASE_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
     callersFile,
+    tls: certFile !== undefined && keyFile !== undefined ? { certFile, keyFile, clientCaFile } : undefined,
     logLevel,
     production,
     shutdownGraceMs: integer("SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),

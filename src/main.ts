@@ -49,6 +49,8 @@ async function main(): Promise<void> {
       },
     );
   };
+  // The callers file and TLS credentials are read again without a restart.
+  process.on("SIGHUP", () => service.reload());
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
 }

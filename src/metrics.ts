@@ -6,15 +6,18 @@ import type { AddressInfo } from "node:net";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { RegisteredMethod, RpcObserver } from "./api/rpc.js";
 import { codeName } from "./api/rpc.js";
+import type { ReloadObserver } from "./reload.js";
 
 export interface DatabaseGauges {
   /** Connections open to the database, idle ones, and queries waiting for one. */
   poolStats(): { total: number; idle: number; waiting: number };
 }
 
-export class Metrics implements RpcObserver {
+export class Metrics implements RpcObserver, ReloadObserver {
   readonly registry = new Registry();
   private readonly calls: Counter<"service" | "method" | "code">;
+  private readonly reloadSuccess: Gauge<"source">;
+  private readonly reloadFailures: Counter<"source">;
   private readonly latency: Histogram<"service" | "method">;
   // prom-client resolves labels by building a key string; RPCs are few, so resolve each once.
   private readonly callChildren = new Map<string, { inc(): void }>();
@@ -33,6 +36,18 @@ export class Metrics implements RpcObserver {
       help: "Time from a decoded request to its result, by service and method.",
       labelNames: ["service", "method"],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [this.registry],
+    });
+    this.reloadSuccess = new Gauge({
+      name: "connections_config_reload_last_success_timestamp_seconds",
+      help: "When the callers file or TLS credentials were last read successfully (at start or on reload), by source.",
+      labelNames: ["source"],
+      registers: [this.registry],
+    });
+    this.reloadFailures = new Counter({
+      name: "connections_config_reload_failures_total",
+      help: "Reloads refused because a file did not read, parse or validate (the previous one stayed in force), by source.",
+      labelNames: ["source"],
       registers: [this.registry],
     });
     if (database !== undefined) {
@@ -68,6 +83,12 @@ export class Metrics implements RpcObserver {
       this.latencyChildren.set(method.path, latency);
     }
     latency.observe(seconds);
+  }
+
+  reloaded(source: string, ok: boolean, at: Date): void {
+    // inc(0) makes the failure series exist (at 0) from the first success on.
+    if (ok) this.reloadSuccess.labels(source).set(at.getTime() / 1000);
+    this.reloadFailures.labels(source).inc(ok ? 0 : 1);
   }
 }
 

@@ -4,7 +4,7 @@
 import type { Logger } from "pino";
 import { ConnectionService } from "../gen/connections/v1/connection_service_pb.js";
 import { OrganizationService } from "../gen/connections/v1/organization_service_pb.js";
-import { CallerAuthenticator } from "./api/callers.js";
+import { CallerAuthenticator, CallerTable } from "./api/callers.js";
 import { connectionServiceHandlers } from "./api/connection-service.js";
 import { organizationServiceHandlers } from "./api/organization-service.js";
 import { RpcPipeline } from "./api/rpc.js";
@@ -12,8 +12,10 @@ import { Connections } from "./app/connections.js";
 import { Organizations } from "./app/organizations.js";
 import type { Config } from "./config.js";
 import { Metrics, startAdminServer } from "./metrics.js";
+import { ConfigReloader } from "./reload.js";
 import { openStore } from "./store/open.js";
-import { serve } from "./transport/server.js";
+import { type RunningServer, serve } from "./transport/server.js";
+import { readTlsCredentials } from "./transport/tls.js";
 
 const STORE_CLOSE_TIMEOUT_MS = 2_000;
 
@@ -21,12 +23,31 @@ export interface RunningService {
   readonly port: number;
   /** Undefined when metrics are off. */
   readonly adminPort: number | undefined;
+  /** Reads the callers file and TLS credentials again (SIGHUP); a bad file keeps the previous one. */
+  reload(): void;
   /** Drains in-flight RPCs (up to the configured grace), then closes the database. */
   close(): Promise<void>;
 }
 
 export async function startService(config: Config, logger: Logger): Promise<RunningService> {
-  const authenticator = callerAuthenticator(config, logger);
+  // Files are read (and a bad one refused) before anything else starts; later reads swap them in.
+  const reloader = new ConfigReloader(logger);
+  const authenticator = callerAuthenticator(config, logger, reloader);
+  let server: RunningServer | undefined;
+  const tlsFiles = config.tls;
+  const tls =
+    tlsFiles === undefined
+      ? undefined
+      : reloader.add(
+          "tls",
+          [
+            tlsFiles.certFile,
+            tlsFiles.keyFile,
+            ...(tlsFiles.clientCaFile === undefined ? [] : [tlsFiles.clientCaFile]),
+          ],
+          () => readTlsCredentials(tlsFiles),
+          (credentials) => server?.setTlsCredentials(credentials),
+        );
   const store = await openStore({
     databaseUrl: config.databaseUrl,
     poolSize: config.databasePoolSize,
@@ -46,12 +67,13 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     pipeline.register(ConnectionService, connectionServiceHandlers(new Connections(store)));
     pipeline.register(OrganizationService, organizationServiceHandlers(organizations));
 
-    const server = await serve({
+    server = await serve({
       pipeline,
       host: config.host,
       port: config.port,
       logger,
       maxRequestBytes: config.maxRequestBytes,
+      tls,
       readiness: () =>
         store.ping().then(
           () => true,
@@ -62,11 +84,16 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       config.adminPort === undefined
         ? undefined
         : await startAdminServer(metrics.registry, config.host, config.adminPort);
+    reloader.observe(metrics);
+    reloader.watch();
+    const running = server;
     return {
-      port: server.port,
+      port: running.port,
       adminPort: admin?.port,
+      reload: () => reloader.reload("SIGHUP"),
       async close() {
-        await server.close(config.shutdownGraceMs);
+        reloader.close();
+        await running.close(config.shutdownGraceMs);
         await admin?.close();
         // A query that outlived the grace period (say, waiting on a lock) must not hold the exit:
         // when the process ends, the database rolls its transaction back.
@@ -78,13 +105,25 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       },
     };
   } catch (error) {
+    reloader.close();
     await store.close();
     throw error;
   }
 }
 
-function callerAuthenticator(config: Config, logger: Logger): CallerAuthenticator {
-  if (config.callersFile !== undefined) return CallerAuthenticator.fromFile(config.callersFile);
+function callerAuthenticator(config: Config, logger: Logger, reloader: ConfigReloader): CallerAuthenticator {
+  const file = config.callersFile;
+  if (file !== undefined) {
+    let authenticator: CallerAuthenticator | undefined;
+    const table = reloader.add(
+      "callers",
+      [file],
+      () => CallerTable.fromFile(file),
+      (next) => authenticator?.replace(next),
+    );
+    authenticator = new CallerAuthenticator(table);
+    return authenticator;
+  }
   logger.warn(
     "dev mode: no CALLERS_FILE, so the tokens dev-dashboard-bff, dev-api-gateway, dev-token-service and " +
       "dev-provisioning are accepted; never run like this in production",

@@ -31,6 +31,8 @@ export interface RequestMeta {
   readonly deadline: number | undefined;
   /** For logs and metrics: "grpc", "grpc-web" or "connect". */
   readonly protocol: string;
+  /** Over mTLS, the URI SAN (SPIFFE ID) of the client's verified certificate; else undefined. */
+  peerSpiffeId?(): string | undefined;
 }
 
 /** Who is calling, established before any handler runs. */
@@ -114,9 +116,13 @@ export class RpcPipeline {
     let organizationId = "";
     let result: RpcResult;
     try {
-      caller = this.options.authenticator.authenticate(meta.header("authorization"));
+      caller = this.options.authenticator.authenticate(meta.header("authorization"), meta.peerSpiffeId?.());
       if (caller === undefined) {
-        throw new ServiceError("CALLER_UNAUTHENTICATED", "send a valid token as 'authorization: Bearer <token>'");
+        throw new ServiceError(
+          "CALLER_UNAUTHENTICATED",
+          "send a valid token as 'authorization: Bearer <token>' or a client certificate listed for a caller " +
+            "(when both are sent they must name the same caller)",
+        );
       }
       if (!method.callers.has(caller)) {
         throw new ServiceError("CALLER_NOT_ALLOWED", `caller "${caller}" may not call ${method.method.name}`);

@@ -8,6 +8,7 @@ import { ConnectError, type ConnectRouter, type HandlerContext } from "@connectr
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import type { RequestMeta, RpcPipeline } from "../api/rpc.js";
 import { errorInfoOf } from "../api/status.js";
+import { PEER_SPIFFE_ID_KEY } from "./tls.js";
 
 export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): void {
   for (const registered of pipeline.registered()) {
@@ -37,5 +38,9 @@ class HandlerContextMeta implements RequestMeta {
 
   header(name: string): string | undefined {
     return this.context.requestHeader.get(name) ?? undefined;
+  }
+
+  peerSpiffeId(): string | undefined {
+    return this.context.values.get(PEER_SPIFFE_ID_KEY);
   }
 }

@@ -24,6 +24,7 @@ import { requestIdFor } from "../api/request-id.js";
 import { codeName, type RegisteredMethod, type RequestMeta, type RpcPipeline } from "../api/rpc.js";
 import { errorInfoOf, type RpcStatus, toRpcStatus } from "../api/status.js";
 import { type ErrorReason, ServiceError } from "../app/errors.js";
+import { peerSpiffeIdOf } from "./tls.js";
 
 const GRPC_CONTENT_TYPES: ReadonlySet<string> = new Set(["application/grpc", "application/grpc+proto"]);
 const ACCEPTED_ENCODINGS = "identity,gzip";
@@ -155,6 +156,10 @@ class UnaryCall implements RequestMeta {
 
   header(name: string): string | undefined {
     return single(this.headers, name);
+  }
+
+  peerSpiffeId(): string | undefined {
+    return peerSpiffeIdOf(this.stream.session?.socket);
   }
 
   receive(chunk: Buffer): void {

@@ -1,5 +1,5 @@
 // One TCP port for gRPC, gRPC-Web and Connect, over HTTP/2 cleartext (prior knowledge) and
-// HTTP/1.1.
+// HTTP/1.1, or, with TLS configured, over TLS only (ALPN h2 and http/1.1; see tls.ts).
 //
 // A net.Server accepts every connection and reads its first bytes: the HTTP/2 client preface goes
 // to an http2 server, anything else to an http server. On HTTP/2 each stream is routed on its own:
@@ -25,6 +25,7 @@ import { routePipeline } from "./connect-routes.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";
 import { HealthController, routeHealth } from "./health.js";
 import { REFLECTION_SERVICES, ReflectionIndex, routeReflection } from "./reflection.js";
+import { createTlsTerminator, type TlsCredentials, type TlsTerminator, tlsContextValues } from "./tls.js";
 
 export interface ServeOptions {
   readonly pipeline: RpcPipeline;
@@ -36,6 +37,8 @@ export interface ServeOptions {
   readonly maxRequestBytes: number;
   /** True when the database answers; health reports NOT_SERVING while it is false. */
   readonly readiness: () => Promise<boolean>;
+  /** When set, the port serves TLS only. */
+  readonly tls?: TlsCredentials | undefined;
 }
 
 export interface RunningServer {
@@ -47,6 +50,8 @@ export interface RunningServer {
    * `graceMs`, then cancels what is left. Resolves when every connection is closed.
    */
   close(graceMs: number): Promise<void>;
+  /** With TLS: connections accepted from now on use these credentials. */
+  setTlsCredentials(credentials: TlsCredentials): void;
 }
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -71,6 +76,8 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   );
   const connectHandler = connectNodeAdapter({
     readMaxBytes: options.maxRequestBytes,
+    // The client certificate's SPIFFE ID, for the pipeline; nothing per request without TLS.
+    ...(options.tls === undefined ? {} : { contextValues: tlsContextValues }),
     routes(router) {
       routePipeline(router, pipeline);
       routeHealth(router, health);
@@ -84,6 +91,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     new GrpcFastPath(pipeline, options.maxRequestBytes, logger),
     health,
     logger,
+    options.tls,
   );
   try {
     await server.listen(options.host, options.port);
@@ -103,7 +111,10 @@ function servicesOf(pipeline: RpcPipeline): DescService[] {
 type ConnectHandler = ReturnType<typeof connectNodeAdapter>;
 
 class MultiProtocolServer implements RunningServer {
-  private readonly listener = net.createServer((socket) => this.routeConnection(socket));
+  private readonly listener = net.createServer((socket) =>
+    this.tls === undefined ? this.routeConnection(socket) : this.tls.accept(socket),
+  );
+  private readonly tls: TlsTerminator | undefined;
   private readonly http1Server = http.createServer((request, response) => this.serveWithConnect(request, response));
   private readonly http2Server = http2.createServer();
   /** Accepted connections whose first bytes have not arrived yet. */
@@ -118,7 +129,17 @@ class MultiProtocolServer implements RunningServer {
     private readonly fastPath: GrpcFastPath,
     readonly health: HealthController,
     private readonly logger: Logger,
+    tlsCredentials: TlsCredentials | undefined,
   ) {
+    this.tls =
+      tlsCredentials === undefined
+        ? undefined
+        : createTlsTerminator(
+            tlsCredentials,
+            FIRST_BYTES_TIMEOUT_MS,
+            (socket) => (socket.alpnProtocol === "h2" ? this.http2Server : this.http1Server).emit("connection", socket),
+            (error) => this.logger.debug({ err: error }, "TLS handshake failed"),
+          );
     // node starts tracking an http server's connections (request and header timeouts,
     // closeIdleConnections) when it emits 'listening'; this one never listens itself.
     this.http1Server.emit("listening");
@@ -159,6 +180,11 @@ class MultiProtocolServer implements RunningServer {
         resolve();
       });
     });
+  }
+
+  setTlsCredentials(credentials: TlsCredentials): void {
+    if (this.tls === undefined) throw new Error("this server was started without TLS");
+    this.tls.setCredentials(credentials);
   }
 
   close(graceMs: number): Promise<void> {

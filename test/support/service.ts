@@ -9,6 +9,7 @@
 
 import { randomBytes } from "node:crypto";
 import http from "node:http";
+import https from "node:https";
 import {
   create,
   type DescMessage,
@@ -224,6 +225,33 @@ function connectHttp1Client(baseUrl: string): RpcClient {
   return new ConnectRpcClient("connect-http1", transport, () => agent.destroy());
 }
 
+/** PEM material for a client over TLS; `cert` and `key` make it mTLS. */
+export interface ClientTls {
+  readonly ca: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+}
+
+/** A client of `kind` to https://127.0.0.1:<port>, verifying the server against `tls.ca`. */
+export function tlsRpcClient(kind: ClientKind, port: number, tls: ClientTls): RpcClient {
+  const baseUrl = `https://127.0.0.1:${port}`;
+  const nodeOptions = { ca: tls.ca, cert: tls.cert, key: tls.key };
+  if (kind === "grpc-js") {
+    return new GrpcJsRpcClient(
+      `127.0.0.1:${port}`,
+      grpc.credentials.createSsl(tls.ca, tls.key ?? null, tls.cert ?? null),
+    );
+  }
+  if (kind === "connect-grpc") {
+    const sessionManager = new Http2SessionManager(baseUrl, undefined, nodeOptions);
+    const transport = createGrpcTransport({ baseUrl, sessionManager });
+    return new ConnectRpcClient(kind, transport, () => sessionManager.abort());
+  }
+  const agent = new https.Agent({ keepAlive: true, ...nodeOptions });
+  const transport = createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: { agent } });
+  return new ConnectRpcClient(kind, transport, () => agent.destroy());
+}
+
 // ---------------------------------------------------------------------------------------------
 // @grpc/grpc-js.
 
@@ -252,8 +280,8 @@ export class GrpcJsRpcClient implements RpcClient {
   readonly kind: ClientKind = "grpc-js";
   private readonly client: grpc.Client;
 
-  constructor(address: string) {
-    this.client = new grpc.Client(address, grpc.credentials.createInsecure());
+  constructor(address: string, credentials = grpc.credentials.createInsecure()) {
+    this.client = new grpc.Client(address, credentials);
   }
 
   call<K extends RpcName>(rpc: K, request: RpcRequest<K>, context: CallContext = {}): Promise<RpcReply<K>> {
