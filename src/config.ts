@@ -10,6 +10,8 @@ export interface Config {
   readonly databasePoolSize: number;
   readonly databaseStatementTimeoutMs: number;
   readonly callersFile: string | undefined;
+  /** The OTEL_* variables when traces are to be exported; undefined means no tracing at all. */
+  readonly tracing: Readonly<Record<string, string>> | undefined;
   /** PEM files; when set, the port serves TLS only. */
   readonly tls: TlsFiles | undefined;
   readonly logLevel: string;
@@ -71,6 +73,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     problems.push("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE (mTLS is TLS with client certificates)");
   }
 
+  const tracing = tracingEnv(env);
+  const otlpEndpoint = tracing?.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || tracing?.OTEL_EXPORTER_OTLP_ENDPOINT;
+  if (otlpEndpoint !== undefined && !URL.canParse(otlpEndpoint)) {
+    problems.push("OTEL_EXPORTER_OTLP_ENDPOINT: expected a URL such as http://collector:4318");
+  }
+
   const config: Config = {
     port: integer("PORT", 8080, 0, 65535),
     host: env.HOST || "127.0.0.1",
@@ -79,6 +87,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databasePoolSize: integer("DATABASE_POOL_SIZE", 10, 1, 1000),
     databaseStatementTimeoutMs: integer("DATABASE_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
     callersFile,
+    tracing,
     tls: certFile !== undefined && keyFile !== undefined ? { certFile, keyFile, clientCaFile } : undefined,
     logLevel,
     production,
@@ -88,4 +97,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** The OTEL_* variables, when they ask for traces (an OTLP endpoint, and the SDK not disabled). */
+function tracingEnv(env: NodeJS.ProcessEnv): Readonly<Record<string, string>> | undefined {
+  if (env.OTEL_SDK_DISABLED === "true" || env.OTEL_TRACES_EXPORTER === "none") return undefined;
+  if (!env.OTEL_EXPORTER_OTLP_ENDPOINT && !env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) return undefined;
+  const picked: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (name.startsWith("OTEL_") && value !== undefined) picked[name] = value;
+  }
+  return picked;
 }

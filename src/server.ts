@@ -14,6 +14,7 @@ import type { Config } from "./config.js";
 import { Metrics, startAdminServer } from "./metrics.js";
 import { ConfigReloader } from "./reload.js";
 import { openStore } from "./store/open.js";
+import type { Tracing } from "./tracing.js";
 import { type RunningServer, serve } from "./transport/server.js";
 import { readTlsCredentials } from "./transport/tls.js";
 
@@ -48,13 +49,18 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
           () => readTlsCredentials(tlsFiles),
           (credentials) => server?.setTlsCredentials(credentials),
         );
-  const store = await openStore({
+  const openedStore = await openStore({
     databaseUrl: config.databaseUrl,
     poolSize: config.databasePoolSize,
     statementTimeoutMs: config.databaseStatementTimeoutMs,
     logger,
   });
+  let tracing: Tracing | undefined;
   try {
+    // Loaded only when asked for: without an OTLP endpoint no OpenTelemetry code is even imported.
+    if (config.tracing !== undefined) tracing = (await import("./tracing.js")).Tracing.start(config.tracing, logger);
+    const dbSystem = config.databaseUrl.startsWith("sqlite:") ? "sqlite" : "postgresql";
+    const store = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
     const organizations = new Organizations(store);
     const metrics = new Metrics(store);
     const pipeline = new RpcPipeline({
@@ -63,6 +69,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       logger,
       observer: metrics,
       maxDeadlineMs: config.maxDeadlineMs,
+      tracing,
     });
     pipeline.register(ConnectionService, connectionServiceHandlers(new Connections(store)));
     pipeline.register(OrganizationService, organizationServiceHandlers(organizations));
@@ -102,11 +109,13 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
           new Promise<false>((resolve) => setTimeout(resolve, STORE_CLOSE_TIMEOUT_MS, false).unref()),
         ]);
         if (!closed) logger.warn({ timeoutMs: STORE_CLOSE_TIMEOUT_MS }, "database did not close in time; leaving it");
+        await tracing?.shutdown();
       },
     };
   } catch (error) {
     reloader.close();
-    await store.close();
+    await openedStore.close();
+    await tracing?.shutdown();
     throw error;
   }
 }

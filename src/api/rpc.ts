@@ -67,6 +67,25 @@ export interface RpcObserver {
   observe(method: RegisteredMethod, code: number, seconds: number): void;
 }
 
+/** What the pipeline reports when an RPC ends, for its trace span. */
+export interface RpcOutcome {
+  readonly code: number;
+  readonly reason: string | undefined;
+  readonly caller: string | undefined;
+  readonly organizationId: string;
+  readonly requestId: string;
+}
+
+export interface RpcSpan {
+  end(outcome: RpcOutcome): void;
+}
+
+/** Traces RPCs (src/tracing.ts); absent when tracing is off, so untraced calls pay nothing. */
+export interface RpcTracing {
+  /** Runs `work` inside a span for the RPC at `path`; `work` ends the span. */
+  serve<T>(path: string, meta: RequestMeta, work: (span: RpcSpan) => Promise<T>): Promise<T>;
+}
+
 export interface RpcPipelineOptions {
   readonly authenticator: CallerAuthenticator;
   readonly organizations: Organizations;
@@ -74,6 +93,7 @@ export interface RpcPipelineOptions {
   readonly observer?: RpcObserver;
   /** The longest any RPC may run, whatever deadline the client sent. */
   readonly maxDeadlineMs: number;
+  readonly tracing?: RpcTracing | undefined;
 }
 
 const MAX_ACTOR_LENGTH = 200;
@@ -109,7 +129,18 @@ export class RpcPipeline {
   }
 
   /** Runs one RPC through authentication, the caller table, the organization check and its handler. */
-  async invoke(method: RegisteredMethod, request: Message, meta: RequestMeta): Promise<RpcResult> {
+  invoke(method: RegisteredMethod, request: Message, meta: RequestMeta): Promise<RpcResult> {
+    const tracing = this.options.tracing;
+    if (tracing === undefined) return this.run(method, request, meta, undefined);
+    return tracing.serve(method.path, meta, (span) => this.run(method, request, meta, span));
+  }
+
+  private async run(
+    method: RegisteredMethod,
+    request: Message,
+    meta: RequestMeta,
+    span: RpcSpan | undefined,
+  ): Promise<RpcResult> {
     const started = performance.now();
     const requestId = requestIdFor(meta.header("x-request-id"));
     let caller: CallerName | undefined;
@@ -150,6 +181,7 @@ export class RpcPipeline {
     const code = result.ok ? 0 : result.status.code;
     const seconds = (performance.now() - started) / 1000;
     this.options.observer?.observe(method, code, seconds);
+    span?.end({ code, reason: result.ok ? undefined : result.status.reason, caller, organizationId, requestId });
     this.options.logger.info(
       {
         method: method.path,

@@ -70,6 +70,8 @@ export interface CallContext {
   readonly actor?: string;
   /** x-request-id; omitted when undefined. */
   readonly requestId?: string;
+  /** Any other request headers, e.g. traceparent. */
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 export interface RpcReply<K extends RpcName> {
@@ -128,7 +130,7 @@ function requestHeaders(context: CallContext): Record<string, string> {
   if (context.organizationId !== undefined) headers["x-organization-id"] = context.organizationId;
   if (context.actor !== undefined) headers["x-actor"] = context.actor;
   if (context.requestId !== undefined) headers["x-request-id"] = context.requestId;
-  return headers;
+  return { ...headers, ...context.headers };
 }
 
 function methodOf(rpc: string): DescMethod {
