@@ -27,17 +27,22 @@ function openssl(args: string[], cwd: string): void {
   execFileSync("openssl", args, { cwd, stdio: ["ignore", "ignore", "pipe"] });
 }
 
+/** openssl arguments for a fresh P-256 key, shared by the CA and every leaf. */
+const NEW_P256_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
 export function createTestPki(directory = mkdtempSync(join(tmpdir(), "connections-pki-"))): TestPki {
   const file = (name: string) => join(directory, name);
+  const caExtensions = [
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+  ];
   openssl(
     [
       "req",
       "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
+      ...NEW_P256_KEY,
       "-keyout",
       "ca.key",
       "-out",
@@ -46,10 +51,7 @@ export function createTestPki(directory = mkdtempSync(join(tmpdir(), "connection
       "2",
       "-subj",
       "/CN=connections test CA",
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-      "-addext",
-      "keyUsage=critical,keyCertSign,cRLSign",
+      ...caExtensions,
     ],
     directory,
   );
@@ -74,21 +76,7 @@ export function createTestPki(directory = mkdtempSync(join(tmpdir(), "connection
           (entries.length > 0 ? `subjectAltName=${entries.join(",")}\n` : ""),
       );
       openssl(
-        [
-          "req",
-          "-new",
-          "-newkey",
-          "ec",
-          "-pkeyopt",
-          "ec_paramgen_curve:prime256v1",
-          "-nodes",
-          "-keyout",
-          `${name}.key`,
-          "-out",
-          `${name}.csr`,
-          "-subj",
-          `/CN=${name}`,
-        ],
+        ["req", "-new", ...NEW_P256_KEY, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${name}`],
         directory,
       );
       openssl(
