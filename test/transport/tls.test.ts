@@ -100,7 +100,7 @@ describe("TLS (server certificate only)", () => {
   });
 
   it("negotiates h2 and http/1.1 by ALPN and speaks Connect JSON over https", async () => {
-    const agent = new https.Agent({ ALPNProtocols: ["http/1.1"], ca: pki.ca.cert });
+    const agent = new https.Agent({ ALPNProtocols: ["http/1.1"], ca: pki.ca.cert, servername: "" });
     const body = await new Promise<{ status: number; alpn: string | false | null; text: string }>((resolve, reject) => {
       const request = https.request(
         {
