@@ -23,8 +23,16 @@ interface Ran {
   readonly stderr: string;
 }
 
-/** Runs a compiled example with node; resolves with its exit code and output. */
-function runExample(script: string, args: string[], env: Record<string, string>): Promise<Ran> {
+/**
+ * Runs a compiled example with node; resolves with its exit code and output. `onStderr` sees the
+ * standard error as it grows.
+ */
+function runExample(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+  onStderr: (stderr: string) => void = () => {},
+): Promise<Ran> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [script, ...args], { env: { ...process.env, ...env } });
     let stdout = "";
@@ -34,6 +42,7 @@ function runExample(script: string, args: string[], env: Record<string, string>)
     });
     child.stderr.on("data", (chunk: Buffer) => {
       stderr += chunk.toString();
+      onStderr(stderr);
     });
     child.once("error", reject);
     child.once("exit", (code) => resolve({ code, stdout, stderr }));
@@ -110,13 +119,20 @@ describe("client examples", () => {
     timeout: 60_000,
   }, async () => {
     const port = await freePort();
-    const ran = runExample(tokenCheck, ["cxn_absent", acme, "account.read"], {
-      ADDR: `http://127.0.0.1:${port}`,
-      DEADLINE_MS: "30000",
-      MAX_ATTEMPTS: "1000",
+    let firstRetry: () => void = () => {};
+    const retried = new Promise<void>((resolve) => {
+      firstRetry = resolve;
     });
-    // Let the first attempts fail (connection refused), then start a replica on that port.
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const ran = runExample(
+      tokenCheck,
+      ["cxn_absent", acme, "account.read"],
+      { ADDR: `http://127.0.0.1:${port}`, DEADLINE_MS: "50000", MAX_ATTEMPTS: "100000" },
+      (stderr) => {
+        if (stderr.includes("retrying")) firstRetry();
+      },
+    );
+    // Once the first attempt has failed (connection refused), a replica starts on that port.
+    await Promise.race([retried, ran]);
     const replica = await startTestService(SQLITE, { PORT: String(port) });
     try {
       const result = await ran;
