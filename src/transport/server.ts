@@ -59,6 +59,16 @@ const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 const FIRST_BYTES_TIMEOUT_MS = 10_000;
 /** While draining, how often HTTP/1.1 connections that finished their last request are closed. */
 const IDLE_SWEEP_INTERVAL_MS = 50;
+/**
+ * node:http2 counts every response byte still queued for a connection against this and, past it,
+ * refuses new streams with RST_STREAM ENHANCE_YOUR_CALM (clients see RESOURCE_EXHAUSTED), then
+ * drops the connection with every call on it after 100 refusals. node's default of 10 MB is
+ * reached by a few dozen concurrent large pages (ListConnections at page_size 500) on one
+ * connection, so a well-behaved client failed. grpc-js lifts the limit for the same reason. What
+ * bounds a connection's memory is the concurrent-stream limit times the largest response; this
+ * stays as a backstop against a client that asks for far more than it reads.
+ */
+const HTTP2_MAX_SESSION_MEMORY_MB = 512;
 
 export async function serve(options: ServeOptions): Promise<RunningServer> {
   const { pipeline, logger } = options;
@@ -116,7 +126,7 @@ class MultiProtocolServer implements RunningServer {
   );
   private readonly tls: TlsTerminator | undefined;
   private readonly http1Server = http.createServer((request, response) => this.serveWithConnect(request, response));
-  private readonly http2Server = http2.createServer();
+  private readonly http2Server = http2.createServer({ maxSessionMemory: HTTP2_MAX_SESSION_MEMORY_MB });
   /** Accepted connections whose first bytes have not arrived yet. */
   private readonly undecidedSockets = new Set<net.Socket>();
   private readonly http2Sessions = new Set<http2.ServerHttp2Session>();
