@@ -1,0 +1,677 @@
+#!/usr/bin/python3
+"""Interop client: gRPC C-core (Debian's python3-grpcio) against a running connections service.
+
+A client stack that nobody on this project wrote, so that the service is checked against what a
+real third-party gRPC implementation sends and expects, not only against our own assumptions.
+test/interop/grpc-core.test.ts starts the service, generates the message classes from proto/ with
+`protoc --python_out` into a temporary directory, and runs one scenario per invocation:
+
+    /usr/bin/python3 grpc_core_client.py SCENARIO --target 127.0.0.1:PORT --generated DIR
+
+It prints one JSON object on stdout: {"scenario", "ok", "error", "observed"}. "observed" holds
+what the scenario saw (codes, reasons, counts) for the test to assert on; "error" holds the failed
+check or the traceback. The exit status is 0 when the scenario ran to the end, 1 otherwise.
+
+No service stubs (Debian's grpc-tools is too old): every method is called through
+channel.unary_unary / unary_stream / stream_stream with the generated serializers.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+import traceback
+
+import grpc
+
+ALL_SCOPES = ["account.read", "inquiry.read", "transaction.read", "verification.read"]
+ERROR_DOMAIN = "connections.v1"
+
+
+class CheckFailed(Exception):
+    """A scenario saw something other than what the service promises."""
+
+
+def check(condition, message):
+    if not condition:
+        raise CheckFailed(message)
+
+
+def unique(prefix):
+    return "%s_%s" % (prefix, secrets.token_hex(5))
+
+
+# --------------------------------------------------------------------------------------------
+# Generated code.
+
+
+class Protos:
+    """The message classes that protoc generated from proto/ into `directory`."""
+
+    def __init__(self, directory):
+        sys.path.insert(0, directory)
+        # The generated grpc/health and grpc/reflection folders would be found inside the grpc
+        # package, which shadows them; they import nothing generated, so load them by file.
+        self.health = load_module("interop_health_pb2", directory, "grpc/health/v1/health_pb2.py")
+        self.reflection = load_module("interop_reflection_pb2", directory, "grpc/reflection/v1/reflection_pb2.py")
+        from connections.v1 import connection_pb2, connection_service_pb2, organization_service_pb2
+        from google.rpc import error_details_pb2, status_pb2
+
+        self.connection = connection_pb2
+        self.connection_service = connection_service_pb2
+        self.organization_service = organization_service_pb2
+        self.status = status_pb2
+        self.error_details = error_details_pb2
+
+    def services(self):
+        return [
+            self.connection_service.DESCRIPTOR.services_by_name["ConnectionService"],
+            self.organization_service.DESCRIPTOR.services_by_name["OrganizationService"],
+        ]
+
+
+def load_module(name, directory, relative_path):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(directory, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def message_class(descriptor):
+    from google.protobuf import symbol_database
+
+    return symbol_database.Default().GetSymbol(descriptor.full_name)
+
+
+# --------------------------------------------------------------------------------------------
+# Calling the service.
+
+
+class Failure:
+    """A failed call as the client saw it, with the google.rpc.ErrorInfo from grpc-status-details-bin."""
+
+    def __init__(self, protos, error):
+        self.code = error.code().name
+        self.message = error.details() or ""
+        self.trailers = dict(metadata_items(error.trailing_metadata()))
+        self.initial = dict(metadata_items(error.initial_metadata()))
+        self.reason = ""
+        self.domain = ""
+        self.metadata = {}
+        self.status_code = None
+        self.status_message = None
+        details = self.trailers.get("grpc-status-details-bin")
+        if details is not None:
+            status = protos.status.Status.FromString(details)
+            self.status_code = status.code
+            self.status_message = status.message
+            for detail in status.details:
+                if detail.Is(protos.error_details.ErrorInfo.DESCRIPTOR):
+                    info = protos.error_details.ErrorInfo()
+                    detail.Unpack(info)
+                    self.reason = info.reason
+                    self.domain = info.domain
+                    self.metadata = dict(info.metadata)
+
+    def observed(self):
+        return {
+            "code": self.code,
+            "reason": self.reason,
+            "domain": self.domain,
+            "metadata": self.metadata,
+            "message": self.message,
+            "statusDetailsCode": self.status_code,
+            "statusDetailsMessage": self.status_message,
+            "requestId": self.trailers.get("x-request-id") or self.initial.get("x-request-id"),
+        }
+
+
+def metadata_items(metadata):
+    return [(item.key, item.value) for item in (metadata or [])]
+
+
+def headers(caller, organization=None, actor=None, request_id=None):
+    """Request metadata: a dev-mode bearer token for `caller` (None sends none) and the optional headers."""
+    items = []
+    if caller is not None:
+        items.append(("authorization", "Bearer dev-" + caller))
+    if organization is not None:
+        items.append(("x-organization-id", organization))
+    if actor is not None:
+        items.append(("x-actor", actor))
+    if request_id is not None:
+        items.append(("x-request-id", request_id))
+    return items
+
+
+class Client:
+    """Every RPC of both services on one channel, by method name ("CreateConnection")."""
+
+    def __init__(self, protos, channel):
+        self.protos = protos
+        self.channel = channel
+        self.methods = {}
+        for service in protos.services():
+            for method in service.methods:
+                self.methods[method.name] = (
+                    channel.unary_unary(
+                        "/%s/%s" % (service.full_name, method.name),
+                        request_serializer=message_class(method.input_type).SerializeToString,
+                        response_deserializer=message_class(method.output_type).FromString,
+                    ),
+                    message_class(method.input_type),
+                )
+
+    def request(self, rpc, **fields):
+        return self.methods[rpc][1](**fields)
+
+    def call(self, rpc, fields, caller, organization=None, timeout=20, **options):
+        """Returns (response, call); raises grpc.RpcError."""
+        multi_callable, request_class = self.methods[rpc]
+        metadata = headers(caller, organization, options.pop("actor", None), options.pop("request_id", None))
+        return multi_callable.with_call(request_class(**fields), metadata=metadata, timeout=timeout, **options)
+
+    def ok(self, rpc, fields, caller, organization=None, **options):
+        try:
+            return self.call(rpc, fields, caller, organization, **options)[0]
+        except grpc.RpcError as error:
+            failure = Failure(self.protos, error)
+            raise CheckFailed("%s failed: %s %s %s" % (rpc, failure.code, failure.reason, failure.message))
+
+    def fail(self, rpc, fields, caller, organization=None, **options):
+        try:
+            self.call(rpc, fields, caller, organization, **options)
+        except grpc.RpcError as error:
+            return Failure(self.protos, error)
+        raise CheckFailed("%s succeeded where it should have failed" % rpc)
+
+    def future(self, rpc, fields, caller, organization=None, timeout=60):
+        multi_callable, request_class = self.methods[rpc]
+        return multi_callable.future(request_class(**fields), metadata=headers(caller, organization), timeout=timeout)
+
+    def organizations(self, count, prefix="org"):
+        ids = [unique(prefix) for _ in range(count)]
+        futures = [self.future("CreateOrganization", {"id": id, "name": "Organization " + id}, "provisioning") for id in ids]
+        for future in futures:
+            future.result()
+        return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios. Each gets (protos, args) and returns what it observed; a failed check raises.
+
+
+def scenario_rpcs(protos, args):
+    """Every RPC of both services succeeds, in the order a Connection's life calls them."""
+    client = Client(protos, grpc.insecure_channel(args.target))
+    State = protos.connection.Connection.State
+    called = []
+
+    def ok(rpc, fields, caller, organization=None, **options):
+        response = client.ok(rpc, fields, caller, organization, **options)
+        called.append(rpc)
+        return response
+
+    source, destination = unique("org_src"), unique("org_dst")
+    created = ok("CreateOrganization", {"id": source, "name": "Source"}, "provisioning").organization
+    check(created.id == source and created.create_time.seconds > 0, "CreateOrganization returns the organization")
+    ok("CreateOrganization", {"name": "Destination", "id": destination}, "provisioning")
+    fetched = ok("GetOrganization", {"id": destination}, "provisioning").organization
+    check(fetched.name == "Destination", "GetOrganization returns what was registered")
+
+    connection = ok(
+        "CreateConnection",
+        {"destination_organization_id": destination, "scopes": ["transaction.read", "account.read"], "name": "Payroll"},
+        "api-gateway",
+        source,
+    ).connection
+    check(connection.id.startswith("cxn_"), "a Connection id starts with cxn_")
+    check(connection.state == State.STATE_PENDING, "a new Connection is PENDING")
+    check(list(connection.scopes) == ["account.read", "transaction.read"], "scopes are kept sorted")
+    got = ok("GetConnection", {"id": connection.id}, "token-service", destination).connection
+    check(got.id == connection.id and got.etag == connection.etag, "GetConnection returns the Connection")
+    listed = ok("ListConnections", {"page_size": 10}, "dashboard-bff", destination)
+    check([c.id for c in listed.connections] == [connection.id], "ListConnections lists it for the destination")
+    check(listed.next_page_token == "", "a single page has no next_page_token")
+    activated = ok("ActivateConnection", {"id": connection.id, "etag": got.etag}, "dashboard-bff", destination)
+    check(activated.connection.state == State.STATE_ACTIVE, "ActivateConnection makes it ACTIVE")
+    Action = protos.connection_service.CheckConnectionRequest.Action
+    Reason = protos.connection_service.CheckConnectionResponse.Reason
+    allowed = ok(
+        "CheckConnection",
+        {
+            "connection_id": connection.id,
+            "organization_id": source,
+            "action": Action.ACTION_ISSUE_SHARE_TOKEN,
+            "scope": "account.read",
+        },
+        "token-service",
+    )
+    check(allowed.allowed and allowed.reason == Reason.REASON_ALLOWED, "CheckConnection allows an ACTIVE scope")
+    deactivated = ok(
+        "DeactivateConnection", {"id": connection.id, "reason": "contract ended"}, "dashboard-bff", source
+    ).connection
+    check(deactivated.state == State.STATE_INACTIVE, "DeactivateConnection makes it INACTIVE")
+    check(deactivated.deactivate_time.seconds > 0, "deactivate_time is set")
+    reactivated = ok("ReactivateConnection", {"id": connection.id}, "api-gateway", source).connection
+    check(reactivated.state == State.STATE_PENDING, "ReactivateConnection makes it PENDING again")
+    events = ok("ListConnectionEvents", {"connection_id": connection.id}, "api-gateway", destination).events
+    Type = protos.connection.ConnectionEvent.Type
+    types = [Type.Name(event.type) for event in events]
+    check(
+        types == ["TYPE_CREATED", "TYPE_ACTIVATED", "TYPE_DEACTIVATED", "TYPE_REACTIVATED"],
+        "ListConnectionEvents lists every transition oldest first, got %s" % types,
+    )
+    check(events[2].reason == "contract ended", "the deactivation reason is kept on the event")
+    return {"succeeded": called, "eventTypes": types}
+
+
+def scenario_errors(protos, args):
+    """Each RPC fails with a gRPC code and a google.rpc.ErrorInfo in grpc-status-details-bin."""
+    client = Client(protos, grpc.insecure_channel(args.target))
+    source, destination, stranger = client.organizations(3, "org_err")
+    connection = client.ok(
+        "CreateConnection",
+        {"destination_organization_id": destination, "scopes": ["account.read"], "name": "Errors"},
+        "dashboard-bff",
+        source,
+    ).connection
+    cases = []
+
+    def case(rpc, expected, fields, caller, organization=None, **options):
+        failure = client.fail(rpc, fields, caller, organization, **options)
+        cases.append({"rpc": rpc, "expected": expected, "observed": failure.observed()})
+
+    def expect(code, reason, **metadata):
+        return {"code": code, "reason": reason, "domain": ERROR_DOMAIN, "metadata": metadata}
+
+    case("CreateOrganization", expect("ALREADY_EXISTS", "ORGANIZATION_ALREADY_EXISTS"), {"id": source, "name": "Again"}, "provisioning")
+    case("GetOrganization", expect("NOT_FOUND", "ORGANIZATION_NOT_FOUND"), {"id": unique("org_none")}, "provisioning")
+    case(
+        "CreateConnection",
+        expect("INVALID_ARGUMENT", "SELF_CONNECTION"),
+        {"destination_organization_id": source, "scopes": ["account.read"], "name": "Self"},
+        "api-gateway",
+        source,
+    )
+    case(
+        "CreateConnection",
+        expect("ALREADY_EXISTS", "CONNECTION_ALREADY_EXISTS", connection_id=connection.id),
+        {"destination_organization_id": destination, "scopes": ["account.read"], "name": "Twice"},
+        "api-gateway",
+        source,
+    )
+    case("GetConnection", expect("NOT_FOUND", "CONNECTION_NOT_FOUND"), {"id": connection.id}, "api-gateway", stranger)
+    case("ListConnections", expect("INVALID_ARGUMENT", "INVALID_ARGUMENT", field="page_size"), {"page_size": -1}, "api-gateway", source)
+    case("ListConnections", expect("INVALID_ARGUMENT", "ORGANIZATION_HEADER_REQUIRED"), {}, "api-gateway")
+    case("ListConnections", expect("PERMISSION_DENIED", "ORGANIZATION_NOT_REGISTERED"), {}, "api-gateway", unique("org_none"))
+    case("ActivateConnection", expect("PERMISSION_DENIED", "CALLER_NOT_ALLOWED"), {"id": connection.id}, "api-gateway", destination)
+    case("ActivateConnection", expect("PERMISSION_DENIED", "ONLY_DESTINATION_CAN_ACTIVATE"), {"id": connection.id}, "dashboard-bff", source)
+    case("DeactivateConnection", expect("ABORTED", "ETAG_MISMATCH"), {"id": connection.id, "etag": "stale"}, "api-gateway", source)
+    case(
+        "ReactivateConnection",
+        expect("FAILED_PRECONDITION", "INVALID_STATE_TRANSITION", state="STATE_PENDING"),
+        {"id": connection.id},
+        "api-gateway",
+        source,
+    )
+    case("ListConnectionEvents", expect("NOT_FOUND", "CONNECTION_NOT_FOUND"), {"connection_id": connection.id}, "api-gateway", stranger)
+    case(
+        "CheckConnection",
+        expect("UNAUTHENTICATED", "CALLER_UNAUTHENTICATED"),
+        {"connection_id": connection.id, "organization_id": source, "action": 1, "scope": "account.read"},
+        None,
+    )
+    case(
+        "CheckConnection",
+        expect("INVALID_ARGUMENT", "UNKNOWN_SCOPE"),
+        {"connection_id": connection.id, "organization_id": source, "action": 1, "scope": "salary.read"},
+        "token-service",
+    )
+    return {"cases": cases}
+
+
+def scenario_gzip(protos, args):
+    """gzip-compressed requests (per call, and as the channel's default) are read, and answers decode.
+
+    C-core sends a message uncompressed when gzip would make it larger, so every request here is
+    long and repetitive enough to compress (the test counts compressed messages on the wire).
+    """
+    observed = {}
+    name = ("compressible " * 16)[:200]
+    for label in ("call", "channel"):
+        channel_options = [("grpc.default_compression_algorithm", grpc.Compression.Gzip)] if label == "channel" else []
+        client = Client(protos, grpc.insecure_channel(args.target, options=channel_options))
+        compression = {"compression": grpc.Compression.Gzip} if label == "call" else {}
+        source, destination = (unique("org_gzip_" + "x" * 40) for _ in range(2))
+        for org in (source, destination):
+            client.ok("CreateOrganization", {"id": org, "name": name}, "provisioning", **compression)
+        created = client.ok(
+            "CreateConnection",
+            {"destination_organization_id": destination, "scopes": ALL_SCOPES, "name": name},
+            "api-gateway",
+            source,
+            **compression,
+        ).connection
+        check(created.name == name and created.destination_organization_id == destination, "the request arrived intact")
+        listed = client.ok("ListConnections", {"page_size": 500}, "api-gateway", source, **compression)
+        check([c.id for c in listed.connections] == [created.id], "the answer to a gzip call decodes")
+        failure = client.fail("GetConnection", {"id": "cxn_" + "z" * 60}, "api-gateway", source, **compression)
+        check(failure.reason == "CONNECTION_NOT_FOUND", "errors on gzip calls carry ErrorInfo, got %r" % failure.reason)
+        observed[label] = {"listed": len(listed.connections), "errorReason": failure.reason}
+    # Reflection is served by connect-node, which gzips answers above 1 KiB for a client that
+    # accepts gzip, as C-core says it does: so C-core decompresses an answer here too.
+    question = protos.reflection.ServerReflectionRequest(file_by_filename="connections/v1/connection.proto")
+    (answer,) = reflect(protos, client.channel, [question])
+    observed["reflection"] = {"files": len(answer.file_descriptor_response.file_descriptor_proto)}
+    return observed
+
+
+def scenario_deadline(protos, args):
+    """A tiny timeout ends in DEADLINE_EXCEEDED; a normal one succeeds on the same channel."""
+    client = Client(protos, grpc.insecure_channel(args.target))
+    (org,) = client.organizations(1, "org_dl")
+    tiny = client.fail("ListConnections", {"page_size": 500}, "api-gateway", org, timeout=0.001)
+    check(tiny.code == "DEADLINE_EXCEEDED", "a 1 ms timeout gives DEADLINE_EXCEEDED, got %s" % tiny.code)
+    started = time.monotonic()
+    response = client.ok("GetOrganization", {"id": org}, "provisioning", timeout=10)
+    check(response.organization.id == org, "a call with a 10 s timeout succeeds")
+    return {"tiny": tiny.code, "normalSeconds": round(time.monotonic() - started, 3)}
+
+
+def scenario_cancel(protos, args):
+    """future.cancel() cancels a unary call and a stream; the channel keeps working."""
+    channel = grpc.insecure_channel(args.target)
+    client = Client(protos, channel)
+    (org,) = client.organizations(1, "org_cx")
+    future = client.future("ListConnections", {"page_size": 500}, "api-gateway", org)
+    cancelled = future.cancel()
+    check(future.cancelled() or future.done(), "a cancelled future is done")
+    if cancelled:
+        try:
+            future.result()
+            raise CheckFailed("a cancelled call returned a result")
+        except grpc.FutureCancelledError:
+            pass
+    watch = health_watch(protos, channel)("")
+    first = next(watch)
+    watch.cancel()
+    try:
+        next(watch)
+        raise CheckFailed("a cancelled Watch stream went on")
+    except grpc.RpcError as error:
+        stream_code = error.code().name
+    check(stream_code == "CANCELLED", "a cancelled stream ends CANCELLED, got %s" % stream_code)
+    after = client.ok("GetOrganization", {"id": org}, "provisioning")
+    check(after.organization.id == org, "the channel serves calls after the cancellations")
+    return {
+        "unaryCancelled": cancelled,
+        "watchFirstStatus": protos.health.HealthCheckResponse.ServingStatus.Name(first.status),
+        "watchEnded": stream_code,
+    }
+
+
+def scenario_metadata(protos, args):
+    """x-request-id is echoed (or generated); x-actor and x-organization-id reach the Connection."""
+    client = Client(protos, grpc.insecure_channel(args.target))
+    source, destination = client.organizations(2, "org_md")
+    request_id = unique("req_interop")
+    response, call = client.call(
+        "CreateConnection",
+        {"destination_organization_id": destination, "scopes": ["inquiry.read"], "name": "Metadata"},
+        "api-gateway",
+        source,
+        actor="user:usr_interop",
+        request_id=request_id,
+    )
+    initial = dict(metadata_items(call.initial_metadata()))
+    _, generated = client.call("GetOrganization", {"id": source}, "provisioning")
+    generated_id = dict(metadata_items(generated.initial_metadata())).get("x-request-id", "")
+    failure = client.fail("GetConnection", {"id": "cxn_none"}, "api-gateway", source, request_id=request_id + "_err")
+    events = client.ok("ListConnectionEvents", {"connection_id": response.connection.id}, "api-gateway", source).events
+    return {
+        "echoedRequestId": initial.get("x-request-id"),
+        "sentRequestId": request_id,
+        "generatedRequestId": generated_id,
+        "errorRequestId": failure.observed()["requestId"],
+        "sentErrorRequestId": request_id + "_err",
+        "creator": response.connection.creator,
+        "source": response.connection.source_organization_id,
+        "expectedSource": source,
+        "eventActor": events[0].actor if events else None,
+        "eventRequestId": events[0].request_id if events else None,
+        "eventActorOrganization": events[0].actor_organization_id if events else None,
+    }
+
+
+def scenario_concurrency(protos, args):
+    """Hundreds of concurrent calls on ONE channel, most of them large pages: every one succeeds."""
+    channel = grpc.insecure_channel(args.target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    client = Client(protos, channel)
+    started = time.monotonic()
+    hub = client.organizations(1, "org_hub")[0]
+    others = client.organizations(args.connections, "org_peer")
+    name = ("Shared ledger with %s " % hub) * 10
+    futures = [
+        client.future(
+            "CreateConnection",
+            {"destination_organization_id": other, "scopes": ALL_SCOPES, "name": name[:200]},
+            "api-gateway",
+            hub,
+        )
+        for other in others
+    ]
+    ids = [future.result().connection.id for future in futures]
+    setup_seconds = time.monotonic() - started
+
+    started = time.monotonic()
+    calls = []
+    # The small calls are spread among the large ones, all in flight at once.
+    small_every = max(1, (args.large_calls + args.small_calls) // max(1, args.small_calls))
+    large_left, small_left = args.large_calls, args.small_calls
+    while large_left or small_left:
+        if small_left and (not large_left or len(calls) % small_every == 0):
+            small_left -= 1
+            calls.append(("small", client.future("GetConnection", {"id": ids[len(calls) % len(ids)]}, "api-gateway", hub)))
+        else:
+            large_left -= 1
+            calls.append(("large", client.future("ListConnections", {"page_size": 500}, "api-gateway", hub)))
+    failures = {}
+    largest = 0
+    total_bytes = 0
+    for kind, future in calls:
+        try:
+            response = future.result()
+        except grpc.RpcError as error:
+            key = "%s: %s" % (error.code().name, error.details())
+            failures[key] = failures.get(key, 0) + 1
+            continue
+        if kind == "large":
+            size = response.ByteSize()
+            largest = max(largest, size)
+            total_bytes += size
+            listed = {c.id for c in response.connections}
+            if len(listed) != args.connections:
+                failures["a page with %d connections" % len(listed)] = failures.get("short page", 0) + 1
+    return {
+        "connections": len(ids),
+        "calls": len(calls),
+        "largeCalls": args.large_calls,
+        "succeeded": len(calls) - sum(failures.values()),
+        "failures": failures,
+        "largestResponseBytes": largest,
+        "totalResponseBytes": total_bytes,
+        "setupSeconds": round(setup_seconds, 2),
+        "callsSeconds": round(time.monotonic() - started, 2),
+    }
+
+
+def scenario_keepalive(protos, args):
+    """A client that sends keepalive pings is not sent away; its channel stays READY and serves calls."""
+    options = [
+        ("grpc.keepalive_time_ms", args.keepalive_ms),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    channel = grpc.insecure_channel(args.target, options=options)
+    states = []
+    channel.subscribe(lambda state: states.append(state.name), try_to_connect=True)
+    client = Client(protos, channel)
+    (org,) = client.organizations(1, "org_ka")
+    # An open stream, as long-lived clients have, and idle stretches between unary calls.
+    watch = health_watch(protos, channel)("")
+    next(watch)
+    calls = 0
+    deadline = time.monotonic() + args.keepalive_seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        client.ok("GetOrganization", {"id": org}, "provisioning")
+        calls += 1
+    # Idle with no call at all, then one more call.
+    time.sleep(args.keepalive_ms / 1000 * 1.5)
+    watch.cancel()
+    client.ok("GetOrganization", {"id": org}, "provisioning")
+    after_ready = states[states.index("READY") :] if "READY" in states else states
+    return {"calls": calls + 1, "connectivity": states, "leftReady": [s for s in after_ready if s != "READY"]}
+
+
+def health_watch(protos, channel):
+    watch = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch",
+        request_serializer=protos.health.HealthCheckRequest.SerializeToString,
+        response_deserializer=protos.health.HealthCheckResponse.FromString,
+    )
+    return lambda service: watch(protos.health.HealthCheckRequest(service=service), timeout=60)
+
+
+def scenario_health(protos, args):
+    """grpc.health.v1 Check and Watch, without credentials."""
+    channel = grpc.insecure_channel(args.target)
+    health = protos.health
+    Status = health.HealthCheckResponse.ServingStatus
+    check_rpc = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health.HealthCheckRequest.SerializeToString,
+        response_deserializer=health.HealthCheckResponse.FromString,
+    )
+    checked = {}
+    for service in ("", "connections.v1.ConnectionService", "connections.v1.OrganizationService", "grpc.health.v1.Health"):
+        checked[service] = Status.Name(check_rpc(health.HealthCheckRequest(service=service), timeout=10).status)
+    try:
+        check_rpc(health.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        unknown = "OK"
+    except grpc.RpcError as error:
+        unknown = error.code().name
+    watched = {}
+    for service in ("", "no.such.Service"):
+        stream = health_watch(protos, channel)(service)
+        watched[service] = Status.Name(next(stream).status)
+        stream.cancel()
+    return {"check": checked, "checkUnknown": unknown, "watchFirst": watched}
+
+
+def reflect(protos, channel, questions):
+    """Asks every question on one ServerReflectionInfo stream; returns the answers."""
+    info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=protos.reflection.ServerReflectionRequest.SerializeToString,
+        response_deserializer=protos.reflection.ServerReflectionResponse.FromString,
+    )
+    return list(info(iter(questions), timeout=10))
+
+
+def scenario_reflection(protos, args):
+    """grpc.reflection.v1: list the services, fetch a file descriptor, and build a usable schema from it."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    reflection = protos.reflection
+    questions = [
+        reflection.ServerReflectionRequest(list_services=""),
+        reflection.ServerReflectionRequest(file_containing_symbol="connections.v1.ConnectionService"),
+        reflection.ServerReflectionRequest(file_by_filename="connections/v1/organization_service.proto"),
+        reflection.ServerReflectionRequest(file_containing_symbol="no.such.Symbol"),
+    ]
+    answers = reflect(protos, grpc.insecure_channel(args.target), questions)
+    check(len(answers) == len(questions), "one answer per question, got %d" % len(answers))
+    services = sorted(service.name for service in answers[0].list_services_response.service)
+
+    # Build a fresh pool from what the server sent (dependencies may come in any order).
+    pool = descriptor_pool.DescriptorPool()
+    files = {}
+    for answer in answers[1:3]:
+        for raw in answer.file_descriptor_response.file_descriptor_proto:
+            file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            files[file.name] = file
+    added = set()
+
+    def add(name):
+        if name in added:
+            return
+        check(name in files, "the server sent %s without its dependency... %s" % (sorted(files), name))
+        for dependency in files[name].dependency:
+            add(dependency)
+        pool.Add(files[name])
+        added.add(name)
+
+    for name in sorted(files):
+        add(name)
+    methods = {
+        service: sorted(method.name for method in pool.FindServiceByName(service).methods)
+        for service in ("connections.v1.ConnectionService", "connections.v1.OrganizationService")
+    }
+    generated = {service.full_name: sorted(m.name for m in service.methods) for service in protos.services()}
+    return {
+        "services": services,
+        "files": sorted(files),
+        "reflectedMethods": methods,
+        "generatedMethods": generated,
+        "unknownSymbol": answers[3].error_response.error_code,
+    }
+
+
+SCENARIOS = {
+    "rpcs": scenario_rpcs,
+    "errors": scenario_errors,
+    "gzip": scenario_gzip,
+    "deadline": scenario_deadline,
+    "cancel": scenario_cancel,
+    "metadata": scenario_metadata,
+    "concurrency": scenario_concurrency,
+    "keepalive": scenario_keepalive,
+    "health": scenario_health,
+    "reflection": scenario_reflection,
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--target", required=True, help="host:port of the service")
+    parser.add_argument("--generated", required=True, help="where protoc --python_out wrote the message classes")
+    parser.add_argument("--connections", type=int, default=500, help="concurrency: Connections of the one organization")
+    parser.add_argument("--large-calls", type=int, default=500, help="concurrency: ListConnections(page_size=500) calls")
+    parser.add_argument("--small-calls", type=int, default=150, help="concurrency: GetConnection calls among them")
+    parser.add_argument("--keepalive-ms", type=int, default=1000, help="keepalive: grpc.keepalive_time_ms")
+    parser.add_argument("--keepalive-seconds", type=float, default=3, help="keepalive: how long to keep calling")
+    args = parser.parse_args()
+    report = {"scenario": args.scenario, "grpc": grpc.__version__, "ok": False, "error": None, "observed": None}
+    try:
+        report["observed"] = SCENARIOS[args.scenario](Protos(args.generated), args)
+        report["ok"] = True
+    except CheckFailed as failure:
+        report["error"] = str(failure)
+    except Exception:  # noqa: BLE001 - the report carries any failure to the test
+        report["error"] = traceback.format_exc()
+    print(json.dumps(report))
+    sys.stdout.flush()
+    # grpc's threads may hold the interpreter open after a failure; the report is out, so leave.
+    os._exit(0 if report["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
