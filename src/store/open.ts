@@ -3,13 +3,14 @@
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import SqliteDatabase from "better-sqlite3";
-import { Kysely, type MigrationResult, PostgresDialect, SqliteDialect, sql } from "kysely";
+import { Kysely, type MigrationResult, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import type { Logger } from "pino";
 import { classifyError, translateError } from "./errors.js";
 import { KyselyStore } from "./kysely-store.js";
 import { migrateToLatest } from "./migrations.js";
 import type { Database, SqlDialect } from "./schema.js";
+import { EventLoopFriendlySqliteDialect } from "./sqlite-dialect.js";
 import type { Store } from "./store.js";
 
 export interface OpenStoreOptions {
@@ -73,7 +74,7 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
   database.pragma("synchronous = NORMAL");
   database.pragma("foreign_keys = ON");
-  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database }) });
+  const db = new Kysely<Database>({ dialect: new EventLoopFriendlySqliteDialect({ database }) });
   await migrate(db, "sqlite", options.logger);
   return new KyselyStore(db, { dialect: "sqlite" });
 }
