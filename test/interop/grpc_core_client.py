@@ -54,8 +54,8 @@ class Protos:
 
     def __init__(self, directory):
         sys.path.insert(0, directory)
-        # The generated grpc/health and grpc/reflection folders would be found inside the grpc
-        # package, which shadows them; they import nothing generated, so load them by file.
+        # The installed grpc package shadows the generated grpc/ folder, so grpc.health.v1 cannot
+        # be imported by name; these two modules import nothing generated, so load them by file.
         self.health = load_module("interop_health_pb2", directory, "grpc/health/v1/health_pb2.py")
         self.reflection = load_module("interop_reflection_pb2", directory, "grpc/reflection/v1/reflection_pb2.py")
         from connections.v1 import connection_pb2, connection_service_pb2, organization_service_pb2
@@ -166,9 +166,6 @@ class Client:
                     message_class(method.input_type),
                 )
 
-    def request(self, rpc, **fields):
-        return self.methods[rpc][1](**fields)
-
     def call(self, rpc, fields, caller, organization=None, timeout=20, **options):
         """Returns (response, call); raises grpc.RpcError."""
         multi_callable, request_class = self.methods[rpc]
@@ -189,15 +186,21 @@ class Client:
             return Failure(self.protos, error)
         raise CheckFailed("%s succeeded where it should have failed" % rpc)
 
-    def future(self, rpc, fields, caller, organization=None, timeout=60):
+    def future(self, rpc, fields, caller, organization=None, timeout=120):
         multi_callable, request_class = self.methods[rpc]
         return multi_callable.future(request_class(**fields), metadata=headers(caller, organization), timeout=timeout)
 
+    def many(self, rpc, requests, caller, organization=None, in_flight=50):
+        """Calls `rpc` once per fields dict, `in_flight` at a time (set-up, not load); returns the responses."""
+        responses = []
+        for start in range(0, len(requests), in_flight):
+            batch = [self.future(rpc, fields, caller, organization) for fields in requests[start : start + in_flight]]
+            responses.extend(future.result() for future in batch)
+        return responses
+
     def organizations(self, count, prefix="org"):
         ids = [unique(prefix) for _ in range(count)]
-        futures = [self.future("CreateOrganization", {"id": id, "name": "Organization " + id}, "provisioning") for id in ids]
-        for future in futures:
-            future.result()
+        self.many("CreateOrganization", [{"id": id, "name": "Organization " + id} for id in ids], "provisioning")
         return ids
 
 
@@ -372,15 +375,36 @@ def scenario_gzip(protos, args):
 
 
 def scenario_deadline(protos, args):
-    """A tiny timeout ends in DEADLINE_EXCEEDED; a normal one succeeds on the same channel."""
-    client = Client(protos, grpc.insecure_channel(args.target))
-    (org,) = client.organizations(1, "org_dl")
-    tiny = client.fail("ListConnections", {"page_size": 500}, "api-gateway", org, timeout=0.001)
+    """A tiny timeout ends in DEADLINE_EXCEEDED, on a unary call and on a stream; a normal one succeeds.
+
+    The tiny-timeout call waits on the service behind a few large pages on the same channel, so it
+    cannot be answered within its 1 ms however the machine's timers run.
+    """
+    channel = grpc.insecure_channel(args.target)
+    client = Client(protos, channel)
+    hub = client.organizations(1, "org_dl")[0]
+    others = client.organizations(100, "org_dl_peer")
+    client.many(
+        "CreateConnection",
+        [{"destination_organization_id": other, "scopes": ALL_SCOPES, "name": "deadline"} for other in others],
+        "api-gateway",
+        hub,
+    )
+    ahead = [client.future("ListConnections", {"page_size": 500}, "api-gateway", hub) for _ in range(10)]
+    tiny = client.fail("ListConnections", {"page_size": 500}, "api-gateway", hub, timeout=0.001)
     check(tiny.code == "DEADLINE_EXCEEDED", "a 1 ms timeout gives DEADLINE_EXCEEDED, got %s" % tiny.code)
-    started = time.monotonic()
-    response = client.ok("GetOrganization", {"id": org}, "provisioning", timeout=10)
-    check(response.organization.id == org, "a call with a 10 s timeout succeeds")
-    return {"tiny": tiny.code, "normalSeconds": round(time.monotonic() - started, 3)}
+    for future in ahead:
+        check(len(future.result().connections) == 100, "the calls with a normal timeout are answered")
+    try:
+        for _ in health_watch(protos, channel, "", timeout=0.3):
+            pass
+        stream = "OK"
+    except grpc.RpcError as error:
+        stream = error.code().name
+    check(stream == "DEADLINE_EXCEEDED", "a Watch stream with a 300 ms timeout ends DEADLINE_EXCEEDED, got %s" % stream)
+    response = client.ok("GetOrganization", {"id": hub}, "provisioning", timeout=10)
+    check(response.organization.id == hub, "a call with a 10 s timeout succeeds")
+    return {"tiny": tiny.code, "stream": stream}
 
 
 def scenario_cancel(protos, args):
@@ -397,7 +421,7 @@ def scenario_cancel(protos, args):
             raise CheckFailed("a cancelled call returned a result")
         except grpc.FutureCancelledError:
             pass
-    watch = health_watch(protos, channel)("")
+    watch = health_watch(protos, channel, "")
     first = next(watch)
     watch.cancel()
     try:
@@ -456,75 +480,109 @@ def scenario_concurrency(protos, args):
     hub = client.organizations(1, "org_hub")[0]
     others = client.organizations(args.connections, "org_peer")
     name = ("Shared ledger with %s " % hub) * 10
-    futures = [
-        client.future(
-            "CreateConnection",
-            {"destination_organization_id": other, "scopes": ALL_SCOPES, "name": name[:200]},
-            "api-gateway",
-            hub,
-        )
-        for other in others
-    ]
-    ids = [future.result().connection.id for future in futures]
+    requests = [{"destination_organization_id": other, "scopes": ALL_SCOPES, "name": name[:200]} for other in others]
+    ids = [response.connection.id for response in client.many("CreateConnection", requests, "api-gateway", hub)]
     setup_seconds = time.monotonic() - started
 
+    # A second client that pings every second and gives a connection up when a PING goes
+    # unanswered for 10 s, watching health the whole time: the load must not starve it.
+    watcher = grpc.insecure_channel(args.target, options=keepalive_options(1_000))
+    watcher_states = []
+    watcher.subscribe(lambda state: watcher_states.append(state.name), try_to_connect=True)
+    watch = health_watch(protos, watcher, "", timeout=args.calls_timeout + 60)
+    statuses = [protos.health.HealthCheckResponse.ServingStatus.Name(next(watch).status)]
+    watch_ended = []
+
+    def follow_watch():
+        try:
+            for response in watch:
+                statuses.append(protos.health.HealthCheckResponse.ServingStatus.Name(response.status))
+        except grpc.RpcError as error:
+            watch_ended.append(error.code().name)
+
+    follower = threading.Thread(target=follow_watch, daemon=True)
+    follower.start()
+
     started = time.monotonic()
-    calls = []
-    # The small calls are spread among the large ones, all in flight at once.
-    small_every = max(1, (args.large_calls + args.small_calls) // max(1, args.small_calls))
-    large_left, small_left = args.large_calls, args.small_calls
-    while large_left or small_left:
-        if small_left and (not large_left or len(calls) % small_every == 0):
-            small_left -= 1
-            calls.append(("small", client.future("GetConnection", {"id": ids[len(calls) % len(ids)]}, "api-gateway", hub)))
-        else:
-            large_left -= 1
-            calls.append(("large", client.future("ListConnections", {"page_size": 500}, "api-gateway", hub)))
     failures = {}
-    largest = 0
-    total_bytes = 0
-    for kind, future in calls:
+    sizes = []
+    expected_ids = set(ids)
+    in_flight = set()
+    lock = threading.Lock()
+    all_settled = threading.Event()
+
+    def failed(what):
+        failures[what] = failures.get(what, 0) + 1
+
+    def settle(kind, future):
+        # Runs as each call completes, so that no more than the pages still in flight are held.
         try:
             response = future.result()
-        except grpc.RpcError as error:
-            key = "%s: %s" % (error.code().name, error.details())
-            failures[key] = failures.get(key, 0) + 1
-            continue
-        if kind == "large":
-            size = response.ByteSize()
-            largest = max(largest, size)
-            total_bytes += size
-            listed = {c.id for c in response.connections}
-            if len(listed) != args.connections:
-                failures["a page with %d connections" % len(listed)] = failures.get("short page", 0) + 1
+            error = None
+        except grpc.RpcError as rpc_error:
+            response, error = None, "%s: %s" % (rpc_error.code().name, rpc_error.details())
+        with lock:
+            in_flight.discard(future)
+            if error is not None:
+                failed(error)
+            elif kind == "small":
+                if response.connection.source_organization_id != hub:
+                    failed("GetConnection answered another Connection")
+            else:
+                sizes.append(response.ByteSize())
+                if {c.id for c in response.connections} != expected_ids:
+                    failed("a page that is not the organization's %d Connections" % len(expected_ids))
+            if not in_flight and issued[0] == total:
+                all_settled.set()
+
+    # The small calls are spread among the large ones, all in flight at once.
+    total = args.large_calls + args.small_calls
+    small_every = max(1, total // max(1, args.small_calls))
+    large_left, small_left = args.large_calls, args.small_calls
+    issued = [0]
+    while large_left or small_left:
+        if small_left and (not large_left or issued[0] % small_every == 0):
+            small_left -= 1
+            kind, future = "small", client.future("GetConnection", {"id": ids[issued[0] % len(ids)]}, "api-gateway", hub)
+        else:
+            large_left -= 1
+            kind, future = "large", client.future("ListConnections", {"page_size": 500}, "api-gateway", hub)
+        with lock:
+            in_flight.add(future)
+            issued[0] += 1
+        future.add_done_callback(lambda done, kind=kind: settle(kind, done))
+    check(all_settled.wait(args.calls_timeout), "calls still in flight after %d s" % args.calls_timeout)
+    calls_seconds = time.monotonic() - started
+    watch.cancel()
+    follower.join(10)
     return {
         "connections": len(ids),
-        "calls": len(calls),
+        "calls": total,
         "largeCalls": args.large_calls,
-        "succeeded": len(calls) - sum(failures.values()),
+        "succeeded": total - sum(failures.values()),
         "failures": failures,
-        "largestResponseBytes": largest,
-        "totalResponseBytes": total_bytes,
+        "largestResponseBytes": max(sizes, default=0),
+        "totalResponseBytes": sum(sizes),
         "setupSeconds": round(setup_seconds, 2),
-        "callsSeconds": round(time.monotonic() - started, 2),
+        "callsSeconds": round(calls_seconds, 2),
+        "watcher": {
+            "connectivity": watcher_states,
+            "leftReady": left_ready(watcher_states),
+            "statuses": statuses,
+            "ended": watch_ended[0] if watch_ended else None,
+        },
     }
 
 
 def scenario_keepalive(protos, args):
     """A client that sends keepalive pings is not sent away; its channel stays READY and serves calls."""
-    options = [
-        ("grpc.keepalive_time_ms", args.keepalive_ms),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-    channel = grpc.insecure_channel(args.target, options=options)
+    channel = grpc.insecure_channel(args.target, options=keepalive_options(args.keepalive_ms))
     states = []
     channel.subscribe(lambda state: states.append(state.name), try_to_connect=True)
     client = Client(protos, channel)
     (org,) = client.organizations(1, "org_ka")
     # An open stream, as long-lived clients have, and idle stretches between unary calls.
-    watch = health_watch(protos, channel)("")
+    watch = health_watch(protos, channel, "")
     next(watch)
     calls = 0
     deadline = time.monotonic() + args.keepalive_seconds
@@ -533,20 +591,38 @@ def scenario_keepalive(protos, args):
         client.ok("GetOrganization", {"id": org}, "provisioning")
         calls += 1
     # Idle with no call at all, then one more call.
-    time.sleep(args.keepalive_ms / 1000 * 1.5)
     watch.cancel()
+    time.sleep(args.keepalive_ms / 1000 * 1.5)
     client.ok("GetOrganization", {"id": org}, "provisioning")
+    return {"calls": calls + 1, "connectivity": states, "leftReady": left_ready(states)}
+
+
+def keepalive_options(interval_ms):
+    """Channel options of a client that pings every `interval_ms`, also with no call in flight and
+    with no limit on pings between data frames, and gives the connection up when a PING goes
+    unanswered for 10 s."""
+    return [
+        ("grpc.keepalive_time_ms", interval_ms),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def left_ready(states):
+    """The connectivity states a channel passed through after it was first READY."""
     after_ready = states[states.index("READY") :] if "READY" in states else states
-    return {"calls": calls + 1, "connectivity": states, "leftReady": [s for s in after_ready if s != "READY"]}
+    return [state for state in after_ready if state != "READY"]
 
 
-def health_watch(protos, channel):
+def health_watch(protos, channel, service, timeout=60):
+    """A grpc.health.v1 Watch stream: iterate it for the statuses, cancel() it to end it."""
     watch = channel.unary_stream(
         "/grpc.health.v1.Health/Watch",
         request_serializer=protos.health.HealthCheckRequest.SerializeToString,
         response_deserializer=protos.health.HealthCheckResponse.FromString,
     )
-    return lambda service: watch(protos.health.HealthCheckRequest(service=service), timeout=60)
+    return watch(protos.health.HealthCheckRequest(service=service), timeout=timeout)
 
 
 def scenario_health(protos, args):
@@ -569,7 +645,7 @@ def scenario_health(protos, args):
         unknown = error.code().name
     watched = {}
     for service in ("", "no.such.Service"):
-        stream = health_watch(protos, channel)(service)
+        stream = health_watch(protos, channel, service)
         watched[service] = Status.Name(next(stream).status)
         stream.cancel()
     return {"check": checked, "checkUnknown": unknown, "watchFirst": watched}
@@ -656,6 +732,7 @@ def main():
     parser.add_argument("--connections", type=int, default=500, help="concurrency: Connections of the one organization")
     parser.add_argument("--large-calls", type=int, default=500, help="concurrency: ListConnections(page_size=500) calls")
     parser.add_argument("--small-calls", type=int, default=150, help="concurrency: GetConnection calls among them")
+    parser.add_argument("--calls-timeout", type=float, default=120, help="concurrency: seconds for every call to end")
     parser.add_argument("--keepalive-ms", type=int, default=1000, help="keepalive: grpc.keepalive_time_ms")
     parser.add_argument("--keepalive-seconds", type=float, default=3, help="keepalive: how long to keep calling")
     args = parser.parse_args()
