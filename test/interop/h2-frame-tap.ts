@@ -3,9 +3,7 @@
 // wire: keepalive PINGs and their ACKs, GOAWAY and RST_STREAM error codes, and whether each
 // stream's first gRPC message was compressed. It understands framing only (no HPACK).
 
-import { once } from "node:events";
-import type { AddressInfo } from "node:net";
-import { connect, createServer, type Server, type Socket } from "node:net";
+import { TcpProxy } from "../support/tcp-proxy.js";
 
 const CLIENT_PREFACE_BYTES = 24;
 const FRAME_HEADER_BYTES = 9;
@@ -31,12 +29,12 @@ export interface DirectionStats {
   uncompressedMessages: number;
 }
 
-function emptyStats(): DirectionStats {
+export function emptyStats(): DirectionStats {
   return { pings: 0, pingAcks: 0, goaways: [], resets: [], compressedMessages: 0, uncompressedMessages: 0 };
 }
 
 /** Reads frames from a byte stream that may split them anywhere; only the bytes it needs are kept. */
-class FrameReader {
+export class FrameReader {
   private header = Buffer.alloc(0);
   private type = 0;
   private flags = 0;
@@ -124,45 +122,31 @@ export class H2FrameTap {
   readonly fromService: DirectionStats = emptyStats();
   /** Client connections accepted, each relayed on a connection of its own to the service. */
   connections = 0;
-  private readonly sockets = new Set<Socket>();
-  private readonly server: Server;
+  private readonly proxy: TcpProxy;
 
   private constructor(targetPort: number) {
-    this.server = createServer((client) => {
+    this.proxy = new TcpProxy("127.0.0.1", targetPort, (client, upstream) => {
       this.connections++;
-      const upstream = connect(targetPort, "127.0.0.1");
       const fromClient = new FrameReader(this.fromClient, true);
       const fromService = new FrameReader(this.fromService, false);
       client.on("data", (chunk: Buffer) => fromClient.push(chunk));
       upstream.on("data", (chunk: Buffer) => fromService.push(chunk));
-      for (const socket of [client, upstream]) {
-        this.sockets.add(socket);
-        socket.on("close", () => this.sockets.delete(socket));
-        socket.on("error", () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.pipe(upstream).pipe(client);
     });
   }
 
   /** Listens on an ephemeral 127.0.0.1 port and relays to the service on `targetPort`. */
   static async start(targetPort: number): Promise<H2FrameTap> {
     const tap = new H2FrameTap(targetPort);
-    tap.server.listen(0, "127.0.0.1");
-    await once(tap.server, "listening");
+    await tap.proxy.start();
     return tap;
   }
 
   /** "127.0.0.1:<port>" */
   get address(): string {
-    return `127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    return `127.0.0.1:${this.proxy.port}`;
   }
 
-  async close(): Promise<void> {
-    for (const socket of this.sockets) socket.destroy();
-    this.server.close();
-    await once(this.server, "close");
+  close(): Promise<void> {
+    return this.proxy.cut();
   }
 }

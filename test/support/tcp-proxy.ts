@@ -1,5 +1,7 @@
 // A TCP proxy in front of PostgreSQL that a test can cut and restore, to see how the service
-// behaves when its database goes away and comes back, without stopping the shared server.
+// behaves when its database goes away and comes back, without stopping the shared server. It can
+// also hand every relayed connection's two sockets to an observer (the interop suite reads the
+// HTTP/2 frames going through).
 
 import type { AddressInfo } from "node:net";
 import { connect, createServer, type Server, type Socket } from "node:net";
@@ -12,12 +14,15 @@ export class TcpProxy {
   constructor(
     private readonly targetHost: string,
     private readonly targetPort: number,
+    /** Called for each relayed connection, before any byte is relayed. */
+    private readonly observe?: (client: Socket, upstream: Socket) => void,
   ) {}
 
   /** Listens (again, on the same port once it had one) and forwards every connection. */
   async start(): Promise<void> {
     const server = createServer((client) => {
       const upstream = connect(this.targetPort, this.targetHost);
+      this.observe?.(client, upstream);
       for (const socket of [client, upstream]) {
         this.sockets.add(socket);
         socket.on("close", () => this.sockets.delete(socket));
