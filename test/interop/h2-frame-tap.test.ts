@@ -16,7 +16,7 @@ function frame(type: number, flags: number, streamId: number, payload: Buffer): 
 /** Big-endian 32-bit words. */
 function u32(...values: number[]): Buffer {
   const bytes = Buffer.alloc(4 * values.length);
-  values.forEach((value, index) => bytes.writeUInt32BE(value, 4 * index));
+  for (const [index, value] of values.entries()) bytes.writeUInt32BE(value, 4 * index);
   return bytes;
 }
 
