@@ -203,6 +203,19 @@ class Client:
         self.many("CreateOrganization", [{"id": id, "name": "Organization " + id} for id in ids], "provisioning")
         return ids
 
+    def hub(self, connections, prefix, name):
+        """A new organization that is the source of `connections` Connections named `name`.
+
+        Returns its id and the Connections' ids."""
+        (hub,) = self.organizations(1, prefix)
+        others = self.organizations(connections, prefix + "_peer")
+        requests = [{"destination_organization_id": other, "scopes": ALL_SCOPES, "name": name} for other in others]
+        return hub, [response.connection.id for response in self.many("CreateConnection", requests, "api-gateway", hub)]
+
+    def pages_ahead(self, hub, count=10):
+        """Large ListConnections calls in flight, which the service answers before anything sent after them."""
+        return [self.future("ListConnections", {"page_size": 500}, "api-gateway", hub) for _ in range(count)]
+
 
 # --------------------------------------------------------------------------------------------
 # Scenarios. Each gets (protos, args) and returns what it observed; a failed check raises.
@@ -382,15 +395,8 @@ def scenario_deadline(protos, args):
     """
     channel = grpc.insecure_channel(args.target)
     client = Client(protos, channel)
-    hub = client.organizations(1, "org_dl")[0]
-    others = client.organizations(100, "org_dl_peer")
-    client.many(
-        "CreateConnection",
-        [{"destination_organization_id": other, "scopes": ALL_SCOPES, "name": "deadline"} for other in others],
-        "api-gateway",
-        hub,
-    )
-    ahead = [client.future("ListConnections", {"page_size": 500}, "api-gateway", hub) for _ in range(10)]
+    hub, _ = client.hub(100, "org_dl", "deadline")
+    ahead = client.pages_ahead(hub)
     tiny = client.fail("ListConnections", {"page_size": 500}, "api-gateway", hub, timeout=0.001)
     check(tiny.code == "DEADLINE_EXCEEDED", "a 1 ms timeout gives DEADLINE_EXCEEDED, got %s" % tiny.code)
     for future in ahead:
@@ -408,19 +414,25 @@ def scenario_deadline(protos, args):
 
 
 def scenario_cancel(protos, args):
-    """future.cancel() cancels a unary call and a stream; the channel keeps working."""
+    """future.cancel() cancels a unary call and a stream; the other calls and the channel go on.
+
+    The cancelled call waits on the service behind a few large pages, so it is still in flight
+    when it is cancelled however fast the machine is.
+    """
     channel = grpc.insecure_channel(args.target)
     client = Client(protos, channel)
-    (org,) = client.organizations(1, "org_cx")
+    org, _ = client.hub(100, "org_cx", "cancel")
+    ahead = client.pages_ahead(org)
     future = client.future("ListConnections", {"page_size": 500}, "api-gateway", org)
     cancelled = future.cancel()
-    check(future.cancelled() or future.done(), "a cancelled future is done")
-    if cancelled:
-        try:
-            future.result()
-            raise CheckFailed("a cancelled call returned a result")
-        except grpc.FutureCancelledError:
-            pass
+    check(cancelled and future.cancelled(), "a call in flight can be cancelled")
+    try:
+        future.result()
+        raise CheckFailed("a cancelled call returned a result")
+    except grpc.FutureCancelledError:
+        pass
+    for other in ahead:
+        check(len(other.result().connections) == 100, "the other calls on the channel are answered")
     watch = health_watch(protos, channel, "")
     first = next(watch)
     watch.cancel()
@@ -477,11 +489,7 @@ def scenario_concurrency(protos, args):
     channel = grpc.insecure_channel(args.target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     client = Client(protos, channel)
     started = time.monotonic()
-    hub = client.organizations(1, "org_hub")[0]
-    others = client.organizations(args.connections, "org_peer")
-    name = ("Shared ledger with %s " % hub) * 10
-    requests = [{"destination_organization_id": other, "scopes": ALL_SCOPES, "name": name[:200]} for other in others]
-    ids = [response.connection.id for response in client.many("CreateConnection", requests, "api-gateway", hub)]
+    hub, ids = client.hub(args.connections, "org_hub", ("Shared ledger with the hub organization " * 5)[:200])
     setup_seconds = time.monotonic() - started
 
     # A second client that pings every second and gives a connection up when a PING goes
