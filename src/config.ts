@@ -1,6 +1,8 @@
 // Configuration from the environment, validated in one place so that a mistake stops the
 // service at start with every problem named, instead of surfacing later as odd behaviour.
 
+import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "./transport/limits.js";
+
 export interface Config {
   readonly port: number;
   readonly host: string;
@@ -19,6 +21,8 @@ export interface Config {
   readonly shutdownGraceMs: number;
   readonly maxRequestBytes: number;
   readonly maxDeadlineMs: number;
+  /** What one client may hold of the port: timeouts and HTTP/2 limits (see src/transport/limits.ts). */
+  readonly limits: TransportLimits;
 }
 
 export interface TlsFiles {
@@ -94,7 +98,31 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     shutdownGraceMs: integer("SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
     maxRequestBytes: integer("MAX_REQUEST_BYTES", 256 * 1024, 1024, 64 * 1024 * 1024),
     maxDeadlineMs: integer("MAX_DEADLINE_MS", 30_000, 100, 3_600_000),
+    limits: {
+      firstBytesTimeoutMs: integer("FIRST_BYTES_TIMEOUT_MS", LIMITS.firstBytesTimeoutMs, 10, 600_000),
+      bodyReadTimeoutMs: integer("BODY_READ_TIMEOUT_MS", LIMITS.bodyReadTimeoutMs, 10, 3_600_000),
+      http1HeadersTimeoutMs: integer("HTTP1_HEADERS_TIMEOUT_MS", LIMITS.http1HeadersTimeoutMs, 10, 600_000),
+      http1RequestTimeoutMs: integer("HTTP1_REQUEST_TIMEOUT_MS", LIMITS.http1RequestTimeoutMs, 10, 3_600_000),
+      http1KeepAliveTimeoutMs: integer("HTTP1_KEEP_ALIVE_TIMEOUT_MS", LIMITS.http1KeepAliveTimeoutMs, 10, 3_600_000),
+      http2IdleTimeoutMs: integer("HTTP2_IDLE_TIMEOUT_MS", LIMITS.http2IdleTimeoutMs, 10, 86_400_000),
+      http2KeepaliveIntervalMs: integer("HTTP2_KEEPALIVE_INTERVAL_MS", LIMITS.http2KeepaliveIntervalMs, 10, 86_400_000),
+      http2KeepaliveTimeoutMs: integer("HTTP2_KEEPALIVE_TIMEOUT_MS", LIMITS.http2KeepaliveTimeoutMs, 10, 600_000),
+      maxConnectionAgeMs: integer("MAX_CONNECTION_AGE_MS", LIMITS.maxConnectionAgeMs, 10, 604_800_000),
+      maxConnectionAgeGraceMs: integer("MAX_CONNECTION_AGE_GRACE_MS", LIMITS.maxConnectionAgeGraceMs, 0, 3_600_000),
+      http2MaxConcurrentStreams: integer(
+        "HTTP2_MAX_CONCURRENT_STREAMS",
+        LIMITS.http2MaxConcurrentStreams,
+        1,
+        1_000_000,
+      ),
+      maxHeaderListBytes: integer("MAX_HEADER_LIST_BYTES", LIMITS.maxHeaderListBytes, 1024, 1_048_576),
+      maxHealthWatchers: integer("MAX_HEALTH_WATCHERS", LIMITS.maxHealthWatchers, 0, 1_000_000),
+    },
   };
+  const { limits } = config;
+  if (limits.http1HeadersTimeoutMs > limits.http1RequestTimeoutMs) {
+    problems.push("HTTP1_HEADERS_TIMEOUT_MS must not be larger than HTTP1_REQUEST_TIMEOUT_MS");
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }

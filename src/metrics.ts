@@ -4,7 +4,7 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import type { RegisteredMethod, RpcObserver } from "./api/rpc.js";
+import type { RpcLabels, RpcObserver } from "./api/rpc.js";
 import { codeName } from "./api/rpc.js";
 import type { ReloadObserver } from "./reload.js";
 
@@ -68,19 +68,19 @@ export class Metrics implements RpcObserver, ReloadObserver {
     }
   }
 
-  observe(method: RegisteredMethod, code: number, seconds: number): void {
-    const service = method.method.parent.typeName;
-    const key = `${method.path}|${code}`;
+  /** `labels` come from the registered methods, or are "unknown": the label sets stay bounded. */
+  observe(labels: RpcLabels, code: number, seconds: number): void {
+    const key = `${labels.path}|${code}`;
     let calls = this.callChildren.get(key);
     if (calls === undefined) {
-      calls = this.calls.labels(service, method.method.name, codeName(code));
+      calls = this.calls.labels(labels.service, labels.method, codeName(code));
       this.callChildren.set(key, calls);
     }
     calls.inc();
-    let latency = this.latencyChildren.get(method.path);
+    let latency = this.latencyChildren.get(labels.path);
     if (latency === undefined) {
-      latency = this.latency.labels(service, method.method.name);
-      this.latencyChildren.set(method.path, latency);
+      latency = this.latency.labels(labels.service, labels.method);
+      this.latencyChildren.set(labels.path, latency);
     }
     latency.observe(seconds);
   }

@@ -81,6 +81,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       logger,
       maxRequestBytes: config.maxRequestBytes,
       tls,
+      limits: config.limits,
       readiness: () =>
         store.ping().then(
           () => true,

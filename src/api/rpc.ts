@@ -49,9 +49,20 @@ export type UnaryHandlers<T extends GenServiceMethods> = {
   [K in keyof T]: (request: MessageShape<T[K]["input"]>, call: Call) => Promise<MessageInitShape<T[K]["output"]>>;
 };
 
+/** How an RPC is named in metrics and logs. */
+export interface RpcLabels {
+  /** "/connections.v1.ConnectionService/CreateConnection": the HTTP path of every protocol. */
+  readonly path: string;
+  /** "connections.v1.ConnectionService" */
+  readonly service: string;
+  /** "CreateConnection" */
+  readonly method: string;
+}
+
 export interface RegisteredMethod {
   /** "/connections.v1.ConnectionService/CreateConnection": the HTTP path of every protocol. */
   readonly path: string;
+  readonly labels: RpcLabels;
   readonly method: DescMethod;
   readonly callers: ReadonlySet<CallerName>;
   readonly actsForOrganization: boolean;
@@ -63,8 +74,8 @@ export type RpcResult =
   | { readonly ok: false; readonly status: RpcStatus; readonly requestId: string };
 
 export interface RpcObserver {
-  /** Called once per RPC when it ends; `code` 0 is OK. */
-  observe(method: RegisteredMethod, code: number, seconds: number): void;
+  /** Called once per RPC when it ends, also when the transport refused it; `code` 0 is OK. */
+  observe(labels: RpcLabels, code: number, seconds: number): void;
 }
 
 /** What the pipeline reports when an RPC ends, for its trace span. */
@@ -112,6 +123,7 @@ export class RpcPipeline {
       const handle = handlers[method.localName as keyof T] as unknown as RegisteredMethod["handle"];
       this.methods.set(`/${key}`, {
         path: `/${key}`,
+        labels: { path: `/${key}`, service: service.typeName, method: method.name },
         method,
         callers: new Set(policy.callers),
         actsForOrganization: policy.actsForOrganization,
@@ -166,10 +178,10 @@ export class RpcPipeline {
         organizationId = await this.actingOrganization(meta.header("x-organization-id"));
       }
       const call: Call = { caller, organizationId, actor, requestId };
-      const response = await withDeadline(
-        method.handle(request, call),
-        Math.min(meta.deadline ?? Number.POSITIVE_INFINITY, Date.now() + this.options.maxDeadlineMs),
-      );
+      const deadline = Math.min(meta.deadline ?? Number.POSITIVE_INFINITY, Date.now() + this.options.maxDeadlineMs);
+      // A deadline that has already passed (grpc-timeout "1n") is not served, however fast the handler.
+      if (deadline <= Date.now()) throw deadlineExceeded();
+      const response = await withDeadline(method.handle(request, call), deadline);
       result = { ok: true, response: create(method.method.output, response), requestId };
     } catch (error) {
       const { status, internalCause } = toRpcStatus(error);
@@ -180,7 +192,7 @@ export class RpcPipeline {
     }
     const code = result.ok ? 0 : result.status.code;
     const seconds = (performance.now() - started) / 1000;
-    this.options.observer?.observe(method, code, seconds);
+    this.options.observer?.observe(method.labels, code, seconds);
     span?.end({ code, reason: result.ok ? undefined : result.status.reason, caller, organizationId, requestId });
     this.options.logger.info(
       {
@@ -198,6 +210,25 @@ export class RpcPipeline {
     return result;
   }
 
+  /**
+   * Logs and counts a request that the transport answered itself before the pipeline ran (bytes
+   * that do not parse, too large, an unknown method...): one log line and one count, like any RPC.
+   */
+  refused(labels: RpcLabels, protocol: string, status: RpcStatus, requestId: string, seconds: number): void {
+    this.options.observer?.observe(labels, status.code, seconds);
+    this.options.logger.info(
+      {
+        method: labels.path,
+        protocol,
+        code: codeName(status.code),
+        reason: status.reason,
+        durationMs: Math.round(seconds * 1e6) / 1000,
+        requestId,
+      },
+      "rpc refused by the transport",
+    );
+  }
+
   private async actingOrganization(header: string | undefined): Promise<string> {
     if (header === undefined || header === "") {
       throw new ServiceError("ORGANIZATION_HEADER_REQUIRED", "send the acting organization as x-organization-id");
@@ -212,14 +243,15 @@ export class RpcPipeline {
   }
 }
 
+function deadlineExceeded(): ServiceError {
+  return new ServiceError("DEADLINE_EXCEEDED", "the deadline passed before the RPC finished");
+}
+
 function withDeadline<T>(work: Promise<T>, deadline: number): Promise<T> {
   const remaining = deadline - Date.now();
   if (remaining === Number.POSITIVE_INFINITY) return work;
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new ServiceError("DEADLINE_EXCEEDED", "the deadline passed before the RPC finished")),
-      Math.max(remaining, 0),
-    );
+    const timer = setTimeout(() => reject(deadlineExceeded()), Math.max(remaining, 0));
     work.then(
       (value) => {
         clearTimeout(timer);

@@ -27,10 +27,17 @@ const CODE_BY_REASON: Readonly<Record<ErrorReason, Code>> = {
   ORGANIZATION_ALREADY_EXISTS: Code.AlreadyExists,
   INVALID_STATE_TRANSITION: Code.FailedPrecondition,
   ETAG_MISMATCH: Code.Aborted,
+  MALFORMED_REQUEST: Code.InvalidArgument,
+  TOO_MANY_WATCHERS: Code.ResourceExhausted,
   WRITE_CONFLICT: Code.Aborted,
   DATABASE_UNAVAILABLE: Code.Unavailable,
   REQUEST_TOO_LARGE: Code.ResourceExhausted,
   DEADLINE_EXCEEDED: Code.DeadlineExceeded,
+  UNKNOWN_METHOD: Code.Unimplemented,
+  NOT_ONE_MESSAGE: Code.Unimplemented,
+  UNSUPPORTED_ENCODING: Code.Unimplemented,
+  UNSUPPORTED_MEDIA_TYPE: Code.InvalidArgument,
+  UNKNOWN_SERVICE: Code.NotFound,
   SHUTTING_DOWN: Code.Unavailable,
   INTERNAL: Code.Internal,
 };
@@ -48,8 +55,29 @@ export interface MappedError {
   readonly internalCause: unknown;
 }
 
+/**
+ * Messages and metadata travel in headers (grpc-message, grpc-status-details-bin), and some echo
+ * what the caller sent: bounded, so that no request can make a header too large for the client.
+ */
+const MAX_MESSAGE_CHARS = 512;
+const MAX_METADATA_VALUE_CHARS = 128;
+
+/** At most `max` characters (an ellipsis marks the cut), with lone surrogates replaced. */
+export function boundedText(text: string, max: number): string {
+  const cut = text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+  return cut.toWellFormed();
+}
+
 function statusOf(error: ServiceError): RpcStatus {
-  return { code: CODE_BY_REASON[error.reason], message: error.message, reason: error.reason, metadata: error.metadata };
+  const metadata: Record<string, string> = {};
+  for (const [key, value] of Object.entries(error.metadata))
+    metadata[key] = boundedText(value, MAX_METADATA_VALUE_CHARS);
+  return {
+    code: CODE_BY_REASON[error.reason],
+    message: boundedText(error.message, MAX_MESSAGE_CHARS),
+    reason: error.reason,
+    metadata,
+  };
 }
 
 export function toRpcStatus(error: unknown): MappedError {

@@ -19,11 +19,22 @@ export type ErrorReason =
   | "ORGANIZATION_ALREADY_EXISTS"
   | "INVALID_STATE_TRANSITION"
   | "ETAG_MISMATCH"
+  | "MALFORMED_REQUEST"
+  | "TOO_MANY_WATCHERS"
   // Failures of the service itself, which the contract leaves to us.
   | "WRITE_CONFLICT"
   | "DATABASE_UNAVAILABLE"
   | "REQUEST_TOO_LARGE"
   | "DEADLINE_EXCEEDED"
+  // Refusals where the gRPC protocol names the status: an unknown method, a unary call without
+  // exactly one request message, a compression this server does not speak.
+  | "UNKNOWN_METHOD"
+  | "NOT_ONE_MESSAGE"
+  | "UNSUPPORTED_ENCODING"
+  // A Content-Type that names no protocol this port speaks (HTTP 415).
+  | "UNSUPPORTED_MEDIA_TYPE"
+  // grpc.health.v1 asked about a service this server does not have.
+  | "UNKNOWN_SERVICE"
   | "SHUTTING_DOWN"
   | "INTERNAL";
 

@@ -4,10 +4,10 @@
 // every protocol shares the pipeline's caller policy, error mapping and log line.
 
 import type { DescMethodUnary } from "@bufbuild/protobuf";
-import { ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import type { RequestMeta, RpcPipeline } from "../api/rpc.js";
-import { errorInfoOf } from "../api/status.js";
+import { REQUEST_DEADLINE } from "./connect-edge.js";
+import { toConnectError } from "./refusals.js";
 import { PEER_SPIFFE_ID_KEY } from "./tls.js";
 
 export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): void {
@@ -18,10 +18,7 @@ export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): voi
       const result = await pipeline.invoke(registered, request, new HandlerContextMeta(context));
       context.responseHeader.set("x-request-id", result.requestId);
       if (result.ok) return result.response;
-      const { status } = result;
-      throw new ConnectError(status.message, status.code, undefined, [
-        { desc: ErrorInfoSchema, value: errorInfoOf(status) },
-      ]);
+      throw toConnectError(result.status);
     });
   }
 }
@@ -31,8 +28,8 @@ class HandlerContextMeta implements RequestMeta {
   readonly protocol: string;
 
   constructor(private readonly context: HandlerContext) {
-    const timeoutMs = context.timeoutMs();
-    this.deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
+    // The edge read the timeout header and counted it from the request's first byte.
+    this.deadline = context.values.get(REQUEST_DEADLINE);
     this.protocol = context.protocolName;
   }
 

@@ -9,21 +9,21 @@
 //
 // Wire format (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md): a message is a
 // 1-byte compressed flag, a 4-byte big-endian length and the bytes; the status travels in trailers,
-// or, for an error before any message, in the only HEADERS frame ("trailers-only").
+// or, for an error before any message, in the only HEADERS frame ("trailers-only"). Refusals follow
+// the same rules as the connect edge's CheckedBody (request-body.ts), so that the same bad bytes
+// get the same code and reason on every protocol.
 
 import { constants, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from "node:http2";
 import { promisify } from "node:util";
 import { gunzip } from "node:zlib";
-import { create, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
-import { anyPack } from "@bufbuild/protobuf/wkt";
-import { Code } from "@connectrpc/connect";
+import { fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import type { Logger } from "pino";
-import { type ErrorInfo, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
-import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { requestIdFor } from "../api/request-id.js";
-import { codeName, type RegisteredMethod, type RequestMeta, type RpcPipeline } from "../api/rpc.js";
-import { errorInfoOf, type RpcStatus, toRpcStatus } from "../api/status.js";
-import { type ErrorReason, ServiceError } from "../app/errors.js";
+import type { RegisteredMethod, RequestMeta, RpcPipeline } from "../api/rpc.js";
+import { type RpcStatus, toRpcStatus } from "../api/status.js";
+import { protocolOf } from "./connect-edge.js";
+import type { PendingRead, ReadDeadlines, TransportLimits } from "./limits.js";
+import { grpcStatusHeaders, parseGrpcTimeout, Refusal, refuse } from "./refusals.js";
 import { peerSpiffeIdOf } from "./tls.js";
 
 const GRPC_CONTENT_TYPES: ReadonlySet<string> = new Set(["application/grpc", "application/grpc+proto"]);
@@ -34,47 +34,26 @@ const OK_TRAILERS: OutgoingHttpHeaders = { "grpc-status": "0" };
 
 const gunzipAsync = promisify(gunzip);
 
-/** A status to answer with; `errorInfo` is absent only for protocol-level refusals. */
-interface GrpcFailure {
-  readonly code: Code;
-  readonly message: string;
-  readonly reason: ErrorReason | undefined;
-  readonly errorInfo: ErrorInfo | undefined;
-}
-
-/** Thrown while reading a request that this path answers without calling the pipeline. */
-class Refusal extends Error {
-  constructor(readonly failure: GrpcFailure) {
-    super(failure.message);
-  }
-}
-
-function failureOf(status: RpcStatus): GrpcFailure {
-  return { code: status.code, message: status.message, reason: status.reason, errorInfo: errorInfoOf(status) };
-}
-
-function refusal(reason: ErrorReason, message: string): Refusal {
-  return new Refusal(failureOf(toRpcStatus(new ServiceError(reason, message)).status));
-}
-
 export class GrpcFastPath {
-  /** The most bytes that one framed request may take on the wire. */
-  readonly maxFramedBytes: number;
-
   constructor(
     readonly pipeline: RpcPipeline,
     readonly maxRequestBytes: number,
+    readonly limits: TransportLimits,
+    readonly readDeadlines: ReadDeadlines,
     readonly logger: Logger,
-  ) {
-    this.maxFramedBytes = PREFIX_BYTES + maxRequestBytes;
-  }
+  ) {}
 
   /** The pipeline method that this stream calls with binary gRPC, or undefined when it is not for this path. */
   methodFor(headers: IncomingHttpHeaders): RegisteredMethod | undefined {
     const contentType = headers["content-type"];
     const path = headers[":path"];
     if (headers[":method"] !== "POST" || contentType === undefined || path === undefined) return undefined;
-    return GRPC_CONTENT_TYPES.has(contentType) ? this.pipeline.lookup(path) : undefined;
+    if (!GRPC_CONTENT_TYPES.has(contentType)) {
+      // "application/grpc; charset=utf-8" and other spellings are gRPC with protobuf too.
+      const spoken = protocolOf(contentType);
+      if (spoken?.name !== "grpc" || !spoken.binary) return undefined;
+    }
+    return this.pipeline.lookup(path);
   }
 
   serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, method: RegisteredMethod): void {
@@ -86,7 +65,7 @@ export class GrpcFastPath {
       call = new UnaryCall(this, stream, headers, method);
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
-      this.refuse(stream, headers, method, error.failure);
+      this.refuse(stream, headers, method, error.status, 0);
       return;
     }
     (stream as CallStream)[CALL] = call;
@@ -95,16 +74,19 @@ export class GrpcFastPath {
   }
 
   /** Answers without the pipeline, and stops the client from sending the rest of its request. */
-  refuse(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, method: RegisteredMethod, failure: GrpcFailure) {
+  refuse(
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    method: RegisteredMethod,
+    status: RpcStatus,
+    seconds: number,
+  ): void {
     const requestId = requestIdFor(single(headers, "x-request-id"));
-    respondWithFailure(stream, failure, requestId);
+    respondWithFailure(stream, status, requestId);
     // RST_STREAM(NO_ERROR) after a complete response asks the client to stop sending (RFC 9113
     // 8.1); node sends it once the response has been flushed.
     if (!stream.destroyed && !stream.readableEnded) stream.close(constants.NGHTTP2_NO_ERROR);
-    this.logger.info(
-      { method: method.path, protocol: "grpc", code: codeName(failure.code), reason: failure.reason, requestId },
-      "rpc refused by the transport",
-    );
+    this.pipeline.refused(method.labels, "grpc", status, requestId, seconds);
   }
 }
 
@@ -126,12 +108,17 @@ function sendOkTrailers(this: ServerHttp2Stream): void {
 }
 
 /** One unary RPC on one stream; it is also the RequestMeta that the pipeline reads. */
-class UnaryCall implements RequestMeta {
+class UnaryCall implements RequestMeta, PendingRead {
   readonly protocol = "grpc";
   readonly deadline: number | undefined;
+  readonly readBy: number;
+  private readonly receivedAt: number;
   private readonly gzipped: boolean;
   private chunks: Buffer[] = [];
   private receivedBytes = 0;
+  /** Where the next length prefix starts, and how many messages have begun. */
+  private nextPrefixAt = 0;
+  private messages = 0;
   private refused = false;
 
   constructor(
@@ -140,18 +127,20 @@ class UnaryCall implements RequestMeta {
     private readonly headers: IncomingHttpHeaders,
     private readonly method: RegisteredMethod,
   ) {
+    this.receivedAt = Date.now();
     const encoding = single(headers, "grpc-encoding");
     if (encoding !== undefined && encoding !== "identity" && encoding !== "gzip") {
-      throw new Refusal({
-        code: Code.Unimplemented,
-        message: `grpc-encoding "${encoding}" is not supported; use one of ${ACCEPTED_ENCODINGS}`,
-        reason: undefined,
-        errorInfo: undefined,
-      });
+      throw refuse.unsupportedEncoding(encoding);
     }
     this.gzipped = encoding === "gzip";
+    // Counted from the stream's first byte, as the client counts it.
     const timeoutMs = parseGrpcTimeout(single(headers, "grpc-timeout"));
-    this.deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
+    this.deadline = timeoutMs === undefined ? undefined : this.receivedAt + timeoutMs;
+    this.readBy = Math.min(
+      this.deadline ?? Number.POSITIVE_INFINITY,
+      this.receivedAt + fastPath.limits.bodyReadTimeoutMs,
+    );
+    fastPath.readDeadlines.add(this);
   }
 
   header(name: string): string | undefined {
@@ -164,21 +153,29 @@ class UnaryCall implements RequestMeta {
 
   receive(chunk: Buffer): void {
     if (this.refused) return;
-    this.receivedBytes += chunk.length;
-    if (this.receivedBytes > this.fastPath.maxFramedBytes) {
-      this.refused = true;
-      this.chunks = [];
-      const tooLarge = refusal(
-        "REQUEST_TOO_LARGE",
-        `the request message is larger than ${this.fastPath.maxRequestBytes} bytes`,
-      );
-      this.fastPath.refuse(this.stream, this.headers, this.method, tooLarge.failure);
-      return;
-    }
     this.chunks.push(chunk);
+    this.receivedBytes += chunk.length;
+    try {
+      this.checkPrefixes();
+    } catch (error) {
+      if (!(error instanceof Refusal)) throw error;
+      this.refuseNow(error);
+    }
+  }
+
+  /** The body did not arrive in time: answered now, whatever the client is still sending. */
+  expire(now: number): void {
+    // A stream that the client reset is gone: nothing to answer, and not a refusal.
+    if (this.refused || this.stream.destroyed) return;
+    const expired =
+      this.deadline !== undefined && this.deadline <= now
+        ? refuse.deadlinePassed()
+        : refuse.bodyTooSlow(this.fastPath.limits.bodyReadTimeoutMs);
+    this.refuseNow(expired);
   }
 
   async complete(): Promise<void> {
+    this.fastPath.readDeadlines.delete(this);
     if (this.refused) return;
     try {
       let request: Message;
@@ -186,54 +183,79 @@ class UnaryCall implements RequestMeta {
         request = await this.decode();
       } catch (error) {
         if (!(error instanceof Refusal)) throw error;
-        this.fastPath.refuse(this.stream, this.headers, this.method, error.failure);
+        this.refuseNow(error);
         return;
       }
       const result = await this.fastPath.pipeline.invoke(this.method, request, this);
       if (result.ok) {
         respondWithMessage(this.stream, toBinary(this.method.method.output, result.response), result.requestId);
       } else {
-        respondWithFailure(this.stream, failureOf(result.status), result.requestId);
+        respondWithFailure(this.stream, result.status, result.requestId);
       }
     } catch (error) {
       this.fastPath.logger.error({ err: error, method: this.method.path }, "gRPC fast path failed");
       if (this.stream.headersSent) this.stream.close(constants.NGHTTP2_INTERNAL_ERROR);
-      else
-        respondWithFailure(
-          this.stream,
-          failureOf(toRpcStatus(error).status),
-          requestIdFor(this.header("x-request-id")),
-        );
+      else respondWithFailure(this.stream, toRpcStatus(error).status, requestIdFor(this.header("x-request-id")));
     }
   }
 
+  private refuseNow(refusal: Refusal): void {
+    this.refused = true;
+    this.chunks = [];
+    this.fastPath.readDeadlines.delete(this);
+    const seconds = (Date.now() - this.receivedAt) / 1000;
+    this.fastPath.refuse(this.stream, this.headers, this.method, refusal.status, seconds);
+  }
+
+  /**
+   * Reads each length prefix as soon as its five bytes are in: a declared-large message is refused
+   * before its bytes arrive, and a second message before it is buffered whole.
+   */
+  private checkPrefixes(): void {
+    while (this.receivedBytes >= this.nextPrefixAt + PREFIX_BYTES) {
+      const flags = this.byteAt(this.nextPrefixAt);
+      let length = 0;
+      for (let index = 1; index < PREFIX_BYTES; index++) length = length * 256 + this.byteAt(this.nextPrefixAt + index);
+      if (length > this.fastPath.maxRequestBytes) throw refuse.tooLarge(this.fastPath.maxRequestBytes);
+      if ((flags & ~COMPRESSED_FLAG) !== 0) throw refuse.malformed("a message carries flags other than compressed");
+      this.messages++;
+      this.nextPrefixAt += PREFIX_BYTES + length;
+      if (this.messages > 1 && this.receivedBytes >= this.nextPrefixAt) throw refuse.notOneMessage();
+    }
+  }
+
+  private byteAt(offset: number): number {
+    let skipped = 0;
+    for (const chunk of this.chunks) {
+      if (offset < skipped + chunk.length) return chunk[offset - skipped] as number;
+      skipped += chunk.length;
+    }
+    throw new RangeError("offset past the received bytes");
+  }
+
   private async decode(): Promise<Message> {
+    if (this.receivedBytes !== this.nextPrefixAt) {
+      throw refuse.malformed("the request ends inside a length-prefixed message");
+    }
+    if (this.messages !== 1) throw refuse.notOneMessage();
     const body = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
     this.chunks = [];
-    if (body.length < PREFIX_BYTES) throw refusal("INVALID_ARGUMENT", "the request carries no message");
-    const messageBytes = body.readUInt32BE(1);
-    if (body.length !== PREFIX_BYTES + messageBytes) {
-      throw refusal("INVALID_ARGUMENT", "a unary request carries exactly one length-prefixed message");
-    }
     let message: Uint8Array = body.subarray(PREFIX_BYTES);
     if (((body[0] as number) & COMPRESSED_FLAG) !== 0) message = await this.decompress(message);
     try {
       return fromBinary(this.method.method.input, message);
     } catch {
-      throw refusal("INVALID_ARGUMENT", `the request is not a valid ${this.method.method.input.typeName}`);
+      throw refuse.notAMessage(this.method.method, "binary");
     }
   }
 
   private async decompress(message: Uint8Array): Promise<Buffer> {
-    if (!this.gzipped)
-      throw refusal("INVALID_ARGUMENT", "the message is flagged compressed but grpc-encoding is identity");
+    if (!this.gzipped) throw refuse.malformed("a message is flagged compressed but no encoding was named");
     try {
       return await gunzipAsync(message, { maxOutputLength: this.fastPath.maxRequestBytes });
     } catch (error) {
-      if (error instanceof RangeError) {
-        throw refusal("REQUEST_TOO_LARGE", `the request message is larger than ${this.fastPath.maxRequestBytes} bytes`);
-      }
-      throw refusal("INVALID_ARGUMENT", "the request message is not valid gzip");
+      if (error instanceof RangeError) throw refuse.tooLarge(this.fastPath.maxRequestBytes);
+      throw refuse.malformed("the request message is not valid gzip");
     }
   }
 }
@@ -258,61 +280,18 @@ function respondWithMessage(stream: ServerHttp2Stream, message: Uint8Array, requ
   stream.end(frame);
 }
 
-function respondWithFailure(stream: ServerHttp2Stream, failure: GrpcFailure, requestId: string): void {
-  if (stream.destroyed || stream.closed) return;
-  const headers: OutgoingHttpHeaders = {
-    ":status": 200,
-    "content-type": "application/grpc",
-    "grpc-accept-encoding": ACCEPTED_ENCODINGS,
-    "grpc-status": String(failure.code),
-    "grpc-message": percentEncodeGrpcMessage(failure.message),
-    "x-request-id": requestId,
-  };
-  if (failure.errorInfo !== undefined) {
-    headers["grpc-status-details-bin"] = statusDetails(failure.code, failure.message, failure.errorInfo);
-  }
-  stream.respond(headers, { endStream: true });
-}
-
-/** A google.rpc.Status carrying the ErrorInfo, base64 without padding as the spec asks of senders. */
-function statusDetails(code: Code, message: string, errorInfo: ErrorInfo): string {
-  const status = create(StatusSchema, { code, message, details: [anyPack(ErrorInfoSchema, errorInfo)] });
-  return Buffer.from(toBinary(StatusSchema, status)).toString("base64").replace(/=+$/, "");
-}
-
-const GRPC_MESSAGE_SAFE = /^[\x20-\x24\x26-\x7e]*$/;
-
-/** grpc-message: UTF-8, with every byte outside printable ASCII, and "%" itself, as %XX. */
-function percentEncodeGrpcMessage(message: string): string {
-  if (GRPC_MESSAGE_SAFE.test(message)) return message;
-  let encoded = "";
-  for (const byte of Buffer.from(message, "utf8")) {
-    encoded +=
-      byte >= 0x20 && byte <= 0x7e && byte !== 0x25
-        ? String.fromCharCode(byte)
-        : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
-  }
-  return encoded;
-}
-
-const TIMEOUT_UNIT_MS: Readonly<Record<string, number>> = {
-  H: 3_600_000,
-  M: 60_000,
-  S: 1_000,
-  m: 1,
-  u: 0.001,
-  n: 0.000_001,
-};
-
-/** Milliseconds from a grpc-timeout header ("250m", "5S"); undefined when there is none. */
-function parseGrpcTimeout(value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const match = /^(\d{1,8})([HMSmun])$/.exec(value);
-  const unitMs = TIMEOUT_UNIT_MS[match?.[2] ?? ""];
-  if (match === null || unitMs === undefined) {
-    throw refusal("INVALID_ARGUMENT", `grpc-timeout "${value}" is not 1-8 digits and one of H, M, S, m, u, n`);
-  }
-  return Number(match[1]) * unitMs;
+function respondWithFailure(stream: ServerHttp2Stream, status: RpcStatus, requestId: string): void {
+  if (stream.destroyed || stream.closed || stream.headersSent) return;
+  stream.respond(
+    {
+      ":status": 200,
+      "content-type": "application/grpc",
+      "grpc-accept-encoding": ACCEPTED_ENCODINGS,
+      ...grpcStatusHeaders(status),
+      "x-request-id": requestId,
+    },
+    { endStream: true },
+  );
 }
 
 function single(headers: IncomingHttpHeaders, name: string): string | undefined {

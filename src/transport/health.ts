@@ -5,10 +5,12 @@
 // database answers); health and reflection serve whenever the process does. Everything turns
 // NOT_SERVING for good once shutdown begins.
 
-import { once } from "node:events";
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
+import { toRpcStatus } from "../api/status.js";
+import { type ErrorReason, ServiceError } from "../app/errors.js";
+import { toConnectError } from "./refusals.js";
 
 export { ServingStatus };
 
@@ -23,19 +25,8 @@ export interface HealthControllerOptions {
   readonly pollIntervalMs?: number;
   /** A readiness() that has not answered by then counts as false. */
   readonly readinessTimeoutMs?: number;
-}
-
-interface Signal {
-  readonly fired: Promise<void>;
-  readonly fire: () => void;
-}
-
-function newSignal(): Signal {
-  let fire: () => void = () => {};
-  const fired = new Promise<void>((resolve) => {
-    fire = resolve;
-  });
-  return { fired, fire };
+  /** Watch streams at once; beyond it Watch fails with RESOURCE_EXHAUSTED. */
+  readonly maxWatchers: number;
 }
 
 export class HealthController {
@@ -48,8 +39,8 @@ export class HealthController {
   private checkedAt = 0;
   private runningCheck: Promise<void> | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
-  /** Fires (and is replaced) on every change of any status. */
-  private changed = newSignal();
+  /** One wake-up function per Watch stream, removed when the stream ends. */
+  private readonly watchers = new Set<() => void>();
 
   constructor(private readonly options: HealthControllerOptions) {
     this.servicesNeedingReadiness = new Set(options.servicesNeedingReadiness);
@@ -99,23 +90,51 @@ export class HealthController {
     this.notifyChange();
   }
 
-  /** The service's status now and after every change; ends at shutdown or when `signal` aborts. */
+  /**
+   * The service's status now and after every change; ends at shutdown or when `signal` aborts.
+   * Each stream holds one entry in `watchers` and nothing else, and gives it back when it ends.
+   */
   async *watch(service: string, signal: AbortSignal): AsyncGenerator<ServingStatus> {
-    const aborted = once(signal, "abort");
-    // Taken before reading the status, so that a change while the caller consumes is not missed.
-    let changed = this.changed.fired;
-    let last = this.status(service) ?? ServingStatus.SERVICE_UNKNOWN;
-    yield last;
-    while (!this.shuttingDown && !signal.aborted) {
-      await Promise.race([changed, aborted]);
-      if (signal.aborted) return;
-      changed = this.changed.fired;
-      const current = this.status(service) ?? ServingStatus.SERVICE_UNKNOWN;
-      if (current !== last) {
-        last = current;
-        yield current;
-      }
+    if (this.watchers.size >= this.options.maxWatchers) {
+      throw new ServiceError(
+        "TOO_MANY_WATCHERS",
+        `this replica serves at most ${this.options.maxWatchers} health Watch streams; retry later or use Check`,
+      );
     }
+    let changed = true;
+    let wake: (() => void) | undefined;
+    const watcher = () => {
+      changed = true;
+      wake?.();
+      wake = undefined;
+    };
+    this.watchers.add(watcher);
+    signal.addEventListener("abort", watcher);
+    try {
+      let last: ServingStatus | undefined;
+      while (!signal.aborted) {
+        changed = false;
+        const current = this.status(service) ?? ServingStatus.SERVICE_UNKNOWN;
+        if (current !== last) {
+          last = current;
+          yield current;
+        }
+        if (this.shuttingDown) return;
+        if (!changed) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+        }
+      }
+    } finally {
+      this.watchers.delete(watcher);
+      signal.removeEventListener("abort", watcher);
+    }
+  }
+
+  /** Watch streams open now. */
+  get watcherCount(): number {
+    return this.watchers.size;
   }
 
   private refresh(): Promise<void> {
@@ -144,9 +163,7 @@ export class HealthController {
   }
 
   private notifyChange(): void {
-    const { fire } = this.changed;
-    this.changed = newSignal();
-    fire();
+    for (const watcher of this.watchers) watcher();
   }
 }
 
@@ -164,12 +181,16 @@ async function answerWithin(readiness: () => Promise<boolean>, timeoutMs: number
   }
 }
 
+function failure(reason: ErrorReason, message: string) {
+  return toConnectError(toRpcStatus(new ServiceError(reason, message)).status);
+}
+
 export function routeHealth(router: ConnectRouter, health: HealthController): void {
   router.service(Health, {
     async check(request) {
       await health.refreshIfStale();
       const status = health.status(request.service);
-      if (status === undefined) throw new ConnectError(`unknown service "${request.service}"`, Code.NotFound);
+      if (status === undefined) throw failure("UNKNOWN_SERVICE", `unknown service "${request.service}"`);
       return { status };
     },
     list() {
@@ -178,7 +199,12 @@ export function routeHealth(router: ConnectRouter, health: HealthController): vo
       return { statuses };
     },
     async *watch(request, context) {
-      for await (const status of health.watch(request.service, context.signal)) yield { status };
+      try {
+        for await (const status of health.watch(request.service, context.signal)) yield { status };
+      } catch (error) {
+        if (error instanceof ServiceError) throw failure(error.reason, error.message);
+        throw error;
+      }
     },
   });
 }

@@ -5,9 +5,12 @@
 // to an http2 server, anything else to an http server. On HTTP/2 each stream is routed on its own:
 // binary gRPC for a pipeline RPC goes to the fast path on the raw stream; every other stream gets
 // node's compatibility request and response objects, built here exactly as node builds them for a
-// 'request' listener, and goes to connect-node. No 'request' listener is registered, so node never
-// builds compatibility objects for fast-path streams: those objects hook the stream's
+// 'request' listener, and goes to the connect edge. No 'request' listener is registered, so node
+// never builds compatibility objects for fast-path streams: those objects hook the stream's
 // 'wantTrailers', 'close' and 'data' events and would fight the fast path over the trailers.
+//
+// Every limit in TransportLimits is applied here or by the readers it hands requests to; node sets
+// almost none by itself (no HTTP/2 idle timeout, SETTINGS at 2^32-1).
 
 import http from "node:http";
 import http2 from "node:http2";
@@ -15,15 +18,15 @@ import type { AddressInfo } from "node:net";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { DescService } from "@bufbuild/protobuf";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Logger } from "pino";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
-import { requestIdFor } from "../api/request-id.js";
 import type { RpcPipeline } from "../api/rpc.js";
+import { ConnectEdge } from "./connect-edge.js";
 import { routePipeline } from "./connect-routes.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";
 import { HealthController, routeHealth } from "./health.js";
+import { DEFAULT_TRANSPORT_LIMITS, ReadDeadlines, type TransportLimits } from "./limits.js";
 import { REFLECTION_SERVICES, ReflectionIndex, routeReflection } from "./reflection.js";
 import { createTlsTerminator, type TlsCredentials, type TlsTerminator, tlsContextValues } from "./tls.js";
 
@@ -39,6 +42,8 @@ export interface ServeOptions {
   readonly readiness: () => Promise<boolean>;
   /** When set, the port serves TLS only. */
   readonly tls?: TlsCredentials | undefined;
+  /** Anything left out takes its production default. */
+  readonly limits?: Partial<TransportLimits>;
 }
 
 export interface RunningServer {
@@ -55,8 +60,6 @@ export interface RunningServer {
 }
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
-/** A connection that has not said which protocol it speaks by then is dropped. */
-const FIRST_BYTES_TIMEOUT_MS = 10_000;
 /** While draining, how often HTTP/1.1 connections that finished their last request are closed. */
 const IDLE_SWEEP_INTERVAL_MS = 50;
 /**
@@ -72,20 +75,27 @@ const HTTP2_MAX_SESSION_MEMORY_MB = 512;
 
 export async function serve(options: ServeOptions): Promise<RunningServer> {
   const { pipeline, logger } = options;
+  const limits: TransportLimits = { ...DEFAULT_TRANSPORT_LIMITS, ...options.limits };
   const pipelineServices = servicesOf(pipeline);
   const health = new HealthController({
     readiness: options.readiness,
     servicesNeedingReadiness: ["", ...pipelineServices.map((service) => service.typeName)],
     alwaysServingServices: [Health.typeName, ...REFLECTION_SERVICES.map((service) => service.typeName)],
     logger,
+    maxWatchers: limits.maxHealthWatchers,
   });
   const reflection = new ReflectionIndex(
     [...pipelineServices, Health, ...REFLECTION_SERVICES],
     // Every error carries a google.rpc.ErrorInfo; clients resolve it through reflection too.
     [file_google_rpc_error_details],
   );
-  const connectHandler = connectNodeAdapter({
-    readMaxBytes: options.maxRequestBytes,
+  const readDeadlines = new ReadDeadlines();
+  const edge = new ConnectEdge({
+    pipeline,
+    maxRequestBytes: options.maxRequestBytes,
+    limits,
+    readDeadlines,
+    logger,
     // The client certificate's SPIFFE ID, for the pipeline; nothing per request without TLS.
     ...(options.tls === undefined ? {} : { contextValues: tlsContextValues }),
     routes(router) {
@@ -95,14 +105,8 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     },
   });
   await health.start();
-  const server = new MultiProtocolServer(
-    pipeline,
-    connectHandler,
-    new GrpcFastPath(pipeline, options.maxRequestBytes, logger),
-    health,
-    logger,
-    options.tls,
-  );
+  const fastPath = new GrpcFastPath(pipeline, options.maxRequestBytes, limits, readDeadlines, logger);
+  const server = new MultiProtocolServer(edge, fastPath, health, limits, logger, options.tls);
   try {
     await server.listen(options.host, options.port);
   } catch (error) {
@@ -118,15 +122,21 @@ function servicesOf(pipeline: RpcPipeline): DescService[] {
   return [...services.values()];
 }
 
-type ConnectHandler = ReturnType<typeof connectNodeAdapter>;
+/** Per HTTP/2 session: when it last opened a stream (the idle timeout counts from it). */
+interface SessionClock {
+  lastStreamAt: number;
+}
+
+const SESSION_CLOCK = Symbol("sessionClock");
+type ClockedSession = http2.ServerHttp2Session & { [SESSION_CLOCK]?: SessionClock };
 
 class MultiProtocolServer implements RunningServer {
   private readonly listener = net.createServer((socket) =>
     this.tls === undefined ? this.routeConnection(socket) : this.tls.accept(socket),
   );
   private readonly tls: TlsTerminator | undefined;
-  private readonly http1Server = http.createServer((request, response) => this.serveWithConnect(request, response));
-  private readonly http2Server = http2.createServer({ maxSessionMemory: HTTP2_MAX_SESSION_MEMORY_MB });
+  private readonly http1Server: http.Server;
+  private readonly http2Server: http2.Http2Server;
   /** Accepted connections whose first bytes have not arrived yet. */
   private readonly undecidedSockets = new Set<net.Socket>();
   private readonly http2Sessions = new Set<http2.ServerHttp2Session>();
@@ -134,10 +144,10 @@ class MultiProtocolServer implements RunningServer {
   private closed: Promise<void> | undefined;
 
   constructor(
-    private readonly pipeline: RpcPipeline,
-    private readonly connectHandler: ConnectHandler,
+    private readonly edge: ConnectEdge,
     private readonly fastPath: GrpcFastPath,
     readonly health: HealthController,
+    private readonly limits: TransportLimits,
     private readonly logger: Logger,
     tlsCredentials: TlsCredentials | undefined,
   ) {
@@ -146,36 +156,126 @@ class MultiProtocolServer implements RunningServer {
         ? undefined
         : createTlsTerminator(
             tlsCredentials,
-            FIRST_BYTES_TIMEOUT_MS,
+            limits.firstBytesTimeoutMs,
             (socket) => (socket.alpnProtocol === "h2" ? this.http2Server : this.http1Server).emit("connection", socket),
             (error) => this.logger.debug({ err: error }, "TLS handshake failed"),
           );
+    this.http1Server = http.createServer(
+      {
+        headersTimeout: limits.http1HeadersTimeoutMs,
+        requestTimeout: limits.http1RequestTimeoutMs,
+        maxHeaderSize: limits.maxHeaderListBytes,
+        // node checks the two timeouts above on this period (30 s by default).
+        connectionsCheckingInterval: Math.max(10, Math.min(1_000, limits.http1HeadersTimeoutMs / 4)),
+      },
+      (request, response) => {
+        if (this.draining) response.setHeader("connection", "close");
+        this.edge.serve(request, response, Date.now());
+      },
+    );
+    this.http1Server.keepAliveTimeout = limits.http1KeepAliveTimeoutMs;
     // node starts tracking an http server's connections (request and header timeouts,
     // closeIdleConnections) when it emits 'listening'; this one never listens itself.
     this.http1Server.emit("listening");
-    this.http2Server.on("session", (session) => {
-      this.http2Sessions.add(session);
-      session.once("close", () => this.http2Sessions.delete(session));
+    this.http2Server = http2.createServer({
+      settings: {
+        maxConcurrentStreams: limits.http2MaxConcurrentStreams,
+        maxHeaderListSize: limits.maxHeaderListBytes,
+      },
+      maxSessionMemory: HTTP2_MAX_SESSION_MEMORY_MB,
     });
-    // node passes rawHeaders as a fourth argument, which @types/node leaves out.
-    const onStream = (
-      stream: http2.ServerHttp2Stream,
-      headers: http2.IncomingHttpHeaders,
-      _flags: number,
-      rawHeaders: string[],
-    ) => {
+    this.http2Server.on("session", (session) => this.police(session));
+    // A session that fails (a protocol error, a reset socket) is destroyed by node; nothing to do
+    // but not let the event go unheard.
+    this.http2Server.on("sessionError", (error) => this.logger.debug({ err: error }, "HTTP/2 session failed"));
+    this.http2Server.on("stream", this.onStream);
+    this.listener.on("error", (error) => this.logger.error({ err: error }, "listener failed"));
+  }
+
+  // node passes rawHeaders as a fourth argument, which @types/node leaves out.
+  private readonly onStream = (
+    stream: http2.ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    _flags: number,
+    rawHeaders: string[],
+  ) => {
+    const receivedAt = Date.now();
+    const clock = (stream.session as ClockedSession | undefined)?.[SESSION_CLOCK];
+    if (clock !== undefined) clock.lastStreamAt = receivedAt;
+    try {
       const method = this.fastPath.methodFor(headers);
       if (method !== undefined) {
         this.fastPath.serve(stream, headers, method);
         return;
       }
-      this.serveWithConnect(
+      this.edge.serve(
         new http2.Http2ServerRequest(stream, headers, {}, rawHeaders),
         new http2.Http2ServerResponse(stream),
+        receivedAt,
       );
-    };
-    this.http2Server.on("stream", onStream);
-    this.listener.on("error", (error) => this.logger.error({ err: error }, "listener failed"));
+    } catch (error) {
+      // Nothing a client sends may throw out of this listener: that would end the process.
+      this.logger.error({ err: error }, "could not serve an HTTP/2 stream");
+      if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    }
+  };
+
+  /**
+   * HTTP/2 keepalive (a PING every interval; no answer within the timeout drops the connection),
+   * the idle timeout (no new stream for that long: GOAWAY) and the maximum connection age (GOAWAY
+   * at the age, ±10% so that connections made together do not all leave together; whatever still
+   * runs is cancelled after the grace).
+   */
+  private police(session: http2.ServerHttp2Session): void {
+    const { limits } = this;
+    this.http2Sessions.add(session);
+    session.on("error", (error) => this.logger.debug({ err: error }, "HTTP/2 session error"));
+    const clock: SessionClock = { lastStreamAt: Date.now() };
+    (session as ClockedSession)[SESSION_CLOCK] = clock;
+    const open = () => !session.closed && !session.destroyed;
+
+    // One PING in flight at a time.
+    let awaitingAck: NodeJS.Timeout | undefined;
+    const keepalive = setInterval(() => {
+      if (!open() || awaitingAck !== undefined) return;
+      let sent: boolean;
+      try {
+        sent = session.ping(() => {
+          clearTimeout(awaitingAck);
+          awaitingAck = undefined;
+        });
+      } catch {
+        return; // the session went away between the check and the PING
+      }
+      if (!sent) return;
+      awaitingAck = setTimeout(() => {
+        this.logger.debug("HTTP/2 peer did not answer a keepalive PING: dropping the connection");
+        session.destroy();
+      }, limits.http2KeepaliveTimeoutMs).unref();
+    }, limits.http2KeepaliveIntervalMs).unref();
+    const idle = setInterval(
+      () => {
+        if (open() && Date.now() - clock.lastStreamAt >= limits.http2IdleTimeoutMs) session.close();
+      },
+      Math.max(10, Math.min(limits.http2IdleTimeoutMs / 4, 1_000)),
+    ).unref();
+    let grace: NodeJS.Timeout | undefined;
+    const age = setTimeout(
+      () => {
+        if (!open()) return;
+        session.close();
+        grace = setTimeout(() => session.destroy(), limits.maxConnectionAgeGraceMs).unref();
+      },
+      limits.maxConnectionAgeMs * (0.9 + Math.random() * 0.2),
+    ).unref();
+    session.once("close", () => {
+      this.http2Sessions.delete(session);
+      clearInterval(keepalive);
+      clearInterval(idle);
+      clearTimeout(awaitingAck);
+      clearTimeout(age);
+      clearTimeout(grace);
+    });
   }
 
   get port(): number {
@@ -254,23 +354,6 @@ class MultiProtocolServer implements RunningServer {
     socket.on("data", onData);
     socket.on("error", drop);
     socket.once("close", () => this.undecidedSockets.delete(socket));
-    socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, drop);
-  }
-
-  private serveWithConnect(
-    request: http.IncomingMessage | http2.Http2ServerRequest,
-    response: http.ServerResponse | http2.Http2ServerResponse,
-  ): void {
-    const [path = ""] = (request.url ?? "").split("?", 1);
-    if (this.pipeline.lookup(path) !== undefined) {
-      // Decided here rather than in the pipeline so that the answers connect-node gives before the
-      // pipeline runs (a body too large, bytes it cannot parse) carry the same x-request-id.
-      const presented = request.headers["x-request-id"];
-      const requestId = requestIdFor(typeof presented === "string" ? presented : undefined);
-      request.headers["x-request-id"] = requestId;
-      response.setHeader("x-request-id", requestId);
-    }
-    if (this.draining && response instanceof http.ServerResponse) response.setHeader("connection", "close");
-    this.connectHandler(request, response);
+    socket.setTimeout(this.limits.firstBytesTimeoutMs, drop);
   }
 }

@@ -47,6 +47,14 @@ function frame(message: Uint8Array, compressed = false): Buffer {
   return Buffer.concat([prefix, message]);
 }
 
+/** The ErrorInfo in grpc-status-details-bin, from headers or trailers. */
+function errorInfoOf(headers: http2.IncomingHttpHeaders | undefined) {
+  const details = headers?.["grpc-status-details-bin"];
+  if (typeof details !== "string") return undefined;
+  const [detail] = fromBinary(StatusSchema, Buffer.from(details, "base64")).details;
+  return detail && anyUnpack(detail, ErrorInfoSchema);
+}
+
 function getOrganizationBytes(id: string): Uint8Array {
   return toBinary(GetOrganizationRequestSchema, create(GetOrganizationRequestSchema, { id }));
 }
@@ -132,8 +140,11 @@ describe("the gRPC fast path", () => {
     expect(json.trailers?.["grpc-status"]).toBe(String(Code.Unauthenticated));
     expect(json.headers["x-request-id"]).toMatch(/^req_/);
 
+    // As grpc-go answers: HTTP 200 and grpc-status 12, with an ErrorInfo.
     const unknown = await raw("/connections.v1.OrganizationService/Nope", frame(getOrganizationBytes("org_a")));
-    expect(unknown.headers[":status"]).toBe(404);
+    expect(unknown.headers[":status"]).toBe(200);
+    expect(unknown.headers["grpc-status"]).toBe(String(Code.Unimplemented));
+    expect(unknown.headers["grpc-status-details-bin"]).toBeDefined();
   });
 
   it("percent-encodes grpc-message as the gRPC spec says, and clients decode it back", async () => {
@@ -151,7 +162,7 @@ describe("the gRPC fast path", () => {
     expect(outcome).toMatchObject({ ok: false, code: Code.NotFound, message: UNUSUAL_MESSAGE });
   });
 
-  it("refuses malformed protobuf with INVALID_ARGUMENT, never INTERNAL", async () => {
+  it("refuses malformed protobuf with INVALID_ARGUMENT MALFORMED_REQUEST, never INTERNAL", async () => {
     const client = new GrpcJsClient(server.address);
     // Field 1, length-delimited, claiming 100 bytes that never come.
     const outcome = await client.callWithBytes(
@@ -165,15 +176,25 @@ describe("the gRPC fast path", () => {
     expect(outcome.ok).toBe(false);
     if (outcome.ok) return;
     expect(outcome.code).toBe(Code.InvalidArgument);
-    expect(outcome.errorInfo).toMatchObject({ reason: "INVALID_ARGUMENT", domain: "connections.v1" });
+    expect(outcome.errorInfo).toMatchObject({ reason: "MALFORMED_REQUEST", domain: "connections.v1" });
+    expect(outcome.message).not.toMatch(/premature|EOF|wire type|illegal/i);
     expect(outcome.headers["x-request-id"]).toBe("bad-bytes");
   });
 
-  it("refuses a body that is not exactly one length-prefixed message", async () => {
+  it("refuses a unary call without exactly one message with UNIMPLEMENTED, a torn one as MALFORMED_REQUEST", async () => {
     const message = getOrganizationBytes("org_a");
-    for (const body of [Buffer.alloc(0), Buffer.from([0, 0, 0]), Buffer.concat([frame(message), frame(message)])]) {
+    const cases: [Buffer, Code, string][] = [
+      [Buffer.alloc(0), Code.Unimplemented, "NOT_ONE_MESSAGE"],
+      [Buffer.concat([frame(message), frame(message)]), Code.Unimplemented, "NOT_ONE_MESSAGE"],
+      [Buffer.from([0, 0, 0]), Code.InvalidArgument, "MALFORMED_REQUEST"],
+      [Buffer.concat([frame(message), Buffer.from([0, 0])]), Code.InvalidArgument, "MALFORMED_REQUEST"],
+      // Compressed-Flag 2 means nothing in gRPC.
+      [Buffer.concat([Buffer.from([2]), frame(message).subarray(1)]), Code.InvalidArgument, "MALFORMED_REQUEST"],
+    ];
+    for (const [body, code, reason] of cases) {
       const response = await raw(GET_ORGANIZATION, body);
-      expect(response.headers["grpc-status"], `body of ${body.length} bytes`).toBe(String(Code.InvalidArgument));
+      expect(response.headers["grpc-status"], `body ${body.toString("hex")}`).toBe(String(code));
+      expect(errorInfoOf(response.headers)?.reason, `body ${body.toString("hex")}`).toBe(reason);
     }
   });
 

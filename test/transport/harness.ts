@@ -31,9 +31,10 @@ import { OrganizationService } from "../../gen/connections/v1/organization_servi
 import { type ErrorInfo, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { CallerAuthenticator } from "../../src/api/callers.js";
-import { type RegisteredMethod, RpcPipeline } from "../../src/api/rpc.js";
+import { type RpcLabels, RpcPipeline } from "../../src/api/rpc.js";
 import { ServiceError } from "../../src/app/errors.js";
 import type { Organizations } from "../../src/app/organizations.js";
+import type { TransportLimits } from "../../src/transport/limits.js";
 import { type RunningServer, serve } from "../../src/transport/server.js";
 
 export const MAX_REQUEST_BYTES = 16 * 1024;
@@ -98,7 +99,8 @@ export interface TestServer {
   waitForObserved(path: string, code: number): Promise<void>;
 }
 
-export async function startTestServer(): Promise<TestServer> {
+/** `limits`: transport limits to use instead of the production defaults (short timeouts in tests). */
+export async function startTestServer(limits: Partial<TransportLimits> = {}): Promise<TestServer> {
   const observed: Observed[] = [];
   const stubs = new Stubs();
   const organizations = { isRegistered: async (id: string) => id === "org_a" } as unknown as Organizations;
@@ -107,7 +109,7 @@ export async function startTestServer(): Promise<TestServer> {
     organizations,
     logger: pino({ level: "silent" }),
     maxDeadlineMs: 30_000,
-    observer: { observe: (method: RegisteredMethod, code: number) => observed.push({ path: method.path, code }) },
+    observer: { observe: (labels: RpcLabels, code: number) => observed.push({ path: labels.path, code }) },
   });
   stubs.register(pipeline);
   let ready = true;
@@ -118,6 +120,7 @@ export async function startTestServer(): Promise<TestServer> {
     logger: pino({ level: "silent" }),
     maxRequestBytes: MAX_REQUEST_BYTES,
     readiness: async () => ready,
+    limits,
   });
   const address = `127.0.0.1:${running.port}`;
   return {

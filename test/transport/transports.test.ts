@@ -138,7 +138,7 @@ describe("malformed requests", () => {
     await server.running.close(1_000);
   });
 
-  it("refuses malformed protobuf from grpc-js with INVALID_ARGUMENT and an ErrorInfo", async () => {
+  it("refuses malformed protobuf from grpc-js with INVALID_ARGUMENT MALFORMED_REQUEST", async () => {
     const client = new GrpcJsClient(server.address);
     const outcome = failure(
       await client.callWithBytes(getOrganization, Buffer.from([0x0a, 0x64, 0x61]), {
@@ -147,7 +147,7 @@ describe("malformed requests", () => {
     );
     client.close();
     expect(outcome.code).toBe(Code.InvalidArgument);
-    expect(outcome.errorInfo).toMatchObject({ reason: "INVALID_ARGUMENT", domain: "connections.v1" });
+    expect(outcome.errorInfo).toMatchObject({ reason: "MALFORMED_REQUEST", domain: "connections.v1" });
     expect(outcome.headers["x-request-id"]).toMatch(GENERATED_REQUEST_ID);
   });
 
@@ -156,6 +156,7 @@ describe("malformed requests", () => {
     for (const body of ["{not json", '{"id": 42}', "[]"]) {
       const outcome = failure(await client.post(getOrganization, body, { headers: { "x-request-id": "json-1" } }));
       expect(outcome.code, body).toBe(Code.InvalidArgument);
+      expect(outcome.errorInfo?.reason, body).toBe("MALFORMED_REQUEST");
       expect(outcome.headers["x-request-id"], body).toBe("json-1");
     }
   });
