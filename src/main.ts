@@ -1,8 +1,20 @@
-// Entry point: configuration from the environment, start, and a clean stop on SIGTERM/SIGINT.
+// Entry point: configuration from the environment, start, and one clean stop on SIGTERM/SIGINT or
+// on a crash. Production runs this file built (`node dist/src/main.js`), with nothing between the
+// signal and node.
 
+import type { Logger } from "pino";
 import { ConfigError, loadConfig } from "./config.js";
 import { createLogger, flushLogs } from "./log.js";
-import { startService } from "./server.js";
+import { type RunningService, startService } from "./server.js";
+
+/**
+ * A repeat of the signal within this window is the same stop, not a second one: a process group
+ * signal and the copy that npm (or tsx, ~30 ms later) forwards arrive together. An operator who
+ * means "now" sends the second signal later than this.
+ */
+const REPEATED_SIGNAL_WINDOW_MS = 1_000;
+/** How long past the grace period a drain may take (closing the database) before we exit anyway. */
+const DRAIN_OVERRUN_MS = 5_000;
 
 async function main(): Promise<void> {
   let config: ReturnType<typeof loadConfig>;
@@ -14,45 +26,110 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const logger = createLogger(config.logLevel);
-  let service: Awaited<ReturnType<typeof startService>>;
+  const lifecycle = new Lifecycle(logger, config.shutdownGraceMs);
+  process.on("uncaughtException", (error) => lifecycle.crash(error, "uncaughtException"));
+  process.on("unhandledRejection", (reason) => lifecycle.crash(reason, "unhandledRejection"));
+  process.on("SIGTERM", (signal) => lifecycle.signal(signal));
+  process.on("SIGINT", (signal) => lifecycle.signal(signal));
+
+  let service: RunningService;
   try {
     service = await startService(config, logger);
   } catch (error) {
     logger.fatal({ err: error }, "could not start");
-    flushLogs(logger);
-    process.exit(1);
+    lifecycle.exit(1);
+    return;
   }
   logger.info(
-    { host: config.host, port: service.port, adminPort: service.adminPort, database: redactUrl(config.databaseUrl) },
+    {
+      host: config.host,
+      port: service.port,
+      adminPort: service.adminPort,
+      database: redactUrl(config.databaseUrl),
+      pid: process.pid,
+    },
     "serving gRPC, gRPC-Web and Connect",
   );
-
-  let stopping = false;
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      logger.warn({ signal }, "second signal: exiting now");
-      flushLogs(logger);
-      process.exit(1);
-    }
-    stopping = true;
-    logger.info({ signal, graceMs: config.shutdownGraceMs }, "shutting down");
-    service.close().then(
-      () => {
-        logger.info("stopped");
-        flushLogs(logger);
-        process.exit(0);
-      },
-      (error: unknown) => {
-        logger.error({ err: error }, "unclean shutdown");
-        flushLogs(logger);
-        process.exit(1);
-      },
-    );
-  };
+  lifecycle.started(service);
   // The callers file and TLS credentials are read again without a restart.
   process.on("SIGHUP", () => service.reload());
-  process.on("SIGTERM", stop);
-  process.on("SIGINT", stop);
+}
+
+/** Start, serve, drain once, exit: whichever of a signal, a crash or a start-up failure comes first. */
+class Lifecycle {
+  private service: RunningService | undefined;
+  private stopRequestedAt: number | undefined;
+  /** The exit code once the drain ends: 0 for a signal, 1 once anything crashed. */
+  private exitCode = 0;
+  private drainStarted = false;
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly graceMs: number,
+  ) {}
+
+  started(service: RunningService): void {
+    this.service = service;
+    // A signal that came while starting is honoured now that there is something to drain.
+    if (this.stopRequestedAt !== undefined) this.drain();
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    const now = performance.now();
+    if (this.stopRequestedAt === undefined) {
+      this.stopRequestedAt = now;
+      this.logger.info({ signal, graceMs: this.graceMs }, "shutting down");
+      this.drain();
+      return;
+    }
+    if (now - this.stopRequestedAt < REPEATED_SIGNAL_WINDOW_MS) {
+      this.logger.debug({ signal }, "the same stop signal again (forwarded or sent to the group); already draining");
+      return;
+    }
+    this.logger.warn({ signal }, "second signal: exiting now without draining");
+    this.exit(1);
+  }
+
+  /** Logs the error (with its request id when it carries one), drains as on SIGTERM, exits 1. */
+  crash(error: unknown, origin: string): void {
+    const requestId =
+      typeof error === "object" && error !== null && "requestId" in error ? String(error.requestId) : undefined;
+    this.logger.fatal({ err: error, origin, requestId }, "crashed: draining, then exiting");
+    this.exitCode = 1;
+    if (this.stopRequestedAt !== undefined) return;
+    this.stopRequestedAt = performance.now();
+    this.drain();
+  }
+
+  exit(code: number): never {
+    flushLogs(this.logger);
+    process.exit(code);
+  }
+
+  private drain(): void {
+    const service = this.service;
+    // Still starting: started() drains as soon as there is a service; a crash before that exits.
+    if (service === undefined) {
+      if (this.exitCode !== 0) this.exit(this.exitCode);
+      return;
+    }
+    if (this.drainStarted) return;
+    this.drainStarted = true;
+    setTimeout(() => {
+      this.logger.error({ overrunMs: DRAIN_OVERRUN_MS }, "drain overran the grace period; exiting");
+      this.exit(1);
+    }, this.graceMs + DRAIN_OVERRUN_MS).unref();
+    service.close().then(
+      () => {
+        this.logger.info("stopped");
+        this.exit(this.exitCode);
+      },
+      (error: unknown) => {
+        this.logger.error({ err: error }, "unclean shutdown");
+        this.exit(1);
+      },
+    );
+  }
 }
 
 /** Passwords in a DATABASE_URL stay out of the log. */

@@ -1,0 +1,116 @@
+// `npm start` as an operator or a container runs it: npm builds, then runs node on the built code
+// with nothing in between that would swallow a signal. SIGTERM to npm alone (what a container
+// runtime sends to PID 1) and SIGTERM to the whole process group (Ctrl-C, `kill -- -PGID`) must
+// both drain once and exit 0; the copy of the signal that npm forwards is not a second signal.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { afterEach, describe, expect, it } from "vitest";
+
+const ROOT = new URL("../..", import.meta.url).pathname;
+
+interface NpmStart {
+  readonly npm: ChildProcess;
+  readonly logs: Record<string, unknown>[];
+  readonly exited: Promise<number | null>;
+  readonly servicePid: number;
+}
+
+async function npmStart(): Promise<NpmStart> {
+  const npm = spawn("npm", ["start", "--silent"], {
+    cwd: ROOT,
+    env: { ...process.env, DATABASE_URL: "sqlite::memory:", PORT: "0", ADMIN_PORT: "off", LOG_LEVEL: "debug" },
+    stdio: ["ignore", "pipe", "pipe"],
+    // Its own process group, as a shell gives a foreground job, so the test can signal the group.
+    detached: true,
+  });
+  const logs: Record<string, unknown>[] = [];
+  let stderr = "";
+  npm.stderr?.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  const exited = new Promise<number | null>((resolve) => npm.once("exit", (code) => resolve(code)));
+  const servicePid = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`npm start did not serve in 120 s:\n${stderr}`)), 120_000);
+    createInterface({ input: npm.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+      let entry: Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      logs.push(entry);
+      if (entry.msg === "serving gRPC, gRPC-Web and Connect") {
+        clearTimeout(timer);
+        resolve(entry.pid as number);
+      }
+    });
+    exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`npm start exited with ${code} before serving:\n${stderr}`));
+    });
+  });
+  return { npm, logs, exited, servicePid };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function waitUntilGone(pid: number): Promise<boolean> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    if (!alive(pid)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return false;
+}
+
+describe("npm start", () => {
+  const started: NpmStart[] = [];
+  afterEach(() => {
+    for (const { npm, servicePid } of started.splice(0)) {
+      for (const pid of [servicePid, npm.pid]) {
+        if (pid !== undefined && alive(pid)) process.kill(pid, "SIGKILL");
+      }
+    }
+  });
+
+  it("runs node directly on the built code: no shell or tsx between npm and the service", async () => {
+    const run = await npmStart();
+    started.push(run);
+    const { execFileSync } = await import("node:child_process");
+    const parent = Number(
+      execFileSync("ps", ["-o", "ppid=", "-p", String(run.servicePid)])
+        .toString()
+        .trim(),
+    );
+    expect(parent, "the service's parent is npm itself").toBe(run.npm.pid);
+    const command = execFileSync("ps", ["-o", "args=", "-p", String(run.servicePid)]).toString();
+    expect(command).toMatch(/node .*dist\/src\/main\.js/);
+  }, 180_000);
+
+  it.each([
+    ["npm alone (a container runtime's PID 1)", false],
+    ["the whole process group (Ctrl-C, kill -- -PGID)", true],
+  ])(
+    "SIGTERM to %s drains once and exits 0",
+    async (_name, group) => {
+      const run = await npmStart();
+      started.push(run);
+      const pid = run.npm.pid as number;
+      process.kill(group ? -pid : pid, "SIGTERM");
+      expect(await run.exited).toBe(0);
+      expect(await waitUntilGone(run.servicePid), "the service process is gone, not orphaned").toBe(true);
+      const messages = run.logs.map((line) => line.msg);
+      expect(messages.filter((msg) => msg === "shutting down")).toHaveLength(1);
+      expect(messages).toContain("stopped");
+      expect(messages.some((msg) => typeof msg === "string" && msg.startsWith("second signal"))).toBe(false);
+    },
+    180_000,
+  );
+});
