@@ -1,0 +1,92 @@
+// The container image: the HEALTHCHECK script against a real service (always), and, when a
+// container engine answers here, the image built from the Dockerfile, run, found healthy over
+// grpc.health.v1, and stopped with SIGTERM into exit code 0.
+
+import { execFile, execFileSync, spawn } from "node:child_process";
+import { promisify } from "node:util";
+import { afterAll, describe, expect, it } from "vitest";
+import { type ServiceProcess, startServiceProcess } from "../support/process.js";
+
+const ROOT = new URL("../..", import.meta.url).pathname;
+const run = promisify(execFile);
+
+function healthcheck(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/healthcheck.ts"], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let output = "";
+    child.stdout.on("data", (chunk: Buffer) => {
+      output += chunk.toString();
+    });
+    child.once("exit", (code) => resolve({ code, output }));
+  });
+}
+
+describe("HEALTHCHECK script (dist/src/healthcheck.js)", () => {
+  let service: ServiceProcess | undefined;
+  afterAll(async () => {
+    await service?.stop();
+  });
+
+  it("exits 0 while the service is SERVING and 1 when nothing answers", async () => {
+    service = await startServiceProcess({ DATABASE_URL: "sqlite::memory:" });
+    const serving = await healthcheck({ HOST: "127.0.0.1", PORT: String(service.port) });
+    expect(serving).toEqual({ code: 0, output: `http://127.0.0.1:${service.port}: SERVING\n` });
+    const port = service.port;
+    await service.stop();
+    service = undefined;
+    const down = await healthcheck({ HOST: "0.0.0.0", PORT: String(port) });
+    expect(down.code).toBe(1);
+    expect(down.output).toMatch(/ECONNREFUSED/);
+  });
+});
+
+/** "docker" or "podman" when one is installed and its daemon/runtime answers, else undefined. */
+function containerEngine(): string | undefined {
+  for (const engine of ["docker", "podman"]) {
+    try {
+      execFileSync(engine, ["info"], { stdio: "ignore", timeout: 10_000 });
+      return engine;
+    } catch {}
+  }
+  return undefined;
+}
+
+const engine = containerEngine();
+if (engine === undefined) {
+  console.warn("container image test skipped: neither docker nor podman is installed and answering here");
+}
+
+describe.skipIf(engine === undefined)(`container image (${engine})`, () => {
+  const tag = `connections-test:${process.pid}`;
+  let container: string | undefined;
+  afterAll(async () => {
+    if (container !== undefined) await run(engine as string, ["rm", "-f", container]).catch(() => {});
+    await run(engine as string, ["rmi", "-f", tag]).catch(() => {});
+  });
+
+  it("builds, turns healthy over grpc.health.v1, and exits 0 on SIGTERM", async () => {
+    const docker = engine as string;
+    await run(docker, ["build", "-t", tag, "."], { cwd: ROOT, maxBuffer: 64 * 1024 * 1024 });
+    // Dev tokens: no callers file is mounted in this test.
+    const started = await run(docker, ["run", "-d", "-e", "NODE_ENV=development", tag]);
+    container = started.stdout.trim();
+    let healthy = false;
+    for (let attempt = 0; attempt < 60 && !healthy; attempt++) {
+      healthy = await run(docker, ["exec", container, "node", "dist/src/healthcheck.js"]).then(
+        () => true,
+        () => false,
+      );
+      if (!healthy) await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    expect(healthy).toBe(true);
+    const user = await run(docker, ["exec", container, "id", "-u"]);
+    expect(user.stdout.trim()).not.toBe("0");
+    await run(docker, ["stop", "-t", "20", container]);
+    const exit = await run(docker, ["inspect", "-f", "{{.State.ExitCode}}", container]);
+    expect(exit.stdout.trim()).toBe("0");
+  }, 900_000);
+});
