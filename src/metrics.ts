@@ -10,7 +10,7 @@ import type { ReloadObserver } from "./reload.js";
 
 export interface DatabaseGauges {
   /** Connections open to the database, idle ones, and queries waiting for one. */
-  poolStats(): { total: number; idle: number; waiting: number };
+  poolStats(): { total: number; idle: number; waiting: number; exhausted: number };
 }
 
 export class Metrics implements RpcObserver, ReloadObserver {
@@ -65,6 +65,15 @@ export class Metrics implements RpcObserver, ReloadObserver {
           },
         });
       }
+      new Counter({
+        name: "connections_db_pool_exhausted_total",
+        help: "Calls refused because every database connection stayed busy (pool exhausted, not the database down).",
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          this.inc(database.poolStats().exhausted);
+        },
+      });
     }
   }
 

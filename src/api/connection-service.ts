@@ -17,7 +17,13 @@ import * as validate from "./validate.js";
 type Handlers = UnaryHandlers<(typeof ConnectionService)["method"]>;
 
 function actorOf(call: Call): Actor {
-  return { organizationId: call.organizationId, caller: call.caller, actor: call.actor, requestId: call.requestId };
+  return {
+    organizationId: call.organizationId,
+    caller: call.caller,
+    actor: call.actor,
+    requestId: call.requestId,
+    signal: call.signal,
+  };
 }
 
 export function connectionServiceHandlers(connections: Connections): Handlers {

@@ -10,9 +10,9 @@ export function organizationServiceHandlers(
   organizations: Organizations,
 ): UnaryHandlers<(typeof OrganizationService)["method"]> {
   return {
-    async createOrganization(request) {
+    async createOrganization(request, call) {
       const id = request.id === "" ? "" : validate.organizationId("id", request.id);
-      const organization = await organizations.create(id, validate.requiredName(request.name));
+      const organization = await organizations.create(id, validate.requiredName(request.name), call.signal);
       return { organization: organizationToProto(organization) };
     },
 

@@ -33,6 +33,11 @@ export interface RequestMeta {
   readonly protocol: string;
   /** Over mTLS, the URI SAN (SPIFFE ID) of the client's verified certificate; else undefined. */
   peerSpiffeId?(): string | undefined;
+  /**
+   * Aborted by the transport when the client gives up on the call (cancels it, resets the stream,
+   * disconnects) before the answer went out. The pipeline adds the deadline and shutdown to it.
+   */
+  readonly signal: AbortSignal;
 }
 
 /** Who is calling, established before any handler runs. */
@@ -43,6 +48,12 @@ export interface Call {
   /** The x-actor header, or "". */
   readonly actor: string;
   readonly requestId: string;
+  /**
+   * Aborted when the call stops mattering: the client cancelled, its deadline passed, or shutdown
+   * cut it. The reason is a ServiceError (CANCELLED, DEADLINE_EXCEEDED, SHUTTING_DOWN). Pass it to
+   * the store so that a write which has not committed rolls back instead.
+   */
+  readonly signal: AbortSignal;
 }
 
 export type UnaryHandlers<T extends GenServiceMethods> = {
@@ -108,9 +119,14 @@ export interface RpcPipelineOptions {
 }
 
 const MAX_ACTOR_LENGTH = 200;
+/** How close to its deadline a client's cancellation counts as the deadline passing. */
+const DEADLINE_SLACK_MS = 100;
 
 export class RpcPipeline {
   private readonly methods = new Map<string, RegisteredMethod>();
+  /** The calls running now, so that shutdown can end them with SHUTTING_DOWN. */
+  private readonly inFlight = new Set<AbortController>();
+  private shuttingDown = false;
 
   constructor(private readonly options: RpcPipelineOptions) {}
 
@@ -140,6 +156,15 @@ export class RpcPipeline {
     return this.methods.values();
   }
 
+  /**
+   * Ends every call in flight now with UNAVAILABLE SHUTTING_DOWN (their uncommitted writes roll
+   * back), and every later one at once: what shutdown does when the grace period is over.
+   */
+  cancelInFlight(): void {
+    this.shuttingDown = true;
+    for (const controller of this.inFlight) controller.abort(shuttingDownError());
+  }
+
   /** Runs one RPC through authentication, the caller table, the organization check and its handler. */
   invoke(method: RegisteredMethod, request: Message, meta: RequestMeta): Promise<RpcResult> {
     const tracing = this.options.tracing;
@@ -155,33 +180,17 @@ export class RpcPipeline {
   ): Promise<RpcResult> {
     const started = performance.now();
     const requestId = requestIdFor(meta.header("x-request-id"));
-    let caller: CallerName | undefined;
-    let organizationId = "";
+    // One deadline for the whole call: authentication and the organization lookup count too.
+    const deadline = Math.min(meta.deadline ?? Number.POSITIVE_INFINITY, Date.now() + this.options.maxDeadlineMs);
+    const scope = new CallScope(meta.signal, deadline);
+    this.inFlight.add(scope.controller);
+    if (this.shuttingDown) scope.controller.abort(shuttingDownError());
     let result: RpcResult;
     try {
-      caller = this.options.authenticator.authenticate(meta.header("authorization"), meta.peerSpiffeId?.());
-      if (caller === undefined) {
-        throw new ServiceError(
-          "CALLER_UNAUTHENTICATED",
-          "send a valid token as 'authorization: Bearer <token>' or a client certificate listed for a caller " +
-            "(when both are sent they must name the same caller)",
-        );
-      }
-      if (!method.callers.has(caller)) {
-        throw new ServiceError("CALLER_NOT_ALLOWED", `caller "${caller}" may not call ${method.method.name}`);
-      }
-      const actor = meta.header("x-actor") ?? "";
-      if (actor.length > MAX_ACTOR_LENGTH) {
-        throw invalidArgument("x-actor", `x-actor must be at most ${MAX_ACTOR_LENGTH} characters`);
-      }
-      if (method.actsForOrganization) {
-        organizationId = await this.actingOrganization(meta.header("x-organization-id"));
-      }
-      const call: Call = { caller, organizationId, actor, requestId };
-      const deadline = Math.min(meta.deadline ?? Number.POSITIVE_INFINITY, Date.now() + this.options.maxDeadlineMs);
-      // A deadline that has already passed (grpc-timeout "1n") is not served, however fast the handler.
-      if (deadline <= Date.now()) throw deadlineExceeded();
-      const response = await withDeadline(method.handle(request, call), deadline);
+      const response = await untilAborted(
+        this.authorizeAndHandle(method, request, meta, requestId, scope),
+        scope.signal,
+      );
       result = { ok: true, response: create(method.method.output, response), requestId };
     } catch (error) {
       const { status, internalCause } = toRpcStatus(error);
@@ -189,11 +198,20 @@ export class RpcPipeline {
         this.options.logger.error({ err: internalCause, requestId, method: method.path }, "rpc failed");
       }
       result = { ok: false, status, requestId };
+    } finally {
+      this.inFlight.delete(scope.controller);
+      scope.end();
     }
     const code = result.ok ? 0 : result.status.code;
     const seconds = (performance.now() - started) / 1000;
     this.options.observer?.observe(method.labels, code, seconds);
-    span?.end({ code, reason: result.ok ? undefined : result.status.reason, caller, organizationId, requestId });
+    span?.end({
+      code,
+      reason: result.ok ? undefined : result.status.reason,
+      caller: scope.caller,
+      organizationId: scope.organizationId,
+      requestId,
+    });
     this.options.logger.info(
       {
         method: method.path,
@@ -201,8 +219,8 @@ export class RpcPipeline {
         code: codeName(code),
         reason: result.ok ? undefined : result.status.reason,
         durationMs: Math.round(seconds * 1e6) / 1000,
-        caller,
-        organizationId: organizationId || meta.header("x-organization-id"),
+        caller: scope.caller,
+        organizationId: scope.organizationId || meta.header("x-organization-id"),
         requestId,
       },
       "rpc",
@@ -229,6 +247,42 @@ export class RpcPipeline {
     );
   }
 
+  private async authorizeAndHandle(
+    method: RegisteredMethod,
+    request: Message,
+    meta: RequestMeta,
+    requestId: string,
+    scope: CallScope,
+  ): Promise<MessageInitShape<DescMessage>> {
+    const caller = this.options.authenticator.authenticate(meta.header("authorization"), meta.peerSpiffeId?.());
+    if (caller === undefined) {
+      throw new ServiceError(
+        "CALLER_UNAUTHENTICATED",
+        "send a valid token as 'authorization: Bearer <token>' or a client certificate listed for a caller " +
+          "(when both are sent they must name the same caller)",
+      );
+    }
+    scope.caller = caller;
+    if (!method.callers.has(caller)) {
+      throw new ServiceError("CALLER_NOT_ALLOWED", `caller "${caller}" may not call ${method.method.name}`);
+    }
+    const actor = meta.header("x-actor") ?? "";
+    if (actor.length > MAX_ACTOR_LENGTH) {
+      throw invalidArgument("x-actor", `x-actor must be at most ${MAX_ACTOR_LENGTH} characters`);
+    }
+    if (method.actsForOrganization) {
+      scope.organizationId = await this.actingOrganization(meta.header("x-organization-id"));
+    }
+    const call: Call = {
+      caller,
+      organizationId: scope.organizationId,
+      actor,
+      requestId,
+      signal: scope.signal,
+    };
+    return method.handle(request, call);
+  }
+
   private async actingOrganization(header: string | undefined): Promise<string> {
     if (header === undefined || header === "") {
       throw new ServiceError("ORGANIZATION_HEADER_REQUIRED", "send the acting organization as x-organization-id");
@@ -247,18 +301,73 @@ function deadlineExceeded(): ServiceError {
   return new ServiceError("DEADLINE_EXCEEDED", "the deadline passed before the RPC finished");
 }
 
-function withDeadline<T>(work: Promise<T>, deadline: number): Promise<T> {
-  const remaining = deadline - Date.now();
-  if (remaining === Number.POSITIVE_INFINITY) return work;
+/**
+ * One call's cancellation: its own signal, aborted by the transport's (the client gave up), by
+ * the deadline, or by shutdown (RpcPipeline.cancelInFlight). Also what the log line reports of
+ * a call that ended early.
+ */
+class CallScope {
+  readonly controller = new AbortController();
+  readonly signal = this.controller.signal;
+  caller: CallerName | undefined;
+  organizationId = "";
+  private readonly timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly transportSignal: AbortSignal,
+    private readonly deadline: number,
+  ) {
+    const remaining = deadline - Date.now();
+    // A deadline that has already passed (grpc-timeout "1n") is not served, however fast the handler.
+    if (remaining <= 0) this.expire();
+    else if (remaining !== Number.POSITIVE_INFINITY) this.timer = setTimeout(this.expire, remaining);
+    if (transportSignal.aborted) this.clientGone();
+    else transportSignal.addEventListener("abort", this.clientGone);
+  }
+
+  end(): void {
+    clearTimeout(this.timer);
+    this.transportSignal.removeEventListener("abort", this.clientGone);
+  }
+
+  private readonly expire = (): void => {
+    this.controller.abort(deadlineExceeded());
+  };
+
+  private readonly clientGone = (): void => {
+    // A client whose deadline passed resets the stream on its own clock, which runs ahead of ours
+    // by the time its request took to arrive: a reset that close to the deadline is the deadline.
+    if (Date.now() >= this.deadline - DEADLINE_SLACK_MS) this.expire();
+    else this.controller.abort(new ServiceError("CANCELLED", "the client cancelled the call"));
+  };
+}
+
+function shuttingDownError(): ServiceError {
+  return new ServiceError(
+    "SHUTTING_DOWN",
+    "the server is shutting down and cut this call short; what it did not commit was rolled back. Retry",
+  );
+}
+
+/**
+ * `work`, or a rejection with the signal's reason as soon as it aborts. Work cut off this way runs
+ * on in the background (its store calls see the same signal and roll back); its result is dropped.
+ */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    work.catch(() => {});
+    return Promise.reject(signal.reason);
+  }
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(deadlineExceeded()), Math.max(remaining, 0));
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort);
     work.then(
       (value) => {
-        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
         resolve(value);
       },
       (error: unknown) => {
-        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
         reject(error);
       },
     );

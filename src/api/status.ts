@@ -38,6 +38,7 @@ const CODE_BY_REASON: Readonly<Record<ErrorReason, Code>> = {
   UNSUPPORTED_ENCODING: Code.Unimplemented,
   UNSUPPORTED_MEDIA_TYPE: Code.InvalidArgument,
   UNKNOWN_SERVICE: Code.NotFound,
+  CANCELLED: Code.Canceled,
   SHUTTING_DOWN: Code.Unavailable,
   INTERNAL: Code.Internal,
 };
@@ -87,7 +88,12 @@ export function toRpcStatus(error: unknown): MappedError {
     return { status: statusOf(forged), internalCause: undefined };
   }
   if (error instanceof UnavailableError) {
-    const unavailable = new ServiceError("DATABASE_UNAVAILABLE", "the database is unavailable; retry with backoff");
+    const unavailable = new ServiceError(
+      "DATABASE_UNAVAILABLE",
+      error.poolExhausted
+        ? "every database connection of this replica is busy; retry with backoff"
+        : "the database is unavailable; retry with backoff",
+    );
     return { status: statusOf(unavailable), internalCause: error.cause };
   }
   if (error instanceof ConflictError) {

@@ -29,6 +29,8 @@ export interface Actor {
   /** The x-actor header, or "". */
   readonly actor: string;
   readonly requestId: string;
+  /** The call's cancellation: writes made for this actor roll back once it aborts. */
+  readonly signal?: AbortSignal;
 }
 
 export interface NewConnection {
@@ -118,7 +120,11 @@ export class Connections {
       version: 1,
     };
     try {
-      await this.store.createConnection(connection, this.event(actor, connection, "CREATED", undefined, ""));
+      await this.store.createConnection(
+        connection,
+        this.event(actor, connection, "CREATED", undefined, ""),
+        actor.signal,
+      );
       return connection;
     } catch (error) {
       if (!(error instanceof AlreadyExistsError)) throw error;
@@ -199,7 +205,7 @@ export class Connections {
         version: current.version + 1,
       };
       const event = this.event(actor, next, decision.event, current.state, options.reason);
-      if (await this.store.saveTransition(next, event)) return next;
+      if (await this.store.saveTransition(next, event, actor.signal)) return next;
       // Someone else changed it between our read and our write.
       if (options.etag !== "") throw etagMismatch(id);
       if (attempt === TRANSITION_ATTEMPTS) {

@@ -35,6 +35,7 @@ export type ErrorReason =
   | "UNSUPPORTED_MEDIA_TYPE"
   // grpc.health.v1 asked about a service this server does not have.
   | "UNKNOWN_SERVICE"
+  | "CANCELLED"
   | "SHUTTING_DOWN"
   | "INTERNAL";
 

@@ -8,11 +8,11 @@ export class Organizations {
     private readonly now: () => Date = () => new Date(),
   ) {}
 
-  /** Registers an organization; `id` "" means generate one. */
-  async create(id: string, name: string): Promise<OrganizationRecord> {
+  /** Registers an organization; `id` "" means generate one. Nothing is written once `signal` aborts. */
+  async create(id: string, name: string, signal?: AbortSignal): Promise<OrganizationRecord> {
     const organization = { id: id === "" ? newId("org") : id, name, createTime: this.now() };
     try {
-      return await this.store.createOrganization(organization);
+      return await this.store.createOrganization(organization, signal);
     } catch (error) {
       if (error instanceof AlreadyExistsError) {
         throw new ServiceError("ORGANIZATION_ALREADY_EXISTS", `organization "${organization.id}" already exists`, {

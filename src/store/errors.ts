@@ -56,6 +56,10 @@ const PG_LOST_MESSAGES = [
 const PG_UNAVAILABLE_MESSAGES = [
   "timeout exceeded when trying to connect",
   "Connection terminated due to connection timeout",
+  // A lone pg.Client (not pooled) whose connect timed out.
+  "timeout expired",
+  // query_timeout: the database did not answer in time on the client's clock (frozen, partitioned).
+  "Query read timeout",
   "Cannot use a pool after calling end on the pool",
 ];
 

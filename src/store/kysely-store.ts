@@ -2,10 +2,11 @@
 // the migrations (column types) and in how getConnectionForCheck reads (check-reader.ts).
 
 import { setTimeout as sleep } from "node:timers/promises";
-import { type CompiledQuery, type Insertable, type Kysely, type Selectable, sql, type Transaction } from "kysely";
+import { type CompiledQuery, type Insertable, type Kysely, type Selectable, sql } from "kysely";
 import type { EventType, State } from "../domain/connection.js";
 import { BatchingCheckReader, CachingCheckReader, type CheckReader, FifoMap } from "./check-reader.js";
 import { classifyError, translateError } from "./errors.js";
+import type { StorePool } from "./pg-pool.js";
 import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
 import {
   AlreadyExistsError,
@@ -62,17 +63,22 @@ export interface KyselyStoreOptions {
   readonly dialect: SqlDialect;
   /** PostgreSQL: the pool size; at most half of it serves coalesced checks. */
   readonly poolSize?: number;
-  /** PostgreSQL: the pool's counts. */
-  readonly poolStats?: () => PoolStats;
+  /** PostgreSQL: the pool behind `db`, whose connections writes reserve so that they can be cancelled. */
+  readonly pool?: StorePool;
+  /** SQLite: whether a transaction is open (SQLite rolls some back by itself, e.g. on a full disk). */
+  readonly inTransaction?: () => boolean;
+  /** SQLite: how many Connections the check cache holds (least recently used go first). */
+  readonly checkCacheEntries?: number;
 }
 
 /** SQLite has one connection and no pool; better-sqlite3 runs each statement synchronously. */
-const SQLITE_POOL_STATS: PoolStats = { total: 1, idle: 1, waiting: 0 };
+const SQLITE_POOL_STATS: PoolStats = { total: 1, idle: 1, waiting: 0, exhausted: 0 };
 
 export class KyselyStore implements Store {
   readonly #db: Kysely<Database>;
   readonly #checks: CheckReader;
-  readonly #poolStats: () => PoolStats;
+  readonly #pool: StorePool | undefined;
+  readonly #inTransaction: (() => boolean) | undefined;
   /** Organizations are never deleted: a positive answer stays true on every replica. */
   readonly #knownOrganizations = new FifoMap<string, true>(KNOWN_ORGANIZATIONS);
   /** Compiled once: the check path and point reads skip Kysely's query building. */
@@ -80,7 +86,8 @@ export class KyselyStore implements Store {
 
   constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
     this.#db = db;
-    this.#poolStats = options.poolStats ?? (() => SQLITE_POOL_STATS);
+    this.#pool = options.pool;
+    this.#inTransaction = options.inTransaction;
     this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
     if (options.dialect === "postgres") {
       const connectionsByIds = db
@@ -97,12 +104,12 @@ export class KyselyStore implements Store {
         Math.max(1, Math.floor((options.poolSize ?? 10) / 2)),
       );
     } else {
-      this.#checks = new CachingCheckReader((id) => this.getConnection(id));
+      this.#checks = new CachingCheckReader((id) => this.getConnection(id), options.checkCacheEntries);
     }
   }
 
-  async createOrganization(organization: OrganizationRecord): Promise<OrganizationRecord> {
-    await this.#write((trx) =>
+  async createOrganization(organization: OrganizationRecord, signal?: AbortSignal): Promise<OrganizationRecord> {
+    await this.#write(signal, (trx) =>
       trx
         .insertInto("organizations")
         .values({
@@ -139,9 +146,9 @@ export class KyselyStore implements Store {
     return true;
   }
 
-  async createConnection(connection: ConnectionRecord, event: EventRecord): Promise<void> {
+  async createConnection(connection: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<void> {
     try {
-      await this.#write(async (trx) => {
+      await this.#write(signal, async (trx) => {
         await trx.insertInto("connections").values(toConnectionRow(connection)).execute();
         await trx.insertInto("connection_events").values(toEventRow(event)).execute();
       });
@@ -220,8 +227,8 @@ export class KyselyStore implements Store {
     return toPage(rows, query.limit, toConnection);
   }
 
-  async saveTransition(next: ConnectionRecord, event: EventRecord): Promise<boolean> {
-    const saved = await this.#write(async (trx) => {
+  async saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean> {
+    const saved = await this.#write(signal, async (trx) => {
       const result = await trx
         .updateTable("connections")
         .set({
@@ -265,7 +272,7 @@ export class KyselyStore implements Store {
   }
 
   poolStats(): PoolStats {
-    return this.#poolStats();
+    return this.#pool?.stats() ?? SQLITE_POOL_STATS;
   }
 
   async ping(): Promise<void> {
@@ -304,17 +311,50 @@ export class KyselyStore implements Store {
     }
   }
 
-  /** Runs `work` in a transaction, again (a bounded number of times) when it lost a race. */
-  async #write<T>(work: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
+  /**
+   * Runs `work` in a transaction, again (a bounded number of times) when it lost a race. Once
+   * `signal` aborts, nothing more commits: the transaction rolls back (on PostgreSQL the running
+   * query is cancelled on the server) and the write rejects with the signal's reason.
+   */
+  async #write<T>(signal: AbortSignal | undefined, work: (trx: Kysely<Database>) => Promise<T>): Promise<T> {
+    const workThenCheck = async (trx: Kysely<Database>) => {
+      const result = await work(trx);
+      // The last moment before COMMIT: a call that was cut short must not change anything.
+      signal?.throwIfAborted();
+      return result;
+    };
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.#db.transaction().execute(work);
+        signal?.throwIfAborted();
+        return await (this.#pool === undefined
+          ? this.#sqliteTransaction(workThenCheck)
+          : this.#pool.reserve(signal, (db) => db.transaction().execute(workThenCheck)));
       } catch (error) {
+        if (signal?.aborted) throw signal.reason;
         const failure = classifyError(error);
         if (failure.kind !== "retryable" || attempt >= MAX_WRITE_ATTEMPTS) throw translateError(error, failure);
         await sleep(5 * 2 ** (attempt - 1) * (0.5 + Math.random()));
       }
     }
+  }
+
+  /**
+   * BEGIN IMMEDIATE ... COMMIT on SQLite's one connection. When SQLite has already rolled back by
+   * itself (a full disk, some I/O errors), ROLLBACK would fail with "no transaction is active" and
+   * hide the real error; it is sent only while a transaction is open, and the first error wins.
+   */
+  #sqliteTransaction<T>(work: (trx: Kysely<Database>) => Promise<T>): Promise<T> {
+    return this.#db.connection().execute(async (connection) => {
+      await sql`begin immediate`.execute(connection);
+      try {
+        const result = await work(connection);
+        await sql`commit`.execute(connection);
+        return result;
+      } catch (error) {
+        if (this.#inTransaction?.() ?? true) await sql`rollback`.execute(connection).catch(() => {});
+        throw error;
+      }
+    });
   }
 }
 

@@ -9,6 +9,7 @@ import type { Logger } from "pino";
 import { classifyError, translateError } from "./errors.js";
 import { KyselyStore } from "./kysely-store.js";
 import { migrateToLatest } from "./migrations.js";
+import { StorePool } from "./pg-pool.js";
 import type { Database, SqlDialect } from "./schema.js";
 import { EventLoopFriendlySqliteDialect } from "./sqlite-dialect.js";
 import type { Store } from "./store.js";
@@ -31,6 +32,10 @@ const SQLITE_MEMORY = ":memory:";
 const SQLITE_LOCK_WAIT_MS = 1000;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
 const PG_CONNECT_TIMEOUT_MS = 2000;
+/** Idle time before the first TCP keepalive probe on a PostgreSQL connection. */
+const PG_KEEPALIVE_DELAY_MS = 10_000;
+/** The client gives a query this long past the server's statement_timeout before giving up on it. */
+const PG_QUERY_TIMEOUT_MARGIN_MS = 1_000;
 /** Any 64-bit constant works: it only has to be the same in every replica. */
 const PG_MIGRATION_LOCK = 0x636f6e6e; // "conn"
 
@@ -81,13 +86,25 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
 
 async function openPostgres(url: string, options: OpenStoreOptions): Promise<Store> {
   const poolSize = options.poolSize ?? 10;
-  const pool = new pg.Pool({
+  const statementTimeoutMs = options.statementTimeoutMs ?? 5000;
+  const connection = {
     connectionString: url,
-    max: poolSize,
     connectionTimeoutMillis: PG_CONNECT_TIMEOUT_MS,
-    statement_timeout: options.statementTimeoutMs ?? 5000,
     application_name: "connections",
+    // Finds a peer that vanished without a FIN or RST (a dead host, a dropped route).
     keepAlive: true,
+    keepAliveInitialDelayMillis: PG_KEEPALIVE_DELAY_MS,
+  };
+  // Migrations may wait on replicas that migrate first: no client-side timeout on their connection.
+  await migratePostgres(connection, options.logger);
+  const pool = new pg.Pool({
+    ...connection,
+    max: poolSize,
+    statement_timeout: statementTimeoutMs,
+    // The client's own clock: a database that stops answering (frozen, partitioned, no packets at
+    // all) fails the query instead of holding the connection; the server's statement_timeout
+    // cannot, since it never gets to run.
+    query_timeout: statementTimeoutMs + PG_QUERY_TIMEOUT_MARGIN_MS,
   });
   // A client whose server went away emits 'error', on the pool when idle and on the client while
   // checked out (its query fails too); an unheard 'error' would crash the process. The pool
@@ -96,13 +113,26 @@ async function openPostgres(url: string, options: OpenStoreOptions): Promise<Sto
   pool.on("connect", (client) =>
     client.on("error", (error) => options.logger?.debug({ err: error }, "a PostgreSQL connection failed")),
   );
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  await migrate(db, "postgres", options.logger);
-  return new KyselyStore(db, {
-    dialect: "postgres",
-    poolSize,
-    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
+  const storePool = new StorePool(pool, poolSize);
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: storePool.forKysely }) });
+  return new KyselyStore(db, { dialect: "postgres", poolSize, pool: storePool });
+}
+
+async function migratePostgres(connection: pg.ClientConfig, logger: Logger | undefined): Promise<void> {
+  const client = new pg.Client(connection);
+  client.on("error", (error) => logger?.debug({ err: error }, "the migration connection failed"));
+  try {
+    await client.connect();
+  } catch (error) {
+    await client.end().catch(() => {});
+    throw translateError(error);
+  }
+  const pinned = { query: (text: string, values: unknown[]) => client.query(text, values), release: () => {} };
+  const db = new Kysely<Database>({
+    dialect: new PostgresDialect({ pool: { connect: async () => pinned as never, end: () => client.end() } }),
   });
+  await migrate(db, "postgres", logger);
+  await db.destroy();
 }
 
 async function migrate(db: Kysely<Database>, dialect: SqlDialect, logger: Logger | undefined): Promise<void> {
@@ -112,7 +142,7 @@ async function migrate(db: Kysely<Database>, dialect: SqlDialect, logger: Logger
       .execute((connection) =>
         dialect === "sqlite"
           ? migrateSqlite(connection as Kysely<unknown>)
-          : migratePostgres(connection as Kysely<unknown>),
+          : migratePostgresLocked(connection as Kysely<unknown>),
       );
     for (const result of results) logger?.info({ migration: result.migrationName, status: result.status }, "migration");
   } catch (error) {
@@ -134,7 +164,7 @@ async function migrateSqlite(connection: Kysely<unknown>): Promise<readonly Migr
   }
 }
 
-async function migratePostgres(connection: Kysely<unknown>): Promise<readonly MigrationResult[]> {
+async function migratePostgresLocked(connection: Kysely<unknown>): Promise<readonly MigrationResult[]> {
   // Replicas starting together migrate one after the other; waiting for the lock must not hit
   // the statement timeout meant for RPCs.
   await sql`set statement_timeout = 0`.execute(connection);

@@ -79,11 +79,16 @@ export interface PoolStats {
   readonly idle: number;
   /** Queries waiting for a connection. */
   readonly waiting: number;
+  /** Since start: calls refused because every connection stayed busy past the wait timeout. */
+  readonly exhausted: number;
 }
 
 export interface Store {
-  /** Throws AlreadyExistsError when the id is taken. */
-  createOrganization(organization: OrganizationRecord): Promise<OrganizationRecord>;
+  /**
+   * Throws AlreadyExistsError when the id is taken. Every write takes the call's signal: once it
+   * aborts, a transaction that has not committed rolls back and the write rejects with its reason.
+   */
+  createOrganization(organization: OrganizationRecord, signal?: AbortSignal): Promise<OrganizationRecord>;
   getOrganization(id: string): Promise<OrganizationRecord | undefined>;
   /** Organizations are never deleted, so a positive answer may be remembered. */
   organizationExists(id: string): Promise<boolean>;
@@ -93,7 +98,7 @@ export interface Store {
    * (with `conflict: "pair"` or `conflict: "request_id"`) when the ordered pair already has a
    * Connection or the source already used the request id.
    */
-  createConnection(connection: ConnectionRecord, event: EventRecord): Promise<void>;
+  createConnection(connection: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<void>;
   getConnection(id: string): Promise<ConnectionRecord | undefined>;
   findConnectionByPair(
     sourceOrganizationId: string,
@@ -106,7 +111,7 @@ export interface Store {
    * Replaces `next.version - 1` by `next` and records `event`, in one transaction. Returns false,
    * changing nothing, when the stored version is no longer `next.version - 1` (someone else won).
    */
-  saveTransition(next: ConnectionRecord, event: EventRecord): Promise<boolean>;
+  saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean>;
   listEvents(query: ListEventsQuery): Promise<Page<EventRecord>>;
 
   /**
@@ -133,9 +138,13 @@ export class AlreadyExistsError extends Error {
 
 /** The database cannot be reached or refused work for a while (down, pool exhausted, timeout). */
 export class UnavailableError extends Error {
-  constructor(options?: { cause?: unknown }) {
-    super("database unavailable", options);
+  /** True when the database answers but every pooled connection stayed busy (this replica is overloaded). */
+  readonly poolExhausted: boolean;
+
+  constructor(options?: { cause?: unknown; poolExhausted?: boolean }) {
+    super(options?.poolExhausted ? "database connection pool exhausted" : "database unavailable", options);
     this.name = "UnavailableError";
+    this.poolExhausted = options?.poolExhausted ?? false;
   }
 }
 

@@ -26,11 +26,14 @@ export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): voi
 class HandlerContextMeta implements RequestMeta {
   readonly deadline: number | undefined;
   readonly protocol: string;
+  /** connect-node aborts it when the client goes away (and at its own reading of the deadline). */
+  readonly signal: AbortSignal;
 
   constructor(private readonly context: HandlerContext) {
     // The edge read the timeout header and counted it from the request's first byte.
     this.deadline = context.values.get(REQUEST_DEADLINE);
     this.protocol = context.protocolName;
+    this.signal = context.signal;
   }
 
   header(name: string): string | undefined {

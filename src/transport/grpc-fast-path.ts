@@ -71,6 +71,9 @@ export class GrpcFastPath {
     (stream as CallStream)[CALL] = call;
     stream.on("data", onRequestData);
     stream.on("end", onRequestEnd);
+    // Cancellation (lifecycle): a stream that closes before the answer (RST_STREAM from the
+    // client, a dropped connection, shutdown destroying the session) aborts the call's signal.
+    stream.on("close", onStreamClose);
   }
 
   /** Answers without the pipeline, and stops the client from sending the rest of its request. */
@@ -101,6 +104,13 @@ function onRequestEnd(this: ServerHttp2Stream): void {
   void (this as CallStream)[CALL].complete();
 }
 
+function onStreamClose(this: ServerHttp2Stream): void {
+  (this as CallStream)[CALL].streamClosed();
+}
+
+/** The abort reason when the client went away; the pipeline turns it into CANCELLED or DEADLINE_EXCEEDED. */
+const STREAM_CLOSED = new Error("the HTTP/2 stream closed before the answer");
+
 function ignoreStreamError(): void {}
 
 function sendOkTrailers(this: ServerHttp2Stream): void {
@@ -113,6 +123,10 @@ class UnaryCall implements RequestMeta, PendingRead {
   readonly deadline: number | undefined;
   readonly readBy: number;
   private readonly receivedAt: number;
+  /** Cancellation (lifecycle): aborted when the stream closes before the call is answered. */
+  private readonly cancellation = new AbortController();
+  readonly signal = this.cancellation.signal;
+  private answered = false;
   private readonly gzipped: boolean;
   private chunks: Buffer[] = [];
   private receivedBytes = 0;
@@ -151,6 +165,10 @@ class UnaryCall implements RequestMeta, PendingRead {
     return peerSpiffeIdOf(this.stream.session?.socket);
   }
 
+  streamClosed(): void {
+    if (!this.answered) this.cancellation.abort(STREAM_CLOSED);
+  }
+
   receive(chunk: Buffer): void {
     if (this.refused) return;
     this.chunks.push(chunk);
@@ -187,6 +205,7 @@ class UnaryCall implements RequestMeta, PendingRead {
         return;
       }
       const result = await this.fastPath.pipeline.invoke(this.method, request, this);
+      this.answered = true;
       if (result.ok) {
         respondWithMessage(this.stream, toBinary(this.method.method.output, result.response), result.requestId);
       } else {

@@ -72,6 +72,8 @@ const IDLE_SWEEP_INTERVAL_MS = 50;
  * stays as a backstop against a client that asks for far more than it reads.
  */
 const HTTP2_MAX_SESSION_MEMORY_MB = 512;
+/** After the grace period, how long the calls cut short have to send their SHUTTING_DOWN answers. */
+const CUT_CALLS_FLUSH_MS = 1_000;
 
 export async function serve(options: ServeOptions): Promise<RunningServer> {
   const { pipeline, logger } = options;
@@ -315,6 +317,10 @@ class MultiProtocolServer implements RunningServer {
       const drained = await Promise.race([allClosed.then(() => true), sleep(graceMs, false, { ref: false })]);
       if (!drained) {
         this.logger.warn({ graceMs }, "grace period over: cancelling the RPCs still in flight");
+        // Lifecycle: the calls still running end with UNAVAILABLE SHUTTING_DOWN (their uncommitted
+        // writes roll back), answered on their streams, before the connections are torn down.
+        this.fastPath.pipeline.cancelInFlight();
+        await Promise.race([allClosed, sleep(CUT_CALLS_FLUSH_MS, undefined, { ref: false })]);
         for (const session of this.http2Sessions) session.destroy();
         this.http1Server.closeAllConnections();
       }
