@@ -1,9 +1,13 @@
-// SIGTERM on a real process with a call in flight. The call is held inside the database by a row
-// lock that the test owns, so "in flight" is certain rather than hoped for.
+// SIGTERM, deadlines and cancellation on a real process with a call in flight. The call is held
+// inside the database by a row lock that the test owns, so "in flight" is certain rather than
+// hoped for, and what committed is read back from the database itself.
 
+import { type CallOptions, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
 import { afterEach, describe, expect, it } from "vitest";
 import { Connection_State } from "../../gen/connections/v1/connection_pb.js";
+import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
 import {
   POSTGRES_SKIP_MESSAGE,
   type ProvisionedDatabase,
@@ -11,11 +15,11 @@ import {
   provisionPostgres,
 } from "../support/databases.js";
 import { type ServiceProcess, startServiceProcess } from "../support/process.js";
-import { Code, GrpcJsRpcClient, RpcError, uniqueId } from "../support/service.js";
+import { Code, GrpcJsRpcClient, RpcError, rpcError, uniqueId } from "../support/service.js";
 
 if (postgresAdminUrl === undefined) console.warn(POSTGRES_SKIP_MESSAGE);
 
-describe.skipIf(postgresAdminUrl === undefined)("graceful shutdown", () => {
+describe.skipIf(postgresAdminUrl === undefined)("graceful shutdown and cancellation", () => {
   const cleanups: (() => Promise<unknown>)[] = [];
   afterEach(async () => {
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
@@ -50,17 +54,59 @@ describe.skipIf(postgresAdminUrl === undefined)("graceful shutdown", () => {
     await locker.query("SELECT id FROM connections WHERE id = $1 FOR UPDATE", [id]);
 
     const deactivate = () => client.as({ caller: "api-gateway", organizationId: source }).deactivateConnection({ id });
+    const lockWaiters = async () => {
+      const { rows } = await locker.query<{ waiting: string }>(
+        "SELECT count(*) AS waiting FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+      );
+      return Number(rows[0]?.waiting);
+    };
     const waitUntilBlocked = async () => {
       for (let attempt = 0; attempt < 200; attempt++) {
-        const { rows } = await locker.query<{ waiting: string }>(
-          "SELECT count(*) AS waiting FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        );
-        if (Number(rows[0]?.waiting) > 0) return;
+        if ((await lockWaiters()) > 0) return;
         await new Promise((resolve) => setTimeout(resolve, 25));
       }
       throw new Error("the call never reached the database");
     };
-    return { service, client, locker, id, source, deactivate, waitUntilBlocked };
+    /** True once no query waits on the lock any more: the service cancelled it in the database. */
+    const waitUntilReleased = async () => {
+      for (let attempt = 0; attempt < 200; attempt++) {
+        if ((await lockWaiters()) === 0) return true;
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      }
+      return false;
+    };
+    /** Deactivate over connect-node's gRPC transport (the fast path), with a deadline or a signal. */
+    const deactivateWith = (options: CallOptions) =>
+      createClient(ConnectionService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${service.port}` }))
+        .deactivateConnection(
+          { id },
+          { ...options, headers: { authorization: "Bearer dev-api-gateway", "x-organization-id": source } },
+        )
+        .then(
+          () => ({ code: "OK" }),
+          (error: unknown) => ({ code: Code[(error as { code: Code }).code] }),
+        );
+    /** The state in the database and the number of events: what committed. */
+    const committed = async () => {
+      const state = await locker.query<{ state: string }>("SELECT state FROM connections WHERE id = $1", [id]);
+      const events = await locker.query<{ n: string }>(
+        "SELECT count(*) AS n FROM connection_events WHERE connection_id = $1",
+        [id],
+      );
+      return { state: state.rows[0]?.state, events: Number(events.rows[0]?.n) };
+    };
+    return {
+      service,
+      client,
+      locker,
+      id,
+      source,
+      deactivate,
+      deactivateWith,
+      waitUntilBlocked,
+      waitUntilReleased,
+      committed,
+    };
   }
 
   it("lets an in-flight RPC finish, refuses new connections, then exits 0", async () => {
@@ -97,18 +143,53 @@ describe.skipIf(postgresAdminUrl === undefined)("graceful shutdown", () => {
     const { service, locker, deactivate, waitUntilBlocked, id } = await serviceWithLockedConnection({
       SHUTDOWN_GRACE_MS: "300",
     });
-    const inFlight = deactivate().then(
-      () => "finished",
-      (error: unknown) => (error instanceof RpcError ? "failed" : "threw"),
-    );
+    const inFlight = rpcError(deactivate());
     await waitUntilBlocked();
 
     service.child.kill("SIGTERM");
     expect(await service.exited).toBe(0);
-    expect(await inFlight).toBe("failed");
+    const error = await inFlight;
+    expect({ code: Code[error.code], reason: error.reason }).toEqual({ code: "Unavailable", reason: "SHUTTING_DOWN" });
 
     await locker.query("COMMIT");
     const { rows } = await locker.query<{ state: string }>("SELECT state FROM connections WHERE id = $1", [id]);
     expect(rows[0]?.state).toBe("PENDING");
   });
+
+  it("a second signal sent later, from outside, exits at once without draining", async () => {
+    const { service, deactivate, waitUntilBlocked } = await serviceWithLockedConnection({
+      SHUTDOWN_GRACE_MS: "60000",
+    });
+    const inFlight = deactivate().catch(() => undefined);
+    await waitUntilBlocked();
+    service.child.kill("SIGTERM");
+    // Sent together (npm forwarding, a process group): one stop.
+    service.child.kill("SIGTERM");
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect(service.child.exitCode, "still draining after the repeated signal").toBeNull();
+    service.child.kill("SIGINT");
+    expect(await service.exited).toBe(1);
+    await inFlight;
+  });
+
+  it.each([
+    ["its deadline passes", "DeadlineExceeded", (): CallOptions => ({ timeoutMs: 1_000 })],
+    ["the client cancels it", "Canceled", (): CallOptions => ({ signal: AbortSignal.timeout(1_000) })],
+  ] as const)(
+    "a transition whose caller gave up (%s) is cancelled in the database and never commits",
+    async (_name, code, options) => {
+      const { deactivateWith, waitUntilBlocked, waitUntilReleased, locker, committed } =
+        await serviceWithLockedConnection({ SHUTDOWN_GRACE_MS: "1000" });
+      const before = await committed();
+      const outcome = deactivateWith(options());
+      await waitUntilBlocked();
+      expect((await outcome).code).toBe(code);
+      // The lock is still held: only a cancel sent by the service can have ended the waiting UPDATE.
+      expect(await waitUntilReleased(), "the service cancelled its query in the database").toBe(true);
+      await locker.query("COMMIT");
+      // Whatever the service still had in hand, it must not commit now that the lock is free.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(await committed()).toEqual(before);
+    },
+  );
 });
