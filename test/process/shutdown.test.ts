@@ -172,6 +172,23 @@ describe.skipIf(postgresAdminUrl === undefined)("graceful shutdown and cancellat
     await inFlight;
   });
 
+  it("tells an exhausted pool (every connection busy, the database fine) from a database that is down", async () => {
+    const { client, deactivate, waitUntilBlocked, locker, source } = await serviceWithLockedConnection({
+      DATABASE_POOL_SIZE: "1",
+      SHUTDOWN_GRACE_MS: "1000",
+    });
+    const blocked = deactivate().catch(() => undefined);
+    await waitUntilBlocked();
+    const error = await rpcError(client.as({ caller: "provisioning" }).getOrganization({ id: source }));
+    expect({ code: Code[error.code], reason: error.reason }).toEqual({
+      code: "Unavailable",
+      reason: "DATABASE_UNAVAILABLE",
+    });
+    expect(error.rawMessage).toMatch(/every database connection of this replica is busy/);
+    await locker.query("COMMIT");
+    await blocked;
+  });
+
   it.each([
     ["its deadline passes", "DeadlineExceeded", (): CallOptions => ({ timeoutMs: 1_000 })],
     ["the client cancels it", "Canceled", (): CallOptions => ({ signal: AbortSignal.timeout(1_000) })],

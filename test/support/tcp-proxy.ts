@@ -1,7 +1,10 @@
-// A TCP proxy in front of PostgreSQL that a test can cut and restore, to see how the service
-// behaves when its database goes away and comes back, without stopping the shared server. It can
-// also hand every relayed connection's two sockets to an observer (the interop suite reads the
-// HTTP/2 frames going through).
+// A TCP proxy in front of PostgreSQL that a test can cut and restore, or freeze and thaw, to see
+// how the service behaves when its database goes away and comes back, without stopping the
+// shared server. Cut: connections are reset and new ones refused (a database that went down).
+// Freeze: connections stay open and new ones are accepted, but no byte moves either way and
+// nothing is reset (a hung database, a partition, a black-holed route). It can also hand every
+// relayed connection's two sockets to an observer (the interop suite reads the HTTP/2 frames
+// going through).
 
 import type { AddressInfo } from "node:net";
 import { connect, createServer, type Server, type Socket } from "node:net";
@@ -9,6 +12,8 @@ import { connect, createServer, type Server, type Socket } from "node:net";
 export class TcpProxy {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
+  /** While frozen, what each side sent, held back until thawed. */
+  private held: { to: Socket; chunk: Buffer }[] | undefined;
   port = 0;
 
   constructor(
@@ -31,7 +36,8 @@ export class TcpProxy {
           upstream.destroy();
         });
       }
-      client.pipe(upstream).pipe(client);
+      this.forward(client, upstream);
+      this.forward(upstream, client);
     });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -48,5 +54,25 @@ export class TcpProxy {
     for (const socket of this.sockets) socket.destroy();
     this.sockets.clear();
     if (server !== undefined) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  /** Stops forwarding: no packets, no reset, until thaw(). */
+  freeze(): void {
+    this.held ??= [];
+  }
+
+  /** Forwards again, including what was held back (what the peers would get after a stall). */
+  thaw(): void {
+    const held = this.held ?? [];
+    this.held = undefined;
+    for (const { to, chunk } of held) if (!to.destroyed) to.write(chunk);
+  }
+
+  private forward(from: Socket, to: Socket): void {
+    from.on("data", (chunk: Buffer) => {
+      if (this.held !== undefined) this.held.push({ to, chunk });
+      else if (!to.destroyed) to.write(chunk);
+    });
+    from.on("end", () => to.end());
   }
 }
