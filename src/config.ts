@@ -23,6 +23,8 @@ export interface Config {
   readonly maxDeadlineMs: number;
   /** What one client may hold of the port: timeouts and HTTP/2 limits (see src/transport/limits.ts). */
   readonly limits: TransportLimits;
+  /** SQLite: Connections the CheckConnection cache holds (least recently checked leave first). */
+  readonly checkCacheEntries: number;
 }
 
 export interface TlsFiles {
@@ -118,6 +120,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxHeaderListBytes: integer("MAX_HEADER_LIST_BYTES", LIMITS.maxHeaderListBytes, 1024, 1_048_576),
       maxHealthWatchers: integer("MAX_HEALTH_WATCHERS", LIMITS.maxHealthWatchers, 0, 1_000_000),
     },
+    checkCacheEntries: integer("CHECK_CACHE_ENTRIES", 200_000, 1, 100_000_000),
   };
   const { limits } = config;
   if (limits.http1HeadersTimeoutMs > limits.http1RequestTimeoutMs) {

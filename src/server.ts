@@ -53,6 +53,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     databaseUrl: config.databaseUrl,
     poolSize: config.databasePoolSize,
     statementTimeoutMs: config.databaseStatementTimeoutMs,
+    checkCacheEntries: config.checkCacheEntries,
     logger,
   });
   let tracing: Tracing | undefined;

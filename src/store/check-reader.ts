@@ -1,7 +1,8 @@
 // How getConnectionForCheck reads, per dialect, without giving up exactness.
 //
 // SQLite belongs to one process (the file is locked exclusively), so every write passes through
-// this process and a cache that every write updates before it returns is exact.
+// this process and a cache that every write updates before it returns is exact. The cache is
+// bounded (CHECK_CACHE_ENTRIES, least recently used out first) and keeps each entry compact.
 // PostgreSQL may have several replicas writing, so nothing is cached: concurrent checks are
 // coalesced into one query instead, each sent after all of its callers arrived.
 
@@ -13,18 +14,37 @@ export interface CheckReader {
   written(record: ConnectionRecord): void;
 }
 
-/** A bounded map that forgets its oldest insertion first. */
-export class FifoMap<K, V> {
+/** A bounded map that forgets the least recently used entry first (a read counts as a use). */
+export class LruMap<K, V> {
   readonly #entries = new Map<K, V>();
 
-  constructor(private readonly capacity: number) {}
+  constructor(readonly capacity: number) {}
+
+  get size(): number {
+    return this.#entries.size;
+  }
 
   get(key: K): V | undefined {
+    const value = this.#entries.get(key);
+    if (value !== undefined) {
+      // A Map iterates in insertion order: re-inserting moves the key to the young end.
+      this.#entries.delete(key);
+      this.#entries.set(key, value);
+    }
+    return value;
+  }
+
+  /** Without counting as a use. */
+  peek(key: K): V | undefined {
     return this.#entries.get(key);
   }
 
   set(key: K, value: V): void {
-    if (!this.#entries.has(key) && this.#entries.size >= this.capacity) {
+    if (this.#entries.delete(key)) {
+      this.#entries.set(key, value);
+      return;
+    }
+    if (this.#entries.size >= this.capacity) {
       const oldest = this.#entries.keys().next();
       if (oldest.done !== true) this.#entries.delete(oldest.value);
     }
@@ -32,16 +52,167 @@ export class FifoMap<K, V> {
   }
 }
 
+interface Status {
+  readonly state: ConnectionRecord["state"];
+  readonly scopes: readonly string[];
+}
+
+const TEXT_SEPARATOR = "\u0000";
+const INITIAL_SLOTS = 1024;
+
+/**
+ * The cached Connections in columns: typed arrays for the numbers (organization and status
+ * indexes, version, the four times), one string per entry for name, creator and request id, and
+ * a Map from id to slot whose insertion order is the recency order. No object per entry: about a
+ * fifth of the heap of ConnectionRecords (bench/check-cache-footprint.ts; figures in the README).
+ */
+class ConnectionTable {
+  readonly #slots = new Map<string, number>();
+  readonly #organizationIndex = new Map<string, number>();
+  readonly #organizations: string[] = [];
+  readonly #statusIndex = new Map<string, number>();
+  readonly #statuses: Status[] = [];
+  #source = new Int32Array(0);
+  #destination = new Int32Array(0);
+  #status = new Uint16Array(0);
+  #version = new Int32Array(0);
+  /** create, update, activate, deactivate per slot, in ms; NaN when unset. */
+  #times = new Float64Array(0);
+  /** name NUL creator NUL createRequestId, or a JSON array when one of them holds a NUL. */
+  #text: string[] = [];
+  #allocated = 0;
+
+  constructor(readonly capacity: number) {}
+
+  /** The cached version, without counting as a use. */
+  version(id: string): number | undefined {
+    const slot = this.#slots.get(id);
+    return slot === undefined ? undefined : (this.#version[slot] as number);
+  }
+
+  get(id: string): ConnectionRecord | undefined {
+    const slot = this.#slots.get(id);
+    if (slot === undefined) return undefined;
+    // A Map iterates in insertion order: re-inserting moves the id to the young end.
+    this.#slots.delete(id);
+    this.#slots.set(id, slot);
+    const status = this.#statuses[this.#status[slot] as number] as Status;
+    const [name = "", creator = "", createRequestId = ""] = unpackText(this.#text[slot] as string);
+    const at = (field: number) => {
+      const ms = this.#times[slot * 4 + field] as number;
+      return Number.isNaN(ms) ? undefined : new Date(ms);
+    };
+    return {
+      id,
+      sourceOrganizationId: this.#organizations[this.#source[slot] as number] as string,
+      destinationOrganizationId: this.#organizations[this.#destination[slot] as number] as string,
+      name,
+      scopes: status.scopes,
+      state: status.state,
+      createTime: at(0) as Date,
+      updateTime: at(1) as Date,
+      activateTime: at(2),
+      deactivateTime: at(3),
+      creator,
+      createRequestId,
+      version: this.#version[slot] as number,
+    };
+  }
+
+  set(record: ConnectionRecord): void {
+    // Organizations are interned; past twice the capacity most of them belong to evicted entries.
+    if (this.#organizations.length > 2 * this.capacity + 2) this.#clear();
+    let slot = this.#slots.get(record.id);
+    if (slot !== undefined) {
+      this.#slots.delete(record.id);
+    } else if (this.#slots.size >= this.capacity) {
+      const oldest = this.#slots.entries().next().value as [string, number];
+      this.#slots.delete(oldest[0]);
+      slot = oldest[1];
+    } else {
+      slot = this.#slots.size;
+      if (slot >= this.#allocated) this.#grow();
+    }
+    this.#slots.set(record.id, slot);
+    this.#source[slot] = this.#organization(record.sourceOrganizationId);
+    this.#destination[slot] = this.#organization(record.destinationOrganizationId);
+    this.#status[slot] = this.#statusOf(record.state, record.scopes);
+    this.#version[slot] = record.version;
+    this.#times[slot * 4] = record.createTime.getTime();
+    this.#times[slot * 4 + 1] = record.updateTime.getTime();
+    this.#times[slot * 4 + 2] = record.activateTime?.getTime() ?? Number.NaN;
+    this.#times[slot * 4 + 3] = record.deactivateTime?.getTime() ?? Number.NaN;
+    this.#text[slot] = packText(record.name, record.creator, record.createRequestId);
+  }
+
+  #organization(id: string): number {
+    let index = this.#organizationIndex.get(id);
+    if (index === undefined) {
+      index = this.#organizations.push(id) - 1;
+      this.#organizationIndex.set(id, index);
+    }
+    return index;
+  }
+
+  #statusOf(state: ConnectionRecord["state"], scopes: readonly string[]): number {
+    const key = `${state} ${scopes.join(" ")}`;
+    let index = this.#statusIndex.get(key);
+    if (index === undefined) {
+      index = this.#statuses.push(Object.freeze({ state, scopes: Object.freeze([...scopes]) })) - 1;
+      this.#statusIndex.set(key, index);
+    }
+    return index;
+  }
+
+  #grow(): void {
+    const slots = Math.min(Math.max(INITIAL_SLOTS, this.#allocated * 2), this.capacity);
+    const grown = <T extends Int32Array | Uint16Array | Float64Array>(old: T, make: (n: number) => T, width = 1) => {
+      const array = make(slots * width);
+      array.set(old);
+      return array;
+    };
+    this.#source = grown(this.#source, (n) => new Int32Array(n));
+    this.#destination = grown(this.#destination, (n) => new Int32Array(n));
+    this.#status = grown(this.#status, (n) => new Uint16Array(n));
+    this.#version = grown(this.#version, (n) => new Int32Array(n));
+    this.#times = grown(this.#times, (n) => new Float64Array(n), 4);
+    this.#allocated = slots;
+  }
+
+  #clear(): void {
+    this.#slots.clear();
+    this.#organizationIndex.clear();
+    this.#organizations.length = 0;
+    this.#text = [];
+  }
+}
+
+/** Marks the JSON form, used when a field holds a NUL or would be mistaken for the mark. */
+const JSON_TEXT = "\u0001";
+
+/** One flat string (a join, not a template literal, which would keep a tree of pieces per entry). */
+function packText(name: string, creator: string, createRequestId: string): string {
+  const fields = [name, creator, createRequestId];
+  const plain = !name.startsWith(JSON_TEXT) && !fields.some((field) => field.includes(TEXT_SEPARATOR));
+  return plain ? fields.join(TEXT_SEPARATOR) : JSON_TEXT + JSON.stringify(fields);
+}
+
+function unpackText(text: string): string[] {
+  return text.startsWith(JSON_TEXT) ? (JSON.parse(text.slice(1)) as string[]) : text.split(TEXT_SEPARATOR);
+}
+
+export const DEFAULT_CHECK_CACHE_ENTRIES = 200_000;
+
 export class CachingCheckReader implements CheckReader {
-  readonly #entries: FifoMap<string, ConnectionRecord>;
+  readonly #entries: ConnectionTable;
   /** Counts writes into the cache, so a fill can tell whether one raced with its read. */
   #writeEpoch = 0;
 
   constructor(
     private readonly load: (id: string) => Promise<ConnectionRecord | undefined>,
-    capacity = 200_000,
+    capacity = DEFAULT_CHECK_CACHE_ENTRIES,
   ) {
-    this.#entries = new FifoMap(capacity);
+    this.#entries = new ConnectionTable(capacity);
   }
 
   get(id: string): Promise<ConnectionRecord | undefined> {
@@ -51,19 +222,19 @@ export class CachingCheckReader implements CheckReader {
 
   written(record: ConnectionRecord): void {
     this.#writeEpoch++;
-    const cached = this.#entries.get(record.id);
-    if (cached === undefined || cached.version <= record.version) this.#entries.set(record.id, record);
+    const cached = this.#entries.version(record.id);
+    if (cached === undefined || cached <= record.version) this.#entries.set(record);
   }
 
   async #fill(id: string): Promise<ConnectionRecord | undefined> {
     const epoch = this.#writeEpoch;
     const record = await this.load(id);
     if (record === undefined) return undefined;
-    const cached = this.#entries.get(id);
+    const cached = this.#entries.version(id);
     // A write during the read may have cached a newer version, then lost it to eviction: with
     // no entry to compare against, only a read that no write overlapped may fill.
-    const fresh = cached === undefined ? epoch === this.#writeEpoch : cached.version < record.version;
-    if (fresh) this.#entries.set(id, record);
+    const fresh = cached === undefined ? epoch === this.#writeEpoch : cached < record.version;
+    if (fresh) this.#entries.set(record);
     return record;
   }
 }

@@ -4,7 +4,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { type CompiledQuery, type Insertable, type Kysely, type Selectable, sql } from "kysely";
 import type { EventType, State } from "../domain/connection.js";
-import { BatchingCheckReader, CachingCheckReader, type CheckReader, FifoMap } from "./check-reader.js";
+import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
 import { classifyError, translateError } from "./errors.js";
 import type { StorePool } from "./pg-pool.js";
 import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
@@ -80,7 +80,7 @@ export class KyselyStore implements Store {
   readonly #pool: StorePool | undefined;
   readonly #inTransaction: (() => boolean) | undefined;
   /** Organizations are never deleted: a positive answer stays true on every replica. */
-  readonly #knownOrganizations = new FifoMap<string, true>(KNOWN_ORGANIZATIONS);
+  readonly #knownOrganizations = new LruMap<string, true>(KNOWN_ORGANIZATIONS);
   /** Compiled once: the check path and point reads skip Kysely's query building. */
   readonly #connectionById: CompiledQuery<ConnectionRow>;
 

@@ -20,6 +20,8 @@ export interface OpenStoreOptions {
   readonly poolSize?: number;
   /** PostgreSQL statement_timeout (default 5000 ms). */
   readonly statementTimeoutMs?: number;
+  /** SQLite: the CheckConnection cache's bound, in Connections (default 200,000). */
+  readonly checkCacheEntries?: number;
   readonly logger?: Logger;
 }
 
@@ -81,7 +83,11 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
   database.pragma("foreign_keys = ON");
   const db = new Kysely<Database>({ dialect: new EventLoopFriendlySqliteDialect({ database }) });
   await migrate(db, "sqlite", options.logger);
-  return new KyselyStore(db, { dialect: "sqlite" });
+  return new KyselyStore(db, {
+    dialect: "sqlite",
+    inTransaction: () => database.inTransaction,
+    checkCacheEntries: options.checkCacheEntries,
+  });
 }
 
 async function openPostgres(url: string, options: OpenStoreOptions): Promise<Store> {

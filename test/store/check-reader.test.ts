@@ -1,7 +1,7 @@
 // The two ways getConnectionForCheck reads, driven by hand so every interleaving is exact.
 
 import { describe, expect, it } from "vitest";
-import { BatchingCheckReader, CachingCheckReader, FifoMap } from "../../src/store/check-reader.js";
+import { BatchingCheckReader, CachingCheckReader, LruMap } from "../../src/store/check-reader.js";
 import type { ConnectionRecord } from "../../src/store/store.js";
 import { connectionRecord } from "./fixtures.js";
 
@@ -19,14 +19,27 @@ function version(record: ConnectionRecord, v: number): ConnectionRecord {
   return { ...record, version: v };
 }
 
-describe("FifoMap", () => {
-  it("forgets the oldest insertion first, and an update keeps its place", () => {
-    const map = new FifoMap<string, number>(2);
+describe("LruMap", () => {
+  it("forgets the least recently used first: a read or an update counts as a use", () => {
+    const map = new LruMap<string, number>(2);
     map.set("a", 1);
     map.set("b", 2);
-    map.set("a", 3);
-    map.set("c", 4);
-    expect([map.get("a"), map.get("b"), map.get("c")]).toEqual([undefined, 2, 4]);
+    map.get("a");
+    map.set("c", 3);
+    expect([map.peek("a"), map.peek("b"), map.peek("c")]).toEqual([1, undefined, 3]);
+    map.set("a", 4);
+    map.set("d", 5);
+    expect([map.peek("a"), map.peek("c"), map.peek("d")]).toEqual([4, undefined, 5]);
+    expect(map.size).toBe(2);
+  });
+
+  it("peek does not count as a use", () => {
+    const map = new LruMap<string, number>(2);
+    map.set("a", 1);
+    map.set("b", 2);
+    map.peek("a");
+    map.set("c", 3);
+    expect(map.peek("a")).toBeUndefined();
   });
 });
 
@@ -40,8 +53,8 @@ describe("CachingCheckReader", () => {
       loads++;
       return v1;
     });
-    expect(await reader.get(v1.id)).toBe(v1);
-    expect(await reader.get(v1.id)).toBe(v1);
+    expect(await reader.get(v1.id)).toEqual(v1);
+    expect(await reader.get(v1.id)).toEqual(v1);
     expect(loads).toBe(1);
   });
 
@@ -60,7 +73,7 @@ describe("CachingCheckReader", () => {
     const reader = new CachingCheckReader(async () => v1);
     await reader.get(v1.id);
     reader.written(v2);
-    expect(await reader.get(v1.id)).toBe(v2);
+    expect(await reader.get(v1.id)).toEqual(v2);
   });
 
   it("keeps a write that raced with a slower read of the older version", async () => {
@@ -69,8 +82,8 @@ describe("CachingCheckReader", () => {
     const staleRead = reader.get(v1.id);
     reader.written(v2);
     load.resolve(v1);
-    expect(await staleRead).toBe(v1);
-    expect(await reader.get(v1.id)).toBe(v2);
+    expect(await staleRead).toEqual(v1);
+    expect(await reader.get(v1.id)).toEqual(v2);
   });
 
   it("does not fill from a read that a write overlapped, even once that write was evicted", async () => {
@@ -84,7 +97,7 @@ describe("CachingCheckReader", () => {
     await staleRead;
     const fresh = reader.get(v1.id);
     loads[1]?.resolve(v2);
-    expect(await fresh).toBe(v2);
+    expect(await fresh).toEqual(v2);
     expect(call).toBe(2);
   });
 
@@ -102,11 +115,54 @@ describe("CachingCheckReader", () => {
     expect(loads).toBe(1);
   });
 
+  it("answers exactly what was written, every field (the entry is stored compact)", async () => {
+    const reader = new CachingCheckReader(async () => undefined);
+    const activated = {
+      ...v2,
+      name: 'Ünïcode "quoted" name',
+      state: "ACTIVE" as const,
+      activateTime: new Date(v1.createTime.getTime() + 1234),
+      createRequestId: "req-1",
+    };
+    reader.written(activated);
+    expect(await reader.get(v1.id)).toEqual(activated);
+    reader.written(v1);
+    expect(await reader.get(v1.id)).toEqual(activated);
+    const odd = { ...v2, id: "cxn_odd", name: "\u0001a\u0000b", creator: "", version: 3 };
+    reader.written(odd);
+    expect(await reader.get(odd.id)).toEqual(odd);
+  });
+
+  it("is bounded and evicts the least recently checked Connection first", async () => {
+    let loads = 0;
+    const stored = new Map<string, ConnectionRecord>();
+    const reader = new CachingCheckReader(async (id) => {
+      loads++;
+      return stored.get(id);
+    }, 2);
+    const [a, b, c] = [
+      connectionRecord("org_a", "org_b"),
+      connectionRecord("org_a", "org_c"),
+      connectionRecord("org_a", "org_d"),
+    ];
+    for (const record of [a, b, c]) stored.set(record.id, record);
+    reader.written(a);
+    reader.written(b);
+    await reader.get(a.id);
+    reader.written(c);
+    expect(loads).toBe(0);
+    expect(await reader.get(a.id)).toEqual(a);
+    expect(await reader.get(c.id)).toEqual(c);
+    expect(loads).toBe(0);
+    expect(await reader.get(b.id)).toEqual(b);
+    expect(loads).toBe(1);
+  });
+
   it("keeps the newer of two writes that report out of order", async () => {
     const reader = new CachingCheckReader(async () => undefined);
     reader.written(v2);
     reader.written(v1);
-    expect(await reader.get(v1.id)).toBe(v2);
+    expect(await reader.get(v1.id)).toEqual(v2);
   });
 });
 
