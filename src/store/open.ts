@@ -1,12 +1,12 @@
 // Opens the store that DATABASE_URL names, applies the migrations, and hands back a Store.
 
-import { mkdirSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import SqliteDatabase from "better-sqlite3";
 import { Kysely, type MigrationResult, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import type { Logger } from "pino";
-import { classifyError, translateError } from "./errors.js";
+import { translateError } from "./errors.js";
 import { KyselyStore } from "./kysely-store.js";
 import { migrateToLatest } from "./migrations.js";
 import { StorePool } from "./pg-pool.js";
@@ -33,6 +33,10 @@ const SQLITE_MEMORY = ":memory:";
 /** How long a starting process waits for the SQLite file lock (e.g. a predecessor shutting down). */
 const SQLITE_LOCK_WAIT_MS = 1000;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
+/** Checkpoint the WAL after this many pages (SQLite's default is 1000, about 4 MB). */
+const SQLITE_WAL_PAGES = 256;
+/** After a checkpoint the WAL file is truncated to at most this. */
+const SQLITE_WAL_BYTES = 1024 * 1024;
 const PG_CONNECT_TIMEOUT_MS = 2000;
 /** Idle time before the first TCP keepalive probe on a PostgreSQL connection. */
 const PG_KEEPALIVE_DELAY_MS = 10_000;
@@ -61,33 +65,86 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
 }
 
 async function openSqlite(path: string, options: OpenStoreOptions): Promise<Store> {
-  if (path !== SQLITE_MEMORY) mkdirSync(dirname(resolve(path)), { recursive: true });
-  const database = new SqliteDatabase(path, { timeout: SQLITE_LOCK_WAIT_MS });
+  let database: SqliteDatabase.Database | undefined;
   try {
+    if (path !== SQLITE_MEMORY) mkdirSync(dirname(resolve(path)), { recursive: true });
+    database = new SqliteDatabase(path, { timeout: SQLITE_LOCK_WAIT_MS });
     // Held until close: no other process may write (or read) the file behind the check cache.
     database.pragma("locking_mode = EXCLUSIVE");
     database.pragma("journal_mode = WAL");
     database.exec("BEGIN EXCLUSIVE; COMMIT");
+    // Every page's structure, not only the ones read at start: a damaged file is refused here
+    // rather than answering INTERNAL (and being written further) once serving.
+    const check = database.pragma("quick_check", { simple: true });
+    if (check !== "ok") throw new DamagedDatabaseError(String(check));
   } catch (error) {
-    database.close();
-    if (classifyError(error).kind === "retryable") {
-      throw new Error(
-        `SQLite database ${path} is in use by another process; one file serves one process (stop the other one or use another DATABASE_URL)`,
-        { cause: error },
-      );
-    }
-    throw error;
+    database?.close();
+    throw sqliteStartError(path, error);
   }
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
   database.pragma("synchronous = NORMAL");
   database.pragma("foreign_keys = ON");
+  // A bounded WAL: checkpoint every SQLITE_WAL_PAGES pages and truncate the file back to
+  // SQLITE_WAL_BYTES afterwards, so that a small volume that filled up once has room again.
+  database.pragma(`wal_autocheckpoint = ${SQLITE_WAL_PAGES}`);
+  database.pragma(`journal_size_limit = ${SQLITE_WAL_BYTES}`);
   const db = new Kysely<Database>({ dialect: new EventLoopFriendlySqliteDialect({ database }) });
   await migrate(db, "sqlite", options.logger);
+  const sqlite = database;
   return new KyselyStore(db, {
     dialect: "sqlite",
-    inTransaction: () => database.inTransaction,
+    inTransaction: () => sqlite.inTransaction,
     checkCacheEntries: options.checkCacheEntries,
   });
+}
+
+/** quick_check found damage. */
+class DamagedDatabaseError extends Error {
+  constructor(readonly findings: string) {
+    super(`quick_check: ${findings}`);
+    this.name = "DamagedDatabaseError";
+  }
+}
+
+/** A start-up failure that names the file, says what is wrong in words, and what to do about it. */
+function sqliteStartError(path: string, error: unknown): Error {
+  const code = typeof error === "object" && error !== null ? String((error as { code?: unknown }).code ?? "") : "";
+  const where = `SQLite database ${path}`;
+  const user = `the service's user (uid ${process.getuid?.() ?? "?"})`;
+  let explanation: string;
+  if (error instanceof DamagedDatabaseError || code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB") {
+    explanation =
+      "is damaged or not an SQLite database (integrity check failed). Restore it from a backup, or move it " +
+      "(and its -wal file) away to start with an empty database; do not let the service write into it";
+  } else if (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED")) {
+    explanation =
+      "is in use by another process; one file serves one process (stop the other one or use another DATABASE_URL)";
+  } else if (code.startsWith("SQLITE_READONLY") || (code.startsWith("SQLITE_IOERR") && !writable(path))) {
+    explanation =
+      `is read-only to ${user} (a read-only file such as mode 0444, or a read-only directory or mount): the ` +
+      `service writes the file and creates ${path}-wal next to it. Make the file and its directory writable`;
+  } else if (code.startsWith("SQLITE_CANTOPEN") || code === "EACCES" || code === "EROFS") {
+    explanation =
+      `cannot be opened or created: its directory ${dirname(resolve(path))} is missing or not writable by ${user}. ` +
+      "Create the directory and let that user write to it, or point DATABASE_URL elsewhere";
+  } else if (code === "SQLITE_FULL" || code === "ENOSPC") {
+    explanation = "cannot be written: the disk is full. Free space on its volume, then start again";
+  } else if (code.startsWith("SQLITE_IOERR")) {
+    explanation = "failed with an I/O error: check the disk and the mount it lives on (dmesg), then start again";
+  } else {
+    return error instanceof Error ? error : new Error(String(error));
+  }
+  return new Error(`${where} ${explanation}.`, { cause: error });
+}
+
+/** Whether this process may write the file (or create it in its directory). */
+function writable(path: string): boolean {
+  try {
+    accessSync(existsSync(path) ? path : dirname(resolve(path)), constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function openPostgres(url: string, options: OpenStoreOptions): Promise<Store> {
