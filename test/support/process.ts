@@ -18,8 +18,11 @@ export interface ServiceProcess {
   readonly exited: Promise<number | null>;
 }
 
-export async function startServiceProcess(env: Record<string, string>): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+export async function startServiceProcess(
+  env: Record<string, string>,
+  nodeOptions: readonly string[] = [],
+): Promise<ServiceProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", ...nodeOptions, "src/main.ts"], {
     cwd: ROOT,
     env: { ...process.env, PORT: "0", ADMIN_PORT: "off", LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],

@@ -1,0 +1,26 @@
+// A crash (an exception no one caught, a rejection no one handled) is logged with its request id,
+// drains like SIGTERM (health NOT_SERVING, in-flight calls finish, the database closes) and exits
+// non-zero, so that the supervisor restarts the process and the crash is visible.
+
+import { describe, expect, it } from "vitest";
+import { startServiceProcess } from "../support/process.js";
+
+describe("crash handlers", () => {
+  it.each(["exception", "rejection"])("an unhandled %s is logged, drained and exits 1", async (kind) => {
+    const service = await startServiceProcess({ DATABASE_URL: "sqlite::memory:", CRASH_KIND: kind }, [
+      "--import",
+      "./test/support/crash-after-start.ts",
+    ]);
+    service.child.kill("SIGUSR2");
+    expect(await service.exited).toBe(1);
+    const crash = service.logs.find((line) => line.msg === "crashed: draining, then exiting");
+    expect(crash).toMatchObject({
+      level: 60,
+      requestId: "req_crash_test",
+      origin: kind === "exception" ? "uncaughtException" : "unhandledRejection",
+      err: { message: "boom: a bug in a callback" },
+    });
+    const messages = service.logs.map((line) => line.msg);
+    expect(messages.indexOf("stopped")).toBeGreaterThan(messages.indexOf("crashed: draining, then exiting"));
+  });
+});
