@@ -4,8 +4,8 @@
 // both drain once and exit 0; the copy of the signal that npm forwards is not a second signal.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { createInterface } from "node:readline";
 import { afterEach, describe, expect, it } from "vitest";
+import { untilLogged } from "../support/process.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 
@@ -25,31 +25,15 @@ async function npmStart(): Promise<NpmStart> {
     detached: true,
   });
   const logs: Record<string, unknown>[] = [];
-  let stderr = "";
-  npm.stderr?.on("data", (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
   const exited = new Promise<number | null>((resolve) => npm.once("exit", (code) => resolve(code)));
-  const servicePid = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`npm start did not serve in 120 s:\n${stderr}`)), 120_000);
-    createInterface({ input: npm.stdout as NodeJS.ReadableStream }).on("line", (line) => {
-      let entry: Record<string, unknown>;
-      try {
-        entry = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        return;
-      }
-      logs.push(entry);
-      if (entry.msg === "serving gRPC, gRPC-Web and Connect") {
-        clearTimeout(timer);
-        resolve(entry.pid as number);
-      }
-    });
-    exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`npm start exited with ${code} before serving:\n${stderr}`));
-    });
-  });
+  const serving = await untilLogged(
+    npm,
+    logs,
+    exited,
+    (entry) => entry.msg === "serving gRPC, gRPC-Web and Connect",
+    120_000,
+  );
+  const servicePid = serving.pid as number;
   return { npm, logs, exited, servicePid };
 }
 

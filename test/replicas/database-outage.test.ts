@@ -14,35 +14,57 @@ import { TcpProxy } from "../support/tcp-proxy.js";
 
 if (postgresAdminUrl === undefined) console.warn(POSTGRES_SKIP_MESSAGE);
 
-describe.skipIf(postgresAdminUrl === undefined)("PostgreSQL outage", () => {
-  let database: ProvisionedDatabase;
-  let proxy: TcpProxy;
-  let service: ServiceProcess;
-  let client: GrpcJsRpcClient;
-
+/** A service process whose PostgreSQL is reached through a TcpProxy, set up around a describe block. */
+function serviceBehindProxy(env: Record<string, string> = {}) {
+  const setup = {} as {
+    database: ProvisionedDatabase;
+    proxy: TcpProxy;
+    service: ServiceProcess;
+    client: GrpcJsRpcClient;
+  };
   beforeAll(async () => {
-    database = await provisionPostgres();
-    const target = new URL(database.url);
-    proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
-    await proxy.start();
-    target.host = `127.0.0.1:${proxy.port}`;
-    service = await startServiceProcess({ DATABASE_URL: target.toString() });
-    client = new GrpcJsRpcClient(`127.0.0.1:${service.port}`);
+    setup.database = await provisionPostgres();
+    const target = new URL(setup.database.url);
+    setup.proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
+    await setup.proxy.start();
+    target.host = `127.0.0.1:${setup.proxy.port}`;
+    setup.service = await startServiceProcess({ DATABASE_URL: target.toString(), ...env });
+    setup.client = new GrpcJsRpcClient(`127.0.0.1:${setup.service.port}`);
   }, 60_000);
-
   afterAll(async () => {
-    await client?.close();
-    await service?.stop();
-    await proxy?.cut();
-    await database?.drop();
+    setup.proxy?.thaw();
+    await setup.client?.close();
+    await setup.service?.stop();
+    await setup.proxy?.cut();
+    await setup.database?.drop();
   });
+  return setup;
+}
+
+/** True once `read` succeeds again, trying for up to 20 s. */
+async function recovers(read: () => Promise<unknown>): Promise<boolean> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    if (
+      await read().then(
+        () => true,
+        () => false,
+      )
+    )
+      return true;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return false;
+}
+
+describe.skipIf(postgresAdminUrl === undefined)("PostgreSQL outage", () => {
+  const setup = serviceBehindProxy();
 
   it("fails fast with UNAVAILABLE while the database is down and recovers by itself", async () => {
     const id = uniqueId("org");
-    const provisioning = client.as({ caller: "provisioning" });
+    const provisioning = setup.client.as({ caller: "provisioning" });
     await provisioning.createOrganization({ id, name: "Before the outage" });
 
-    await proxy.cut();
+    await setup.proxy.cut();
     for (const work of [
       provisioning.getOrganization({ id }),
       provisioning.createOrganization({ id: uniqueId("org"), name: "During the outage" }),
@@ -55,55 +77,22 @@ describe.skipIf(postgresAdminUrl === undefined)("PostgreSQL outage", () => {
       expect(error.rawMessage).not.toMatch(/ECONNREFUSED|pg|terminat/i);
     }
 
-    await proxy.start();
-    let recovered = false;
-    for (let attempt = 0; attempt < 50 && !recovered; attempt++) {
-      recovered = await provisioning.getOrganization({ id }).then(
-        (reply) => reply.organization?.id === id,
-        () => false,
-      );
-      if (!recovered) await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-    expect(recovered).toBe(true);
-    expect(service.child.exitCode).toBeNull();
+    await setup.proxy.start();
+    expect(await recovers(() => provisioning.getOrganization({ id }))).toBe(true);
+    expect(setup.service.child.exitCode).toBeNull();
   });
 });
 
 describe.skipIf(postgresAdminUrl === undefined)("PostgreSQL that stops answering (frozen, no reset)", () => {
-  let database: ProvisionedDatabase;
-  let proxy: TcpProxy;
-  let service: ServiceProcess;
-  let client: GrpcJsRpcClient;
-  const statementTimeoutMs = 1_000;
-
-  beforeAll(async () => {
-    database = await provisionPostgres();
-    const target = new URL(database.url);
-    proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
-    await proxy.start();
-    target.host = `127.0.0.1:${proxy.port}`;
-    service = await startServiceProcess({
-      DATABASE_URL: target.toString(),
-      DATABASE_STATEMENT_TIMEOUT_MS: String(statementTimeoutMs),
-      DATABASE_POOL_SIZE: "4",
-    });
-    client = new GrpcJsRpcClient(`127.0.0.1:${service.port}`);
-  }, 60_000);
-
-  afterAll(async () => {
-    proxy?.thaw();
-    await client?.close();
-    await service?.stop();
-    await proxy?.cut();
-    await database?.drop();
-  });
+  // statement_timeout 1 s, so the client gives up on a query after 2 s.
+  const setup = serviceBehindProxy({ DATABASE_STATEMENT_TIMEOUT_MS: "1000", DATABASE_POOL_SIZE: "4" });
 
   it("fails calls with UNAVAILABLE well before MAX_DEADLINE_MS, frees the pool, and recovers by itself", async () => {
     const id = uniqueId("org");
-    const provisioning = client.as({ caller: "provisioning" });
+    const provisioning = setup.client.as({ caller: "provisioning" });
     await provisioning.createOrganization({ id, name: "Before the freeze" });
 
-    proxy.freeze();
+    setup.proxy.freeze();
     const started = performance.now();
     // More calls than pooled connections: some wait for a connection that never frees by itself.
     const outcomes = await Promise.all(
@@ -132,16 +121,8 @@ describe.skipIf(postgresAdminUrl === undefined)("PostgreSQL that stops answering
     expect(again.reason).toBe("DATABASE_UNAVAILABLE");
     console.info(`frozen PostgreSQL: a later call failed in ${Math.round(performance.now() - second)} ms`);
 
-    proxy.thaw();
-    let recovered = false;
-    for (let attempt = 0; attempt < 100 && !recovered; attempt++) {
-      recovered = await provisioning.getOrganization({ id }).then(
-        (reply) => reply.organization?.id === id,
-        () => false,
-      );
-      if (!recovered) await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-    expect(recovered).toBe(true);
-    expect(service.child.exitCode).toBeNull();
+    setup.proxy.thaw();
+    expect(await recovers(() => provisioning.getOrganization({ id }))).toBe(true);
+    expect(setup.service.child.exitCode).toBeNull();
   }, 120_000);
 });

@@ -1,7 +1,6 @@
 // Opening a store: DATABASE_URL, the SQLite single-owner lock, and failing fast (and recovering)
 // when PostgreSQL is not there.
 
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { type AddressInfo, createServer, type Server, type Socket } from "node:net";
 import pg from "pg";
@@ -14,10 +13,9 @@ import {
   provisionPostgres,
   provisionSqliteFile,
 } from "../support/databases.js";
+import { openStoreInChildProcess } from "../support/process.js";
 import { TcpProxy } from "../support/tcp-proxy.js";
 import { connectionRecord, createdEvent, newOrganization, transition } from "./fixtures.js";
-
-const ROOT = new URL("../..", import.meta.url).pathname;
 
 describe("parseDatabaseUrl", () => {
   it.each([
@@ -37,27 +35,6 @@ describe("parseDatabaseUrl", () => {
     expect(() => parseDatabaseUrl("")).toThrow(/no scheme/);
   });
 });
-
-/** Tries to open the store at `url` from another process; resolves with its exit code and stderr. */
-function openInChildProcess(url: string): Promise<{ code: number | null; stderr: string }> {
-  const script = `
-    import { openStore } from "./src/store/open.js";
-    try { const store = await openStore({ databaseUrl: process.env.URL }); await store.close(); }
-    catch (error) { console.error(error.message); process.exit(3); }`;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
-      cwd: ROOT,
-      env: { ...process.env, URL: url },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let stderr = "";
-    child.stderr.on("data", (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    child.once("error", reject);
-    child.once("exit", (code) => resolve({ code, stderr }));
-  });
-}
 
 describe("SQLite file", () => {
   let file: ProvisionedDatabase;
@@ -84,7 +61,7 @@ describe("SQLite file", () => {
     expect([existsSync(`${path}-wal`), existsSync(`${path}-shm`)]).toEqual([true, false]);
 
     await expect(openStore({ databaseUrl: file.url })).rejects.toThrow(/is in use by another process/);
-    const child = await openInChildProcess(file.url);
+    const child = await openStoreInChildProcess(file.url);
     expect(child.code).toBe(3);
     expect(child.stderr).toMatch(/is in use by another process/);
     // The failed attempts left the owner working.
@@ -99,7 +76,7 @@ describe("SQLite file", () => {
     } finally {
       await second.close();
     }
-    expect((await openInChildProcess(file.url)).code).toBe(0);
+    expect((await openStoreInChildProcess(file.url)).code).toBe(0);
   }, 30_000);
 });
 

@@ -4,41 +4,21 @@
 // modes); the full disk is a tiny tmpfs. Both need root here and are skipped with a message
 // otherwise.
 
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openStore } from "../../src/store/open.js";
 import { UnavailableError } from "../../src/store/store.js";
+import { openStoreInChildProcess } from "../support/process.js";
 import { newOrganization } from "./fixtures.js";
 
-const ROOT = new URL("../..", import.meta.url).pathname;
 const NOBODY = 65534;
 const isRoot = process.getuid?.() === 0;
 
-/** Opens the store at `path` in a child process as `uid`; resolves with its exit code and stderr. */
-function openAs(uid: number, path: string): Promise<{ code: number | null; stderr: string }> {
-  const script = `
-    import { openStore } from "./src/store/open.js";
-    try { const store = await openStore({ databaseUrl: "sqlite:" + process.env.DB_PATH }); await store.close(); }
-    catch (error) { console.error(error.message); process.exit(3); }`;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
-      cwd: ROOT,
-      env: { ...process.env, DB_PATH: path, HOME: tmpdir() },
-      stdio: ["ignore", "ignore", "pipe"],
-      uid,
-      gid: uid,
-    });
-    let stderr = "";
-    child.stderr.on("data", (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    child.once("error", reject);
-    child.once("exit", (code) => resolve({ code, stderr }));
-  });
-}
+/** Opens the SQLite store at `path` as the unprivileged user. */
+const openAsNobody = (path: string) => openStoreInChildProcess(`sqlite:${path}`, NOBODY);
 
 describe("SQLite start-up", () => {
   let dir: string;
@@ -72,7 +52,7 @@ describe("SQLite start-up", () => {
       const path = join(dir, "readonly.db");
       await (await openStore({ databaseUrl: `sqlite:${path}` })).close();
       chmodSync(path, 0o444);
-      const { code, stderr } = await openAs(NOBODY, path);
+      const { code, stderr } = await openAsNobody(path);
       expect(code).toBe(3);
       expect(stderr).toContain(`SQLite database ${path} is read-only to the service's user (uid ${NOBODY})`);
       expect(stderr).toMatch(/Make the file and its directory writable/);
@@ -85,7 +65,7 @@ describe("SQLite start-up", () => {
       await (await openStore({ databaseUrl: `sqlite:${path}` })).close();
       chmodSync(path, 0o666);
       chmodSync(locked, 0o555);
-      const { code, stderr } = await openAs(NOBODY, path);
+      const { code, stderr } = await openAsNobody(path);
       expect(code).toBe(3);
       expect(stderr).toContain(`SQLite database ${path}`);
       expect(stderr).toMatch(/read-only|not writable/);
@@ -96,7 +76,7 @@ describe("SQLite start-up", () => {
       const closed = join(dir, "closed");
       mkdirSync(closed, { mode: 0o755 });
       const path = join(closed, "new.db");
-      const { code, stderr } = await openAs(NOBODY, path);
+      const { code, stderr } = await openAsNobody(path);
       expect(code).toBe(3);
       expect(stderr).toContain(`SQLite database ${path} cannot be opened or created: its directory ${closed}`);
       expect(stderr).toMatch(/Create the directory and let that user write to it/);

@@ -28,32 +28,14 @@ export async function startServiceProcess(
     stdio: ["ignore", "pipe", "pipe"],
   });
   const logs: Record<string, unknown>[] = [];
-  let stderr = "";
-  child.stderr?.on("data", (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-
-  const started = new Promise<Record<string, unknown>>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`service did not start in 30 s:\n${stderr}`)), 30_000);
-    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
-      let entry: Record<string, unknown>;
-      try {
-        entry = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        return;
-      }
-      logs.push(entry);
-      if (typeof entry.port === "number" && entry.msg === "serving gRPC, gRPC-Web and Connect") {
-        clearTimeout(timer);
-        resolve(entry);
-      }
-    });
-    exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`service exited with ${code} before serving:\n${stderr}`));
-    });
-  });
+  const started = untilLogged(
+    child,
+    logs,
+    exited,
+    (entry) => typeof entry.port === "number" && entry.msg === "serving gRPC, gRPC-Web and Connect",
+    30_000,
+  );
   const ready = await started;
   return {
     port: ready.port as number,
@@ -66,4 +48,69 @@ export async function startServiceProcess(
       return exited;
     },
   };
+}
+
+/**
+ * Collects the child's JSON log lines into `logs` and resolves with the first that `ready`
+ * accepts; rejects (with its stderr) when the child exits first or `timeoutMs` passes.
+ */
+export function untilLogged(
+  child: ChildProcess,
+  logs: Record<string, unknown>[],
+  exited: Promise<number | null>,
+  ready: (entry: Record<string, unknown>) => boolean,
+  timeoutMs: number,
+): Promise<Record<string, unknown>> {
+  let stderr = "";
+  child.stderr?.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`service did not start in ${timeoutMs} ms:\n${stderr}`)),
+      timeoutMs,
+    );
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+      let entry: Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      logs.push(entry);
+      if (ready(entry)) {
+        clearTimeout(timer);
+        resolve(entry);
+      }
+    });
+    exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`service exited with ${code} before serving:\n${stderr}`));
+    });
+  });
+}
+
+/** Opens the store at `databaseUrl` in another process (as `uid` when given); its exit code and stderr. */
+export function openStoreInChildProcess(
+  databaseUrl: string,
+  uid?: number,
+): Promise<{ code: number | null; stderr: string }> {
+  const script = `
+    import { openStore } from "./src/store/open.js";
+    try { const store = await openStore({ databaseUrl: process.env.URL }); await store.close(); }
+    catch (error) { console.error(error.message); process.exit(3); }`;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      cwd: ROOT,
+      env: { ...process.env, URL: databaseUrl },
+      stdio: ["ignore", "ignore", "pipe"],
+      ...(uid === undefined ? {} : { uid, gid: uid }),
+    });
+    let stderr = "";
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    child.once("error", reject);
+    child.once("exit", (code) => resolve({ code, stderr }));
+  });
 }
