@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file connections/v1/connection.proto.
  */
 export const file_connections_v1_connection: GenFile = /*@__PURE__*/
-  fileDesc("Ch9jb25uZWN0aW9ucy92MS9jb25uZWN0aW9uLnByb3RvEg5jb25uZWN0aW9ucy52MSLuAwoKQ29ubmVjdGlvbhIKCgJpZBgBIAEoCRIeChZzb3VyY2Vfb3JnYW5pemF0aW9uX2lkGAIgASgJEiMKG2Rlc3RpbmF0aW9uX29yZ2FuaXphdGlvbl9pZBgDIAEoCRIMCgRuYW1lGAQgASgJEg4KBnNjb3BlcxgFIAMoCRIvCgVzdGF0ZRgGIAEoDjIgLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24uU3RhdGUSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1hY3RpdmF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9kZWFjdGl2YXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2NyZWF0b3IYCyABKAkSDAoEZXRhZxgMIAEoCSJXCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1BFTkRJTkcQARIQCgxTVEFURV9BQ1RJVkUQAhISCg5TVEFURV9JTkFDVElWRRADItUDCg9Db25uZWN0aW9uRXZlbnQSCgoCaWQYASABKAkSFQoNY29ubmVjdGlvbl9pZBgCIAEoCRIyCgR0eXBlGAMgASgOMiQuY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbkV2ZW50LlR5cGUSNAoKZnJvbV9zdGF0ZRgEIAEoDjIgLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24uU3RhdGUSMgoIdG9fc3RhdGUYBSABKA4yIC5jb25uZWN0aW9ucy52MS5Db25uZWN0aW9uLlN0YXRlEh0KFWFjdG9yX29yZ2FuaXphdGlvbl9pZBgGIAEoCRIOCgZjYWxsZXIYByABKAkSDQoFYWN0b3IYCCABKAkSDgoGcmVhc29uGAkgASgJEhIKCnJlcXVlc3RfaWQYCiABKAkSLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm4KBFR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEhAKDFRZUEVfQ1JFQVRFRBABEhIKDlRZUEVfQUNUSVZBVEVEEAISFAoQVFlQRV9ERUFDVElWQVRFRBADEhQKEFRZUEVfUkVBQ1RJVkFURUQQBGIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9jb25uZWN0aW9ucy92MS9jb25uZWN0aW9uLnByb3RvEg5jb25uZWN0aW9ucy52MSLuAwoKQ29ubmVjdGlvbhIKCgJpZBgBIAEoCRIeChZzb3VyY2Vfb3JnYW5pemF0aW9uX2lkGAIgASgJEiMKG2Rlc3RpbmF0aW9uX29yZ2FuaXphdGlvbl9pZBgDIAEoCRIMCgRuYW1lGAQgASgJEg4KBnNjb3BlcxgFIAMoCRIvCgVzdGF0ZRgGIAEoDjIgLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24uU3RhdGUSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1hY3RpdmF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9kZWFjdGl2YXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2NyZWF0b3IYCyABKAkSDAoEZXRhZxgMIAEoCSJXCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1BFTkRJTkcQARIQCgxTVEFURV9BQ1RJVkUQAhISCg5TVEFURV9JTkFDVElWRRADItYECg9Db25uZWN0aW9uRXZlbnQSCgoCaWQYASABKAkSFQoNY29ubmVjdGlvbl9pZBgCIAEoCRIyCgR0eXBlGAMgASgOMiQuY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbkV2ZW50LlR5cGUSNAoKZnJvbV9zdGF0ZRgEIAEoDjIgLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24uU3RhdGUSMgoIdG9fc3RhdGUYBSABKA4yIC5jb25uZWN0aW9ucy52MS5Db25uZWN0aW9uLlN0YXRlEh0KFWFjdG9yX29yZ2FuaXphdGlvbl9pZBgGIAEoCRIOCgZjYWxsZXIYByABKAkSDQoFYWN0b3IYCCABKAkSDgoGcmVhc29uGAkgASgJEhIKCnJlcXVlc3RfaWQYCiABKAkSLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh4KFnNvdXJjZV9vcmdhbml6YXRpb25faWQYDCABKAkSIwobZGVzdGluYXRpb25fb3JnYW5pemF0aW9uX2lkGA0gASgJEg4KBnNjb3BlcxgOIAMoCRIXCg9wcmV2aW91c19zY29wZXMYDyADKAkigAEKBFR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEhAKDFRZUEVfQ1JFQVRFRBABEhIKDlRZUEVfQUNUSVZBVEVEEAISFAoQVFlQRV9ERUFDVElWQVRFRBADEhQKEFRZUEVfUkVBQ1RJVkFURUQQBBIQCgxUWVBFX1VQREFURUQQBWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A Connection lets a source organization share end-user data of the named
@@ -45,7 +45,8 @@ export type Connection = Message<"connections.v1.Connection"> & {
   destinationOrganizationId: string;
 
   /**
-   * A display name chosen by the source, at most 200 characters.
+   * A display name chosen by the source, at most 200 characters. The source may
+   * change it with UpdateConnection.
    *
    * @generated from field: string name = 4;
    */
@@ -53,7 +54,9 @@ export type Connection = Message<"connections.v1.Connection"> & {
 
   /**
    * The types of data shared, from the catalogue (inquiry.read, account.read,
-   * transaction.read, verification.read); sorted and without duplicates.
+   * transaction.read, verification.read); sorted and without duplicates. The
+   * source may change them with UpdateConnection: widening them asks the
+   * destination to consent again.
    *
    * @generated from field: repeated string scopes = 5;
    */
@@ -102,8 +105,8 @@ export type Connection = Message<"connections.v1.Connection"> & {
   creator: string;
 
   /**
-   * Changes with every transition; send it back on a transition request to
-   * make it fail with ABORTED if the Connection changed meanwhile. Output only.
+   * Changes with every transition and update; send it back on a transition or
+   * an update to make it fail with ABORTED if the Connection changed meanwhile.
    *
    * @generated from field: string etag = 12;
    */
@@ -161,8 +164,8 @@ export const Connection_StateSchema: GenEnum<Connection_State> = /*@__PURE__*/
   enumDesc(file_connections_v1_connection, 0, 0);
 
 /**
- * One transition of a Connection, recorded in the same transaction as the
- * change of state. Events are never changed or deleted.
+ * One transition or update of a Connection, recorded in the same transaction
+ * as the change. Events are never changed or deleted.
  *
  * @generated from message connections.v1.ConnectionEvent
  */
@@ -189,14 +192,15 @@ export type ConnectionEvent = Message<"connections.v1.ConnectionEvent"> & {
   type: ConnectionEvent_Type;
 
   /**
-   * The state before the transition; STATE_UNSPECIFIED for TYPE_CREATED.
+   * The state before the event; STATE_UNSPECIFIED for TYPE_CREATED.
    *
    * @generated from field: connections.v1.Connection.State from_state = 4;
    */
   fromState: Connection_State;
 
   /**
-   * The state after the transition.
+   * The state after the event (the same as from_state for an update that did
+   * not change the state).
    *
    * @generated from field: connections.v1.Connection.State to_state = 5;
    */
@@ -243,6 +247,34 @@ export type ConnectionEvent = Message<"connections.v1.ConnectionEvent"> & {
    * @generated from field: google.protobuf.Timestamp create_time = 11;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * The Connection's source organization.
+   *
+   * @generated from field: string source_organization_id = 12;
+   */
+  sourceOrganizationId: string;
+
+  /**
+   * The Connection's destination organization.
+   *
+   * @generated from field: string destination_organization_id = 13;
+   */
+  destinationOrganizationId: string;
+
+  /**
+   * The Connection's scopes after this event.
+   *
+   * @generated from field: repeated string scopes = 14;
+   */
+  scopes: string[];
+
+  /**
+   * The Connection's scopes before this event; set for TYPE_UPDATED only.
+   *
+   * @generated from field: repeated string previous_scopes = 15;
+   */
+  previousScopes: string[];
 };
 
 /**
@@ -292,6 +324,15 @@ export enum ConnectionEvent_Type {
    * @generated from enum value: TYPE_REACTIVATED = 4;
    */
   REACTIVATED = 4,
+
+  /**
+   * The source changed its name or scopes (UpdateConnection); previous_scopes
+   * and scopes show the change, and to_state is STATE_PENDING when widened
+   * scopes sent an ACTIVE Connection back for consent.
+   *
+   * @generated from enum value: TYPE_UPDATED = 5;
+   */
+  UPDATED = 5,
 }
 
 /**

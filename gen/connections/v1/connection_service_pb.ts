@@ -6,13 +6,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Connection, Connection_State, ConnectionEvent } from "./connection_pb.js";
 import { file_connections_v1_connection } from "./connection_pb.js";
+import type { FieldMask } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file connections/v1/connection_service.proto.
  */
 export const file_connections_v1_connection_service: GenFile = /*@__PURE__*/
-  fileDesc("Cidjb25uZWN0aW9ucy92MS9jb25uZWN0aW9uX3NlcnZpY2UucHJvdG8SDmNvbm5lY3Rpb25zLnYxInAKF0NyZWF0ZUNvbm5lY3Rpb25SZXF1ZXN0EiMKG2Rlc3RpbmF0aW9uX29yZ2FuaXphdGlvbl9pZBgBIAEoCRIOCgZzY29wZXMYAiADKAkSDAoEbmFtZRgDIAEoCRISCgpyZXF1ZXN0X2lkGAQgASgJIkoKGENyZWF0ZUNvbm5lY3Rpb25SZXNwb25zZRIuCgpjb25uZWN0aW9uGAEgASgLMhouY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbiIiChRHZXRDb25uZWN0aW9uUmVxdWVzdBIKCgJpZBgBIAEoCSJHChVHZXRDb25uZWN0aW9uUmVzcG9uc2USLgoKY29ubmVjdGlvbhgBIAEoCzIaLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24ijQIKFkxpc3RDb25uZWN0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSQwoJZGlyZWN0aW9uGAMgASgOMjAuY29ubmVjdGlvbnMudjEuTGlzdENvbm5lY3Rpb25zUmVxdWVzdC5EaXJlY3Rpb24SMAoGc3RhdGVzGAQgAygOMiAuY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbi5TdGF0ZSJVCglEaXJlY3Rpb24SGQoVRElSRUNUSU9OX1VOU1BFQ0lGSUVEEAASFgoSRElSRUNUSU9OX09VVEJPVU5EEAESFQoRRElSRUNUSU9OX0lOQk9VTkQQAiJjChdMaXN0Q29ubmVjdGlvbnNSZXNwb25zZRIvCgtjb25uZWN0aW9ucxgBIAMoCzIaLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjUKGUFjdGl2YXRlQ29ubmVjdGlvblJlcXVlc3QSCgoCaWQYASABKAkSDAoEZXRhZxgCIAEoCSJMChpBY3RpdmF0ZUNvbm5lY3Rpb25SZXNwb25zZRIuCgpjb25uZWN0aW9uGAEgASgLMhouY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbiJHChtEZWFjdGl2YXRlQ29ubmVjdGlvblJlcXVlc3QSCgoCaWQYASABKAkSDAoEZXRhZxgCIAEoCRIOCgZyZWFzb24YAyABKAkiTgocRGVhY3RpdmF0ZUNvbm5lY3Rpb25SZXNwb25zZRIuCgpjb25uZWN0aW9uGAEgASgLMhouY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbiI3ChtSZWFjdGl2YXRlQ29ubmVjdGlvblJlcXVlc3QSCgoCaWQYASABKAkSDAoEZXRhZxgCIAEoCSJOChxSZWFjdGl2YXRlQ29ubmVjdGlvblJlc3BvbnNlEi4KCmNvbm5lY3Rpb24YASABKAsyGi5jb25uZWN0aW9ucy52MS5Db25uZWN0aW9uIlsKG0xpc3RDb25uZWN0aW9uRXZlbnRzUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImgKHExpc3RDb25uZWN0aW9uRXZlbnRzUmVzcG9uc2USLwoGZXZlbnRzGAEgAygLMh8uY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbkV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSL1AQoWQ2hlY2tDb25uZWN0aW9uUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEhcKD29yZ2FuaXphdGlvbl9pZBgCIAEoCRI9CgZhY3Rpb24YAyABKA4yLS5jb25uZWN0aW9ucy52MS5DaGVja0Nvbm5lY3Rpb25SZXF1ZXN0LkFjdGlvbhINCgVzY29wZRgEIAEoCSJdCgZBY3Rpb24SFgoSQUNUSU9OX1VOU1BFQ0lGSUVEEAASHAoYQUNUSU9OX0lTU1VFX1NIQVJFX1RPS0VOEAESHQoZQUNUSU9OX1JFREVFTV9TSEFSRV9UT0tFThACIvcCChdDaGVja0Nvbm5lY3Rpb25SZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEj4KBnJlYXNvbhgCIAEoDjIuLmNvbm5lY3Rpb25zLnYxLkNoZWNrQ29ubmVjdGlvblJlc3BvbnNlLlJlYXNvbhIvCgVzdGF0ZRgDIAEoDjIgLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24uU3RhdGUSLgoKY29ubmVjdGlvbhgEIAEoCzIaLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24iqQEKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABISCg5SRUFTT05fQUxMT1dFRBABEh8KG1JFQVNPTl9DT05ORUNUSU9OX05PVF9GT1VORBACEh0KGVJFQVNPTl9XUk9OR19PUkdBTklaQVRJT04QAxIVChFSRUFTT05fTk9UX0FDVElWRRAEEhwKGFJFQVNPTl9TQ09QRV9OT1RfR1JBTlRFRBAFMuYGChFDb25uZWN0aW9uU2VydmljZRJlChBDcmVhdGVDb25uZWN0aW9uEicuY29ubmVjdGlvbnMudjEuQ3JlYXRlQ29ubmVjdGlvblJlcXVlc3QaKC5jb25uZWN0aW9ucy52MS5DcmVhdGVDb25uZWN0aW9uUmVzcG9uc2USXAoNR2V0Q29ubmVjdGlvbhIkLmNvbm5lY3Rpb25zLnYxLkdldENvbm5lY3Rpb25SZXF1ZXN0GiUuY29ubmVjdGlvbnMudjEuR2V0Q29ubmVjdGlvblJlc3BvbnNlEmIKD0xpc3RDb25uZWN0aW9ucxImLmNvbm5lY3Rpb25zLnYxLkxpc3RDb25uZWN0aW9uc1JlcXVlc3QaJy5jb25uZWN0aW9ucy52MS5MaXN0Q29ubmVjdGlvbnNSZXNwb25zZRJrChJBY3RpdmF0ZUNvbm5lY3Rpb24SKS5jb25uZWN0aW9ucy52MS5BY3RpdmF0ZUNvbm5lY3Rpb25SZXF1ZXN0GiouY29ubmVjdGlvbnMudjEuQWN0aXZhdGVDb25uZWN0aW9uUmVzcG9uc2UScQoURGVhY3RpdmF0ZUNvbm5lY3Rpb24SKy5jb25uZWN0aW9ucy52MS5EZWFjdGl2YXRlQ29ubmVjdGlvblJlcXVlc3QaLC5jb25uZWN0aW9ucy52MS5EZWFjdGl2YXRlQ29ubmVjdGlvblJlc3BvbnNlEnEKFFJlYWN0aXZhdGVDb25uZWN0aW9uEisuY29ubmVjdGlvbnMudjEuUmVhY3RpdmF0ZUNvbm5lY3Rpb25SZXF1ZXN0GiwuY29ubmVjdGlvbnMudjEuUmVhY3RpdmF0ZUNvbm5lY3Rpb25SZXNwb25zZRJxChRMaXN0Q29ubmVjdGlvbkV2ZW50cxIrLmNvbm5lY3Rpb25zLnYxLkxpc3RDb25uZWN0aW9uRXZlbnRzUmVxdWVzdBosLmNvbm5lY3Rpb25zLnYxLkxpc3RDb25uZWN0aW9uRXZlbnRzUmVzcG9uc2USYgoPQ2hlY2tDb25uZWN0aW9uEiYuY29ubmVjdGlvbnMudjEuQ2hlY2tDb25uZWN0aW9uUmVxdWVzdBonLmNvbm5lY3Rpb25zLnYxLkNoZWNrQ29ubmVjdGlvblJlc3BvbnNlYgZwcm90bzM", [file_connections_v1_connection]);
+  fileDesc("Cidjb25uZWN0aW9ucy92MS9jb25uZWN0aW9uX3NlcnZpY2UucHJvdG8SDmNvbm5lY3Rpb25zLnYxInAKF0NyZWF0ZUNvbm5lY3Rpb25SZXF1ZXN0EiMKG2Rlc3RpbmF0aW9uX29yZ2FuaXphdGlvbl9pZBgBIAEoCRIOCgZzY29wZXMYAiADKAkSDAoEbmFtZRgDIAEoCRISCgpyZXF1ZXN0X2lkGAQgASgJIkoKGENyZWF0ZUNvbm5lY3Rpb25SZXNwb25zZRIuCgpjb25uZWN0aW9uGAEgASgLMhouY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbiIiChRHZXRDb25uZWN0aW9uUmVxdWVzdBIKCgJpZBgBIAEoCSJHChVHZXRDb25uZWN0aW9uUmVzcG9uc2USLgoKY29ubmVjdGlvbhgBIAEoCzIaLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24ijQIKFkxpc3RDb25uZWN0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSQwoJZGlyZWN0aW9uGAMgASgOMjAuY29ubmVjdGlvbnMudjEuTGlzdENvbm5lY3Rpb25zUmVxdWVzdC5EaXJlY3Rpb24SMAoGc3RhdGVzGAQgAygOMiAuY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbi5TdGF0ZSJVCglEaXJlY3Rpb24SGQoVRElSRUNUSU9OX1VOU1BFQ0lGSUVEEAASFgoSRElSRUNUSU9OX09VVEJPVU5EEAESFQoRRElSRUNUSU9OX0lOQk9VTkQQAiJjChdMaXN0Q29ubmVjdGlvbnNSZXNwb25zZRIvCgtjb25uZWN0aW9ucxgBIAMoCzIaLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjUKGUFjdGl2YXRlQ29ubmVjdGlvblJlcXVlc3QSCgoCaWQYASABKAkSDAoEZXRhZxgCIAEoCSJMChpBY3RpdmF0ZUNvbm5lY3Rpb25SZXNwb25zZRIuCgpjb25uZWN0aW9uGAEgASgLMhouY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbiJHChtEZWFjdGl2YXRlQ29ubmVjdGlvblJlcXVlc3QSCgoCaWQYASABKAkSDAoEZXRhZxgCIAEoCRIOCgZyZWFzb24YAyABKAkiTgocRGVhY3RpdmF0ZUNvbm5lY3Rpb25SZXNwb25zZRIuCgpjb25uZWN0aW9uGAEgASgLMhouY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbiI3ChtSZWFjdGl2YXRlQ29ubmVjdGlvblJlcXVlc3QSCgoCaWQYASABKAkSDAoEZXRhZxgCIAEoCSJOChxSZWFjdGl2YXRlQ29ubmVjdGlvblJlc3BvbnNlEi4KCmNvbm5lY3Rpb24YASABKAsyGi5jb25uZWN0aW9ucy52MS5Db25uZWN0aW9uIlsKG0xpc3RDb25uZWN0aW9uRXZlbnRzUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImgKHExpc3RDb25uZWN0aW9uRXZlbnRzUmVzcG9uc2USLwoGZXZlbnRzGAEgAygLMh8uY29ubmVjdGlvbnMudjEuQ29ubmVjdGlvbkV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSL1AQoWQ2hlY2tDb25uZWN0aW9uUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEhcKD29yZ2FuaXphdGlvbl9pZBgCIAEoCRI9CgZhY3Rpb24YAyABKA4yLS5jb25uZWN0aW9ucy52MS5DaGVja0Nvbm5lY3Rpb25SZXF1ZXN0LkFjdGlvbhINCgVzY29wZRgEIAEoCSJdCgZBY3Rpb24SFgoSQUNUSU9OX1VOU1BFQ0lGSUVEEAASHAoYQUNUSU9OX0lTU1VFX1NIQVJFX1RPS0VOEAESHQoZQUNUSU9OX1JFREVFTV9TSEFSRV9UT0tFThACIvcCChdDaGVja0Nvbm5lY3Rpb25SZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEj4KBnJlYXNvbhgCIAEoDjIuLmNvbm5lY3Rpb25zLnYxLkNoZWNrQ29ubmVjdGlvblJlc3BvbnNlLlJlYXNvbhIvCgVzdGF0ZRgDIAEoDjIgLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24uU3RhdGUSLgoKY29ubmVjdGlvbhgEIAEoCzIaLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24iqQEKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABISCg5SRUFTT05fQUxMT1dFRBABEh8KG1JFQVNPTl9DT05ORUNUSU9OX05PVF9GT1VORBACEh0KGVJFQVNPTl9XUk9OR19PUkdBTklaQVRJT04QAxIVChFSRUFTT05fTk9UX0FDVElWRRAEEhwKGFJFQVNPTl9TQ09QRV9OT1RfR1JBTlRFRBAFInoKF1VwZGF0ZUNvbm5lY3Rpb25SZXF1ZXN0Ei4KCmNvbm5lY3Rpb24YASABKAsyGi5jb25uZWN0aW9ucy52MS5Db25uZWN0aW9uEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJKChhVcGRhdGVDb25uZWN0aW9uUmVzcG9uc2USLgoKY29ubmVjdGlvbhgBIAEoCzIaLmNvbm5lY3Rpb25zLnYxLkNvbm5lY3Rpb24iVQobQmF0Y2hDaGVja0Nvbm5lY3Rpb25SZXF1ZXN0EjYKBmNoZWNrcxgBIAMoCzImLmNvbm5lY3Rpb25zLnYxLkNoZWNrQ29ubmVjdGlvblJlcXVlc3QiWAocQmF0Y2hDaGVja0Nvbm5lY3Rpb25SZXNwb25zZRI4CgdyZXN1bHRzGAEgAygLMicuY29ubmVjdGlvbnMudjEuQ2hlY2tDb25uZWN0aW9uUmVzcG9uc2UywAgKEUNvbm5lY3Rpb25TZXJ2aWNlEmUKEENyZWF0ZUNvbm5lY3Rpb24SJy5jb25uZWN0aW9ucy52MS5DcmVhdGVDb25uZWN0aW9uUmVxdWVzdBooLmNvbm5lY3Rpb25zLnYxLkNyZWF0ZUNvbm5lY3Rpb25SZXNwb25zZRJcCg1HZXRDb25uZWN0aW9uEiQuY29ubmVjdGlvbnMudjEuR2V0Q29ubmVjdGlvblJlcXVlc3QaJS5jb25uZWN0aW9ucy52MS5HZXRDb25uZWN0aW9uUmVzcG9uc2USYgoPTGlzdENvbm5lY3Rpb25zEiYuY29ubmVjdGlvbnMudjEuTGlzdENvbm5lY3Rpb25zUmVxdWVzdBonLmNvbm5lY3Rpb25zLnYxLkxpc3RDb25uZWN0aW9uc1Jlc3BvbnNlEmsKEkFjdGl2YXRlQ29ubmVjdGlvbhIpLmNvbm5lY3Rpb25zLnYxLkFjdGl2YXRlQ29ubmVjdGlvblJlcXVlc3QaKi5jb25uZWN0aW9ucy52MS5BY3RpdmF0ZUNvbm5lY3Rpb25SZXNwb25zZRJxChREZWFjdGl2YXRlQ29ubmVjdGlvbhIrLmNvbm5lY3Rpb25zLnYxLkRlYWN0aXZhdGVDb25uZWN0aW9uUmVxdWVzdBosLmNvbm5lY3Rpb25zLnYxLkRlYWN0aXZhdGVDb25uZWN0aW9uUmVzcG9uc2UScQoUUmVhY3RpdmF0ZUNvbm5lY3Rpb24SKy5jb25uZWN0aW9ucy52MS5SZWFjdGl2YXRlQ29ubmVjdGlvblJlcXVlc3QaLC5jb25uZWN0aW9ucy52MS5SZWFjdGl2YXRlQ29ubmVjdGlvblJlc3BvbnNlEnEKFExpc3RDb25uZWN0aW9uRXZlbnRzEisuY29ubmVjdGlvbnMudjEuTGlzdENvbm5lY3Rpb25FdmVudHNSZXF1ZXN0GiwuY29ubmVjdGlvbnMudjEuTGlzdENvbm5lY3Rpb25FdmVudHNSZXNwb25zZRJiCg9DaGVja0Nvbm5lY3Rpb24SJi5jb25uZWN0aW9ucy52MS5DaGVja0Nvbm5lY3Rpb25SZXF1ZXN0GicuY29ubmVjdGlvbnMudjEuQ2hlY2tDb25uZWN0aW9uUmVzcG9uc2USZQoQVXBkYXRlQ29ubmVjdGlvbhInLmNvbm5lY3Rpb25zLnYxLlVwZGF0ZUNvbm5lY3Rpb25SZXF1ZXN0GiguY29ubmVjdGlvbnMudjEuVXBkYXRlQ29ubmVjdGlvblJlc3BvbnNlEnEKFEJhdGNoQ2hlY2tDb25uZWN0aW9uEisuY29ubmVjdGlvbnMudjEuQmF0Y2hDaGVja0Nvbm5lY3Rpb25SZXF1ZXN0GiwuY29ubmVjdGlvbnMudjEuQmF0Y2hDaGVja0Nvbm5lY3Rpb25SZXNwb25zZWIGcHJvdG8z", [file_connections_v1_connection, file_google_protobuf_field_mask]);
 
 /**
  * Request of CreateConnection.
@@ -615,6 +617,101 @@ export const CheckConnectionResponse_ReasonSchema: GenEnum<CheckConnectionRespon
   enumDesc(file_connections_v1_connection_service, 15, 0);
 
 /**
+ * Request of UpdateConnection.
+ *
+ * @generated from message connections.v1.UpdateConnectionRequest
+ */
+export type UpdateConnectionRequest = Message<"connections.v1.UpdateConnectionRequest"> & {
+  /**
+   * The Connection's id, and the new values of the fields named in
+   * update_mask; other fields are ignored. Set etag to the one last read to
+   * make the call fail with ABORTED if the Connection changed meanwhile.
+   *
+   * @generated from field: connections.v1.Connection connection = 1;
+   */
+  connection?: Connection | undefined;
+
+  /**
+   * The fields to change: "name", "scopes" or both. Required.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message connections.v1.UpdateConnectionRequest.
+ * Use `create(UpdateConnectionRequestSchema)` to create a new message.
+ */
+export const UpdateConnectionRequestSchema: GenMessage<UpdateConnectionRequest> = /*@__PURE__*/
+  messageDesc(file_connections_v1_connection_service, 16);
+
+/**
+ * Response of UpdateConnection.
+ *
+ * @generated from message connections.v1.UpdateConnectionResponse
+ */
+export type UpdateConnectionResponse = Message<"connections.v1.UpdateConnectionResponse"> & {
+  /**
+   * The Connection after the update (unchanged, with the same etag, when the
+   * update changed nothing).
+   *
+   * @generated from field: connections.v1.Connection connection = 1;
+   */
+  connection?: Connection | undefined;
+};
+
+/**
+ * Describes the message connections.v1.UpdateConnectionResponse.
+ * Use `create(UpdateConnectionResponseSchema)` to create a new message.
+ */
+export const UpdateConnectionResponseSchema: GenMessage<UpdateConnectionResponse> = /*@__PURE__*/
+  messageDesc(file_connections_v1_connection_service, 17);
+
+/**
+ * Request of BatchCheckConnection.
+ *
+ * @generated from message connections.v1.BatchCheckConnectionRequest
+ */
+export type BatchCheckConnectionRequest = Message<"connections.v1.BatchCheckConnectionRequest"> & {
+  /**
+   * 1 to 100 checks. If any is invalid, the whole call fails with
+   * INVALID_ARGUMENT naming it, e.g. "checks[3].scope".
+   *
+   * @generated from field: repeated connections.v1.CheckConnectionRequest checks = 1;
+   */
+  checks: CheckConnectionRequest[];
+};
+
+/**
+ * Describes the message connections.v1.BatchCheckConnectionRequest.
+ * Use `create(BatchCheckConnectionRequestSchema)` to create a new message.
+ */
+export const BatchCheckConnectionRequestSchema: GenMessage<BatchCheckConnectionRequest> = /*@__PURE__*/
+  messageDesc(file_connections_v1_connection_service, 18);
+
+/**
+ * Response of BatchCheckConnection.
+ *
+ * @generated from message connections.v1.BatchCheckConnectionResponse
+ */
+export type BatchCheckConnectionResponse = Message<"connections.v1.BatchCheckConnectionResponse"> & {
+  /**
+   * One answer per check, in the order of the checks.
+   *
+   * @generated from field: repeated connections.v1.CheckConnectionResponse results = 1;
+   */
+  results: CheckConnectionResponse[];
+};
+
+/**
+ * Describes the message connections.v1.BatchCheckConnectionResponse.
+ * Use `create(BatchCheckConnectionResponseSchema)` to create a new message.
+ */
+export const BatchCheckConnectionResponseSchema: GenMessage<BatchCheckConnectionResponse> = /*@__PURE__*/
+  messageDesc(file_connections_v1_connection_service, 19);
+
+/**
  * Connections between organizations; the full contract is docs/API.md in the
  * repository.
  *
@@ -721,6 +818,31 @@ export const ConnectionService: GenService<{
     methodKind: "unary";
     input: typeof CheckConnectionRequestSchema;
     output: typeof CheckConnectionResponseSchema;
+  },
+  /**
+   * The source changes the name or the scopes of a Connection (AIP-134: the
+   * paths in update_mask, "name" and "scopes", say which). Narrowed scopes
+   * apply at once in every state; widened scopes send an ACTIVE Connection back
+   * to PENDING so that the destination consents to the new set. An update that
+   * changes nothing records nothing.
+   *
+   * @generated from rpc connections.v1.ConnectionService.UpdateConnection
+   */
+  updateConnection: {
+    methodKind: "unary";
+    input: typeof UpdateConnectionRequestSchema;
+    output: typeof UpdateConnectionResponseSchema;
+  },
+  /**
+   * Answers 1 to 100 checks in one call, in order, each exactly as
+   * CheckConnection would.
+   *
+   * @generated from rpc connections.v1.ConnectionService.BatchCheckConnection
+   */
+  batchCheckConnection: {
+    methodKind: "unary";
+    input: typeof BatchCheckConnectionRequestSchema;
+    output: typeof BatchCheckConnectionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_connections_v1_connection_service, 0);
