@@ -1,20 +1,30 @@
 // Thin handlers of connections.v1.ConnectionService: validate the wire request, call the use case,
 // map the result. Callers and the acting organization were established by the pipeline.
 
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Connection_State } from "../../gen/connections/v1/connection_pb.js";
 import {
+  type CheckConnectionRequest,
   CheckConnectionRequest_Action,
   CheckConnectionResponse_Reason,
+  type CheckConnectionResponseSchema,
   type ConnectionService,
   ListConnectionsRequest_Direction,
 } from "../../gen/connections/v1/connection_service_pb.js";
-import type { Actor, Connections } from "../app/connections.js";
+import type { Actor, CheckRequest, CheckResult, Connections } from "../app/connections.js";
+import { invalidArgument } from "../app/errors.js";
 import type { Transition } from "../domain/connection.js";
 import { connectionToProto, eventToProto, stateToProto } from "./convert.js";
 import type { Call, UnaryHandlers } from "./rpc.js";
 import * as validate from "./validate.js";
 
 type Handlers = UnaryHandlers<(typeof ConnectionService)["method"]>;
+
+/** The most checks that one BatchCheckConnection may carry. */
+export const MAX_BATCH_CHECKS = 100;
+
+/** The fields of a Connection that UpdateConnection may change (its update_mask paths). */
+const MUTABLE_FIELDS = ["name", "scopes"] as const;
 
 function actorOf(call: Call): Actor {
   return {
@@ -23,6 +33,28 @@ function actorOf(call: Call): Actor {
     actor: call.actor,
     requestId: call.requestId,
     signal: call.signal,
+  };
+}
+
+/** A CheckConnectionRequest, alone or inside a batch (`prefix` "checks[3]." names its fields there). */
+function checkRequest(request: CheckConnectionRequest, prefix: string): CheckRequest {
+  return {
+    connectionId: validate.connectionId(`${prefix}connection_id`, request.connectionId),
+    organizationId: validate.organizationId(`${prefix}organization_id`, request.organizationId),
+    action: validate.enumValue(`${prefix}action`, request.action, CheckConnectionRequest_Action, [
+      "ISSUE_SHARE_TOKEN",
+      "REDEEM_SHARE_TOKEN",
+    ]),
+    scope: validate.scope(`${prefix}scope`, request.scope),
+  };
+}
+
+function checkResponse({ decision, connection }: CheckResult): MessageInitShape<typeof CheckConnectionResponseSchema> {
+  return {
+    allowed: decision.allowed,
+    reason: CheckConnectionResponse_Reason[decision.reason],
+    state: connection === undefined ? Connection_State.UNSPECIFIED : stateToProto(connection.state),
+    connection: connection && connectionToProto(connection),
   };
 }
 
@@ -88,21 +120,35 @@ export function connectionServiceHandlers(connections: Connections): Handlers {
     },
 
     async checkConnection(request) {
-      const { decision, connection } = await connections.check(
-        validate.connectionId("connection_id", request.connectionId),
-        validate.organizationId("organization_id", request.organizationId),
-        validate.enumValue("action", request.action, CheckConnectionRequest_Action, [
-          "ISSUE_SHARE_TOKEN",
-          "REDEEM_SHARE_TOKEN",
-        ]),
-        validate.scope(request.scope),
+      return checkResponse(await connections.check(checkRequest(request, "")));
+    },
+
+    async updateConnection(request, call) {
+      const wanted = request.connection;
+      if (wanted === undefined) {
+        throw invalidArgument("connection", "connection is required: its id and the fields named in update_mask");
+      }
+      const id = validate.connectionId("connection.id", wanted.id);
+      const mask = validate.updateMask("update_mask", request.updateMask?.paths ?? [], MUTABLE_FIELDS);
+      const connection = await connections.update(
+        actorOf(call),
+        id,
+        {
+          ...(mask.has("name") ? { name: validate.name(wanted.name, "connection.name") } : {}),
+          ...(mask.has("scopes") ? { scopes: wanted.scopes } : {}),
+        },
+        validate.etag(wanted.etag, "connection.etag"),
       );
-      return {
-        allowed: decision.allowed,
-        reason: CheckConnectionResponse_Reason[decision.reason],
-        state: connection === undefined ? Connection_State.UNSPECIFIED : stateToProto(connection.state),
-        connection: connection && connectionToProto(connection),
-      };
+      return { connection: connectionToProto(connection) };
+    },
+
+    async batchCheckConnection(request) {
+      const count = request.checks.length;
+      if (count === 0 || count > MAX_BATCH_CHECKS) {
+        throw invalidArgument("checks", `send 1 to ${MAX_BATCH_CHECKS} checks (got ${count})`);
+      }
+      const checks = request.checks.map((check, index) => checkRequest(check, `checks[${index}].`));
+      return { results: (await connections.checkMany(checks)).map(checkResponse) };
     },
   };
 }

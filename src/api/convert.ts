@@ -48,6 +48,10 @@ export function eventToProto(event: EventRecord): MessageInitShape<typeof Connec
     reason: event.reason,
     requestId: event.requestId,
     createTime: timestampFromDate(event.createTime),
+    sourceOrganizationId: event.sourceOrganizationId,
+    destinationOrganizationId: event.destinationOrganizationId,
+    scopes: [...event.scopes],
+    previousScopes: [...event.previousScopes],
   };
 }
 

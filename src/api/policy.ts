@@ -24,6 +24,11 @@ export const CALLER_TABLE: Readonly<Record<string, MethodPolicy>> = {
   "connections.v1.ConnectionService/ReactivateConnection": { callers: BFF_AND_GATEWAY, actsForOrganization: true },
   "connections.v1.ConnectionService/ListConnectionEvents": { callers: BFF_AND_GATEWAY, actsForOrganization: true },
   "connections.v1.ConnectionService/CheckConnection": { callers: ["token-service"], actsForOrganization: false },
+  "connections.v1.ConnectionService/UpdateConnection": { callers: BFF_AND_GATEWAY, actsForOrganization: true },
+  "connections.v1.ConnectionService/BatchCheckConnection": {
+    callers: ["token-service"],
+    actsForOrganization: false,
+  },
   "connections.v1.OrganizationService/CreateOrganization": { callers: ["provisioning"], actsForOrganization: false },
   "connections.v1.OrganizationService/GetOrganization": {
     callers: ["provisioning", "dashboard-bff"],

@@ -16,6 +16,7 @@ const CODE_BY_REASON: Readonly<Record<ErrorReason, Code>> = {
   ORGANIZATION_NOT_REGISTERED: Code.PermissionDenied,
   ONLY_DESTINATION_CAN_ACTIVATE: Code.PermissionDenied,
   ONLY_SOURCE_CAN_REACTIVATE: Code.PermissionDenied,
+  ONLY_SOURCE_CAN_UPDATE: Code.PermissionDenied,
   INVALID_ARGUMENT: Code.InvalidArgument,
   ORGANIZATION_HEADER_REQUIRED: Code.InvalidArgument,
   SELF_CONNECTION: Code.InvalidArgument,

@@ -1,7 +1,7 @@
 // Wire input to well-formed domain input. Every refusal names the offending field, so a caller
 // can fix its request; nothing here touches the database.
 
-import { invalidArgument, ServiceError } from "../app/errors.js";
+import { invalidArgument, unknownScope } from "../app/errors.js";
 import { isConnectionId, isOrganizationId } from "../app/ids.js";
 import { SCOPE_CATALOGUE, type State } from "../domain/connection.js";
 
@@ -29,10 +29,10 @@ export function boundedText(field: string, value: string, maxLength: number): st
   return value;
 }
 
-export const name = (value: string): string => boundedText("name", value, MAX_NAME_LENGTH);
+export const name = (value: string, field = "name"): string => boundedText(field, value, MAX_NAME_LENGTH);
 export const requestId = (value: string): string => boundedText("request_id", value, MAX_REQUEST_ID_LENGTH);
 export const reason = (value: string): string => boundedText("reason", value, MAX_REASON_LENGTH);
-export const etag = (value: string): string => boundedText("etag", value, MAX_ETAG_LENGTH);
+export const etag = (value: string, field = "etag"): string => boundedText(field, value, MAX_ETAG_LENGTH);
 
 export function requiredName(value: string): string {
   if (value.trim() === "") throw invalidArgument("name", "name is required");
@@ -40,15 +40,24 @@ export function requiredName(value: string): string {
 }
 
 /** One scope for a check: it must exist in the catalogue. */
-export function scope(value: string): string {
-  if (value === "") throw invalidArgument("scope", "scope is required");
-  if (!SCOPE_CATALOGUE.has(value)) {
-    throw new ServiceError("UNKNOWN_SCOPE", `scope "${value}" is not in the catalogue`, {
-      field: "scope",
-      scope: value,
-    });
-  }
+export function scope(field: string, value: string): string {
+  if (value === "") throw invalidArgument(field, `${field} is required`);
+  if (!SCOPE_CATALOGUE.has(value)) throw unknownScope(field, value);
   return value;
+}
+
+/** The paths of an update mask: at least one, each one of `mutable`. */
+export function updateMask<T extends string>(field: string, paths: readonly string[], mutable: readonly T[]): Set<T> {
+  if (paths.length === 0) throw invalidArgument(field, `${field} must name at least one of ${mutable.join(", ")}`);
+  for (const path of paths) {
+    if (!(mutable as readonly string[]).includes(path)) {
+      throw invalidArgument(
+        field,
+        `${field} may name only ${mutable.join(", ")}, not ${JSON.stringify(path.slice(0, 64))}`,
+      );
+    }
+  }
+  return new Set(paths as T[]);
 }
 
 /** A proto enum value to one of the domain's names, refusing UNSPECIFIED and unknown numbers. */

@@ -2,14 +2,19 @@
 // Input here is already well-formed (src/api validates the wire); the rules live in the domain.
 
 import {
+  accessOf,
   type CheckAction,
   type CheckDecision,
   decideCheck,
   decideTransition,
+  decideUpdate,
+  type EventType,
   isSelfConnection,
   normalizeScopes,
   type State,
   type Transition,
+  type TransitionRefusal,
+  type UpdateRequest,
 } from "../domain/connection.js";
 import {
   AlreadyExistsError,
@@ -18,7 +23,7 @@ import {
   type EventRecord,
   type Store,
 } from "../store/store.js";
-import { invalidArgument, ServiceError } from "./errors.js";
+import { invalidArgument, ServiceError, unknownScope } from "./errors.js";
 import { newId } from "./ids.js";
 import { decodePageToken, encodePageToken, pageSize } from "./paging.js";
 
@@ -56,14 +61,39 @@ export interface EventPage {
   readonly nextPageToken: string;
 }
 
+/** What changes: the fields named in the update mask. Scopes as sent (they are normalized here). */
+export interface ConnectionChanges {
+  readonly name?: string;
+  readonly scopes?: readonly string[];
+}
+
+export interface CheckRequest {
+  readonly connectionId: string;
+  readonly organizationId: string;
+  readonly action: CheckAction;
+  readonly scope: string;
+}
+
 export interface CheckResult {
   readonly decision: CheckDecision;
   /** Only for a party to the Connection. */
   readonly connection: ConnectionRecord | undefined;
 }
 
-/** How often a transition that lost a race re-reads and decides again before giving up. */
-const TRANSITION_ATTEMPTS = 5;
+/** How often a write that lost a race re-reads and decides again before giving up. */
+const WRITE_ATTEMPTS = 5;
+
+/** A change that a write decided on, from the Connection as it stood. */
+interface Change {
+  readonly type: EventType;
+  readonly state: State;
+  readonly name: string;
+  readonly scopes: readonly string[];
+  readonly reason: string;
+}
+
+/** What a write decides: a refusal, nothing to do, or a change. */
+type Decided = ServiceError | "UNCHANGED" | Change;
 
 export function etagOf(connection: ConnectionRecord): string {
   return `"${connection.version}"`;
@@ -82,15 +112,8 @@ export class Connections {
         field: "destination_organization_id",
       });
     }
-    const scopes = normalizeScopes(input.scopes);
-    if (!scopes.ok) {
-      if (scopes.refusal === "NO_SCOPES") throw invalidArgument("scopes", "name at least one scope");
-      throw new ServiceError("UNKNOWN_SCOPE", `scope "${scopes.scope}" is not in the catalogue`, {
-        field: "scopes",
-        scope: scopes.scope ?? "",
-      });
-    }
-    const wanted = { ...input, scopes: scopes.scopes };
+    const scopes = normalizedScopes("scopes", input.scopes);
+    const wanted = { ...input, scopes };
     if (input.requestId !== "") {
       const earlier = await this.store.findConnectionByRequestId(source, input.requestId);
       if (earlier !== undefined) return replay(earlier, wanted);
@@ -109,7 +132,7 @@ export class Connections {
       sourceOrganizationId: source,
       destinationOrganizationId: input.destinationOrganizationId,
       name: input.name,
-      scopes: scopes.scopes,
+      scopes,
       state: "PENDING",
       createTime: now,
       updateTime: now,
@@ -122,7 +145,7 @@ export class Connections {
     try {
       await this.store.createConnection(
         connection,
-        this.event(actor, connection, "CREATED", undefined, ""),
+        this.event(actor, undefined, connection, "CREATED", ""),
         actor.signal,
       );
       return connection;
@@ -142,16 +165,11 @@ export class Connections {
     }
   }
 
-  /** A Connection the organization is a party to; strangers are told it does not exist. */
+  /** A Connection the organization may see (the domain's accessOf). */
   async get(organizationId: string, id: string): Promise<ConnectionRecord> {
-    const connection = await this.store.getConnection(id);
-    if (
-      connection === undefined ||
-      (connection.sourceOrganizationId !== organizationId && connection.destinationOrganizationId !== organizationId)
-    ) {
-      throw connectionNotFound(id);
-    }
-    return connection;
+    const access = accessOf(await this.store.getConnection(id), organizationId);
+    if (!access.ok) throw connectionNotFound(id);
+    return access.connection;
   }
 
   async list(
@@ -181,34 +199,77 @@ export class Connections {
     transition: Transition,
     options: { readonly etag: string; readonly reason: string },
   ): Promise<ConnectionRecord> {
-    for (let attempt = 1; ; attempt++) {
-      const current = await this.store.getConnection(id);
-      if (current === undefined) throw connectionNotFound(id);
+    return this.write(actor, id, options.etag, (current) => {
       const decision = decideTransition(current, transition, actor.organizationId);
-      if (!decision.ok && decision.refusal !== "INVALID_STATE_TRANSITION") throw refusalError(decision.refusal, id);
-      if (options.etag !== "" && options.etag !== etagOf(current)) throw etagMismatch(id);
       if (!decision.ok) {
-        throw new ServiceError(
+        if (decision.refusal !== "INVALID_STATE_TRANSITION") return refusalError(decision.refusal, id);
+        return new ServiceError(
           "INVALID_STATE_TRANSITION",
           `cannot ${transition.toLowerCase()} connection "${id}" in state ${current.state}`,
           { state: `STATE_${current.state}` },
         );
       }
+      return {
+        type: decision.event,
+        state: decision.to,
+        name: current.name,
+        scopes: current.scopes,
+        reason: options.reason,
+      };
+    });
+  }
+
+  /** Changes the name and/or scopes (only the fields in `changes`); the domain's consent rule decides the state. */
+  async update(actor: Actor, id: string, changes: ConnectionChanges, etag: string): Promise<ConnectionRecord> {
+    const request: UpdateRequest = {
+      ...(changes.name === undefined ? {} : { name: changes.name }),
+      ...(changes.scopes === undefined ? {} : { scopes: normalizedScopes("connection.scopes", changes.scopes) }),
+    };
+    return this.write(actor, id, etag, (current) => {
+      const decision = decideUpdate(current, actor.organizationId, request);
+      if (!decision.ok) return refusalError(decision.refusal, id);
+      if (!decision.changed) return "UNCHANGED";
+      return { type: "UPDATED", state: decision.to, name: decision.name, scopes: decision.scopes, reason: "" };
+    });
+  }
+
+  /**
+   * Reads the Connection, decides, and saves the next version with its event under the optimistic
+   * version lock, deciding again (a bounded number of times) when another write came in between.
+   */
+  private async write(
+    actor: Actor,
+    id: string,
+    etag: string,
+    decide: (current: ConnectionRecord) => Decided,
+  ): Promise<ConnectionRecord> {
+    for (let attempt = 1; ; attempt++) {
+      const current = await this.store.getConnection(id);
+      if (current === undefined) throw connectionNotFound(id);
+      const decided = decide(current);
+      // Who may act is answered before the etag; whether the state allows it, after.
+      if (decided instanceof ServiceError && decided.reason !== "INVALID_STATE_TRANSITION") throw decided;
+      if (etag !== "" && etag !== etagOf(current)) throw etagMismatch(id);
+      if (decided instanceof ServiceError) throw decided;
+      if (decided === "UNCHANGED") return current;
 
       const now = this.now();
+      const entered = (state: State) => decided.state === state && current.state !== state;
       const next: ConnectionRecord = {
         ...current,
-        state: decision.to,
+        name: decided.name,
+        scopes: decided.scopes,
+        state: decided.state,
         updateTime: now,
-        activateTime: decision.to === "ACTIVE" ? now : current.activateTime,
-        deactivateTime: decision.to === "INACTIVE" ? now : current.deactivateTime,
+        activateTime: entered("ACTIVE") ? now : current.activateTime,
+        deactivateTime: entered("INACTIVE") ? now : current.deactivateTime,
         version: current.version + 1,
       };
-      const event = this.event(actor, next, decision.event, current.state, options.reason);
+      const event = this.event(actor, current, next, decided.type, decided.reason);
       if (await this.store.saveTransition(next, event, actor.signal)) return next;
       // Someone else changed it between our read and our write.
-      if (options.etag !== "") throw etagMismatch(id);
-      if (attempt === TRANSITION_ATTEMPTS) {
+      if (etag !== "") throw etagMismatch(id);
+      if (attempt === WRITE_ATTEMPTS) {
         throw new ServiceError("WRITE_CONFLICT", `connection "${id}" is changing too often; retry`);
       }
     }
@@ -228,25 +289,33 @@ export class Connections {
     };
   }
 
-  async check(connectionId: string, organizationId: string, action: CheckAction, scope: string): Promise<CheckResult> {
-    const connection = await this.store.getConnectionForCheck(connectionId);
-    const decision = decideCheck(connection, organizationId, action, scope);
-    return { decision, connection: decision.isParty ? connection : undefined };
+  async check(request: CheckRequest): Promise<CheckResult> {
+    return answer(request, await this.store.getConnectionForCheck(request.connectionId));
+  }
+
+  /** Many checks, each answered exactly as `check` would, from Connections read together. */
+  async checkMany(requests: readonly CheckRequest[]): Promise<CheckResult[]> {
+    const connections = await this.store.getConnectionsForCheck(requests.map((request) => request.connectionId));
+    return requests.map((request, index) => answer(request, connections[index]));
   }
 
   private event(
     actor: Actor,
+    previous: ConnectionRecord | undefined,
     connection: ConnectionRecord,
-    type: EventRecord["type"],
-    fromState: State | undefined,
+    type: EventType,
     reason: string,
   ): EventRecord {
     return {
       id: newId("evt"),
       connectionId: connection.id,
       type,
-      fromState,
+      fromState: previous?.state,
       toState: connection.state,
+      sourceOrganizationId: connection.sourceOrganizationId,
+      destinationOrganizationId: connection.destinationOrganizationId,
+      scopes: connection.scopes,
+      previousScopes: type === "UPDATED" && previous !== undefined ? previous.scopes : [],
       actorOrganizationId: actor.organizationId,
       caller: actor.caller,
       actor: actor.actor,
@@ -255,6 +324,19 @@ export class Connections {
       createTime: connection.updateTime,
     };
   }
+}
+
+function answer(request: CheckRequest, connection: ConnectionRecord | undefined): CheckResult {
+  const decision = decideCheck(connection, request.organizationId, request.action, request.scope);
+  return { decision, connection: decision.isParty ? connection : undefined };
+}
+
+/** Scopes from a request, normalized; refusals name `field`. */
+function normalizedScopes(field: string, scopes: readonly string[]): string[] {
+  const normalized = normalizeScopes(scopes);
+  if (normalized.ok) return normalized.scopes;
+  if (normalized.refusal === "NO_SCOPES") throw invalidArgument(field, `${field}: name at least one scope`);
+  throw unknownScope(field, normalized.scope ?? "");
 }
 
 function replay(
@@ -284,7 +366,7 @@ function etagMismatch(id: string): ServiceError {
 }
 
 function refusalError(
-  refusal: "CONNECTION_NOT_FOUND" | "ONLY_DESTINATION_CAN_ACTIVATE" | "ONLY_SOURCE_CAN_REACTIVATE",
+  refusal: Exclude<TransitionRefusal, "INVALID_STATE_TRANSITION"> | "ONLY_SOURCE_CAN_UPDATE",
   id: string,
 ): ServiceError {
   switch (refusal) {
@@ -294,5 +376,7 @@ function refusalError(
       return new ServiceError("ONLY_DESTINATION_CAN_ACTIVATE", "only the destination organization can activate it");
     case "ONLY_SOURCE_CAN_REACTIVATE":
       return new ServiceError("ONLY_SOURCE_CAN_REACTIVATE", "only the source organization can reactivate it");
+    case "ONLY_SOURCE_CAN_UPDATE":
+      return new ServiceError("ONLY_SOURCE_CAN_UPDATE", "only the source organization can change what it shares");
   }
 }

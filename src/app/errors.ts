@@ -8,6 +8,7 @@ export type ErrorReason =
   | "ORGANIZATION_NOT_REGISTERED"
   | "ONLY_DESTINATION_CAN_ACTIVATE"
   | "ONLY_SOURCE_CAN_REACTIVATE"
+  | "ONLY_SOURCE_CAN_UPDATE"
   | "INVALID_ARGUMENT"
   | "ORGANIZATION_HEADER_REQUIRED"
   | "SELF_CONNECTION"
@@ -53,4 +54,9 @@ export class ServiceError extends Error {
 /** INVALID_ARGUMENT naming the offending request field. */
 export function invalidArgument(field: string, message: string): ServiceError {
   return new ServiceError("INVALID_ARGUMENT", message, { field });
+}
+
+/** UNKNOWN_SCOPE naming the request field and the scope, wherever a scope is read. */
+export function unknownScope(field: string, scope: string): ServiceError {
+  return new ServiceError("UNKNOWN_SCOPE", `scope "${scope}" is not in the catalogue`, { field, scope });
 }

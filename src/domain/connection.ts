@@ -1,9 +1,9 @@
-// The rules of a Connection: its states, its transitions, who may make them and what a share
-// token check answers. Pure: no I/O, no clock, no wire types, so every rule is tested on its own.
+// The rules of a Connection: its states, its transitions, who may see it and who may make them,
+// what a change of scopes does to consent, and what a share token check answers. Pure: no I/O, no clock, no wire types, so every rule is tested on its own.
 
 export type State = "PENDING" | "ACTIVE" | "INACTIVE";
 export type Transition = "ACTIVATE" | "DEACTIVATE" | "REACTIVATE";
-export type EventType = "CREATED" | "ACTIVATED" | "DEACTIVATED" | "REACTIVATED";
+export type EventType = "CREATED" | "ACTIVATED" | "DEACTIVATED" | "REACTIVATED" | "UPDATED";
 export type Party = "SOURCE" | "DESTINATION";
 export type CheckAction = "ISSUE_SHARE_TOKEN" | "REDEEM_SHARE_TOKEN";
 export type CheckReason =
@@ -45,7 +45,7 @@ const TRANSITIONS: Readonly<Record<Transition, TransitionRule>> = {
   REACTIVATE: { from: ["INACTIVE"], to: "PENDING", allowedParties: ["SOURCE"], event: "REACTIVATED" },
 };
 
-/** Why a transition is refused. A stranger is told the Connection does not exist. */
+/** Why a transition is refused. */
 export type TransitionRefusal =
   | "CONNECTION_NOT_FOUND"
   | "ONLY_DESTINATION_CAN_ACTIVATE"
@@ -63,6 +63,21 @@ export function partyOf(connection: Parties, organizationId: string): Party | un
   return undefined;
 }
 
+export type Access<C> =
+  | { readonly ok: true; readonly connection: C; readonly party: Party }
+  | { readonly ok: false; readonly refusal: "CONNECTION_NOT_FOUND" };
+
+/**
+ * Whether an organization may see a Connection at all: only its parties may. A stranger is told
+ * that it does not exist, exactly as if it did not, so that it learns nothing. Every rule that
+ * acts for an organization starts here.
+ */
+export function accessOf<C extends Parties>(connection: C | undefined, organizationId: string): Access<C> {
+  const party = connection === undefined ? undefined : partyOf(connection, organizationId);
+  if (connection === undefined || party === undefined) return { ok: false, refusal: "CONNECTION_NOT_FOUND" };
+  return { ok: true, connection, party };
+}
+
 /**
  * Decides whether `organizationId` may make `transition` on a Connection in `state`.
  * Strangers first (they must learn nothing), then who may act, then whether the state allows it.
@@ -72,8 +87,9 @@ export function decideTransition(
   transition: Transition,
   organizationId: string,
 ): TransitionDecision {
-  const party = partyOf(connection, organizationId);
-  if (party === undefined) return { ok: false, refusal: "CONNECTION_NOT_FOUND" };
+  const access = accessOf(connection, organizationId);
+  if (!access.ok) return access;
+  const party = access.party;
   const rule = TRANSITIONS[transition];
   if (!rule.allowedParties.includes(party)) {
     return {
@@ -96,6 +112,62 @@ export function normalizeScopes(scopes: readonly string[]): ScopesDecision {
     if (!SCOPE_CATALOGUE.has(scope)) return { ok: false, refusal: "UNKNOWN_SCOPE", scope };
   }
   return { ok: true, scopes: [...new Set(scopes)].sort() };
+}
+
+/** How a new set of scopes compares with the granted one (both normalized). */
+export type ScopeChange = "UNCHANGED" | "NARROWED" | "WIDENED";
+
+export function scopeChange(granted: readonly string[], next: readonly string[]): ScopeChange {
+  if (next.some((scope) => !granted.includes(scope))) return "WIDENED";
+  return next.length === granted.length ? "UNCHANGED" : "NARROWED";
+}
+
+/**
+ * The consent rule: the destination consented to the scopes it was shown, no more. Narrowing
+ * needs no consent and applies in every state; widening sends an ACTIVE Connection back to
+ * PENDING so that the destination consents to the new set, while a PENDING one still waits for
+ * consent (now to the new set) and an INACTIVE one stays inactive until it is reactivated.
+ */
+export function stateAfterScopeChange(state: State, change: ScopeChange): State {
+  return change === "WIDENED" && state === "ACTIVE" ? "PENDING" : state;
+}
+
+/** What an update asks for: the fields named in its mask (scopes already normalized). */
+export interface UpdateRequest {
+  readonly name?: string;
+  readonly scopes?: readonly string[];
+}
+
+export type UpdateDecision =
+  /** The update changes nothing: nothing is written or recorded. */
+  | { readonly ok: true; readonly changed: false }
+  | {
+      readonly ok: true;
+      readonly changed: true;
+      readonly name: string;
+      readonly scopes: readonly string[];
+      readonly to: State;
+    }
+  | { readonly ok: false; readonly refusal: "CONNECTION_NOT_FOUND" | "ONLY_SOURCE_CAN_UPDATE" };
+
+/**
+ * Decides an update of a Connection's name and scopes by `organizationId`: strangers are told it
+ * does not exist, only the source may change what it shares, and the consent rule decides the
+ * state. A change of name alone never changes the state.
+ */
+export function decideUpdate(
+  connection: Parties & { readonly state: State; readonly name: string; readonly scopes: readonly string[] },
+  organizationId: string,
+  request: UpdateRequest,
+): UpdateDecision {
+  const access = accessOf(connection, organizationId);
+  if (!access.ok) return access;
+  if (access.party !== "SOURCE") return { ok: false, refusal: "ONLY_SOURCE_CAN_UPDATE" };
+  const name = request.name ?? connection.name;
+  const scopes = request.scopes ?? connection.scopes;
+  const change = scopeChange(connection.scopes, scopes);
+  if (change === "UNCHANGED" && name === connection.name) return { ok: true, changed: false };
+  return { ok: true, changed: true, name, scopes, to: stateAfterScopeChange(connection.state, change) };
 }
 
 /** A source may not connect to itself. */

@@ -51,6 +51,10 @@ const EVENT_COLUMNS = [
   "reason",
   "request_id",
   "create_time",
+  "source_organization_id",
+  "destination_organization_id",
+  "scopes",
+  "previous_scopes",
 ] as const;
 
 type ConnectionRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_COLUMNS)[number]>;
@@ -195,18 +199,23 @@ export class KyselyStore implements Store {
   }
 
   async listConnections(query: ListConnectionsQuery): Promise<Page<ConnectionRecord>> {
-    const before = query.before === undefined ? undefined : parseCursor(query.before);
+    const before = query.before === undefined ? undefined : parseConnectionCursor(query.before);
     const fetch = query.limit + 1;
-    // Each side is one backward scan of its (organization, seq) index, so every page costs the
-    // same however deep it is; BOTH merges the two scans instead of OR-ing the columns.
+    // Newest first by create_time, the time every reader is shown; seq breaks ties. create_time
+    // comes from the application's clock, so under concurrent creates (or replicas) it need not
+    // follow seq: ordering by seq alone would list out of create_time order. Each side is one
+    // backward scan of its (organization, create_time, seq) index from the cursor on, so every
+    // page costs the same however deep it is; BOTH merges the two scans instead of OR-ing columns.
     const side = (column: "source_organization_id" | "destination_organization_id") => {
       let select = this.#db
         .selectFrom("connections")
         .select(CONNECTION_COLUMNS)
         .where(column, "=", query.organizationId);
       if (query.states.length > 0) select = select.where("state", "in", query.states);
-      if (before !== undefined) select = select.where("seq", "<", before);
-      return select.orderBy("seq", "desc").limit(fetch);
+      if (before !== undefined) {
+        select = select.where(sql<boolean>`(create_time, seq) < (${before.createTime}, ${before.seq})`);
+      }
+      return select.orderBy("create_time", "desc").orderBy("seq", "desc").limit(fetch);
     };
     const rows = await this.#read(() => {
       switch (query.direction) {
@@ -219,12 +228,13 @@ export class KyselyStore implements Store {
             .selectFrom(side("source_organization_id").as("outbound"))
             .selectAll()
             .unionAll(this.#db.selectFrom(side("destination_organization_id").as("inbound")).selectAll())
+            .orderBy("create_time", "desc")
             .orderBy("seq", "desc")
             .limit(fetch)
             .execute();
       }
     });
-    return toPage(rows, query.limit, toConnection);
+    return toPage(rows, query.limit, toConnection, connectionCursor);
   }
 
   async saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean> {
@@ -264,11 +274,16 @@ export class KyselyStore implements Store {
         .limit(query.limit + 1)
         .execute();
     });
-    return toPage(rows, query.limit, toEvent);
+    return toPage(rows, query.limit, toEvent, (row) => String(row.seq));
   }
 
   getConnectionForCheck(id: string): Promise<ConnectionRecord | undefined> {
     return this.#checks.get(id);
+  }
+
+  getConnectionsForCheck(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]> {
+    // Asked in one turn of the event loop, so the coalescing reader sends them as one query.
+    return Promise.all(ids.map((id) => this.#checks.get(id)));
   }
 
   poolStats(): PoolStats {
@@ -368,11 +383,23 @@ function parseCursor(cursor: string): number {
   return seq;
 }
 
-function toPage<R extends { seq: number | string }, T>(rows: R[], limit: number, convert: (row: R) => T): Page<T> {
+/** A Connection's keyset position: its create_time (ISO-8601, as stored) and seq. */
+function connectionCursor(row: ConnectionRow): string {
+  return `${toDate(row.create_time).toISOString()}/${row.seq}`;
+}
+
+function parseConnectionCursor(cursor: string): { createTime: string; seq: number } {
+  const match = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\/(\d{1,15})$/.exec(cursor);
+  const createTime = match?.[1];
+  if (createTime === undefined || Number.isNaN(Date.parse(createTime))) throw new InvalidCursorError();
+  return { createTime, seq: parseCursor(match?.[2] ?? "") };
+}
+
+function toPage<R, T>(rows: R[], limit: number, convert: (row: R) => T, cursorOf: (row: R) => string): Page<T> {
   const more = rows.length > limit;
   const kept = more ? rows.slice(0, limit) : rows;
   const last = kept.at(-1);
-  return { items: kept.map(convert), nextCursor: more && last !== undefined ? String(last.seq) : undefined };
+  return { items: kept.map(convert), nextCursor: more && last !== undefined ? cursorOf(last) : undefined };
 }
 
 /** SQLite returns the ISO string that was written, pg a Date. */
@@ -433,6 +460,10 @@ function toEventRow(event: EventRecord): Insertable<ConnectionEventsTable> {
     reason: event.reason,
     request_id: event.requestId,
     create_time: event.createTime.toISOString(),
+    source_organization_id: event.sourceOrganizationId,
+    destination_organization_id: event.destinationOrganizationId,
+    scopes: JSON.stringify(event.scopes),
+    previous_scopes: JSON.stringify(event.previousScopes),
   };
 }
 
@@ -449,5 +480,9 @@ function toEvent(row: EventRow): EventRecord {
     reason: row.reason,
     requestId: row.request_id,
     createTime: toDate(row.create_time),
+    sourceOrganizationId: row.source_organization_id,
+    destinationOrganizationId: row.destination_organization_id,
+    scopes: JSON.parse(row.scopes) as string[],
+    previousScopes: JSON.parse(row.previous_scopes) as string[],
   };
 }

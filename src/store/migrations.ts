@@ -116,8 +116,57 @@ function initial(dialect: SqlDialect): Migration {
   };
 }
 
+/**
+ * UpdateConnection: scopes can now change, so every event says whose Connection it is and what it
+ * shares after it (and, for an update, before it); events made before this are filled in from
+ * their Connection, whose scopes never changed until now. ListConnections orders by create_time
+ * (the time every reader is shown) and then seq, so its indexes follow.
+ */
+function eventPartiesAndScopes(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      const columns = [
+        ["source_organization_id", "''"],
+        ["destination_organization_id", "''"],
+        ["scopes", "'[]'"],
+        ["previous_scopes", "'[]'"],
+      ] as const;
+      for (const [column, empty] of columns) {
+        await db.schema
+          .alterTable("connection_events")
+          .addColumn(column, "text", (col) => col.notNull().defaultTo(sql.raw(empty)))
+          .execute();
+      }
+      // UPDATE ... FROM: PostgreSQL, and SQLite since 3.33.
+      await sql`
+        update connection_events
+        set source_organization_id = c.source_organization_id,
+            destination_organization_id = c.destination_organization_id,
+            scopes = c.scopes
+        from connections as c
+        where c.id = connection_events.connection_id`.execute(db);
+
+      await db.schema.dropIndex("connections_source_seq_idx").execute();
+      await db.schema.dropIndex("connections_destination_seq_idx").execute();
+      await db.schema
+        .createIndex("connections_source_time_idx")
+        .on("connections")
+        .columns(["source_organization_id", "create_time", "seq"])
+        .execute();
+      await db.schema
+        .createIndex("connections_destination_time_idx")
+        .on("connections")
+        .columns(["destination_organization_id", "create_time", "seq"])
+        .execute();
+    },
+  };
+}
+
 export function migrationProvider(dialect: SqlDialect): MigrationProvider {
-  const migrations: Record<string, Migration> = { "0001_initial": initial(dialect) };
+  const migrations: Record<string, Migration> = {
+    "0001_initial": initial(dialect),
+    "0002_event_parties_and_scopes": eventPartiesAndScopes(),
+  };
   return { getMigrations: () => Promise.resolve(migrations) };
 }
 

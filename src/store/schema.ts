@@ -46,6 +46,12 @@ export interface ConnectionEventsTable {
   reason: string;
   request_id: string;
   create_time: Timestamp;
+  source_organization_id: string;
+  destination_organization_id: string;
+  /** JSON array of the Connection's sorted scopes after the event. */
+  scopes: string;
+  /** JSON array of the scopes before it: set for UPDATED, "[]" otherwise. */
+  previous_scopes: string;
 }
 
 export interface Database {

@@ -36,6 +36,12 @@ export interface EventRecord {
   /** Undefined for CREATED. */
   readonly fromState: State | undefined;
   readonly toState: State;
+  readonly sourceOrganizationId: string;
+  readonly destinationOrganizationId: string;
+  /** The Connection's scopes after the event. */
+  readonly scopes: readonly string[];
+  /** The Connection's scopes before the event: UPDATED only, else empty. */
+  readonly previousScopes: readonly string[];
   readonly actorOrganizationId: string;
   readonly caller: string;
   readonly actor: string;
@@ -52,7 +58,7 @@ export interface ListConnectionsQuery {
   readonly direction: Direction;
   /** Empty means every state. */
   readonly states: readonly State[];
-  /** Keyset position: list only Connections created before this cursor (exclusive). */
+  /** Keyset position: list only Connections that come after this cursor, newest first (exclusive). */
   readonly before: string | undefined;
   readonly limit: number;
 }
@@ -108,8 +114,9 @@ export interface Store {
   listConnections(query: ListConnectionsQuery): Promise<Page<ConnectionRecord>>;
 
   /**
-   * Replaces `next.version - 1` by `next` and records `event`, in one transaction. Returns false,
-   * changing nothing, when the stored version is no longer `next.version - 1` (someone else won).
+   * Replaces `next.version - 1` by `next` (state, name, scopes, times) and records `event`, in one
+   * transaction: every transition and every update. Returns false, changing nothing, when the
+   * stored version is no longer `next.version - 1` (someone else won).
    */
   saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean>;
   listEvents(query: ListEventsQuery): Promise<Page<EventRecord>>;
@@ -119,6 +126,11 @@ export interface Store {
    * caller, on this process or any other that shares the database.
    */
   getConnectionForCheck(id: string): Promise<ConnectionRecord | undefined>;
+  /**
+   * getConnectionForCheck for many ids at once (BatchCheckConnection), read together: one query
+   * on PostgreSQL. Answers in the order of `ids`, undefined where there is no such Connection.
+   */
+  getConnectionsForCheck(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]>;
 
   /** Connections open to the database, idle ones, and queries waiting for one. */
   poolStats(): PoolStats;

@@ -1,12 +1,17 @@
 import { describe, expect, it } from "vitest";
 import {
+  accessOf,
   type CheckAction,
   decideCheck,
   decideTransition,
+  decideUpdate,
   isSelfConnection,
   normalizeScopes,
   partyOf,
+  type ScopeChange,
   type State,
+  scopeChange,
+  stateAfterScopeChange,
   type Transition,
   type TransitionDecision,
 } from "../../src/domain/connection.js";
@@ -184,5 +189,98 @@ describe("decideCheck", () => {
       reason: "SCOPE_NOT_GRANTED",
       isParty: true,
     });
+  });
+});
+
+describe("accessOf", () => {
+  it("lets the parties see a Connection and tells a stranger it does not exist", () => {
+    const seen = connection("PENDING");
+    expect(accessOf(seen, SOURCE)).toEqual({ ok: true, connection: seen, party: "SOURCE" });
+    expect(accessOf(seen, DESTINATION)).toEqual({ ok: true, connection: seen, party: "DESTINATION" });
+    expect(accessOf(seen, STRANGER)).toEqual({ ok: false, refusal: "CONNECTION_NOT_FOUND" });
+    expect(accessOf(undefined, SOURCE)).toEqual({ ok: false, refusal: "CONNECTION_NOT_FOUND" });
+  });
+});
+
+describe("scopeChange", () => {
+  it.each<[string[], string[], ScopeChange]>([
+    [["account.read"], ["account.read"], "UNCHANGED"],
+    [["account.read", "inquiry.read"], ["account.read"], "NARROWED"],
+    [["account.read"], ["account.read", "inquiry.read"], "WIDENED"],
+    // One scope removed and another added: something not consented to is asked for.
+    [["account.read", "inquiry.read"], ["account.read", "transaction.read"], "WIDENED"],
+    [["account.read"], ["inquiry.read"], "WIDENED"],
+  ])("%j -> %j is %s", (granted, next, expected) => {
+    expect(scopeChange(granted, next)).toBe(expected);
+  });
+});
+
+// The consent rule as a table: the state after a change of scopes, for every state.
+const CONSENT: Record<State, Record<ScopeChange, State>> = {
+  PENDING: { UNCHANGED: "PENDING", NARROWED: "PENDING", WIDENED: "PENDING" },
+  ACTIVE: { UNCHANGED: "ACTIVE", NARROWED: "ACTIVE", WIDENED: "PENDING" },
+  INACTIVE: { UNCHANGED: "INACTIVE", NARROWED: "INACTIVE", WIDENED: "INACTIVE" },
+};
+
+describe("stateAfterScopeChange", () => {
+  const cases = Object.entries(CONSENT).flatMap(([state, byChange]) =>
+    Object.entries(byChange).map(([change, expected]) => ({ state, change, expected })),
+  );
+
+  it("covers all 9 (state, change) pairs", () => {
+    expect(cases).toHaveLength(9);
+  });
+
+  it.each(cases)("$change scopes in $state -> $expected", ({ state, change, expected }) => {
+    expect(stateAfterScopeChange(state as State, change as ScopeChange)).toBe(expected);
+  });
+});
+
+describe("decideUpdate", () => {
+  const granted = ["account.read", "inquiry.read"];
+  const named = (state: State) => ({ ...connection(state, granted), name: "Sharing" });
+
+  // Every state, every party, and the kinds of request: the outcome as "to-state" or the refusal.
+  const REQUESTS = {
+    "name only": { name: "Renamed" },
+    "same name": { name: "Sharing" },
+    "same scopes": { scopes: granted },
+    narrowed: { scopes: ["account.read"] },
+    widened: { scopes: [...granted, "transaction.read"] },
+    "narrowed and renamed": { name: "Renamed", scopes: ["inquiry.read"] },
+    "widened and renamed": { name: "Renamed", scopes: ["verification.read"] },
+  } as const;
+  const EXPECTED: Record<keyof typeof REQUESTS, Record<State, string>> = {
+    "name only": { PENDING: "PENDING", ACTIVE: "ACTIVE", INACTIVE: "INACTIVE" },
+    "same name": { PENDING: "unchanged", ACTIVE: "unchanged", INACTIVE: "unchanged" },
+    "same scopes": { PENDING: "unchanged", ACTIVE: "unchanged", INACTIVE: "unchanged" },
+    narrowed: { PENDING: "PENDING", ACTIVE: "ACTIVE", INACTIVE: "INACTIVE" },
+    widened: { PENDING: "PENDING", ACTIVE: "PENDING", INACTIVE: "INACTIVE" },
+    "narrowed and renamed": { PENDING: "PENDING", ACTIVE: "ACTIVE", INACTIVE: "INACTIVE" },
+    "widened and renamed": { PENDING: "PENDING", ACTIVE: "PENDING", INACTIVE: "INACTIVE" },
+  };
+  const cases = Object.entries(EXPECTED).flatMap(([request, byState]) =>
+    Object.entries(byState).map(([state, expected]) => ({ request, state, expected })),
+  );
+
+  it.each(cases)("source, $request in $state -> $expected", ({ request, state, expected }) => {
+    const asked = REQUESTS[request as keyof typeof REQUESTS];
+    const decision = decideUpdate(named(state as State), SOURCE, asked);
+    if (!decision.ok) throw new Error(`refused: ${decision.refusal}`);
+    expect(decision.changed ? decision.to : "unchanged").toBe(expected);
+    if (decision.changed) {
+      expect(decision.name).toBe("name" in asked ? asked.name : "Sharing");
+      expect(decision.scopes).toEqual("scopes" in asked ? asked.scopes : granted);
+    }
+  });
+
+  it.each<State>(["PENDING", "ACTIVE", "INACTIVE"])("only the source may update, in %s", (state) => {
+    for (const request of Object.values(REQUESTS)) {
+      expect(decideUpdate(named(state), DESTINATION, request)).toEqual({
+        ok: false,
+        refusal: "ONLY_SOURCE_CAN_UPDATE",
+      });
+      expect(decideUpdate(named(state), STRANGER, request)).toEqual({ ok: false, refusal: "CONNECTION_NOT_FOUND" });
+    }
   });
 });

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { State } from "../../src/domain/connection.js";
 import { AlreadyExistsError, type ConnectionRecord, type Direction, type Store } from "../../src/store/store.js";
 import { createTestStore, describeEachDatabase, type TestStore } from "../support/databases.js";
-import { connectionRecord, createdEvent, newOrganization, transition, uniqueId } from "./fixtures.js";
+import { connectionRecord, createdEvent, eventFor, newOrganization, transition, uniqueId } from "./fixtures.js";
 
 async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
   try {
@@ -299,6 +299,40 @@ describeEachDatabase("Store", (database) => {
       expect((await listAll(direction, states, 2)).ids).toEqual(want);
     });
 
+    it("orders by create_time, not by insertion, and breaks ties the same way on every page", async () => {
+      // Concurrent creates (or replicas) insert in another order than their clocks read.
+      const owner = await newOrganization(store);
+      const at = (ms: number) => new Date(Date.UTC(2026, 0, 1) + ms);
+      const times = [5, 1, 9, 3, 3, 3, 7, 0, 3];
+      const inserted: ConnectionRecord[] = [];
+      for (const ms of times) {
+        const other = await newOrganization(store);
+        const record = ms % 2 === 0 ? connectionRecord(other, owner) : connectionRecord(owner, other);
+        inserted.push(await create({ ...record, createTime: at(ms), updateTime: at(ms) }));
+      }
+      // Newest first; among equal times the later insert first.
+      const want = inserted
+        .map((connection, index) => ({ connection, index }))
+        .sort((a, b) => b.connection.createTime.getTime() - a.connection.createTime.getTime() || b.index - a.index)
+        .map(({ connection }) => connection.id);
+      for (const limit of [1, 2, 4, 20]) {
+        const ids: string[] = [];
+        let before: string | undefined;
+        do {
+          const page = await store.listConnections({
+            organizationId: owner,
+            direction: "BOTH",
+            states: [],
+            before,
+            limit,
+          });
+          ids.push(...page.items.map((c) => c.id));
+          before = page.nextCursor;
+        } while (before !== undefined && ids.length <= times.length);
+        expect(ids, `${limit} per page`).toEqual(want);
+      }
+    });
+
     it("lists nothing for an organization without connections", async () => {
       const page = await store.listConnections({
         organizationId: await newOrganization(store),
@@ -308,6 +342,38 @@ describeEachDatabase("Store", (database) => {
         limit: 10,
       });
       expect(page).toEqual({ items: [], nextCursor: undefined });
+    });
+  });
+
+  describe("updates", () => {
+    it("saves new name and scopes with the version lock, and records the scopes before and after", async () => {
+      const connection = await create(connectionRecord(await newOrganization(store), await newOrganization(store)));
+      const active = await advance(connection, "ACTIVE");
+      const at = new Date(active.updateTime.getTime() + 1);
+      const updated: ConnectionRecord = {
+        ...active,
+        name: "Renamed",
+        scopes: ["account.read", "inquiry.read", "transaction.read"],
+        state: "PENDING",
+        updateTime: at,
+        version: active.version + 1,
+      };
+      const event = { ...eventFor(updated, "UPDATED", "ACTIVE"), previousScopes: active.scopes };
+      expect(await store.saveTransition(updated, event)).toBe(true);
+      expect(await store.getConnection(connection.id)).toEqual(updated);
+      expect(await store.getConnectionForCheck(connection.id)).toEqual(updated);
+      // A second update from the same version loses.
+      expect(await store.saveTransition({ ...updated, name: "Lost" }, eventFor(updated, "UPDATED", "ACTIVE"))).toBe(
+        false,
+      );
+      const events = await store.listEvents({ connectionId: connection.id, after: undefined, limit: 10 });
+      expect(events.items.at(-1)).toEqual(event);
+      expect(events.items[0]).toMatchObject({
+        sourceOrganizationId: connection.sourceOrganizationId,
+        destinationOrganizationId: connection.destinationOrganizationId,
+        scopes: connection.scopes,
+        previousScopes: [],
+      });
     });
   });
 
@@ -365,6 +431,25 @@ describeEachDatabase("Store", (database) => {
       }
       await Promise.all(inFlight);
       expect(await store.getConnectionForCheck(connection.id)).toEqual(connection);
+    });
+
+    it("reads many at once, in the order asked, with repeats and unknown ids", async () => {
+      const source = await newOrganization(store);
+      const connections: ConnectionRecord[] = [];
+      for (let i = 0; i < 5; i++)
+        connections.push(await create(connectionRecord(source, await newOrganization(store))));
+      const missing = uniqueId("cxn");
+      const ids = [connections[3], connections[0], undefined, connections[3], connections[4]].map(
+        (c) => c?.id ?? missing,
+      );
+      expect(await store.getConnectionsForCheck(ids)).toEqual([
+        connections[3],
+        connections[0],
+        undefined,
+        connections[3],
+        connections[4],
+      ]);
+      expect(await store.getConnectionsForCheck([])).toEqual([]);
     });
 
     it("answers many concurrent checks of different connections correctly", async () => {

@@ -74,6 +74,8 @@ export class Stubs {
       reactivateConnection: async (request) => ({ connection: { id: request.id } }),
       listConnectionEvents: async () => ({}),
       checkConnection: async () => ({ allowed: true }),
+      updateConnection: async (request) => ({ connection: { id: request.connection?.id ?? "" } }),
+      batchCheckConnection: async (request) => ({ results: request.checks.map(() => ({ allowed: true })) }),
     });
     pipeline.register(OrganizationService, {
       createOrganization: async (request) => ({ organization: { id: request.id || "org_new", name: request.name } }),
