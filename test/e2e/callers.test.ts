@@ -1,4 +1,4 @@
-// The caller table of API.md, cell by cell: each of the 4 callers against each of the 10 RPCs.
+// The caller table of API.md, cell by cell: each of the 4 callers against each of the 12 RPCs.
 // An allowed call is made so that it succeeds; a refused one fails with PERMISSION_DENIED
 // CALLER_NOT_ALLOWED and changes nothing.
 
@@ -28,6 +28,7 @@ const MAY_CALL: Readonly<Record<Caller, readonly RpcName[]>> = {
     "activateConnection",
     "deactivateConnection",
     "reactivateConnection",
+    "updateConnection",
     "listConnectionEvents",
     "getOrganization",
   ],
@@ -35,11 +36,12 @@ const MAY_CALL: Readonly<Record<Caller, readonly RpcName[]>> = {
     "createConnection",
     "getConnection",
     "listConnections",
+    "updateConnection",
     "deactivateConnection",
     "reactivateConnection",
     "listConnectionEvents",
   ],
-  "token-service": ["checkConnection", "getConnection"],
+  "token-service": ["checkConnection", "batchCheckConnection", "getConnection"],
   provisioning: ["createOrganization", "getOrganization"],
 };
 
@@ -121,6 +123,35 @@ async function prepare(e2e: E2E, rpc: RpcName): Promise<Cell> {
         unchanged: nothing,
       };
     }
+    case "updateConnection": {
+      const fixture = await connectionFixture(client);
+      let name = 0;
+      return {
+        run: (caller) =>
+          e2e.as(caller, fixture.source).updateConnection({
+            connection: { id: fixture.connection.id, name: `Renamed ${++name}` },
+            updateMask: { paths: ["name"] },
+          }),
+        unchanged: stays(fixture, 1),
+      };
+    }
+    case "batchCheckConnection": {
+      const fixture = await connectionFixture(client, { state: "ACTIVE" });
+      return {
+        run: (caller) =>
+          e2e.as(caller).batchCheckConnection({
+            checks: [
+              {
+                connectionId: fixture.connection.id,
+                organizationId: fixture.source,
+                action: CheckConnectionRequest_Action.ISSUE_SHARE_TOKEN,
+                scope: "account.read",
+              },
+            ],
+          }),
+        unchanged: nothing,
+      };
+    }
     case "createOrganization": {
       const id = uniqueId("org_matrix");
       return {
@@ -141,10 +172,12 @@ async function prepare(e2e: E2E, rpc: RpcName): Promise<Cell> {
 }
 
 describeE2E("caller x RPC matrix", (e2e) => {
-  it("covers the 10 RPCs of the contract", () => {
+  it("covers the 12 RPCs of the contract", () => {
     expect([...RPC_NAMES].sort()).toEqual(
       [
         "activateConnection",
+        "batchCheckConnection",
+        "updateConnection",
         "checkConnection",
         "createConnection",
         "createOrganization",

@@ -83,6 +83,7 @@ describe("gRPC server reflection", () => {
       "connections/v1/connection_service.proto",
       "connections/v1/connection.proto",
       "google/protobuf/timestamp.proto",
+      "google/protobuf/field_mask.proto",
     ]);
     expect(fileNames(nested)[0]).toBe("connections/v1/connection.proto");
     expect(fileNames(method)[0]).toBe("connections/v1/organization_service.proto");
