@@ -1,5 +1,6 @@
 // Several real service processes on one PostgreSQL database, driven through different replicas at
-// once: the one-per-pair rule, the state machine's history and read-after-write must hold across
+// once: the one-per-pair rule, the state machine's history, read-after-write (of transitions and of
+// updates, for single and batched checks) and the order of ListConnections must hold across
 // processes, not just inside one.
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -165,6 +166,98 @@ describe.skipIf(postgresAdminUrl === undefined)(`${REPLICAS} replicas on one Pos
       await client(round + 2)
         .as({ caller: "api-gateway", organizationId: source })
         .reactivateConnection({ id });
+    }
+  });
+
+  it("never allows a removed scope on any replica once an update has returned on another", async () => {
+    const [source, destination] = await twoOrganizations();
+    const created = await client(0)
+      .as({ caller: "api-gateway", organizationId: source })
+      .createConnection({ destinationOrganizationId: destination, scopes: ["account.read", "transaction.read"] });
+    const id = created.connection?.id ?? "";
+    await client(1).as({ caller: "dashboard-bff", organizationId: destination }).activateConnection({ id });
+    const checkOf = (scope: string) => ({
+      connectionId: id,
+      organizationId: destination,
+      action: CheckConnectionRequest_Action.REDEEM_SHARE_TOKEN,
+      scope,
+    });
+    const single = (replica: number) =>
+      client(replica).as({ caller: "token-service" }).checkConnection(checkOf("transaction.read"));
+    const batch = (replica: number) =>
+      client(replica)
+        .as({ caller: "token-service" })
+        .batchCheckConnection({
+          checks: Array.from({ length: 20 }, (_, index) =>
+            checkOf(index % 2 === 0 ? "transaction.read" : "account.read"),
+          ),
+        });
+    const update = (replica: number, scopes: string[]) =>
+      client(replica)
+        .as({ caller: "api-gateway", organizationId: source })
+        .updateConnection({ connection: { id, scopes }, updateMask: { paths: ["scopes"] } });
+
+    for (let round = 0; round < 15; round++) {
+      // Checks race with the update on every replica: they may see either side of it...
+      const racing = Promise.all(Array.from({ length: REPLICAS }, (_, index) => [single(index), batch(index)]).flat());
+      const narrowed = await update(round, ["account.read"]);
+      expect(narrowed.connection?.state).toBe(Connection_State.ACTIVE);
+      await racing;
+      // ...but none that starts after it returned may allow the removed scope.
+      const singles = await Promise.all(Array.from({ length: 2 * REPLICAS }, (_, index) => single(round + index)));
+      for (const answer of singles) {
+        expect(answer).toMatchObject({ allowed: false, reason: CheckConnectionResponse_Reason.SCOPE_NOT_GRANTED });
+      }
+      const batches = await Promise.all(Array.from({ length: REPLICAS }, (_, index) => batch(round + index)));
+      for (const { results } of batches) {
+        expect(results.map((result) => result.allowed)).toEqual(
+          Array.from({ length: 20 }, (_, index) => index % 2 === 1),
+        );
+      }
+      // Widening asks for consent again: nothing is allowed until the destination gives it.
+      const widened = await update(round + 1, ["account.read", "transaction.read"]);
+      expect(widened.connection?.state).toBe(Connection_State.PENDING);
+      for (const { results } of await Promise.all(Array.from({ length: REPLICAS }, (_, index) => batch(index)))) {
+        expect(results.every((result) => result.reason === CheckConnectionResponse_Reason.NOT_ACTIVE)).toBe(true);
+      }
+      await client(round + 2)
+        .as({ caller: "dashboard-bff", organizationId: destination })
+        .activateConnection({ id });
+      await expect(single(round)).resolves.toMatchObject({ allowed: true });
+    }
+  });
+
+  it("lists connections created at once through every replica newest first by create_time", async () => {
+    const owner = uniqueId("org_owner");
+    await client(0).as({ caller: "provisioning" }).createOrganization({ id: owner, name: owner });
+    const others = Array.from({ length: 120 }, () => uniqueId("org_peer"));
+    for (const [index, id] of others.entries()) {
+      await client(index).as({ caller: "provisioning" }).createOrganization({ id, name: id });
+    }
+    const made = await Promise.all(
+      others.map(async (other, index) => {
+        const [source, destination] = index % 2 === 0 ? [owner, other] : [other, owner];
+        const { connection } = await client(index)
+          .as({ caller: "api-gateway", organizationId: source })
+          .createConnection({ destinationOrganizationId: destination, scopes: ["account.read"] });
+        return connection?.id ?? "";
+      }),
+    );
+    const listed: { id: string; ms: number }[] = [];
+    let pageToken = "";
+    do {
+      const page = await client(listed.length)
+        .as({ caller: "api-gateway", organizationId: owner })
+        .listConnections({ pageSize: 9, pageToken });
+      for (const connection of page.connections) {
+        const seconds = Number(connection.createTime?.seconds ?? 0n);
+        listed.push({ id: connection.id, ms: seconds * 1000 + (connection.createTime?.nanos ?? 0) / 1e6 });
+      }
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "" && listed.length <= made.length);
+    expect(listed.map((entry) => entry.id).sort()).toEqual([...made].sort());
+    for (let index = 1; index < listed.length; index++) {
+      expect(listed[index]?.ms, `position ${index}`).toBeLessThanOrEqual(listed[index - 1]?.ms ?? 0);
     }
   });
 });
