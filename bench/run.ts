@@ -9,6 +9,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
+import { BATCH_CHECK_PATH, batchCheckRequests, verifyBatches } from "./batch-check.js";
 import {
   type Child,
   cleanUp,
@@ -53,6 +54,7 @@ const config = {
   bigOrganizationConnections: integer("BENCH_BIG_ORG_CONNECTIONS", 50_000),
   seedConcurrency: integer("BENCH_SEED_CONCURRENCY", 32),
   checkPool: integer("BENCH_CHECK_POOL", 20_000),
+  batchSize: integer("BENCH_BATCH_SIZE", 50),
   createPool: integer("BENCH_CREATE_POOL", 60_000),
   pageSize: 100,
   listRepeats: integer("BENCH_LIST_REPEATS", 200),
@@ -78,9 +80,19 @@ interface CheckRun {
   readonly machineCpuPercent: number;
 }
 
+/** BatchCheckConnection over the same check pool, and its answers verified check by check. */
+interface BatchRun {
+  readonly run: CheckRun;
+  readonly checks: number;
+  readonly wrong: number;
+  readonly failures: number;
+  readonly examples: readonly string[];
+}
+
 interface TargetResult {
   readonly name: string;
   readonly check: CheckRun;
+  readonly batch?: BatchRun;
   readonly create?: CheckRun;
   readonly list?: ListResult;
   readonly seed?: SeedReport;
@@ -203,6 +215,7 @@ async function benchService(
     const checkPlan = loadPlan(CHECK_PATH, TOKEN_SERVICE, checks, true);
     const check = await load(server, `${name}-check`, checkPlan, databaseBackends);
     describeCheck("CheckConnection", check.run);
+    const batch = await benchBatch(server, name, checks, databaseBackends);
 
     const creates = createRequests(
       seed.dataset,
@@ -245,6 +258,7 @@ async function benchService(
     return {
       name,
       check: check.run,
+      batch,
       create: create.run,
       list,
       seed,
@@ -255,6 +269,26 @@ async function benchService(
   } finally {
     if (!stopped) await server.stop();
   }
+}
+
+async function benchBatch(
+  server: Child & { readonly port: number },
+  name: string,
+  checks: readonly RequestItem[],
+  databaseBackends?: BackendPids,
+): Promise<BatchRun> {
+  const batches = batchCheckRequests(checks, config.batchSize);
+  const verified = await verifyBatches(`http://127.0.0.1:${server.port}`, TOKEN_SERVICE, batches);
+  const requests = batches.map(({ body }) => ({ body }));
+  const { run } = await load(
+    server,
+    `${name}-batch`,
+    loadPlan(BATCH_CHECK_PATH, TOKEN_SERVICE, requests, true),
+    databaseBackends,
+  );
+  describeCheck(`BatchCheckConnection (${config.batchSize} checks per call)`, run);
+  progress(`    = ${Math.round(run.result.requestsPerSecond * config.batchSize)} checks/s`);
+  return { run, ...verified };
 }
 
 async function seed(name: string, databaseUrl: string): Promise<SeedReport> {
@@ -352,6 +386,7 @@ function printReport(results: readonly TargetResult[]): void {
       ];
     }),
   );
+  printBatchReport(results);
   const services = results.filter((result) => result.create !== undefined);
   if (services.length > 0) {
     log();
@@ -425,8 +460,9 @@ function printReport(results: readonly TargetResult[]): void {
     `CPU over each measured window, in % of one core (the machine has ${cpus().length * 100}%); ` +
       "'rest' is everything else running on the machine",
   );
-  const runs = results.flatMap(({ name, check, create }) => [
+  const runs = results.flatMap(({ name, check, batch, create }) => [
     [`${name} CheckConnection`, check] as const,
+    ...(batch === undefined ? [] : [[`${name} BatchCheckConnection`, batch.run] as const]),
     ...(create === undefined ? [] : [[`${name} CreateConnection`, create] as const]),
   ]);
   table(
@@ -473,6 +509,44 @@ function printReport(results: readonly TargetResult[]): void {
   }
 }
 
+function printBatchReport(results: readonly TargetResult[]): void {
+  const batched = results.filter((result) => result.batch !== undefined);
+  if (batched.length === 0) return;
+  log();
+  log(
+    `BatchCheckConnection, ${config.batchSize} checks per call from the same pool and load, next to CheckConnection ` +
+      "(goal: at least 5x the checks per second); checks per server CPU-second also compare when other work shares the machine",
+  );
+  const perCpuSecond = (checks: number, run: CheckRun) => checks / Math.max(run.serverCpuPercent / 100, 0.01);
+  table(
+    [
+      "target",
+      "single checks/s",
+      "batched checks/s",
+      "calls/s",
+      "p50 ms",
+      "p99 ms",
+      "vs single",
+      "per CPU-s vs single",
+    ],
+    batched.map(({ name, check, batch }) => {
+      const run = batch?.run as CheckRun;
+      const perSecond = run.result.requestsPerSecond * config.batchSize;
+      const single = check.result.requestsPerSecond;
+      return [
+        name,
+        count(single),
+        count(perSecond),
+        count(run.result.requestsPerSecond),
+        ms(run.result.latency.p50Ms),
+        ms(run.result.latency.p99Ms),
+        ratio(perSecond / single),
+        ratio(perCpuSecond(perSecond, run) / perCpuSecond(single, check)),
+      ];
+    }),
+  );
+}
+
 /** Every failed request and wrong answer of the run, as lines; empty when there were none. */
 function problems(results: readonly TargetResult[]): string[] {
   const lines: string[] = [];
@@ -488,6 +562,11 @@ function problems(results: readonly TargetResult[]): string[] {
     if (result.create)
       runs.push(["CreateConnection", result.create.result.errors, result.create.result.wrongAnswers, []]);
     if (result.list) runs.push(["ListConnections", result.list.errors, 0, []]);
+    if (result.batch) {
+      const { run, wrong, failures, examples } = result.batch;
+      const errors = failures > 0 ? { ...run.result.errors, "failed while verified": failures } : run.result.errors;
+      runs.push(["BatchCheckConnection", errors, wrong, examples]);
+    }
     for (const [rpc, errors, wrong, examples] of runs) {
       for (const [error, times] of Object.entries(errors)) lines.push(`${result.name} ${rpc}: ${times} x ${error}`);
       if (wrong > 0) lines.push(`${result.name} ${rpc}: ${wrong} wrong answers, e.g. ${examples.join("; ")}`);

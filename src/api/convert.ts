@@ -1,13 +1,14 @@
 // Records to wire messages. The domain's names equal the proto enum names without their prefix,
 // so the generated enums' own name-to-number maps do the translation.
 
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
+  type Connection,
   Connection_State,
   ConnectionEvent_Type,
   type ConnectionEventSchema,
-  type ConnectionSchema,
+  ConnectionSchema,
 } from "../../gen/connections/v1/connection_pb.js";
 import type { OrganizationSchema } from "../../gen/connections/v1/organization_service_pb.js";
 import { etagOf } from "../app/connections.js";
@@ -18,7 +19,23 @@ export function stateToProto(state: State): Connection_State {
   return Connection_State[state];
 }
 
-export function connectionToProto(connection: ConnectionRecord): MessageInitShape<typeof ConnectionSchema> {
+/**
+ * Records are immutable (every write makes a new one), so each gets one message, made when first
+ * answered with and shared by every answer after (the check path answers with the same Connection
+ * again and again; check-encoding.ts also keeps its encoding). Nothing may modify it.
+ */
+const messages = new WeakMap<ConnectionRecord, Connection>();
+
+export function connectionToProto(connection: ConnectionRecord): Connection {
+  let message = messages.get(connection);
+  if (message === undefined) {
+    message = create(ConnectionSchema, connectionInit(connection));
+    messages.set(connection, message);
+  }
+  return message;
+}
+
+function connectionInit(connection: ConnectionRecord): MessageInitShape<typeof ConnectionSchema> {
   return {
     id: connection.id,
     sourceOrganizationId: connection.sourceOrganizationId,

@@ -19,6 +19,7 @@ import { invalidArgument, ServiceError } from "../app/errors.js";
 import { isOrganizationId } from "../app/ids.js";
 import type { Organizations } from "../app/organizations.js";
 import type { CallerAuthenticator, CallerName } from "./callers.js";
+import { binaryEncoderFor } from "./check-encoding.js";
 import { CALLER_TABLE } from "./policy.js";
 import { requestIdFor } from "./request-id.js";
 import { type RpcStatus, toRpcStatus } from "./status.js";
@@ -78,6 +79,8 @@ export interface RegisteredMethod {
   readonly callers: ReadonlySet<CallerName>;
   readonly actsForOrganization: boolean;
   readonly handle: (request: Message, call: Call) => Promise<MessageInitShape<DescMessage>>;
+  /** The response's protobuf binary encoding (toBinary, or a hand-written encoder on the hot path). */
+  readonly encode: (response: Message) => Uint8Array;
 }
 
 export type RpcResult =
@@ -144,6 +147,7 @@ export class RpcPipeline {
         callers: new Set(policy.callers),
         actsForOrganization: policy.actsForOrganization,
         handle,
+        encode: binaryEncoderFor(method.output),
       });
     }
   }

@@ -207,7 +207,7 @@ class UnaryCall implements RequestMeta, PendingRead {
       const result = await this.fastPath.pipeline.invoke(this.method, request, this);
       this.answered = true;
       if (result.ok) {
-        respondWithMessage(this.stream, toBinary(this.method.method.output, result.response), result.requestId);
+        respondWithMessage(this.stream, this.method.encode(result.response), result.requestId);
       } else {
         respondWithFailure(this.stream, result.status, result.requestId);
       }
