@@ -1,17 +1,22 @@
-// Protobuf binary encoding of the check answers, the token service's hot path. protobuf-es's generic
-// toBinary walks every message by reflection and allocates a few typed arrays per string field; a
-// BatchCheckConnection answer carries up to 100 Connections, so that cost dominated the call. These
-// encoders compute the size first and write into one buffer, and they encode each Connection
-// message once for as long as it lives (convert.ts keeps one per stored version). They produce the
-// same bytes as toBinary (test/api/check-encoding.test.ts compares them); a message they do not
-// expect (unknown fields, a timestamp before 1970) is left to toBinary.
+// Protobuf binary encoding of the check requests and answers, the token service's hot path.
+// protobuf-es's generic fromBinary/toBinary walk every message by reflection and allocate a few
+// typed arrays per string field; a BatchCheckConnection carries up to 100 checks and answers with up
+// to 100 Connections, so that cost dominated the call. The encoders compute the size first and write
+// into one buffer, and encode each Connection message once for as long as it lives (convert.ts keeps
+// one per stored version); the decoders read the plain shape these requests have. They give exactly
+// what toBinary and fromBinary give (test/api/check-encoding.test.ts compares them); anything they
+// do not expect (unknown fields, non-ASCII text, a timestamp before 1970) is left to protobuf-es.
 
-import { type DescMessage, type Message, toBinary } from "@bufbuild/protobuf";
+import { type DescMessage, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { type Connection, ConnectionSchema } from "../../gen/connections/v1/connection_pb.js";
 import {
+  type BatchCheckConnectionRequest,
+  BatchCheckConnectionRequestSchema,
   type BatchCheckConnectionResponse,
   BatchCheckConnectionResponseSchema,
+  type CheckConnectionRequest,
+  CheckConnectionRequestSchema,
   type CheckConnectionResponse,
   CheckConnectionResponseSchema,
 } from "../../gen/connections/v1/connection_service_pb.js";
@@ -207,6 +212,111 @@ export const BINARY_ENCODERS: ReadonlyMap<string, (message: Message) => Uint8Arr
     (message) => encodeBatchCheckConnectionResponse(message as BatchCheckConnectionResponse),
   ],
 ]);
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+class Reader {
+  constructor(
+    readonly bytes: Buffer,
+    public offset: number,
+    readonly end: number,
+  ) {}
+
+  /** A varint up to 2^31 - 1 (tags, lengths, enum values), or undefined for anything else. */
+  varint(): number | undefined {
+    let value = 0;
+    for (let shift = 0; shift < 35 && this.offset < this.end; shift += 7) {
+      const byte = this.bytes[this.offset++] as number;
+      value += (byte & 0x7f) * 2 ** shift;
+      if (byte < 0x80) return value <= 0x7fffffff ? value : undefined;
+    }
+    return undefined;
+  }
+
+  /** A length-delimited ASCII string, or undefined (other text is left to protobuf-es's UTF-8 rules). */
+  ascii(): string | undefined {
+    const length = this.varint();
+    if (length === undefined || this.offset + length > this.end) return undefined;
+    const start = this.offset;
+    for (let index = start; index < start + length; index++)
+      if ((this.bytes[index] as number) >= 0x80) return undefined;
+    this.offset += length;
+    return this.bytes.toString("latin1", start, start + length);
+  }
+}
+
+function readCheck(reader: Reader): CheckConnectionRequest | undefined {
+  const check: CheckConnectionRequest = {
+    $typeName: CheckConnectionRequestSchema.typeName,
+    connectionId: "",
+    organizationId: "",
+    action: 0,
+    scope: "",
+  };
+  while (reader.offset < reader.end) {
+    const tag = reader.varint();
+    let value: string | number | undefined;
+    switch (tag) {
+      case 1 * 8 + LENGTH_DELIMITED:
+        value = check.connectionId = reader.ascii() as string;
+        break;
+      case 2 * 8 + LENGTH_DELIMITED:
+        value = check.organizationId = reader.ascii() as string;
+        break;
+      case 3 * 8:
+        value = check.action = reader.varint() as number;
+        break;
+      case 4 * 8 + LENGTH_DELIMITED:
+        value = check.scope = reader.ascii() as string;
+        break;
+      default:
+        return undefined;
+    }
+    if (value === undefined) return undefined;
+  }
+  return check;
+}
+
+function readBatch(bytes: Buffer): BatchCheckConnectionRequest | undefined {
+  const batch: BatchCheckConnectionRequest = { $typeName: BatchCheckConnectionRequestSchema.typeName, checks: [] };
+  const reader = new Reader(bytes, 0, bytes.length);
+  while (reader.offset < reader.end) {
+    if (reader.varint() !== 1 * 8 + LENGTH_DELIMITED) return undefined;
+    const length = reader.varint();
+    if (length === undefined || reader.offset + length > reader.end) return undefined;
+    const check = readCheck(new Reader(bytes, reader.offset, reader.offset + length));
+    if (check === undefined) return undefined;
+    batch.checks.push(check);
+    reader.offset += length;
+  }
+  return batch;
+}
+
+const asBuffer = (bytes: Uint8Array) =>
+  Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+
+export function decodeCheckConnectionRequest(bytes: Uint8Array): CheckConnectionRequest {
+  const buffer = asBuffer(bytes);
+  return readCheck(new Reader(buffer, 0, buffer.length)) ?? fromBinary(CheckConnectionRequestSchema, bytes);
+}
+
+export function decodeBatchCheckConnectionRequest(bytes: Uint8Array): BatchCheckConnectionRequest {
+  return readBatch(asBuffer(bytes)) ?? fromBinary(BatchCheckConnectionRequestSchema, bytes);
+}
+
+const BINARY_DECODERS: ReadonlyMap<string, (bytes: Uint8Array) => Message> = new Map<
+  string,
+  (bytes: Uint8Array) => Message
+>([
+  [CheckConnectionRequestSchema.typeName, decodeCheckConnectionRequest],
+  [BatchCheckConnectionRequestSchema.typeName, decodeBatchCheckConnectionRequest],
+]);
+
+/** How the gRPC fast path decodes a request of `schema`; throws as fromBinary does on bad bytes. */
+export function binaryDecoderFor(schema: DescMessage): (bytes: Uint8Array) => Message {
+  return BINARY_DECODERS.get(schema.typeName) ?? ((bytes) => fromBinary(schema, bytes));
+}
 
 /** How the gRPC fast path encodes a response of `schema`. */
 export function binaryEncoderFor(schema: DescMessage): (message: Message) => Uint8Array {

@@ -19,7 +19,7 @@ import { invalidArgument, ServiceError } from "../app/errors.js";
 import { isOrganizationId } from "../app/ids.js";
 import type { Organizations } from "../app/organizations.js";
 import type { CallerAuthenticator, CallerName } from "./callers.js";
-import { binaryEncoderFor } from "./check-encoding.js";
+import { binaryDecoderFor, binaryEncoderFor } from "./check-encoding.js";
 import { CALLER_TABLE } from "./policy.js";
 import { requestIdFor } from "./request-id.js";
 import { type RpcStatus, toRpcStatus } from "./status.js";
@@ -79,6 +79,8 @@ export interface RegisteredMethod {
   readonly callers: ReadonlySet<CallerName>;
   readonly actsForOrganization: boolean;
   readonly handle: (request: Message, call: Call) => Promise<MessageInitShape<DescMessage>>;
+  /** The request from protobuf binary (fromBinary, or a hand-written decoder on the hot path). */
+  readonly decode: (bytes: Uint8Array) => Message;
   /** The response's protobuf binary encoding (toBinary, or a hand-written encoder on the hot path). */
   readonly encode: (response: Message) => Uint8Array;
 }
@@ -147,6 +149,7 @@ export class RpcPipeline {
         callers: new Set(policy.callers),
         actsForOrganization: policy.actsForOrganization,
         handle,
+        decode: binaryDecoderFor(method.input),
         encode: binaryEncoderFor(method.output),
       });
     }

@@ -16,7 +16,7 @@
 import { constants, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from "node:http2";
 import { promisify } from "node:util";
 import { gunzip } from "node:zlib";
-import { fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
+import type { Message } from "@bufbuild/protobuf";
 import type { Logger } from "pino";
 import { requestIdFor } from "../api/request-id.js";
 import type { RegisteredMethod, RequestMeta, RpcPipeline } from "../api/rpc.js";
@@ -262,7 +262,7 @@ class UnaryCall implements RequestMeta, PendingRead {
     let message: Uint8Array = body.subarray(PREFIX_BYTES);
     if (((body[0] as number) & COMPRESSED_FLAG) !== 0) message = await this.decompress(message);
     try {
-      return fromBinary(this.method.method.input, message);
+      return this.method.decode(message);
     } catch {
       throw refuse.notAMessage(this.method.method, "binary");
     }

@@ -1,15 +1,20 @@
-// The hand-written encoders of the check answers must write exactly the bytes that protobuf-es's
-// toBinary writes, for every shape of answer, and leave what they do not expect to toBinary.
+// The hand-written codecs of the check requests and answers must give exactly what protobuf-es's
+// fromBinary and toBinary give, for every shape, and leave what they do not expect to protobuf-es.
 
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 import { ConnectionSchema } from "../../gen/connections/v1/connection_pb.js";
 import {
+  BatchCheckConnectionRequestSchema,
   BatchCheckConnectionResponseSchema,
+  type CheckConnectionRequest_Action,
+  CheckConnectionRequestSchema,
   CheckConnectionResponseSchema,
 } from "../../gen/connections/v1/connection_service_pb.js";
 import {
+  decodeBatchCheckConnectionRequest,
+  decodeCheckConnectionRequest,
   encodeBatchCheckConnectionResponse,
   encodeCheckConnectionResponse,
   encodeConnection,
@@ -94,5 +99,59 @@ describe("check answer encoding", () => {
     expect(Buffer.from(encodeCheckConnectionResponse(response))).toEqual(
       Buffer.from(toBinary(CheckConnectionResponseSchema, response)),
     );
+  });
+});
+
+describe("check request decoding", () => {
+  const CHECKS: MessageInitShape<typeof CheckConnectionRequestSchema>[] = [
+    {},
+    { connectionId: "cxn_0123456789abcdef0123", organizationId: "org_a", action: 1, scope: "account.read" },
+    { connectionId: "cxn_x", action: 2 },
+    // An enum number the schema does not name stays a number (proto3 enums are open).
+    { organizationId: "org_b", action: 9 as CheckConnectionRequest_Action, scope: "" },
+    // Non-ASCII text: left to protobuf-es.
+    { connectionId: "cxn_ü", scope: "😀" },
+  ];
+  const encodeCheck = (init: MessageInitShape<typeof CheckConnectionRequestSchema>) =>
+    toBinary(CheckConnectionRequestSchema, create(CheckConnectionRequestSchema, init));
+
+  it("decodes every CheckConnectionRequest as fromBinary does", () => {
+    for (const init of CHECKS) {
+      const bytes = encodeCheck(init);
+      expect(decodeCheckConnectionRequest(bytes)).toEqual(fromBinary(CheckConnectionRequestSchema, bytes));
+    }
+  });
+
+  it("decodes batches as fromBinary does, from a Buffer or a Uint8Array", () => {
+    for (const count of [0, 1, 5, 100]) {
+      const batch = create(BatchCheckConnectionRequestSchema, {
+        checks: Array.from({ length: count }, (_, index) => CHECKS[index % CHECKS.length] ?? {}),
+      });
+      const bytes = toBinary(BatchCheckConnectionRequestSchema, batch);
+      const expected = fromBinary(BatchCheckConnectionRequestSchema, bytes);
+      expect(decodeBatchCheckConnectionRequest(bytes)).toEqual(expected);
+      expect(decodeBatchCheckConnectionRequest(Buffer.from(bytes))).toEqual(expected);
+    }
+  });
+
+  it("takes the last of a repeated singular field, and leaves unknown fields and other wire types to fromBinary", () => {
+    const twice = Buffer.concat([encodeCheck({ scope: "account.read" }), encodeCheck({ scope: "inquiry.read" })]);
+    expect(decodeCheckConnectionRequest(twice)).toEqual(fromBinary(CheckConnectionRequestSchema, twice));
+    expect(decodeCheckConnectionRequest(twice).scope).toBe("inquiry.read");
+    const unknown = Buffer.concat([encodeCheck({ scope: "account.read" }), Buffer.from([0x28, 0x01])]); // field 5
+    expect(decodeCheckConnectionRequest(unknown)).toEqual(fromBinary(CheckConnectionRequestSchema, unknown));
+    expect(decodeCheckConnectionRequest(unknown).$unknown).toHaveLength(1);
+    const stringAsVarint = Buffer.from([0x08, 0x01]); // field 1 (a string) sent as a varint
+    expect(() => decodeCheckConnectionRequest(stringAsVarint)).toThrow();
+    expect(() => fromBinary(CheckConnectionRequestSchema, stringAsVarint)).toThrow();
+  });
+
+  it("refuses truncated bytes as fromBinary does", () => {
+    const bytes = encodeCheck({ connectionId: "cxn_0123456789abcdef0123", scope: "account.read" });
+    for (const cut of [1, 3, bytes.length - 1]) {
+      const truncated = bytes.subarray(0, cut);
+      expect(() => decodeCheckConnectionRequest(truncated)).toThrow();
+      expect(() => fromBinary(CheckConnectionRequestSchema, truncated)).toThrow();
+    }
   });
 });
