@@ -268,6 +268,20 @@ def scenario_rpcs(protos, args):
         "token-service",
     )
     check(allowed.allowed and allowed.reason == Reason.REASON_ALLOWED, "CheckConnection allows an ACTIVE scope")
+    batch = ok(
+        "BatchCheckConnection",
+        {
+            "checks": [
+                {"connection_id": connection.id, "organization_id": source, "action": Action.ACTION_ISSUE_SHARE_TOKEN, "scope": scope}
+                for scope in ("account.read", "inquiry.read")
+            ]
+        },
+        "token-service",
+    )
+    check(
+        [result.reason for result in batch.results] == [Reason.REASON_ALLOWED, Reason.REASON_SCOPE_NOT_GRANTED],
+        "BatchCheckConnection answers each check in order",
+    )
     deactivated = ok(
         "DeactivateConnection", {"id": connection.id, "reason": "contract ended"}, "dashboard-bff", source
     ).connection
@@ -275,11 +289,18 @@ def scenario_rpcs(protos, args):
     check(deactivated.deactivate_time.seconds > 0, "deactivate_time is set")
     reactivated = ok("ReactivateConnection", {"id": connection.id}, "api-gateway", source).connection
     check(reactivated.state == State.STATE_PENDING, "ReactivateConnection makes it PENDING again")
+    updated = ok(
+        "UpdateConnection",
+        {"connection": {"id": connection.id, "scopes": ["account.read"]}, "update_mask": {"paths": ["scopes"]}},
+        "api-gateway",
+        source,
+    ).connection
+    check(list(updated.scopes) == ["account.read"], "UpdateConnection narrows the scopes")
     events = ok("ListConnectionEvents", {"connection_id": connection.id}, "api-gateway", destination).events
     Type = protos.connection.ConnectionEvent.Type
     types = [Type.Name(event.type) for event in events]
     check(
-        types == ["TYPE_CREATED", "TYPE_ACTIVATED", "TYPE_DEACTIVATED", "TYPE_REACTIVATED"],
+        types == ["TYPE_CREATED", "TYPE_ACTIVATED", "TYPE_DEACTIVATED", "TYPE_REACTIVATED", "TYPE_UPDATED"],
         "ListConnectionEvents lists every transition oldest first, got %s" % types,
     )
     check(events[2].reason == "contract ended", "the deactivation reason is kept on the event")
@@ -336,6 +357,14 @@ def scenario_errors(protos, args):
         source,
     )
     case("ListConnectionEvents", expect("NOT_FOUND", "CONNECTION_NOT_FOUND"), {"connection_id": connection.id}, "api-gateway", stranger)
+    case(
+        "UpdateConnection",
+        expect("PERMISSION_DENIED", "ONLY_SOURCE_CAN_UPDATE"),
+        {"connection": {"id": connection.id, "name": "Mine"}, "update_mask": {"paths": ["name"]}},
+        "api-gateway",
+        destination,
+    )
+    case("BatchCheckConnection", expect("INVALID_ARGUMENT", "INVALID_ARGUMENT", field="checks"), {"checks": []}, "token-service")
     case(
         "CheckConnection",
         expect("UNAUTHENTICATED", "CALLER_UNAUTHENTICATED"),
