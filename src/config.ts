@@ -25,6 +25,12 @@ export interface Config {
   readonly limits: TransportLimits;
   /** SQLite: Connections the CheckConnection cache holds (least recently checked leave first). */
   readonly checkCacheEntries: number;
+  /** WatchConnectionEvents streams per replica. */
+  readonly maxWatchers: number;
+  /** The longest a watch stream goes without a message (a heartbeat with the cursor). */
+  readonly watchHeartbeatMs: number;
+  /** How often the change feed polls the database besides being woken by writes and NOTIFY. */
+  readonly watchPollIntervalMs: number;
 }
 
 export interface TlsFiles {
@@ -121,6 +127,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxHealthWatchers: integer("MAX_HEALTH_WATCHERS", LIMITS.maxHealthWatchers, 0, 1_000_000),
     },
     checkCacheEntries: integer("CHECK_CACHE_ENTRIES", 200_000, 1, 100_000_000),
+    maxWatchers: integer("MAX_WATCHERS", 1000, 0, 1_000_000),
+    watchHeartbeatMs: integer("WATCH_HEARTBEAT_MS", 15_000, 10, 15_000),
+    watchPollIntervalMs: integer("WATCH_POLL_INTERVAL_MS", 1000, 10, 60_000),
   };
   const { limits } = config;
   if (limits.http1HeadersTimeoutMs > limits.http1RequestTimeoutMs) {

@@ -77,6 +77,18 @@ export class Metrics implements RpcObserver, ReloadObserver {
     }
   }
 
+  /** connections_watchers: the WatchConnectionEvents streams open on this replica. */
+  countWatchers(count: () => number): void {
+    new Gauge({
+      name: "connections_watchers",
+      help: "WatchConnectionEvents streams open on this replica.",
+      registers: [this.registry],
+      collect() {
+        this.set(count());
+      },
+    });
+  }
+
   /** `labels` come from the registered methods, or are "unknown": the label sets stay bounded. */
   observe(labels: RpcLabels, code: number, seconds: number): void {
     const key = `${labels.path}|${code}`;

@@ -6,9 +6,11 @@ import { ConnectionService } from "../gen/connections/v1/connection_service_pb.j
 import { OrganizationService } from "../gen/connections/v1/organization_service_pb.js";
 import { CallerAuthenticator, CallerTable } from "./api/callers.js";
 import { connectionServiceHandlers } from "./api/connection-service.js";
+import { watchConnectionEventsHandler } from "./api/feed-service.js";
 import { organizationServiceHandlers } from "./api/organization-service.js";
 import { RpcPipeline } from "./api/rpc.js";
 import { Connections } from "./app/connections.js";
+import { Feed } from "./app/feed.js";
 import { Organizations } from "./app/organizations.js";
 import type { Config } from "./config.js";
 import { Metrics, startAdminServer } from "./metrics.js";
@@ -72,7 +74,20 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       maxDeadlineMs: config.maxDeadlineMs,
       tracing,
     });
-    pipeline.register(ConnectionService, connectionServiceHandlers(new Connections(store)));
+    const feed = new Feed(
+      store,
+      {
+        maxWatchers: config.maxWatchers,
+        heartbeatMs: config.watchHeartbeatMs,
+        pollIntervalMs: config.watchPollIntervalMs,
+      },
+      (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
+    );
+    metrics.countWatchers(() => feed.watcherCount);
+    pipeline.register(ConnectionService, {
+      ...connectionServiceHandlers(new Connections(store)),
+      watchConnectionEvents: watchConnectionEventsHandler(feed),
+    });
     pipeline.register(OrganizationService, organizationServiceHandlers(organizations));
 
     server = await serve({
@@ -102,6 +117,9 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       reload: () => reloader.reload("SIGHUP"),
       async close() {
         reloader.close();
+        // Watch streams never finish by themselves: end them with UNAVAILABLE (and a cursor
+        // already sent) so that the drain below is not spent waiting for them.
+        feed.shutDown();
         await running.close(config.shutdownGraceMs);
         await admin?.close();
         // A query that outlived the grace period (say, waiting on a lock) must not hold the exit:

@@ -15,10 +15,11 @@ import type { Actor, CheckRequest, CheckResult, Connections } from "../app/conne
 import { invalidArgument } from "../app/errors.js";
 import type { Transition } from "../domain/connection.js";
 import { connectionToProto, eventToProto, stateToProto } from "./convert.js";
-import type { Call, UnaryHandlers } from "./rpc.js";
+import type { Call, ServiceHandlers } from "./rpc.js";
 import * as validate from "./validate.js";
 
-type Handlers = UnaryHandlers<(typeof ConnectionService)["method"]>;
+/** The change feed's handler lives in feed-service.ts. */
+type Handlers = Omit<ServiceHandlers<(typeof ConnectionService)["method"]>, "watchConnectionEvents">;
 
 /** The most checks that one BatchCheckConnection may carry. */
 export const MAX_BATCH_CHECKS = 100;

@@ -3,12 +3,12 @@
 import type { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
 import type { Organizations } from "../app/organizations.js";
 import { organizationToProto } from "./convert.js";
-import type { UnaryHandlers } from "./rpc.js";
+import type { ServiceHandlers } from "./rpc.js";
 import * as validate from "./validate.js";
 
 export function organizationServiceHandlers(
   organizations: Organizations,
-): UnaryHandlers<(typeof OrganizationService)["method"]> {
+): ServiceHandlers<(typeof OrganizationService)["method"]> {
   return {
     async createOrganization(request, call) {
       const id = request.id === "" ? "" : validate.organizationId("id", request.id);

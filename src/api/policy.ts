@@ -7,6 +7,8 @@ import type { CallerName } from "./callers.js";
 export interface MethodPolicy {
   readonly callers: readonly CallerName[];
   readonly actsForOrganization: boolean;
+  /** Callers that serve every organization here: they send no x-organization-id. */
+  readonly actsForEveryOrganization?: readonly CallerName[];
 }
 
 const BFF_AND_GATEWAY: readonly CallerName[] = ["dashboard-bff", "api-gateway"];
@@ -23,6 +25,12 @@ export const CALLER_TABLE: Readonly<Record<string, MethodPolicy>> = {
   "connections.v1.ConnectionService/DeactivateConnection": { callers: BFF_AND_GATEWAY, actsForOrganization: true },
   "connections.v1.ConnectionService/ReactivateConnection": { callers: BFF_AND_GATEWAY, actsForOrganization: true },
   "connections.v1.ConnectionService/ListConnectionEvents": { callers: BFF_AND_GATEWAY, actsForOrganization: true },
+  // The token service follows every Connection's changes; the others see their organization's.
+  "connections.v1.ConnectionService/WatchConnectionEvents": {
+    callers: ["dashboard-bff", "api-gateway", "token-service"],
+    actsForOrganization: true,
+    actsForEveryOrganization: ["token-service"],
+  },
   "connections.v1.ConnectionService/CheckConnection": { callers: ["token-service"], actsForOrganization: false },
   "connections.v1.ConnectionService/UpdateConnection": { callers: BFF_AND_GATEWAY, actsForOrganization: true },
   "connections.v1.ConnectionService/BatchCheckConnection": {

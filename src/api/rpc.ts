@@ -2,7 +2,8 @@
 // gRPC through connect-node) decodes a request, hands it to `invoke`, and encodes what comes back.
 // So there is one caller policy, one organization check, one error mapping and one log line for
 // every protocol, and the activation gate runs before any handler or database work, whatever the
-// transport.
+// transport. Server-streaming RPCs (the change feed) go through the same steps; only their end
+// differs: they are not cut by the unary deadline cap, and their one log line comes when they end.
 
 import {
   create,
@@ -57,8 +58,25 @@ export interface Call {
   readonly signal: AbortSignal;
 }
 
-export type UnaryHandlers<T extends GenServiceMethods> = {
-  [K in keyof T]: (request: MessageShape<T[K]["input"]>, call: Call) => Promise<MessageInitShape<T[K]["output"]>>;
+/** What a server-streaming handler learns besides the call: when to stop. */
+export interface StreamControl {
+  /** Aborts when the client cancelled or went away. */
+  readonly signal: AbortSignal;
+  /** The client's own deadline (ms since the epoch); the unary cap does not apply to streams. */
+  readonly deadline: number | undefined;
+  /** Resets the stream without a status, when the transport can (for a client that stopped reading). */
+  readonly abandon: (() => void) | undefined;
+}
+
+/** A handler per RPC: unary ones return the response, server-streaming ones yield responses. */
+export type ServiceHandlers<T extends GenServiceMethods> = {
+  [K in keyof T]: T[K]["methodKind"] extends "server_streaming"
+    ? (
+        request: MessageShape<T[K]["input"]>,
+        call: Call,
+        control: StreamControl,
+      ) => AsyncIterable<MessageInitShape<T[K]["output"]>>
+    : (request: MessageShape<T[K]["input"]>, call: Call) => Promise<MessageInitShape<T[K]["output"]>>;
 };
 
 /** How an RPC is named in metrics and logs. */
@@ -71,18 +89,50 @@ export interface RpcLabels {
   readonly method: string;
 }
 
-export interface RegisteredMethod {
+interface MethodBase {
   /** "/connections.v1.ConnectionService/CreateConnection": the HTTP path of every protocol. */
   readonly path: string;
   readonly labels: RpcLabels;
   readonly method: DescMethod;
   readonly callers: ReadonlySet<CallerName>;
   readonly actsForOrganization: boolean;
+  /** Callers for which actsForOrganization does not hold: they act for every organization. */
+  readonly actsForEveryOrganization: ReadonlySet<CallerName>;
+}
+
+export interface UnaryMethod extends MethodBase {
+  readonly kind: "unary";
   readonly handle: (request: Message, call: Call) => Promise<MessageInitShape<DescMessage>>;
   /** The request from protobuf binary (fromBinary, or a hand-written decoder on the hot path). */
   readonly decode: (bytes: Uint8Array) => Message;
   /** The response's protobuf binary encoding (toBinary, or a hand-written encoder on the hot path). */
   readonly encode: (response: Message) => Uint8Array;
+}
+
+export interface StreamingMethod extends MethodBase {
+  readonly kind: "server_streaming";
+  readonly stream: (
+    request: Message,
+    call: Call,
+    control: StreamControl,
+  ) => AsyncIterable<MessageInitShape<DescMessage>>;
+}
+
+export type RegisteredMethod = UnaryMethod | StreamingMethod;
+
+/** How a stream that the pipeline ran ended with an error, for the transport to send. */
+export class RpcStreamError extends Error {
+  constructor(readonly status: RpcStatus) {
+    super(status.message);
+    this.name = "RpcStreamError";
+  }
+}
+
+/** A server stream as the pipeline hands it to a transport. */
+export interface RpcStream {
+  readonly requestId: string;
+  /** The responses; throws RpcStreamError when the stream ends with an error. */
+  readonly responses: AsyncGenerator<Message, void>;
 }
 
 export type RpcResult =
@@ -124,6 +174,14 @@ export interface RpcPipelineOptions {
 }
 
 const MAX_ACTOR_LENGTH = 200;
+
+/** A stream whose client went away: nobody receives a status, but the log and metrics say so. */
+const CANCELLED: RpcStatus = {
+  code: Code.Canceled,
+  message: "cancelled by the client",
+  reason: "INTERNAL",
+  metadata: {},
+};
 /** How close to its deadline a client's cancellation counts as the deadline passing. */
 const DEADLINE_SLACK_MS = 100;
 
@@ -135,23 +193,40 @@ export class RpcPipeline {
 
   constructor(private readonly options: RpcPipelineOptions) {}
 
-  register<T extends GenServiceMethods>(service: GenService<T>, handlers: UnaryHandlers<T>): void {
+  register<T extends GenServiceMethods>(service: GenService<T>, handlers: ServiceHandlers<T>): void {
     for (const method of service.methods) {
       const key = `${service.typeName}/${method.name}`;
       const policy = CALLER_TABLE[key];
       if (policy === undefined) throw new Error(`no caller policy for ${key}`);
-      if (method.methodKind !== "unary") throw new Error(`${key} is not unary`);
-      const handle = handlers[method.localName as keyof T] as unknown as RegisteredMethod["handle"];
-      this.methods.set(`/${key}`, {
+      const base: MethodBase = {
         path: `/${key}`,
         labels: { path: `/${key}`, service: service.typeName, method: method.name },
         method,
         callers: new Set(policy.callers),
         actsForOrganization: policy.actsForOrganization,
-        handle,
-        decode: binaryDecoderFor(method.input),
-        encode: binaryEncoderFor(method.output),
-      });
+        actsForEveryOrganization: new Set(policy.actsForEveryOrganization),
+      };
+      const handler = handlers[method.localName as keyof T] as unknown;
+      switch (method.methodKind) {
+        case "unary":
+          this.methods.set(base.path, {
+            ...base,
+            kind: "unary",
+            handle: handler as UnaryMethod["handle"],
+            decode: binaryDecoderFor(method.input),
+            encode: binaryEncoderFor(method.output),
+          });
+          break;
+        case "server_streaming":
+          this.methods.set(base.path, {
+            ...base,
+            kind: "server_streaming",
+            stream: handler as StreamingMethod["stream"],
+          });
+          break;
+        default:
+          throw new Error(`${key} is ${method.methodKind}: only unary and server-streaming RPCs are supported`);
+      }
     }
   }
 
@@ -173,14 +248,14 @@ export class RpcPipeline {
   }
 
   /** Runs one RPC through authentication, the caller table, the organization check and its handler. */
-  invoke(method: RegisteredMethod, request: Message, meta: RequestMeta): Promise<RpcResult> {
+  invoke(method: UnaryMethod, request: Message, meta: RequestMeta): Promise<RpcResult> {
     const tracing = this.options.tracing;
     if (tracing === undefined) return this.run(method, request, meta, undefined);
     return tracing.serve(method.path, meta, (span) => this.run(method, request, meta, span));
   }
 
   private async run(
-    method: RegisteredMethod,
+    method: UnaryMethod,
     request: Message,
     meta: RequestMeta,
     span: RpcSpan | undefined,
@@ -236,6 +311,72 @@ export class RpcPipeline {
   }
 
   /**
+   * Runs a server-streaming RPC: the same admission as `invoke`, then the handler's responses.
+   * The stream ends when the handler does (OK), with an error (thrown as RpcStreamError), or when
+   * the client goes away (logged as CANCELLED); one log line and one observation at the end.
+   * Streams get no trace span yet: RpcTracing wraps a promise, and a stream lives for hours.
+   */
+  stream(
+    method: StreamingMethod,
+    request: Message,
+    meta: RequestMeta,
+    transport: Omit<StreamControl, "deadline">,
+  ): RpcStream {
+    const requestId = requestIdFor(meta.header("x-request-id"));
+    return { requestId, responses: this.runStream(method, request, meta, transport, requestId) };
+  }
+
+  private async *runStream(
+    method: StreamingMethod,
+    request: Message,
+    meta: RequestMeta,
+    transport: Omit<StreamControl, "deadline">,
+    requestId: string,
+  ): AsyncGenerator<Message, void> {
+    const { signal } = transport;
+    const started = performance.now();
+    // No deadline here: the client's own is the handler's to keep (MAX_DEADLINE_MS is for unary).
+    const scope = new CallScope(signal, Number.POSITIVE_INFINITY);
+    let failure: RpcStatus | undefined = CANCELLED;
+    try {
+      if (this.shuttingDown) throw shuttingDownError();
+      const call = await this.admit(method, meta, requestId, scope);
+      for await (const response of method.stream(request, call, { ...transport, deadline: meta.deadline })) {
+        yield create(method.method.output, response);
+      }
+      failure = signal.aborted ? CANCELLED : undefined;
+    } catch (error) {
+      if (signal.aborted) failure = CANCELLED;
+      else {
+        const { status, internalCause } = toRpcStatus(error);
+        if (internalCause !== undefined) {
+          this.options.logger.error({ err: internalCause, requestId, method: method.path }, "rpc failed");
+        }
+        failure = status;
+      }
+      throw new RpcStreamError(failure);
+    } finally {
+      scope.end();
+      const seconds = (performance.now() - started) / 1000;
+      const code = failure === undefined ? 0 : failure.code;
+      this.options.observer?.observe(method.labels, code, seconds);
+      this.options.logger.info(
+        {
+          method: method.path,
+          protocol: meta.protocol,
+          code: codeName(code),
+          reason: failure === undefined || failure === CANCELLED ? undefined : failure.reason,
+          durationMs: Math.round(seconds * 1e6) / 1000,
+          caller: scope.caller,
+          organizationId: scope.organizationId || meta.header("x-organization-id"),
+          requestId,
+        },
+        "rpc",
+      );
+    }
+  }
+
+  /**
    * Logs and counts a request that the transport answered itself before the pipeline ran (bytes
    * that do not parse, too large, an unknown method...): one log line and one count, like any RPC.
    */
@@ -255,12 +396,17 @@ export class RpcPipeline {
   }
 
   private async authorizeAndHandle(
-    method: RegisteredMethod,
+    method: UnaryMethod,
     request: Message,
     meta: RequestMeta,
     requestId: string,
     scope: CallScope,
   ): Promise<MessageInitShape<DescMessage>> {
+    return method.handle(request, await this.admit(method, meta, requestId, scope));
+  }
+
+  /** Authentication, the caller table, x-actor and the acting organization: the Call, or a throw. */
+  private async admit(method: RegisteredMethod, meta: RequestMeta, requestId: string, scope: CallScope): Promise<Call> {
     const caller = this.options.authenticator.authenticate(meta.header("authorization"), meta.peerSpiffeId?.());
     if (caller === undefined) {
       throw new ServiceError(
@@ -277,17 +423,10 @@ export class RpcPipeline {
     if (actor.length > MAX_ACTOR_LENGTH) {
       throw invalidArgument("x-actor", `x-actor must be at most ${MAX_ACTOR_LENGTH} characters`);
     }
-    if (method.actsForOrganization) {
+    if (method.actsForOrganization && !method.actsForEveryOrganization.has(caller)) {
       scope.organizationId = await this.actingOrganization(meta.header("x-organization-id"));
     }
-    const call: Call = {
-      caller,
-      organizationId: scope.organizationId,
-      actor,
-      requestId,
-      signal: scope.signal,
-    };
-    return method.handle(request, call);
+    return { caller, organizationId: scope.organizationId, actor, requestId, signal: scope.signal };
   }
 
   private async actingOrganization(header: string | undefined): Promise<string> {

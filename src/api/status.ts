@@ -29,6 +29,7 @@ const CODE_BY_REASON: Readonly<Record<ErrorReason, Code>> = {
   INVALID_STATE_TRANSITION: Code.FailedPrecondition,
   ETAG_MISMATCH: Code.Aborted,
   MALFORMED_REQUEST: Code.InvalidArgument,
+  WATCHER_TOO_SLOW: Code.ResourceExhausted,
   TOO_MANY_WATCHERS: Code.ResourceExhausted,
   WRITE_CONFLICT: Code.Aborted,
   DATABASE_UNAVAILABLE: Code.Unavailable,

@@ -21,6 +21,7 @@ export type ErrorReason =
   | "INVALID_STATE_TRANSITION"
   | "ETAG_MISMATCH"
   | "MALFORMED_REQUEST"
+  | "WATCHER_TOO_SLOW"
   | "TOO_MANY_WATCHERS"
   // Failures of the service itself, which the contract leaves to us.
   | "WRITE_CONFLICT"

@@ -6,12 +6,15 @@ import { type CompiledQuery, type Insertable, type Kysely, type Selectable, sql 
 import type { EventType, State } from "../domain/connection.js";
 import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
 import { classifyError, translateError } from "./errors.js";
+import type { FeedListener } from "./feed-notifications.js";
 import type { StorePool } from "./pg-pool.js";
 import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
 import {
   AlreadyExistsError,
   type ConnectionRecord,
   type EventRecord,
+  type FeedEntry,
+  type FeedQuery,
   InvalidCursorError,
   type ListConnectionsQuery,
   type ListEventsQuery,
@@ -73,6 +76,8 @@ export interface KyselyStoreOptions {
   readonly inTransaction?: () => boolean;
   /** SQLite: how many Connections the check cache holds (least recently used go first). */
   readonly checkCacheEntries?: number;
+  /** PostgreSQL: notifications of events committed by other processes. */
+  readonly feedListener?: FeedListener;
 }
 
 /** SQLite has one connection and no pool; better-sqlite3 runs each statement synchronously. */
@@ -87,11 +92,16 @@ export class KyselyStore implements Store {
   readonly #knownOrganizations = new LruMap<string, true>(KNOWN_ORGANIZATIONS);
   /** Compiled once: the check path and point reads skip Kysely's query building. */
   readonly #connectionById: CompiledQuery<ConnectionRow>;
+  readonly #feedListener: FeedListener | undefined;
+  /** Told after every write of this process commits: it may have appended events. */
+  readonly #feedAppended = new Set<() => void>();
+  #feedId: string | undefined;
 
   constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
     this.#db = db;
     this.#pool = options.pool;
     this.#inTransaction = options.inTransaction;
+    this.#feedListener = options.feedListener;
     this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
     if (options.dialect === "postgres") {
       const connectionsByIds = db
@@ -277,6 +287,62 @@ export class KyselyStore implements Store {
     return toPage(rows, query.limit, toEvent, (row) => String(row.seq));
   }
 
+  async feedId(): Promise<string> {
+    this.#feedId ??= (await this.#read(() => this.#db.selectFrom("feed").select("id").executeTakeFirstOrThrow())).id;
+    return this.#feedId;
+  }
+
+  async feedHead(): Promise<number> {
+    const row = await this.#read(() =>
+      this.#db
+        .selectFrom("connection_events")
+        .select((eb) => eb.fn.max("feed_position").as("head"))
+        .executeTakeFirst(),
+    );
+    return row?.head == null ? 0 : Number(row.head);
+  }
+
+  async readFeed(query: FeedQuery): Promise<FeedEntry[]> {
+    const rows = await this.#read(() => {
+      // Every event column that ListConnectionEvents reads (toEvent), whatever migrations add.
+      let select = this.#db
+        .selectFrom("connection_events")
+        .innerJoin("connections", "connections.id", "connection_events.connection_id")
+        .selectAll("connection_events")
+        .select([
+          "connections.source_organization_id as feed_source_organization_id",
+          "connections.destination_organization_id as feed_destination_organization_id",
+        ])
+        .where("connection_events.feed_position", ">", query.after);
+      if (query.through !== undefined) select = select.where("connection_events.feed_position", "<=", query.through);
+      const organizationId = query.organizationId;
+      if (organizationId !== undefined) {
+        select = select.where((eb) =>
+          eb.or([
+            eb("connections.source_organization_id", "=", organizationId),
+            eb("connections.destination_organization_id", "=", organizationId),
+          ]),
+        );
+      }
+      return select.orderBy("connection_events.feed_position", "asc").limit(query.limit).execute();
+    });
+    return rows.map((row) => ({
+      position: Number(row.feed_position),
+      event: toEvent(row),
+      sourceOrganizationId: row.feed_source_organization_id,
+      destinationOrganizationId: row.feed_destination_organization_id,
+    }));
+  }
+
+  onFeedAppended(listener: () => void): () => void {
+    this.#feedAppended.add(listener);
+    const unsubscribe = this.#feedListener?.subscribe(listener);
+    return () => {
+      this.#feedAppended.delete(listener);
+      unsubscribe?.();
+    };
+  }
+
   getConnectionForCheck(id: string): Promise<ConnectionRecord | undefined> {
     return this.#checks.get(id);
   }
@@ -294,8 +360,9 @@ export class KyselyStore implements Store {
     await this.#read(() => sql`select 1`.execute(this.#db));
   }
 
-  close(): Promise<void> {
-    return this.#db.destroy();
+  async close(): Promise<void> {
+    await this.#feedListener?.close();
+    await this.#db.destroy();
   }
 
   /**
@@ -341,9 +408,11 @@ export class KyselyStore implements Store {
     for (let attempt = 1; ; attempt++) {
       try {
         signal?.throwIfAborted();
-        return await (this.#pool === undefined
+        const result = await (this.#pool === undefined
           ? this.#sqliteTransaction(workThenCheck)
           : this.#pool.reserve(signal, (db) => db.transaction().execute(workThenCheck)));
+        for (const listener of this.#feedAppended) listener();
+        return result;
       } catch (error) {
         if (signal?.aborted) throw signal.reason;
         const failure = classifyError(error);

@@ -1,6 +1,7 @@
 // Schema migrations, shipped in the code (not read from disk) so that the built service and the
 // tests migrate the same way. Column types differ by dialect only in columnTypes() below.
 
+import { randomBytes } from "node:crypto";
 import {
   type CreateTableBuilder,
   type Kysely,
@@ -162,10 +163,78 @@ function eventPartiesAndScopes(): Migration {
   };
 }
 
+/** PostgreSQL NOTIFY channel on which every committed event is announced (see feedPositions). */
+export const FEED_CHANNEL = "connections_feed";
+
+/**
+ * The change feed's order: `connection_events.feed_position`, dense (1, 2, 3, ...) and assigned in
+ * COMMIT order, so that a reader who has seen position N has seen, or can still read, every
+ * position below it. `seq` cannot serve: on PostgreSQL a sequence hands out ids at insert time,
+ * and a transaction that took id 7 may commit after the one that took id 8 has been read, so a
+ * cursor at 8 would skip 7 forever.
+ *
+ * - PostgreSQL: a BEFORE INSERT trigger takes the next number from the one-row `feed` table with
+ *   an UPDATE, whose row lock is held until the transaction ends. The next writer waits on that
+ *   lock, so it gets its number only after this one committed (or rolled back, which returns the
+ *   number: no holes). Every event insert is the last statement of its transaction, so the lock
+ *   is held only from there to COMMIT. The trigger also NOTIFYs FEED_CHANNEL, which PostgreSQL
+ *   delivers at commit, to wake the watchers of every replica. Being a trigger, no code path can
+ *   insert an event without a position.
+ * - SQLite: one process and one connection write, one transaction at a time, so the
+ *   autoincrement `seq` already is commit order; the position is a generated column of it.
+ *
+ * `feed.id` is a random identity of this database's feed, carried in every cursor so that a
+ * cursor from another deployment is refused rather than misread.
+ */
+function feedPositions(dialect: SqlDialect): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      const feedId = randomBytes(9).toString("base64url");
+      if (dialect === "sqlite") {
+        await sql`alter table connection_events add column feed_position integer generated always as (seq) virtual`.execute(
+          db,
+        );
+        await db.schema
+          .createTable("feed")
+          .addColumn("id", "text", (col) => col.notNull())
+          .execute();
+        await db
+          .insertInto("feed" as never)
+          .values({ id: feedId } as never)
+          .execute();
+      } else {
+        await sql`alter table connection_events add column feed_position bigint`.execute(db);
+        // Every event already recorded has committed (the migration holds the table's lock).
+        await sql`update connection_events e set feed_position = n.position
+          from (select seq, row_number() over (order by seq) as position from connection_events) n
+          where e.seq = n.seq`.execute(db);
+        await sql`alter table connection_events alter column feed_position set not null`.execute(db);
+        await sql`create table feed (id text not null, last_position bigint not null)`.execute(db);
+        await sql`insert into feed (id, last_position) select ${feedId}, count(*) from connection_events`.execute(db);
+        await sql`create function connection_events_feed_position() returns trigger language plpgsql as $$
+          begin
+            update feed set last_position = last_position + 1 returning last_position into new.feed_position;
+            perform pg_notify(${sql.lit(FEED_CHANNEL)}, new.feed_position::text);
+            return new;
+          end $$`.execute(db);
+        await sql`create trigger connection_events_feed_position before insert on connection_events
+          for each row execute function connection_events_feed_position()`.execute(db);
+      }
+      await db.schema
+        .createIndex("connection_events_feed_position_key")
+        .on("connection_events")
+        .column("feed_position")
+        .unique()
+        .execute();
+    },
+  };
+}
+
 export function migrationProvider(dialect: SqlDialect): MigrationProvider {
   const migrations: Record<string, Migration> = {
     "0001_initial": initial(dialect),
     "0002_event_parties_and_scopes": eventPartiesAndScopes(),
+    "0003_feed_positions": feedPositions(dialect),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }

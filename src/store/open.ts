@@ -7,6 +7,7 @@ import { Kysely, type MigrationResult, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import type { Logger } from "pino";
 import { translateError } from "./errors.js";
+import { FeedListener } from "./feed-notifications.js";
 import { KyselyStore } from "./kysely-store.js";
 import { migrateToLatest } from "./migrations.js";
 import { StorePool } from "./pg-pool.js";

@@ -52,10 +52,18 @@ export interface ConnectionEventsTable {
   scopes: string;
   /** JSON array of the scopes before it: set for UPDATED, "[]" otherwise. */
   previous_scopes: string;
+  /** The change feed's commit order (migration 0003); assigned by the database. */
+  feed_position: Seq;
+}
+
+/** One row: the identity of this database's change feed. */
+export interface FeedTable {
+  id: string;
 }
 
 export interface Database {
   organizations: OrganizationsTable;
   connections: ConnectionsTable;
   connection_events: ConnectionEventsTable;
+  feed: FeedTable;
 }

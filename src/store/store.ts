@@ -77,6 +77,25 @@ export interface Page<T> {
   readonly nextCursor: string | undefined;
 }
 
+/** An event in the change feed, with the parties of its Connection (for visibility). */
+export interface FeedEntry {
+  /** Commit order: dense, one per event, growing (see migrations.ts, feedPositions). */
+  readonly position: number;
+  readonly event: EventRecord;
+  readonly sourceOrganizationId: string;
+  readonly destinationOrganizationId: string;
+}
+
+export interface FeedQuery {
+  /** Exclusive lower bound. */
+  readonly after: number;
+  /** Inclusive upper bound, or none. */
+  readonly through: number | undefined;
+  /** Only events of Connections this organization is a party to; undefined for every event. */
+  readonly organizationId: string | undefined;
+  readonly limit: number;
+}
+
 /** The database connections of a store, for metrics. */
 export interface PoolStats {
   /** Connections open. */
@@ -131,6 +150,20 @@ export interface Store {
    * on PostgreSQL. Answers in the order of `ids`, undefined where there is no such Connection.
    */
   getConnectionsForCheck(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]>;
+
+  /** The random identity of this database's change feed (fixed by its migration; read once). */
+  feedId(): Promise<string>;
+  /** The position of the last committed event (0 when there is none); every lower one is committed too. */
+  feedHead(): Promise<number>;
+  /** Feed entries in position order. */
+  readFeed(query: FeedQuery): Promise<FeedEntry[]>;
+  /**
+   * Calls `listener` whenever events may have been appended: at once after a write of this process,
+   * and on PostgreSQL also when another process commits one (NOTIFY) or the listening connection
+   * was re-established (notifications may have been missed). A hint only: readers still poll.
+   * Returns the function that unsubscribes.
+   */
+  onFeedAppended(listener: () => void): () => void;
 
   /** Connections open to the database, idle ones, and queries waiting for one. */
   poolStats(): PoolStats;

@@ -1,20 +1,40 @@
 // The pipeline's RPCs as connect-node routes: Connect (JSON and binary, HTTP/1.1 and HTTP/2),
-// gRPC-Web, and the gRPC requests that the fast path leaves to connect-node (+json). Each route only
-// turns the HandlerContext into a RequestMeta, calls the pipeline and turns its result back, so
-// every protocol shares the pipeline's caller policy, error mapping and log line.
+// gRPC-Web, and the gRPC requests that the fast path leaves to connect-node (+json, and every
+// server-streaming RPC). Each route only turns the HandlerContext into a RequestMeta, calls the
+// pipeline and turns its result back, so every protocol shares the pipeline's caller policy, error
+// mapping and log line.
 
-import type { DescMethodUnary } from "@bufbuild/protobuf";
-import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
-import type { RequestMeta, RpcPipeline } from "../api/rpc.js";
+import type { DescMethodServerStreaming, DescMethodUnary } from "@bufbuild/protobuf";
+import { type ConnectRouter, createContextKey, type HandlerContext } from "@connectrpc/connect";
+import { type RequestMeta, type RpcPipeline, RpcStreamError } from "../api/rpc.js";
 import { REQUEST_DEADLINE } from "./connect-edge.js";
 import { toConnectError } from "./refusals.js";
 import { PEER_SPIFFE_ID_KEY } from "./tls.js";
 
+/** Set per request by the server: resets the request's stream (HTTP/2) or connection (HTTP/1.1). */
+export const ABANDON_REQUEST = createContextKey<(() => void) | undefined>(undefined, {
+  description: "resets the request's stream or connection without a status",
+});
+
 export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): void {
   for (const registered of pipeline.registered()) {
-    // RpcPipeline.register refuses every method that is not unary.
-    const method = registered.method as DescMethodUnary;
-    router.rpc(method, async (request, context) => {
+    if (registered.kind === "server_streaming") {
+      router.rpc(registered.method as DescMethodServerStreaming, async function* (request, context) {
+        const stream = pipeline.stream(registered, request, new HandlerContextMeta(context), {
+          signal: context.signal,
+          abandon: context.values.get(ABANDON_REQUEST),
+        });
+        context.responseHeader.set("x-request-id", stream.requestId);
+        try {
+          yield* stream.responses;
+        } catch (error) {
+          if (error instanceof RpcStreamError) throw toConnectError(error.status);
+          throw error;
+        }
+      });
+      continue;
+    }
+    router.rpc(registered.method as DescMethodUnary, async (request, context) => {
       const result = await pipeline.invoke(registered, request, new HandlerContextMeta(context));
       context.responseHeader.set("x-request-id", result.requestId);
       if (result.ok) return result.response;

@@ -19,7 +19,7 @@ import { gunzip } from "node:zlib";
 import type { Message } from "@bufbuild/protobuf";
 import type { Logger } from "pino";
 import { requestIdFor } from "../api/request-id.js";
-import type { RegisteredMethod, RequestMeta, RpcPipeline } from "../api/rpc.js";
+import type { RequestMeta, RpcPipeline, UnaryMethod } from "../api/rpc.js";
 import { type RpcStatus, toRpcStatus } from "../api/status.js";
 import { protocolOf } from "./connect-edge.js";
 import type { PendingRead, ReadDeadlines, TransportLimits } from "./limits.js";
@@ -43,8 +43,11 @@ export class GrpcFastPath {
     readonly logger: Logger,
   ) {}
 
-  /** The pipeline method that this stream calls with binary gRPC, or undefined when it is not for this path. */
-  methodFor(headers: IncomingHttpHeaders): RegisteredMethod | undefined {
+  /**
+   * The unary pipeline method that this stream calls with binary gRPC, or undefined when it is not
+   * for this path (streaming RPCs, other protocols: connect-node serves them).
+   */
+  methodFor(headers: IncomingHttpHeaders): UnaryMethod | undefined {
     const contentType = headers["content-type"];
     const path = headers[":path"];
     if (headers[":method"] !== "POST" || contentType === undefined || path === undefined) return undefined;
@@ -53,10 +56,11 @@ export class GrpcFastPath {
       const spoken = protocolOf(contentType);
       if (spoken?.name !== "grpc" || !spoken.binary) return undefined;
     }
-    return this.pipeline.lookup(path);
+    const method = this.pipeline.lookup(path);
+    return method?.kind === "unary" ? method : undefined;
   }
 
-  serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, method: RegisteredMethod): void {
+  serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, method: UnaryMethod): void {
     // An RST_STREAM with an error code makes the stream emit "error"; without a listener that
     // would crash the process. The stream is destroyed either way, and answers check for that.
     stream.on("error", ignoreStreamError);
@@ -80,7 +84,7 @@ export class GrpcFastPath {
   refuse(
     stream: ServerHttp2Stream,
     headers: IncomingHttpHeaders,
-    method: RegisteredMethod,
+    method: UnaryMethod,
     status: RpcStatus,
     seconds: number,
   ): void {
@@ -139,7 +143,7 @@ class UnaryCall implements RequestMeta, PendingRead {
     private readonly fastPath: GrpcFastPath,
     private readonly stream: ServerHttp2Stream,
     private readonly headers: IncomingHttpHeaders,
-    private readonly method: RegisteredMethod,
+    private readonly method: UnaryMethod,
   ) {
     this.receivedAt = Date.now();
     const encoding = single(headers, "grpc-encoding");

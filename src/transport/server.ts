@@ -18,12 +18,13 @@ import type { AddressInfo } from "node:net";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { DescService } from "@bufbuild/protobuf";
+import { createContextValues } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import type { RpcPipeline } from "../api/rpc.js";
 import { ConnectEdge } from "./connect-edge.js";
-import { routePipeline } from "./connect-routes.js";
+import { ABANDON_REQUEST, routePipeline } from "./connect-routes.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";
 import { HealthController, routeHealth } from "./health.js";
 import { DEFAULT_TRANSPORT_LIMITS, ReadDeadlines, type TransportLimits } from "./limits.js";
@@ -98,8 +99,12 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     limits,
     readDeadlines,
     logger,
-    // The client certificate's SPIFFE ID, for the pipeline; nothing per request without TLS.
-    ...(options.tls === undefined ? {} : { contextValues: tlsContextValues }),
+    // Per request: how to reset it (a watch stream whose client stopped reading) and, with TLS,
+    // the client certificate's SPIFFE ID for the pipeline.
+    contextValues: (request) =>
+      (options.tls === undefined ? createContextValues() : tlsContextValues(request)).set(ABANDON_REQUEST, () =>
+        abandonRequest(request),
+      ),
     routes(router) {
       routePipeline(router, pipeline);
       routeHealth(router, health);
@@ -116,6 +121,12 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     throw error;
   }
   return server;
+}
+
+/** Resets a request whose client stopped reading: its HTTP/2 stream, or its HTTP/1.1 connection. */
+function abandonRequest(request: http.IncomingMessage | http2.Http2ServerRequest): void {
+  if (request instanceof http2.Http2ServerRequest) request.stream.close(http2.constants.NGHTTP2_CANCEL);
+  else request.socket.destroy();
 }
 
 function servicesOf(pipeline: RpcPipeline): DescService[] {

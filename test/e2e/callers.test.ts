@@ -1,4 +1,4 @@
-// The caller table of API.md, cell by cell: each of the 4 callers against each of the 12 RPCs.
+// The caller table of API.md, cell by cell: each of the 4 callers against each of the 13 RPCs.
 // An allowed call is made so that it succeeds; a refused one fails with PERMISSION_DENIED
 // CALLER_NOT_ALLOWED and changes nothing.
 
@@ -30,6 +30,7 @@ const MAY_CALL: Readonly<Record<Caller, readonly RpcName[]>> = {
     "reactivateConnection",
     "updateConnection",
     "listConnectionEvents",
+    "watchConnectionEvents",
     "getOrganization",
   ],
   "api-gateway": [
@@ -40,8 +41,9 @@ const MAY_CALL: Readonly<Record<Caller, readonly RpcName[]>> = {
     "deactivateConnection",
     "reactivateConnection",
     "listConnectionEvents",
+    "watchConnectionEvents",
   ],
-  "token-service": ["checkConnection", "batchCheckConnection", "getConnection"],
+  "token-service": ["checkConnection", "batchCheckConnection", "getConnection", "watchConnectionEvents"],
   provisioning: ["createOrganization", "getOrganization"],
 };
 
@@ -110,6 +112,13 @@ async function prepare(e2e: E2E, rpc: RpcName): Promise<Cell> {
         unchanged: nothing,
       };
     }
+    case "watchConnectionEvents": {
+      const fixture = await connectionFixture(client);
+      return {
+        run: (caller) => e2e.as(caller, fixture.source).watchConnectionEvents({}),
+        unchanged: nothing,
+      };
+    }
     case "checkConnection": {
       const fixture = await connectionFixture(client, { state: "ACTIVE" });
       return {
@@ -172,7 +181,7 @@ async function prepare(e2e: E2E, rpc: RpcName): Promise<Cell> {
 }
 
 describeE2E("caller x RPC matrix", (e2e) => {
-  it("covers the 12 RPCs of the contract", () => {
+  it("covers the 13 RPCs of the contract", () => {
     expect([...RPC_NAMES].sort()).toEqual(
       [
         "activateConnection",
@@ -187,6 +196,7 @@ describeE2E("caller x RPC matrix", (e2e) => {
         "listConnectionEvents",
         "listConnections",
         "reactivateConnection",
+        "watchConnectionEvents",
       ].sort(),
     );
   });

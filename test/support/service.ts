@@ -50,7 +50,11 @@ const METHODS: ReadonlyMap<string, DescMethod> = new Map(
   [...ConnectionService.methods, ...OrganizationService.methods].map((method) => [method.localName, method]),
 );
 
-/** The local names of every RPC of both services ("createConnection", ..., "getOrganization"). */
+/**
+ * The local names of every RPC of both services ("createConnection", ..., "getOrganization"). A
+ * server-streaming RPC (watchConnectionEvents) is called like the others: the call resolves with
+ * its first response message and then cancels the stream, or rejects with the stream's error.
+ */
 export const RPC_NAMES: readonly RpcName[] = [...METHODS.keys()] as RpcName[];
 
 export const CALLERS = ["dashboard-bff", "api-gateway", "token-service", "provisioning"] as const;
@@ -122,7 +126,7 @@ export function devToken(caller: Caller): string {
   return `dev-${caller}`;
 }
 
-function requestHeaders(context: CallContext): Record<string, string> {
+export function requestHeaders(context: CallContext): Record<string, string> {
   const headers: Record<string, string> = {};
   const caller = context.caller === undefined ? "dashboard-bff" : context.caller;
   if (context.authorization !== undefined) headers.authorization = context.authorization;
@@ -151,7 +155,7 @@ function sessionOf(client: Pick<RpcClient, "call">, context: CallContext): Sessi
 // ---------------------------------------------------------------------------------------------
 // connect-node.
 
-type ConnectCall = (request: unknown, options: CallOptions) => Promise<Message>;
+type ConnectCall = (request: unknown, options: CallOptions) => Promise<Message> | AsyncIterable<Message>;
 
 class ConnectRpcClient implements RpcClient {
   private readonly clients: Readonly<Record<string, Record<string, ConnectCall>>>;
@@ -183,13 +187,16 @@ class ConnectRpcClient implements RpcClient {
         headers[name.toLowerCase()] = value;
       });
     };
+    const abort = new AbortController();
     try {
-      const message = await call(request, {
+      const response = call(request, {
         headers: requestHeaders(context),
         onHeader: collect,
         onTrailer: collect,
         timeoutMs: 20_000,
+        signal: abort.signal,
       });
+      const message = Symbol.asyncIterator in response ? await firstOf(response, abort) : await response;
       return { message: message as RpcResponse<K>, headers };
     } catch (error) {
       if (!(error instanceof ConnectError)) throw error;
@@ -254,6 +261,15 @@ export function tlsRpcClient(kind: ClientKind, port: number, tls: ClientTls): Rp
   return new ConnectRpcClient(kind, transport, () => agent.destroy());
 }
 
+/** The first message of a server stream, then the stream cancelled. */
+async function firstOf(stream: AsyncIterable<Message>, abort: AbortController): Promise<Message> {
+  for await (const message of stream) {
+    abort.abort();
+    return message;
+  }
+  throw new Error("the stream ended without a message");
+}
+
 // ---------------------------------------------------------------------------------------------
 // @grpc/grpc-js.
 
@@ -278,6 +294,25 @@ export function errorInfoFromTrailer(metadata: grpc.Metadata | undefined) {
   return undefined;
 }
 
+export function grpcMetadata(headers: Readonly<Record<string, string>>): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  for (const [name, value] of Object.entries(headers)) metadata.set(name, value);
+  return metadata;
+}
+
+/** A grpc-js status that is not OK, as an RpcError. */
+export function rpcErrorOf(status: grpc.StatusObject, headers: Readonly<Record<string, string>> = {}): RpcError {
+  const info = errorInfoFromTrailer(status.metadata);
+  return new RpcError(
+    status.code as number as Code,
+    status.details,
+    info?.reason ?? "",
+    info?.domain ?? "",
+    { ...info?.metadata },
+    headers,
+  );
+}
+
 export class GrpcJsRpcClient implements RpcClient {
   readonly kind: ClientKind = "grpc-js";
   private readonly client: grpc.Client;
@@ -290,13 +325,13 @@ export class GrpcJsRpcClient implements RpcClient {
     const method = methodOf(rpc);
     const input: DescMessage = method.input;
     const output: DescMessage = method.output;
-    return this.unary(
-      `/${method.parent.typeName}/${method.name}`,
-      (value: RpcRequest<K>) => Buffer.from(toBinary(input, create(input, value as MessageInitShape<DescMessage>))),
-      (bytes: Buffer) => fromBinary(output, bytes) as RpcResponse<K>,
-      request,
-      context,
-    );
+    const path = `/${method.parent.typeName}/${method.name}`;
+    const serialize = (value: RpcRequest<K>) =>
+      Buffer.from(toBinary(input, create(input, value as MessageInitShape<DescMessage>)));
+    const deserialize = (bytes: Buffer) => fromBinary(output, bytes) as RpcResponse<K>;
+    return method.methodKind === "server_streaming"
+      ? this.firstOfStream(path, serialize, deserialize, request, context)
+      : this.unary(path, serialize, deserialize, request, context);
   }
 
   /** One unary call with any serializers: also used to send bytes that are not a valid message. */
@@ -307,8 +342,7 @@ export class GrpcJsRpcClient implements RpcClient {
     request: Req,
     context: CallContext,
   ): Promise<{ message: Res; headers: Record<string, string> }> {
-    const metadata = new grpc.Metadata();
-    for (const [name, value] of Object.entries(requestHeaders(context))) metadata.set(name, value);
+    const metadata = grpcMetadata(requestHeaders(context));
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = {};
       let outcome: { error: grpc.ServiceError | null; message: Res | undefined } | undefined;
@@ -343,6 +377,33 @@ export class GrpcJsRpcClient implements RpcClient {
             headers,
           ),
         );
+      });
+    });
+  }
+
+  /** A server-streaming call: its first message (the stream is then cancelled), or its error. */
+  firstOfStream<Req, Res>(
+    path: string,
+    serialize: (value: Req) => Buffer,
+    deserialize: (bytes: Buffer) => Res,
+    request: Req,
+    context: CallContext,
+  ): Promise<{ message: Res; headers: Record<string, string> }> {
+    const metadata = grpcMetadata(requestHeaders(context));
+    return new Promise((resolve, reject) => {
+      const headers: Record<string, string> = {};
+      const call = this.client.makeServerStreamRequest<Req, Res>(path, serialize, deserialize, request, metadata, {
+        deadline: Date.now() + 20_000,
+      });
+      call.on("metadata", (received: grpc.Metadata) => Object.assign(headers, metadataRecord(received)));
+      call.on("data", (message: Res) => {
+        resolve({ message, headers });
+        call.cancel();
+      });
+      call.on("error", () => {});
+      call.on("status", (status: grpc.StatusObject) => {
+        Object.assign(headers, metadataRecord(status.metadata));
+        reject(rpcErrorOf(status, headers));
       });
     });
   }

@@ -76,6 +76,13 @@ export class Stubs {
       checkConnection: async () => ({ allowed: true }),
       updateConnection: async (request) => ({ connection: { id: request.connection?.id ?? "" } }),
       batchCheckConnection: async (request) => ({ results: request.checks.map(() => ({ allowed: true })) }),
+      // Three messages (cursors "1" to "3"), then OK; start_after "fail" ends with NOT_FOUND after one.
+      watchConnectionEvents: async function* (request) {
+        for (let cursor = 1; cursor <= 3; cursor++) {
+          yield { cursor: String(cursor) };
+          if (request.startAfter === "fail") throw new ServiceError("CONNECTION_NOT_FOUND", "stub failure");
+        }
+      },
     });
     pipeline.register(OrganizationService, {
       createOrganization: async (request) => ({ organization: { id: request.id || "org_new", name: request.name } }),

@@ -1,0 +1,97 @@
+// Wakes this process's change-feed readers when another replica commits an event: a dedicated
+// PostgreSQL connection (not one of the pool's, which must stay free for RPCs) LISTENs on the
+// channel that the event trigger NOTIFYs at commit. Notifications are a latency hint, never the
+// source of truth: one lost while the connection was down only delays delivery until the feed's
+// next periodic poll, and every (re)connection wakes the readers so that they look at once.
+
+import pg from "pg";
+import type { Logger } from "pino";
+import { FEED_CHANNEL } from "./migrations.js";
+
+const FIRST_RETRY_MS = 100;
+const MAX_RETRY_MS = 5_000;
+const CONNECT_TIMEOUT_MS = 2_000;
+
+export class FeedListener {
+  readonly #listeners = new Set<() => void>();
+  #client: pg.Client | undefined;
+  #retryMs = FIRST_RETRY_MS;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  constructor(
+    private readonly url: string,
+    private readonly logger: Logger | undefined,
+  ) {}
+
+  /** Calls `listener` on every notification and after every (re)connection. */
+  subscribe(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    if (this.#client === undefined && this.#retryTimer === undefined) void this.#connect();
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** True while the LISTEN connection is up (for tests and health of the feed). */
+  get listening(): boolean {
+    return this.#client !== undefined;
+  }
+
+  /** Drops the connection as if the network had failed (tests); it reconnects with backoff. */
+  disconnectForTest(): void {
+    this.#client?.emit("error", new Error("disconnected for a test"));
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#retryTimer);
+    const client = this.#client;
+    this.#client = undefined;
+    await client?.end().catch(() => undefined);
+  }
+
+  async #connect(): Promise<void> {
+    const client = new pg.Client({
+      connectionString: this.url,
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      keepAlive: true,
+      application_name: "connections-feed",
+    });
+    let failed = false;
+    const fail = (error: unknown) => {
+      if (failed) return;
+      failed = true;
+      if (this.#client === client) this.#client = undefined;
+      void client.end().catch(() => undefined);
+      if (this.#closed) return;
+      this.logger?.warn({ err: error, retryMs: this.#retryMs }, "change feed listener lost; reconnecting");
+      this.#retryTimer = setTimeout(() => {
+        this.#retryTimer = undefined;
+        void this.#connect();
+      }, this.#retryMs);
+      this.#retryTimer.unref();
+      this.#retryMs = Math.min(this.#retryMs * 2, MAX_RETRY_MS);
+    };
+    client.on("error", fail);
+    client.on("end", () => fail(new Error("connection ended")));
+    client.on("notification", () => this.#wake());
+    try {
+      await client.connect();
+      await client.query(`listen ${FEED_CHANNEL}`);
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    if (this.#closed) {
+      await client.end().catch(() => undefined);
+      return;
+    }
+    this.#client = client;
+    this.#retryMs = FIRST_RETRY_MS;
+    // Anything committed while no one listened is read now rather than at the next poll.
+    this.#wake();
+  }
+
+  #wake(): void {
+    for (const listener of this.#listeners) listener();
+  }
+}
