@@ -66,6 +66,8 @@ export interface StreamControl {
   readonly deadline: number | undefined;
   /** Resets the stream without a status, when the transport can (for a client that stopped reading). */
   readonly abandon: (() => void) | undefined;
+  /** Aborts when the stream's connection reached its maximum age: end with UNAVAILABLE before it is cut. */
+  readonly connectionAging: AbortSignal | undefined;
 }
 
 /** A handler per RPC: unary ones return the response, server-streaming ones yield responses. */

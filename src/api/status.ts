@@ -42,6 +42,7 @@ const CODE_BY_REASON: Readonly<Record<ErrorReason, Code>> = {
   UNKNOWN_SERVICE: Code.NotFound,
   CANCELLED: Code.Canceled,
   SHUTTING_DOWN: Code.Unavailable,
+  CONNECTION_MAX_AGE: Code.Unavailable,
   INTERNAL: Code.Internal,
 };
 

@@ -39,6 +39,7 @@ export type ErrorReason =
   | "UNKNOWN_SERVICE"
   | "CANCELLED"
   | "SHUTTING_DOWN"
+  | "CONNECTION_MAX_AGE"
   | "INTERNAL";
 
 export class ServiceError extends Error {

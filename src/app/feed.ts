@@ -56,6 +56,11 @@ export interface WatchControl {
    * the stream must not hold its watcher slot for as long as the client keeps the connection open.
    */
   readonly abandon?: () => void;
+  /**
+   * Aborts when the stream's connection reached its maximum age: the stream ends with UNAVAILABLE
+   * (and the client resumes from its cursor on a new connection) before the connection is cut.
+   */
+  readonly connectionAging?: AbortSignal | undefined;
 }
 
 /** One message of the stream. */
@@ -288,6 +293,13 @@ class Watcher {
   #deadline: NodeJS.Timeout | undefined;
   #abandon: NodeJS.Timeout | undefined;
   readonly #onAbort = () => this.#notify();
+  readonly #onAging = () =>
+    this.end(
+      new ServiceError(
+        "CONNECTION_MAX_AGE",
+        "the connection reached its maximum age; reconnect and resume from the last cursor",
+      ),
+    );
 
   constructor(
     readonly viewer: Viewer,
@@ -296,6 +308,8 @@ class Watcher {
   ) {
     this.#heartbeat = this.#armHeartbeat();
     control.signal.addEventListener("abort", this.#onAbort, { once: true });
+    control.connectionAging?.addEventListener("abort", this.#onAging, { once: true });
+    if (control.connectionAging?.aborted === true) this.#onAging();
     if (control.deadline !== undefined) {
       this.#deadline = setTimeout(
         () =>
@@ -380,6 +394,7 @@ class Watcher {
     clearTimeout(this.#deadline);
     clearTimeout(this.#abandon);
     this.control.signal.removeEventListener("abort", this.#onAbort);
+    this.control.connectionAging?.removeEventListener("abort", this.#onAging);
     this.#queue.length = 0;
   }
 

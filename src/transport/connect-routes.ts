@@ -16,6 +16,11 @@ export const ABANDON_REQUEST = createContextKey<(() => void) | undefined>(undefi
   description: "resets the request's stream or connection without a status",
 });
 
+/** Set per request by the server: aborts when its HTTP/2 connection reaches its maximum age. */
+export const CONNECTION_AGING = createContextKey<AbortSignal | undefined>(undefined, {
+  description: "aborts when the request's connection reaches its maximum age",
+});
+
 export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): void {
   for (const registered of pipeline.registered()) {
     if (registered.kind === "server_streaming") {
@@ -23,6 +28,7 @@ export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): voi
         const stream = pipeline.stream(registered, request, new HandlerContextMeta(context), {
           signal: context.signal,
           abandon: context.values.get(ABANDON_REQUEST),
+          connectionAging: context.values.get(CONNECTION_AGING),
         });
         context.responseHeader.set("x-request-id", stream.requestId);
         try {

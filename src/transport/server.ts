@@ -24,7 +24,7 @@ import { file_google_rpc_error_details } from "../../gen/google/rpc/error_detail
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import type { RpcPipeline } from "../api/rpc.js";
 import { ConnectEdge } from "./connect-edge.js";
-import { ABANDON_REQUEST, routePipeline } from "./connect-routes.js";
+import { ABANDON_REQUEST, CONNECTION_AGING, routePipeline } from "./connect-routes.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";
 import { HealthController, routeHealth } from "./health.js";
 import { DEFAULT_TRANSPORT_LIMITS, ReadDeadlines, type TransportLimits } from "./limits.js";
@@ -102,9 +102,9 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     // Per request: how to reset it (a watch stream whose client stopped reading) and, with TLS,
     // the client certificate's SPIFFE ID for the pipeline.
     contextValues: (request) =>
-      (options.tls === undefined ? createContextValues() : tlsContextValues(request)).set(ABANDON_REQUEST, () =>
-        abandonRequest(request),
-      ),
+      (options.tls === undefined ? createContextValues() : tlsContextValues(request))
+        .set(ABANDON_REQUEST, () => abandonRequest(request))
+        .set(CONNECTION_AGING, agingOf(request)),
     routes(router) {
       routePipeline(router, pipeline);
       routeHealth(router, health);
@@ -124,6 +124,12 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
 }
 
 /** Resets a request whose client stopped reading: its HTTP/2 stream, or its HTTP/1.1 connection. */
+/** Aborts when the request's HTTP/2 connection reaches its maximum age (HTTP/1.1: never). */
+function agingOf(request: http.IncomingMessage | http2.Http2ServerRequest): AbortSignal | undefined {
+  if (!(request instanceof http2.Http2ServerRequest)) return undefined;
+  return (request.stream.session as ClockedSession | undefined)?.[SESSION_CLOCK]?.aging.signal;
+}
+
 function abandonRequest(request: http.IncomingMessage | http2.Http2ServerRequest): void {
   if (request instanceof http2.Http2ServerRequest) request.stream.close(http2.constants.NGHTTP2_CANCEL);
   else request.socket.destroy();
@@ -137,6 +143,8 @@ function servicesOf(pipeline: RpcPipeline): DescService[] {
 
 /** Per HTTP/2 session: when it last opened a stream (the idle timeout counts from it). */
 interface SessionClock {
+  /** Aborts when the connection reached its maximum age: long streams end before the forced close. */
+  readonly aging: AbortController;
   lastStreamAt: number;
 }
 
@@ -243,7 +251,7 @@ class MultiProtocolServer implements RunningServer {
     const { limits } = this;
     this.http2Sessions.add(session);
     session.on("error", (error) => this.logger.debug({ err: error }, "HTTP/2 session error"));
-    const clock: SessionClock = { lastStreamAt: Date.now() };
+    const clock: SessionClock = { lastStreamAt: Date.now(), aging: new AbortController() };
     (session as ClockedSession)[SESSION_CLOCK] = clock;
     const open = () => !session.closed && !session.destroyed;
 
@@ -276,6 +284,7 @@ class MultiProtocolServer implements RunningServer {
     const age = setTimeout(
       () => {
         if (!open()) return;
+        clock.aging.abort();
         session.close();
         grace = setTimeout(() => session.destroy(), limits.maxConnectionAgeGraceMs).unref();
       },

@@ -221,3 +221,25 @@ describeEachDatabase("WatchConnectionEvents limits and shutdown", (database) => 
     await closing;
   });
 });
+
+describeEachDatabase("WatchConnectionEvents and the maximum connection age", (database) => {
+  let service: TestService | undefined;
+  let watch: WatchClient | undefined;
+
+  afterAll(async () => {
+    watch?.close();
+    await service?.close();
+  });
+
+  it("ends a stream with UNAVAILABLE when its connection ages out, before the forced close", async () => {
+    service = await startTestService(database, { MAX_CONNECTION_AGE_MS: "500", MAX_CONNECTION_AGE_GRACE_MS: "60000" });
+    watch = watchClient("connect-grpc", service.address);
+    const stream = watch.watch({ startAtNow: true }, { caller: "token-service" });
+    const { cursor } = await stream.next();
+    expect(await stream.end()).toMatchObject({ code: Code.Unavailable, reason: "CONNECTION_MAX_AGE" });
+    // The client resumes from its cursor on a new connection.
+    const resumed = watch.watch({ startAfter: cursor }, { caller: "token-service" });
+    expect((await resumed.next()).cursor).toBe(cursor);
+    resumed.cancel();
+  });
+});
