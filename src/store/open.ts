@@ -179,7 +179,12 @@ async function openPostgres(url: string, options: OpenStoreOptions): Promise<Sto
   );
   const storePool = new StorePool(pool, poolSize);
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: storePool.forKysely }) });
-  return new KyselyStore(db, { dialect: "postgres", poolSize, pool: storePool });
+  return new KyselyStore(db, {
+    dialect: "postgres",
+    poolSize,
+    pool: storePool,
+    feedListener: new FeedListener(url, options.logger),
+  });
 }
 
 async function migratePostgres(connection: pg.ClientConfig, logger: Logger | undefined): Promise<void> {
