@@ -1,8 +1,9 @@
-// A container HEALTHCHECK: one grpc.health.v1.Health/Check over h2c to the service in the same
-// container. Exits 0 when the service reports SERVING, 1 otherwise (NOT_SERVING while the database
+// A container HEALTHCHECK: one grpc.health.v1.Health/Check to the service in the same container,
+// over h2c, or over TLS when TLS_CERT_FILE is set (the port then serves TLS only). Exits 0 when the service reports SERVING, 1 otherwise (NOT_SERVING while the database
 // does not answer or once shutdown began, no answer, a refused connection). Plain node:http2, so
 // the image needs no extra tool (grpc_health_probe, curl) and it runs as `node dist/src/healthcheck.js`.
 
+import { readFileSync } from "node:fs";
 import http2 from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
@@ -17,12 +18,32 @@ const TIMEOUT_MS = 3_000;
 function target(env: NodeJS.ProcessEnv): string {
   const host = env.HOST === undefined || env.HOST === "" || env.HOST === "0.0.0.0" ? "127.0.0.1" : env.HOST;
   const bracketed = host.includes(":") ? (host === "::" ? "[::1]" : `[${host}]`) : host;
-  return `http://${bracketed}:${env.PORT || "8080"}`;
+  const scheme = env.TLS_CERT_FILE ? "https" : "http";
+  return `${scheme}://${bracketed}:${env.PORT || "8080"}`;
 }
 
-function checkHealth(authority: string, service = ""): Promise<HealthCheckResponse_ServingStatus> {
+/**
+ * TLS options for asking our own process on loopback: its identity is not in question, so the
+ * server certificate is not verified. Under mTLS the service's own certificate is presented as
+ * the client certificate; that works when one CA (e.g. SPIRE's) issues both.
+ */
+function tlsOptions(env: NodeJS.ProcessEnv): http2.SecureClientSessionOptions {
+  if (!env.TLS_CERT_FILE || !env.TLS_KEY_FILE) return {};
+  const options: http2.SecureClientSessionOptions = { rejectUnauthorized: false };
+  if (env.TLS_CLIENT_CA_FILE) {
+    options.cert = readFileSync(env.TLS_CERT_FILE);
+    options.key = readFileSync(env.TLS_KEY_FILE);
+  }
+  return options;
+}
+
+function checkHealth(
+  authority: string,
+  tls: http2.SecureClientSessionOptions,
+  service = "",
+): Promise<HealthCheckResponse_ServingStatus> {
   return new Promise((resolve, reject) => {
-    const session = http2.connect(authority);
+    const session = http2.connect(authority, tls);
     const timer = setTimeout(() => {
       session.destroy();
       reject(new Error(`no answer from ${authority} in ${TIMEOUT_MS} ms`));
@@ -68,7 +89,7 @@ function checkHealth(authority: string, service = ""): Promise<HealthCheckRespon
 }
 
 const authority = target(process.env);
-checkHealth(authority).then(
+checkHealth(authority, tlsOptions(process.env)).then(
   (status) => {
     process.stdout.write(`${authority}: ${HealthCheckResponse_ServingStatus[status] ?? status}\n`);
     process.exit(status === HealthCheckResponse_ServingStatus.SERVING ? 0 : 1);

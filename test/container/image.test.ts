@@ -5,6 +5,7 @@
 import { execFile, execFileSync, spawn } from "node:child_process";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
+import { createTestPki } from "../support/certificates.js";
 import { type ServiceProcess, startServiceProcess } from "../support/process.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -41,6 +42,24 @@ describe("HEALTHCHECK script (dist/src/healthcheck.js)", () => {
     const down = await healthcheck({ HOST: "0.0.0.0", PORT: String(port) });
     expect(down.code).toBe(1);
     expect(down.output).toMatch(/ECONNREFUSED/);
+  });
+
+  it("asks over TLS when the port serves TLS, presenting the service's certificate under mTLS", async () => {
+    const pki = createTestPki();
+    try {
+      const server = pki.issue("server", { dns: ["localhost"], ips: ["127.0.0.1"] });
+      const tls = { TLS_CERT_FILE: server.certFile, TLS_KEY_FILE: server.keyFile, TLS_CLIENT_CA_FILE: pki.ca.certFile };
+      service = await startServiceProcess({ DATABASE_URL: "sqlite::memory:", ...tls });
+      const serving = await healthcheck({ HOST: "127.0.0.1", PORT: String(service.port), ...tls });
+      expect(serving).toEqual({ code: 0, output: `https://127.0.0.1:${service.port}: SERVING\n` });
+      // Without the TLS settings the script speaks h2c, which a TLS-only port refuses.
+      const cleartext = await healthcheck({ HOST: "127.0.0.1", PORT: String(service.port) });
+      expect(cleartext.code).toBe(1);
+    } finally {
+      await service?.stop();
+      service = undefined;
+      pki.remove();
+    }
   });
 });
 
