@@ -3,7 +3,7 @@
 // typed arrays per string field; a BatchCheckConnection carries up to 100 checks and answers with up
 // to 100 Connections, so that cost dominated the call. The encoders compute the size first and write
 // into one buffer, and encode each Connection message once for as long as it lives (convert.ts keeps
-// one per stored version); the decoders read the plain shape these requests have. They give exactly
+// one per stored version of a Connection); the decoders read the plain shape these requests have. They give exactly
 // what toBinary and fromBinary give (test/api/check-encoding.test.ts compares them); anything they
 // do not expect (unknown fields, non-ASCII text, a timestamp before 1970) is left to protobuf-es.
 

@@ -20,18 +20,22 @@ export function stateToProto(state: State): Connection_State {
 }
 
 /**
- * Records are immutable (every write makes a new one), so each gets one message, made when first
- * answered with and shared by every answer after (the check path answers with the same Connection
- * again and again; check-encoding.ts also keeps its encoding). Nothing may modify it.
+ * A Connection's content is fixed by its id and version (every write makes a new version), so the
+ * message made for one is kept and shared by every answer after (the check path answers with the
+ * same Connections again and again; check-encoding.ts also keeps each message's encoding). Keyed by
+ * id, not by record object: the check cache hands out a new record object on every read. Bounded:
+ * the oldest entries go first. Nothing may modify a message handed out here.
  */
-const messages = new WeakMap<ConnectionRecord, Connection>();
+const MESSAGES_KEPT = 20_000;
+const messages = new Map<string, { readonly version: number; readonly message: Connection }>();
 
 export function connectionToProto(connection: ConnectionRecord): Connection {
-  let message = messages.get(connection);
-  if (message === undefined) {
-    message = create(ConnectionSchema, connectionInit(connection));
-    messages.set(connection, message);
-  }
+  const kept = messages.get(connection.id);
+  if (kept !== undefined && kept.version === connection.version) return kept.message;
+  const message = create(ConnectionSchema, connectionInit(connection));
+  messages.delete(connection.id);
+  if (messages.size >= MESSAGES_KEPT) messages.delete(messages.keys().next().value as string);
+  messages.set(connection.id, { version: connection.version, message });
   return message;
 }
 
