@@ -27,6 +27,7 @@ import time
 import traceback
 
 import grpc
+from google.protobuf import descriptor_pb2
 
 ALL_SCOPES = ["account.read", "inquiry.read", "transaction.read", "verification.read"]
 ERROR_DOMAIN = "connections.v1"
@@ -155,10 +156,17 @@ class Client:
         self.protos = protos
         self.channel = channel
         self.methods = {}
+        self.streaming = set()
         for service in protos.services():
             for method in service.methods:
+                shape = descriptor_pb2.MethodDescriptorProto()
+                method.CopyToProto(shape)
+                # WatchConnectionEvents streams its answers; every other method is unary.
+                open_call = channel.unary_stream if shape.server_streaming else channel.unary_unary
+                if shape.server_streaming:
+                    self.streaming.add(method.name)
                 self.methods[method.name] = (
-                    channel.unary_unary(
+                    open_call(
                         "/%s/%s" % (service.full_name, method.name),
                         request_serializer=message_class(method.input_type).SerializeToString,
                         response_deserializer=message_class(method.output_type).FromString,
@@ -172,6 +180,11 @@ class Client:
         metadata = headers(caller, organization, options.pop("actor", None), options.pop("request_id", None))
         return multi_callable.with_call(request_class(**fields), metadata=metadata, timeout=timeout, **options)
 
+    def stream(self, rpc, fields, caller, organization=None, timeout=20):
+        """A server-streaming call: an iterator of responses that is also the call (cancel())."""
+        multi_callable, request_class = self.methods[rpc]
+        return multi_callable(request_class(**fields), metadata=headers(caller, organization), timeout=timeout)
+
     def ok(self, rpc, fields, caller, organization=None, **options):
         try:
             return self.call(rpc, fields, caller, organization, **options)[0]
@@ -181,7 +194,10 @@ class Client:
 
     def fail(self, rpc, fields, caller, organization=None, **options):
         try:
-            self.call(rpc, fields, caller, organization, **options)
+            if rpc in self.streaming:
+                next(self.stream(rpc, fields, caller, organization))
+            else:
+                self.call(rpc, fields, caller, organization, **options)
         except grpc.RpcError as error:
             return Failure(self.protos, error)
         raise CheckFailed("%s succeeded where it should have failed" % rpc)
@@ -304,6 +320,20 @@ def scenario_rpcs(protos, args):
         "ListConnectionEvents lists every transition oldest first, got %s" % types,
     )
     check(events[2].reason == "contract ended", "the deactivation reason is kept on the event")
+    # The change feed from its first event, as the token service follows it: this Connection's
+    # events arrive in the order they were recorded, each carrying its parties and scopes.
+    feed = client.stream("WatchConnectionEvents", {}, "token-service")
+    followed = []
+    for message in feed:
+        check(message.cursor != "", "every feed message carries a cursor")
+        followed.extend(event for event in message.events if event.connection_id == connection.id)
+        if len(followed) >= len(events):
+            break
+    feed.cancel()
+    called.append("WatchConnectionEvents")
+    check([e.id for e in followed] == [e.id for e in events], "the feed delivers the Connection's events in order")
+    check(followed[-1].source_organization_id == source, "feed events carry the source")
+    check(list(followed[-1].previous_scopes) == ["account.read", "transaction.read"], "TYPE_UPDATED has previous_scopes")
     return {"succeeded": called, "eventTypes": types}
 
 
@@ -365,6 +395,12 @@ def scenario_errors(protos, args):
         destination,
     )
     case("BatchCheckConnection", expect("INVALID_ARGUMENT", "INVALID_ARGUMENT", field="checks"), {"checks": []}, "token-service")
+    case(
+        "WatchConnectionEvents",
+        expect("INVALID_ARGUMENT", "INVALID_ARGUMENT", field="start_after"),
+        {"start_after": "not-a-cursor"},
+        "token-service",
+    )
     case(
         "CheckConnection",
         expect("UNAUTHENTICATED", "CALLER_UNAUTHENTICATED"),
