@@ -40,6 +40,25 @@ const HEADER_GETTER: TextMapGetter<RequestMeta> = {
   keys: () => [],
 };
 
+/** Ends `span` with what the pipeline reports of the RPC (never a token). */
+function rpcSpan(span: Span): RpcSpan {
+  return {
+    end(outcome) {
+      const attributes: Attributes = {
+        "rpc.grpc.status_code": outcome.code,
+        "connections.request_id": outcome.requestId,
+      };
+      if (outcome.caller !== undefined) attributes["connections.caller"] = outcome.caller;
+      if (outcome.organizationId !== "") attributes["connections.organization_id"] = outcome.organizationId;
+      if (outcome.reason !== undefined) attributes["connections.error_reason"] = outcome.reason;
+      span.setAttributes(attributes);
+      // OpenTelemetry's gRPC conventions: server spans are errors for server faults only.
+      if (SERVER_FAULTS.has(outcome.code)) span.setStatus({ code: SpanStatusCode.ERROR, message: outcome.reason });
+      span.end();
+    },
+  };
+}
+
 export class Tracing implements RpcTracing {
   readonly #tracer: Tracer;
   readonly #propagator = new W3CTraceContextPropagator();
@@ -78,6 +97,19 @@ export class Tracing implements RpcTracing {
    * server span that continues the caller's trace; `work` ends the span with the outcome.
    */
   serve<T>(path: string, meta: RequestMeta, work: (span: RpcSpan) => Promise<T>): Promise<T> {
+    const { span, parent } = this.#startServerSpan(path, meta);
+    return context.with(trace.setSpan(parent, span), () => work(rpcSpan(span)));
+  }
+
+  /**
+   * A server span for a stream at `path`, ended by the caller when the stream ends. Streams live
+   * for hours and are pulled by the transport, so the span is not made active around them.
+   */
+  open(path: string, meta: RequestMeta): RpcSpan {
+    return rpcSpan(this.#startServerSpan(path, meta).span);
+  }
+
+  #startServerSpan(path: string, meta: RequestMeta): { span: Span; parent: Context } {
     const parent = this.#propagator.extract(context.active(), meta, HEADER_GETTER);
     const name = path.slice(1);
     const slash = name.indexOf("/");
@@ -94,22 +126,7 @@ export class Tracing implements RpcTracing {
       },
       parent,
     );
-    const handle: RpcSpan = {
-      end(outcome) {
-        const attributes: Attributes = {
-          "rpc.grpc.status_code": outcome.code,
-          "connections.request_id": outcome.requestId,
-        };
-        if (outcome.caller !== undefined) attributes["connections.caller"] = outcome.caller;
-        if (outcome.organizationId !== "") attributes["connections.organization_id"] = outcome.organizationId;
-        if (outcome.reason !== undefined) attributes["connections.error_reason"] = outcome.reason;
-        span.setAttributes(attributes);
-        // OpenTelemetry's gRPC conventions: server spans are errors for server faults only.
-        if (SERVER_FAULTS.has(outcome.code)) span.setStatus({ code: SpanStatusCode.ERROR, message: outcome.reason });
-        span.end();
-      },
-    };
-    return context.with(trace.setSpan(parent, span), () => work(handle));
+    return { span, parent };
   }
 
   /** `target` with every method a child span of the active one: the store's database work. */

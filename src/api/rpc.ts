@@ -163,6 +163,8 @@ export interface RpcSpan {
 export interface RpcTracing {
   /** Runs `work` inside a span for the RPC at `path`; `work` ends the span. */
   serve<T>(path: string, meta: RequestMeta, work: (span: RpcSpan) => Promise<T>): Promise<T>;
+  /** A span for the stream at `path`, ended by the caller when the stream ends. */
+  open(path: string, meta: RequestMeta): RpcSpan;
 }
 
 export interface RpcPipelineOptions {
@@ -181,7 +183,7 @@ const MAX_ACTOR_LENGTH = 200;
 const CANCELLED: RpcStatus = {
   code: Code.Canceled,
   message: "cancelled by the client",
-  reason: "INTERNAL",
+  reason: "CANCELLED",
   metadata: {},
 };
 /** How close to its deadline a client's cancellation counts as the deadline passing. */
@@ -286,12 +288,26 @@ export class RpcPipeline {
       this.inFlight.delete(scope.controller);
       scope.end();
     }
-    const code = result.ok ? 0 : result.status.code;
+    this.finish(method, meta, scope, requestId, started, result.ok ? undefined : result.status, span);
+    return result;
+  }
+
+  /** The end of every RPC the pipeline ran: one observation, its span, one log line. */
+  private finish(
+    method: RegisteredMethod,
+    meta: RequestMeta,
+    scope: CallScope,
+    requestId: string,
+    started: number,
+    failure: RpcStatus | undefined,
+    span: RpcSpan | undefined,
+  ): void {
+    const code = failure === undefined ? 0 : failure.code;
     const seconds = (performance.now() - started) / 1000;
     this.options.observer?.observe(method.labels, code, seconds);
     span?.end({
       code,
-      reason: result.ok ? undefined : result.status.reason,
+      reason: failure?.reason,
       caller: scope.caller,
       organizationId: scope.organizationId,
       requestId,
@@ -301,7 +317,7 @@ export class RpcPipeline {
         method: method.path,
         protocol: meta.protocol,
         code: codeName(code),
-        reason: result.ok ? undefined : result.status.reason,
+        reason: failure?.reason,
         durationMs: Math.round(seconds * 1e6) / 1000,
         caller: scope.caller,
         organizationId: scope.organizationId || meta.header("x-organization-id"),
@@ -309,14 +325,12 @@ export class RpcPipeline {
       },
       "rpc",
     );
-    return result;
   }
 
   /**
    * Runs a server-streaming RPC: the same admission as `invoke`, then the handler's responses.
    * The stream ends when the handler does (OK), with an error (thrown as RpcStreamError), or when
-   * the client goes away (logged as CANCELLED); one log line and one observation at the end.
-   * Streams get no trace span yet: RpcTracing wraps a promise, and a stream lives for hours.
+   * the client goes away (logged as CANCELLED); one log line, one observation and one span.
    */
   stream(
     method: StreamingMethod,
@@ -337,6 +351,7 @@ export class RpcPipeline {
   ): AsyncGenerator<Message, void> {
     const { signal } = transport;
     const started = performance.now();
+    const span = this.options.tracing?.open(method.path, meta);
     // No deadline here: the client's own is the handler's to keep (MAX_DEADLINE_MS is for unary).
     const scope = new CallScope(signal, Number.POSITIVE_INFINITY);
     let failure: RpcStatus | undefined = CANCELLED;
@@ -359,22 +374,7 @@ export class RpcPipeline {
       throw new RpcStreamError(failure);
     } finally {
       scope.end();
-      const seconds = (performance.now() - started) / 1000;
-      const code = failure === undefined ? 0 : failure.code;
-      this.options.observer?.observe(method.labels, code, seconds);
-      this.options.logger.info(
-        {
-          method: method.path,
-          protocol: meta.protocol,
-          code: codeName(code),
-          reason: failure === undefined || failure === CANCELLED ? undefined : failure.reason,
-          durationMs: Math.round(seconds * 1e6) / 1000,
-          caller: scope.caller,
-          organizationId: scope.organizationId || meta.header("x-organization-id"),
-          requestId,
-        },
-        "rpc",
-      );
+      this.finish(method, meta, scope, requestId, started, failure, span);
     }
   }
 

@@ -195,6 +195,27 @@ describe("OpenTelemetry traces over OTLP/HTTP", () => {
     expect(JSON.stringify(server)).not.toContain("not-a-known-token");
   });
 
+  it("traces a WatchConnectionEvents stream as one server span that ends with the stream", async () => {
+    const traceId = randomBytes(16).toString("hex");
+    const parentSpanId = randomBytes(8).toString("hex");
+    await service
+      .client("grpc-js")
+      .as({ caller: "token-service", headers: { traceparent: `00-${traceId}-${parentSpanId}-01` } })
+      .watchConnectionEvents({ startAfter: "not-a-cursor" })
+      .catch(() => undefined);
+    const [server] = await traceOf(traceId, 1);
+    expect(server).toMatchObject({
+      name: "connections.v1.ConnectionService/WatchConnectionEvents",
+      parentSpanId,
+      kind: 2, // SERVER
+      attributes: {
+        "rpc.grpc.status_code": 3,
+        "connections.error_reason": "INVALID_ARGUMENT",
+        "connections.caller": "token-service",
+      },
+    });
+  });
+
   it("is off without an OTLP endpoint, and refuses an endpoint that is not a URL", () => {
     expect(loadConfig({}).tracing).toBeUndefined();
     expect(
