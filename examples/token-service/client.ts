@@ -4,8 +4,7 @@
 // Only UNAVAILABLE is retried: a check is a read, so retrying it is always safe, and every other
 // error is an answer that a retry would not change. The retries share the call's deadline.
 //
-// Following the change feed (WatchConnectionEvents) to revoke share tokens at once belongs here
-// too; see docs/API.md, "The change feed".
+// Following the change feed to revoke share tokens at once is feed.ts.
 
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";

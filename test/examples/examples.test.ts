@@ -1,15 +1,16 @@
 // The client examples in examples/, compiled with tsc and run as processes against a real server:
 // the token service's check (gRPC protocol, deadline, retries through UNAVAILABLE while a replica
-// comes up) and the dashboard BFF's consent (activation with the etag the user saw).
+// comes up), its change-feed follower (revocations, resuming from its cursor across a restart), and
+// the dashboard BFF's consent (activation with the etag the user saw).
 
-import { execFile, spawn } from "node:child_process";
+import { type ChildProcessWithoutNullStreams, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { testDatabases } from "../support/databases.js";
+import { provisionSqliteFile, testDatabases } from "../support/databases.js";
 import { registerOrganizations, startTestService, type TestService } from "../support/service.js";
 
 const execFileAsync = promisify(execFile);
@@ -60,10 +61,18 @@ function freePort(): Promise<number> {
   });
 }
 
+const outDir = join(ROOT, "node_modules", ".cache", `connections-examples-${randomBytes(4).toString("hex")}`);
+const tokenCheck = join(outDir, "examples", "token-service", "check.js");
+const follow = join(outDir, "examples", "token-service", "follow.js");
+const activate = join(outDir, "examples", "dashboard-bff", "activate.js");
+
+beforeAll(async () => {
+  await execFileAsync("npx", ["tsc", "-p", "examples/tsconfig.json", "--outDir", outDir], { cwd: ROOT });
+}, 120_000);
+
+afterAll(() => rmSync(outDir, { recursive: true, force: true }));
+
 describe("client examples", () => {
-  const outDir = join(ROOT, "node_modules", ".cache", `connections-examples-${randomBytes(4).toString("hex")}`);
-  const tokenCheck = join(outDir, "examples", "token-service", "check.js");
-  const activate = join(outDir, "examples", "dashboard-bff", "activate.js");
   let service: TestService;
   let acme: string;
   let globex: string;
@@ -71,7 +80,6 @@ describe("client examples", () => {
   let createdEtag: string;
 
   beforeAll(async () => {
-    await execFileAsync("npx", ["tsc", "-p", "examples/tsconfig.json", "--outDir", outDir], { cwd: ROOT });
     service = await startTestService(SQLITE);
     [acme = "", globex = ""] = await registerOrganizations(service.client("connect-grpc"), 2);
     const gateway = service.client("connect-grpc").as({ caller: "api-gateway", organizationId: acme });
@@ -89,7 +97,6 @@ describe("client examples", () => {
 
   afterAll(async () => {
     await service?.close();
-    rmSync(outDir, { recursive: true, force: true });
   });
 
   it("dashboard BFF: refuses to consent to a Connection that changed since the user saw it", async () => {
@@ -152,5 +159,153 @@ describe("client examples", () => {
     });
     expect(ran.code).toBe(2);
     expect(ran.stderr).toContain("check failed");
+  });
+});
+
+/** A long-running example: its output as lines so far, and waits on them instead of on time. */
+class RunningExample {
+  readonly stdout: string[] = [];
+  readonly stderr: string[] = [];
+  readonly exited: Promise<number | null>;
+  readonly #child: ChildProcessWithoutNullStreams;
+  #changed: () => void = () => {};
+
+  constructor(script: string, env: Record<string, string>) {
+    this.#child = spawn(process.execPath, [script], { env: { ...process.env, ...env } });
+    this.#collect(this.#child.stdout, this.stdout);
+    this.#collect(this.#child.stderr, this.stderr);
+    this.exited = new Promise((resolve) => this.#child.once("exit", (code) => resolve(code)));
+    void this.exited.then(() => this.#changed());
+  }
+
+  #collect(stream: NodeJS.ReadableStream, lines: string[]): void {
+    let partial = "";
+    stream.on("data", (chunk: Buffer) => {
+      const parts = (partial + chunk.toString()).split("\n");
+      partial = parts.pop() ?? "";
+      lines.push(...parts);
+      this.#changed();
+    });
+  }
+
+  /** Resolves once `condition` holds on the output; rejects if the process exits first. */
+  async until(condition: () => boolean, what: string): Promise<void> {
+    let exited = false;
+    void this.exited.then(() => {
+      exited = true;
+    });
+    while (!condition()) {
+      if (exited) throw new Error(`exited before ${what}:\n${this.stderr.join("\n")}\n${this.stdout.join("\n")}`);
+      await new Promise<void>((resolve) => {
+        this.#changed = resolve;
+      });
+    }
+  }
+
+  stop(): Promise<number | null> {
+    this.#child.kill("SIGTERM");
+    return this.exited;
+  }
+}
+
+describe("token service: following the change feed", () => {
+  it("revokes share tokens on deactivation and narrowing, and resumes from its cursor across a restart without repeating or losing an event", {
+    timeout: 180_000,
+  }, async () => {
+    const database = await provisionSqliteFile();
+    const cursorPath = `${new URL(database.url.replace(/^sqlite:/, "file:")).pathname}.feed-cursor`;
+    const port = await freePort();
+    const env = { DATABASE_URL: database.url };
+    let service: TestService | undefined = await startTestService(SQLITE, { ...env, PORT: String(port) });
+    let follower: RunningExample | undefined;
+    try {
+      const clientOf = (running: TestService) => running.client("connect-grpc");
+      // One Connection per pair of organizations: one source, a destination for each Connection.
+      const [source = "", ...destinations] = await registerOrganizations(clientOf(service), 5);
+      const gateway = (running: TestService) =>
+        clientOf(running).as({ caller: "api-gateway", organizationId: source, actor: "user:admin" });
+      const ids: string[] = [];
+      for (const destination of destinations) {
+        const { connection } = await gateway(service).createConnection({
+          destinationOrganizationId: destination,
+          scopes: ["account.read", "transaction.read"],
+          name: `to ${destination}`,
+        });
+        ids.push(connection?.id ?? "");
+        await clientOf(service)
+          .as({ caller: "dashboard-bff", organizationId: destination, actor: "user:bob" })
+          .activateConnection({ id: connection?.id ?? "" });
+      }
+      const [deactivated = "", narrowed = "", whileDown = "", afterRestart = ""] = ids;
+
+      // First start: no cursor yet, so it follows from now; what happened before is not replayed.
+      const running = new RunningExample(follow, {
+        ADDR: service.baseUrl,
+        CURSOR_FILE: cursorPath,
+        MAX_BACKOFF_MS: "500",
+      });
+      follower = running;
+      const revoked = () => running.stdout.filter((line) => line.startsWith("revoke "));
+      const streams = () => running.stderr.filter((line) => line.startsWith("following the change feed"));
+      await running.until(() => streams().length === 1, "the first stream");
+      expect(streams()).toEqual(["following the change feed from now"]);
+
+      await gateway(service).deactivateConnection({ id: deactivated, reason: "contract ended" });
+      await gateway(service).updateConnection({
+        connection: { id: narrowed, scopes: ["account.read"] },
+        updateMask: { paths: ["scopes"] },
+      });
+      await running.until(() => revoked().length === 2, "two revocations");
+      expect(revoked()[0]).toMatch(
+        new RegExp(
+          `^revoke share tokens for connection ${deactivated} \\(scopes account.read, transaction.read\\) after TYPE_DEACTIVATED `,
+        ),
+      );
+      expect(revoked()[1]).toMatch(
+        new RegExp(`^revoke share tokens for connection ${narrowed} \\(scopes transaction.read\\) after TYPE_UPDATED `),
+      );
+
+      // The service shuts down (ending the stream with UNAVAILABLE); while no replica serves the
+      // follower's address, another one on the same database records an event.
+      await service.close();
+      service = undefined;
+      await running.until(
+        () => running.stderr.some((line) => line.startsWith("stream ended")),
+        "the end of the stream",
+      );
+      // It resumes after the cursor it saved last (nothing writes the file while it is disconnected).
+      const checkpoint = readFileSync(cursorPath, "utf8");
+      expect(running.stderr.find((line) => line.startsWith("stream ended"))).toContain(
+        `; resuming after ${checkpoint} in `,
+      );
+      const elsewhere = await startTestService(SQLITE, env);
+      try {
+        await gateway(elsewhere).deactivateConnection({ id: whileDown });
+      } finally {
+        await elsewhere.close();
+      }
+
+      // A new replica on the follower's address: it resumes after its cursor.
+      service = await startTestService(SQLITE, { ...env, PORT: String(port) });
+      await running.until(() => revoked().length === 3, "the revocation recorded while it was down");
+      expect(streams()[1]).toBe(`following the change feed after ${checkpoint}`);
+      await gateway(service).updateConnection({
+        connection: { id: afterRestart, scopes: ["transaction.read"] },
+        updateMask: { paths: ["scopes"] },
+      });
+      await running.until(() => revoked().length === 4, "the revocation after the restart");
+      expect(await running.stop()).toBe(0);
+      expect(running.stderr.at(-1)).toBe("stopped");
+
+      // Each event exactly once, in commit order.
+      const lines = revoked();
+      expect(lines.map((line) => line.split(" ")[5])).toEqual([deactivated, narrowed, whileDown, afterRestart]);
+      expect(lines[3]).toMatch(/\(scopes account\.read\) after TYPE_UPDATED /);
+      expect(new Set(lines.map((line) => line.split(" ").at(-1))).size).toBe(4);
+    } finally {
+      await follower?.stop();
+      await service?.close();
+      await database.drop();
+    }
   });
 });
