@@ -1,18 +1,19 @@
-// The load generator, run as its own process (`fork`, plan file as argv[2]) so that it never
-// shares an event loop with a server. It speaks raw gRPC over HTTP/2 (h2.ts, or node:http2 with
-// BENCH_CLIENT=node-http2 as a cross-check): pre-framed protobuf bodies, `content-type:
-// application/grpc`, `te: trailers`, and grpc-status read from the trailers (or from a
-// trailers-only answer). Every latency goes into a histogram; every failure is counted by
-// description. Reports back over IPC.
+// The project's own load generator, for what h2load cannot do: a pool of many different requests
+// (100,000 distinct ids, the state mix), every answer checked (grpc-status and the
+// CheckConnection reason the data set says), CreateConnection with unique bodies, and paging.
+// Run as its own process (`fork`, plan file as argv[2]) so that it never shares an event loop with
+// a server. It speaks gRPC over node:http2: pre-framed protobuf bodies, `content-type:
+// application/grpc`, `te: trailers`, grpc-status from the trailers (or a trailers-only answer).
+// Every latency goes into a histogram; every failure is counted by description. Reports back
+// over IPC, with its own CPU use, so a report shows when the client was the bottleneck.
 
 import { readFileSync } from "node:fs";
-import http2 from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   ListConnectionsRequestSchema,
   ListConnectionsResponseSchema,
 } from "../gen/connections/v1/connection_service_pb.js";
-import { type Answer, encodeHeaderBlock, GrpcConnection } from "./h2.js";
+import { checkReason, Errors, failureOf, frame, type Headers, openChannel } from "./grpc-client.js";
 import type { ClientMessage, LatencySummary, ListPlan, ListResult, LoadPlan, LoadResult, Plan } from "./workload.js";
 
 /**
@@ -72,161 +73,6 @@ class Histogram {
 
 function send(message: ClientMessage): void {
   process.send?.(message);
-}
-
-class Errors {
-  readonly counts: Record<string, number> = {};
-  add(description: string): void {
-    this.counts[description] = (this.counts[description] ?? 0) + 1;
-  }
-}
-
-function frame(body: Uint8Array): Buffer {
-  const framed = Buffer.alloc(5 + body.length);
-  framed.writeUInt32BE(body.length, 1);
-  framed.set(body, 5);
-  return framed;
-}
-
-/** Why an answer is a failure, or undefined when it is a well-formed OK. */
-function failureOf(answer: Answer): string | undefined {
-  if (answer.error !== undefined) return answer.error;
-  if (answer.status === undefined) return "no grpc-status";
-  if (answer.status !== "0") return `grpc-status ${answer.status}: ${answer.message ?? ""}`;
-  if (answer.body.length < 5 || answer.body.readUInt32BE(1) !== answer.body.length - 5) return "malformed frame";
-  return undefined;
-}
-
-/** CheckConnectionResponse.reason (field 2) of a framed answer, read without decoding the rest. */
-function checkReason(framed: Buffer): number {
-  let offset = 5;
-  const varint = (): number => {
-    let value = 0;
-    let shift = 0;
-    for (;;) {
-      const byte = framed[offset++] ?? 0;
-      value += (byte & 0x7f) * 2 ** shift;
-      if (byte < 0x80 || offset >= framed.length) return value;
-      shift += 7;
-    }
-  };
-  while (offset < framed.length) {
-    const tag = varint();
-    const field = Math.floor(tag / 8);
-    const wire = tag & 7;
-    if (field === 2 && wire === 0) return varint();
-    if (wire === 0) varint();
-    else if (wire === 2) offset += varint();
-    else if (wire === 1) offset += 8;
-    else if (wire === 5) offset += 4;
-    else return -1;
-  }
-  return 0; // absent: the proto3 default, REASON_UNSPECIFIED
-}
-
-// ---------------------------------------------------------------------------------------------
-// Channels: `sessions` HTTP/2 connections, and a call that goes out on the one a slot is bound to.
-
-type Headers = Readonly<Record<string, string>>;
-
-interface Channel {
-  call(slot: number, headers: Headers, body: Buffer, done: (answer: Answer) => void): void;
-  close(): void;
-}
-
-/** Header blocks are encoded once per distinct headers object. */
-async function rawChannel(plan: Plan): Promise<Channel> {
-  const url = new URL(plan.url);
-  const connections = await Promise.all(
-    Array.from({ length: plan.sessions }, () => GrpcConnection.connect(url.hostname, Number(url.port))),
-  );
-  const blocks = new WeakMap<Headers, Buffer>();
-  const blockOf = (headers: Headers) => {
-    let block = blocks.get(headers);
-    if (block === undefined) {
-      block = encodeHeaderBlock([
-        [":method", "POST"],
-        [":scheme", "http"],
-        [":path", plan.path],
-        [":authority", url.host],
-        ["content-type", "application/grpc"],
-        ["te", "trailers"],
-        ...Object.entries(headers),
-      ]);
-      blocks.set(headers, block);
-    }
-    return block;
-  };
-  return {
-    call: (slot, headers, body, done) =>
-      (connections[slot % connections.length] as GrpcConnection).call(blockOf(headers), body, done),
-    close: () => {
-      for (const connection of connections) connection.close();
-    },
-  };
-}
-
-async function nodeChannel(plan: Plan, errors: Errors): Promise<Channel> {
-  const sessions = await Promise.all(
-    Array.from(
-      { length: plan.sessions },
-      () =>
-        new Promise<http2.ClientHttp2Session>((resolve, reject) => {
-          const session = http2.connect(plan.url);
-          session.once("connect", () => resolve(session));
-          session.once("error", reject);
-          session.on("error", (error: Error) => errors.add(`session error: ${error.message}`));
-          session.on("goaway", (code: number) => errors.add(`GOAWAY ${code}`));
-        }),
-    ),
-  );
-  const base = { ":method": "POST", ":path": plan.path, "content-type": "application/grpc", te: "trailers" };
-  const objects = new WeakMap<Headers, http2.OutgoingHttpHeaders>();
-  return {
-    call(slot, headers, body, done) {
-      let outgoing = objects.get(headers);
-      if (outgoing === undefined) {
-        outgoing = { ...base, ...headers };
-        objects.set(headers, outgoing);
-      }
-      const session = sessions[slot % sessions.length] as http2.ClientHttp2Session;
-      let status: string | undefined;
-      let message: string | undefined;
-      let httpStatus: string | undefined;
-      let error: string | undefined;
-      const chunks: Buffer[] = [];
-      const stream = session.request(outgoing, { endStream: false });
-      const read = (fields: http2.IncomingHttpHeaders) => {
-        httpStatus ??= fields[":status"] === undefined ? undefined : String(fields[":status"]);
-        if (fields["grpc-status"] !== undefined) {
-          status = String(fields["grpc-status"]);
-          message =
-            fields["grpc-message"] === undefined ? undefined : decodeURIComponent(String(fields["grpc-message"]));
-        }
-      };
-      stream.on("response", read);
-      stream.on("trailers", read);
-      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-      stream.on("error", (cause: Error) => {
-        error = `stream error: ${cause.message}`;
-      });
-      stream.on("close", () => {
-        if (error === undefined && stream.rstCode !== undefined && stream.rstCode !== 0) {
-          error = `stream reset with code ${stream.rstCode}`;
-        }
-        if (error === undefined && httpStatus !== "200") error = `HTTP status ${httpStatus}`;
-        done({ status, message, body: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks), error });
-      });
-      stream.end(body);
-    },
-    close() {
-      for (const session of sessions) session.close();
-    },
-  };
-}
-
-function openChannel(plan: Plan, errors: Errors): Promise<Channel> {
-  return plan.client === "node-http2" ? nodeChannel(plan, errors) : rawChannel(plan);
 }
 
 // ---------------------------------------------------------------------------------------------

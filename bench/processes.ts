@@ -95,14 +95,14 @@ function timeout(name: string, ms: number, stderr: () => string): Promise<never>
   });
 }
 
-/** The grpc-js baseline, on a free port. */
-export async function startBaseline(): Promise<Child & { readonly port: number }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "bench/baseline-server.ts"], {
+/** A bench server script (baseline-server.ts, ceiling-server.ts) that prints {"port": N}, on a free port. */
+export async function startBenchServer(name: string, script: string): Promise<Child & { readonly port: number }> {
+  const child = spawn(process.execPath, ["--import", "tsx", script], {
     cwd: ROOT,
     stdio: ["ignore", "pipe", "pipe"],
   });
   const stderr = collect(child);
-  const tracked = track("baseline server", child, stderr);
+  const tracked = track(name, child, stderr);
   const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
   const port = await Promise.race([
     new Promise<number>((resolve) =>
@@ -111,41 +111,47 @@ export async function startBaseline(): Promise<Child & { readonly port: number }
         if (typeof parsed.port === "number") resolve(parsed.port);
       }),
     ),
-    failedToStart("baseline server", child, stderr),
-    timeout("baseline server", 30_000, stderr),
+    failedToStart(name, child, stderr),
+    timeout(name, 30_000, stderr),
   ]);
   return { ...tracked, port };
 }
 
 export interface ServiceOptions {
   readonly databaseUrl: string;
-  readonly logLevel: string;
+  /** LOG_LEVEL; undefined leaves the service's default. */
+  readonly logLevel: string | undefined;
+  /** A CALLERS_FILE of sha256 digests: the service runs with NODE_ENV=production, as deployed. */
+  readonly callersFile: string;
   /** Where stdout (the JSON log) goes: a file, so that writing it costs what it costs in production. */
   readonly logPath: string;
+  /** The checkout whose src/main.ts runs (another one, to compare two versions in one run); default this one. */
+  readonly root?: string;
   /** When set, the service runs with --cpu-prof and writes its profile here on exit. */
   readonly cpuProfileDir: string | undefined;
 }
 
-/** The service as production runs it (`node --import tsx src/main.ts`), on a port it picks. */
+/** The service as production runs it (NODE_ENV=production, a callers file), on a port it picks. */
 export async function startService(options: ServiceOptions): Promise<Child & { readonly port: number }> {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     PORT: "0",
     HOST: "127.0.0.1",
     DATABASE_URL: options.databaseUrl,
-    LOG_LEVEL: options.logLevel,
-    ADMIN_PORT: "off",
+    NODE_ENV: "production",
+    CALLERS_FILE: options.callersFile,
+    // Metrics on, as deployed (a free port: nothing scrapes it here).
+    ADMIN_PORT: "0",
   };
-  // Dev tokens, whatever the caller's shell says.
-  delete env.CALLERS_FILE;
-  delete env.NODE_ENV;
+  if (options.logLevel === undefined) delete env.LOG_LEVEL;
+  else env.LOG_LEVEL = options.logLevel;
   const profiling =
     options.cpuProfileDir === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${options.cpuProfileDir}`];
   const logFd = openSync(options.logPath, "w");
   let child: ChildProcess;
   try {
     child = spawn(process.execPath, [...profiling, "--import", "tsx", "src/main.ts"], {
-      cwd: ROOT,
+      cwd: options.root ?? ROOT,
       env,
       stdio: ["ignore", logFd, "pipe"],
     });
@@ -241,6 +247,14 @@ export function processCpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+/** CPU seconds (user + system) of this process's children that have ended and been waited for. */
+export function endedChildrenCpuSeconds(): number {
+  // cutime and cstime are fields 16 and 17.
+  const stat = readFileSync("/proc/self/stat", "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS_PER_SECOND;
 }
 
 /** Busy and total CPU seconds of the whole machine so far (all cores). */

@@ -1,5 +1,5 @@
-// Summarises a V8 .cpuprofile (node --cpu-prof) over the samples taken inside a time window (the
-// CheckConnection measurement): self time by area (the innermost frame of a known library or of
+// Summarises a V8 .cpuprofile (node --cpu-prof) over the samples taken inside time windows (the
+// h2load CheckConnection runs): self time by area (the innermost frame of a known library or of
 // the service decides) and the hottest functions by self time.
 
 import { readFileSync } from "node:fs";
@@ -70,20 +70,20 @@ function top(map: Map<string, number>, total: number, count: number): string[] {
 }
 
 /** Lines to print: self time by area, then the hottest functions. */
-export function summariseProfile(path: string, windowUs: readonly [number, number] | undefined): string[] {
+export function summariseProfile(path: string, windowsUs: readonly (readonly [number, number])[]): string[] {
   const profile = JSON.parse(readFileSync(path, "utf8")) as CpuProfile;
   const nodes = new Map(profile.nodes.map((node) => [node.id, node]));
   const parents = new Map<number, number>();
   for (const node of profile.nodes) for (const child of node.children ?? []) parents.set(child, node.id);
-  const inWindow =
-    windowUs !== undefined && windowUs[0] >= profile.startTime && windowUs[1] <= profile.endTime ? windowUs : undefined;
+  const inside = windowsUs.filter(([start, end]) => start >= profile.startTime && end <= profile.endTime);
+  const windows = inside.length > 0 ? inside : undefined;
   const byFunction = new Map<string, number>();
   const byArea = new Map<string, number>();
   let total = 0;
   let time = profile.startTime;
   for (let index = 0; index < profile.samples.length; index++) {
     time += profile.timeDeltas[index] ?? 0;
-    if (inWindow !== undefined && (time < inWindow[0] || time > inWindow[1])) continue;
+    if (windows !== undefined && !windows.some(([start, end]) => time >= start && time <= end)) continue;
     const id = profile.samples[index] ?? -1;
     const node = nodes.get(id);
     if (node === undefined) continue;
@@ -96,9 +96,9 @@ export function summariseProfile(path: string, windowUs: readonly [number, numbe
   }
   if (total === 0) return ["(no samples)"];
   return [
-    inWindow === undefined
-      ? `${total} samples over the whole life of the process (the window did not match the profile's clock)`
-      : `${total} samples (about 1 ms each) inside the measured CheckConnection window`,
+    windows === undefined
+      ? `${total} samples over the whole life of the process (no window matched the profile's clock)`
+      : `${total} samples (about 1 ms each) inside the ${windows.length} measured windows`,
     "self time by area (a native frame counts for the library that called it):",
     ...top(byArea, total, 20).map((line) => `  ${line}`),
     "top functions by self time:",

@@ -1,23 +1,40 @@
-// `npm run bench`: the service against a no-op @grpc/grpc-js baseline, on SQLite and (when
-// BENCH_DATABASE_URL or TEST_DATABASE_URL names a server) PostgreSQL, on a seeded data set.
+// `npm run bench`: how fast the service answers, against what Node can do at all.
+//
+// Headline (h2load, an independent client): CheckConnection with one request body, against the
+// service on SQLite (and on PostgreSQL when BENCH_DATABASE_URL or TEST_DATABASE_URL names a
+// server), a @grpc/grpc-js no-op server and node:http2 answering a fixed frame (the ceiling), all
+// started once and measured in alternating rounds, so that every ratio compares runs made
+// seconds apart. The service runs as deployed: NODE_ENV=production, a callers file of sha256
+// digests, its default LOG_LEVEL (BENCH_LOG_LEVEL overrides), metrics on, stdout to a file.
+//
+// Then the project's own client (load-client.ts) for what h2load cannot do: 100,000 distinct ids
+// with the state mix, every answer checked; CreateConnection; ListConnections deep pages; memory.
+//
 // Prints figures; asserts nothing about time. Fails (exit 1) only when a request failed or an
 // answer was wrong. Every process, file and database it made is removed at the end.
 
-import { randomBytes } from "node:crypto";
-import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { copyFileSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { fromBinary } from "@bufbuild/protobuf";
 import pg from "pg";
-import { BATCH_CHECK_PATH, batchCheckRequests, verifyBatches } from "./batch-check.js";
+import {
+  CheckConnectionResponse_Reason,
+  CheckConnectionResponseSchema,
+} from "../gen/connections/v1/connection_service_pb.js";
+import { checkReason, Errors, failureOf, frame, openChannel } from "./grpc-client.js";
+import { ensureH2load, type H2loadResult, runH2load } from "./h2load.js";
 import {
   type Child,
   cleanUp,
+  endedChildrenCpuSeconds,
   machineCpuSeconds,
   onCleanUp,
   processCpuSeconds,
   runClient,
-  startBaseline,
+  startBenchServer,
   startService,
   statusMiB,
 } from "./processes.js";
@@ -45,250 +62,177 @@ function integer(name: string, fallback: number): number {
 }
 
 const config = {
-  seconds: integer("BENCH_SECONDS", 10),
-  warmupSeconds: integer("BENCH_WARMUP_SECONDS", 3),
-  concurrency: integer("BENCH_CONCURRENCY", 64),
-  sessions: integer("BENCH_SESSIONS", 4),
+  h2load: process.env.BENCH_H2LOAD !== "off",
+  ownClient: process.env.BENCH_OWN_CLIENT !== "off",
+  rounds: integer("BENCH_ROUNDS", 3),
+  h2loadSeconds: integer("BENCH_H2LOAD_SECONDS", 5),
+  h2loadWarmupSeconds: integer("BENCH_H2LOAD_WARMUP_SECONDS", 2),
+  h2loadThreads: integer("BENCH_H2LOAD_THREADS", 1),
+  h2loadClients: integer("BENCH_H2LOAD_CLIENTS", 8),
+  h2loadStreams: integer("BENCH_H2LOAD_STREAMS", 16),
+  clientRounds: integer("BENCH_CLIENT_ROUNDS", 2),
+  seconds: integer("BENCH_SECONDS", 5),
+  warmupSeconds: integer("BENCH_WARMUP_SECONDS", 2),
+  concurrency: integer("BENCH_CONCURRENCY", 128),
+  sessions: integer("BENCH_SESSIONS", 8),
   organizations: integer("BENCH_ORGS", 2000),
   connections: integer("BENCH_CONNECTIONS", 100_000),
   bigOrganizationConnections: integer("BENCH_BIG_ORG_CONNECTIONS", 50_000),
   seedConcurrency: integer("BENCH_SEED_CONCURRENCY", 32),
-  checkPool: integer("BENCH_CHECK_POOL", 20_000),
-  batchSize: integer("BENCH_BATCH_SIZE", 50),
+  checkPool: integer("BENCH_CHECK_POOL", 100_000),
   createPool: integer("BENCH_CREATE_POOL", 60_000),
   pageSize: 100,
   listRepeats: integer("BENCH_LIST_REPEATS", 200),
-  logLevel: process.env.BENCH_LOG_LEVEL || "info",
+  logLevel: process.env.BENCH_LOG_LEVEL || undefined,
   cpuProfileDir: process.env.BENCH_CPU_PROF_DIR || undefined,
   postgresAdminUrl: process.env.BENCH_DATABASE_URL || process.env.TEST_DATABASE_URL || undefined,
   randomSeed: integer("BENCH_RANDOM_SEED", 20_260_101),
-  client: process.env.BENCH_CLIENT === "node-http2" ? ("node-http2" as const) : ("raw" as const),
-  targets: new Set((process.env.BENCH_TARGETS || "baseline,sqlite,postgres").split(",")),
+  /** Another checkout of the service (with node_modules) to run on a copy of the SQLite data set, for before/after. */
+  compareRoot: process.env.BENCH_COMPARE_ROOT || undefined,
+  targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres").split(",")),
 };
 
-const GOALS = { sqlite: 0.8, postgres: 0.5, p99: 1.5 } as const;
+/** The issue's goals, as ratios of figures taken in the same round. */
+const GOALS = {
+  sqliteVsGrpcJs: 1.0,
+  sqliteVsCeiling: 0.5,
+  postgresVsGrpcJs: 0.65,
+  distinctIdsVsGrpcJs: 0.9,
+  /** The service's p99 over grpc-js's at the same concurrency. */
+  p99VsGrpcJs: 1.0,
+} as const;
 /** CPU used by processes other than the ones under test above which a window is called noisy. */
 const NOISY_REST_PERCENT = 25;
-const TOKEN_SERVICE = { authorization: "Bearer dev-token-service" };
-const API_GATEWAY = { authorization: "Bearer dev-api-gateway", "x-actor": "api-key:api_bench" };
 
-interface CheckRun {
-  readonly result: LoadResult;
-  /** CPU over the measured window, in % of one core: the server process, its PostgreSQL backends, the machine. */
-  readonly serverCpuPercent: number;
-  readonly databaseCpuPercent: number | undefined;
-  readonly machineCpuPercent: number;
-}
-
-/** BatchCheckConnection over the same check pool, and its answers verified check by check. */
-interface BatchRun {
-  readonly run: CheckRun;
-  readonly checks: number;
-  readonly wrong: number;
-  readonly failures: number;
-  readonly examples: readonly string[];
-}
-
-interface TargetResult {
-  readonly name: string;
-  readonly check: CheckRun;
-  readonly batch?: BatchRun;
-  readonly create?: CheckRun;
-  readonly list?: ListResult;
-  readonly seed?: SeedReport;
-  readonly peakRssMiB: number;
-  readonly logBytes?: number;
-  readonly profile?: readonly string[];
-}
-
-let workDir = "";
 const log = (line = "") => process.stdout.write(`${line}\n`);
 const progress = (line: string) => process.stderr.write(`${line}\n`);
+let workDir = "";
 
 // ---------------------------------------------------------------------------------------------
-// Running the load client against one server process
+// Servers under test
 
 /** The PostgreSQL backends serving a database (they do part of the service's work). */
 type BackendPids = () => Promise<number[]>;
 
-async function load(
-  server: Child & { readonly port: number },
-  name: string,
-  plan: Omit<LoadPlan, "url" | "kind">,
-  databaseBackends?: BackendPids,
-): Promise<{ run: CheckRun; windowUs: readonly [number, number] }> {
-  const path = join(workDir, `plan-${name}.json`);
-  writeFileSync(path, JSON.stringify({ ...plan, kind: "load", url: `http://127.0.0.1:${server.port}` }));
-  let startedAt = 0;
-  let serverAtStart = 0;
-  let machineAtStart = { busy: 0, total: 0 };
-  let backendsAtStart: Map<number, number> | undefined;
-  const figures = { serverCpuPercent: 0, databaseCpuPercent: undefined as number | undefined, machineCpuPercent: 0 };
-  const run = await runClient<LoadPlan>(path, (edge) => {
-    if (edge === "start") {
-      startedAt = performance.now();
-      serverAtStart = processCpuSeconds(server.pid);
-      machineAtStart = machineCpuSeconds();
-      void databaseBackends?.().then(
-        (pids) => {
-          backendsAtStart = new Map(pids.map((pid) => [pid, processCpuSeconds(pid)]));
-        },
-        () => {},
-      );
-      return;
-    }
-    const seconds = (performance.now() - startedAt) / 1000;
-    figures.serverCpuPercent = ((processCpuSeconds(server.pid) - serverAtStart) / seconds) * 100;
-    if (backendsAtStart !== undefined) {
-      let used = 0;
-      for (const [pid, before] of backendsAtStart) {
-        try {
-          used += Math.max(0, processCpuSeconds(pid) - before);
-        } catch {
-          // The backend went away during the window.
-        }
-      }
-      figures.databaseCpuPercent = (used / seconds) * 100;
-    }
-    const machine = machineCpuSeconds();
-    figures.machineCpuPercent =
-      ((machine.busy - machineAtStart.busy) / (machine.total - machineAtStart.total)) * cpus().length * 100;
-  });
-  return { run: { result: run.result, ...figures }, windowUs: run.windowUs };
-}
-
-function loadPlan(path: string, headers: Record<string, string>, requests: readonly RequestItem[], reuse: boolean) {
-  return {
-    path,
-    headers,
-    requests,
-    reuse,
-    client: config.client,
-    sessions: config.sessions,
-    concurrency: config.concurrency,
-    warmupSeconds: config.warmupSeconds,
-    seconds: config.seconds,
+interface Target {
+  /** "ceiling", "grpc-js", "sqlite" or "postgres". */
+  readonly name: string;
+  readonly label: string;
+  readonly server: Child & { readonly port: number };
+  readonly url: string;
+  /** Only the services. */
+  readonly service?: {
+    readonly seed: SeedReport;
+    readonly checks: readonly RequestItem[];
+    readonly logPath: string;
+    readonly profileDir: string | undefined;
+    readonly backends: BackendPids | undefined;
   };
 }
 
-function describeCheck(name: string, run: CheckRun): void {
-  const { result } = run;
-  const errors = Object.values(result.errors).reduce((sum, times) => sum + times, 0) + result.wrongAnswers;
-  progress(
-    `  ${name}: ${Math.round(result.requestsPerSecond)} req/s, p50 ${result.latency.p50Ms.toFixed(2)} ms, ` +
-      `p99 ${result.latency.p99Ms.toFixed(2)} ms (server CPU ${run.serverCpuPercent.toFixed(0)}%, ` +
-      `client CPU ${result.clientCpuPercent.toFixed(0)}%)${errors > 0 ? `; ${errors} FAILED` : ""}`,
+interface Credentials {
+  readonly path: string;
+  readonly tokenService: Record<string, string>;
+  readonly apiGateway: Record<string, string>;
+}
+
+/** A production callers file: sha256 digests of fresh random tokens, never the dev tokens. */
+function writeCallersFile(): Credentials {
+  const tokens = {
+    "token-service": randomBytes(32).toString("base64url"),
+    "api-gateway": randomBytes(32).toString("base64url"),
+  };
+  const digests = Object.fromEntries(
+    Object.entries(tokens).map(([caller, token]) => [
+      caller,
+      [`sha256:${createHash("sha256").update(token).digest("hex")}`],
+    ]),
   );
+  const path = join(workDir, "callers.json");
+  writeFileSync(path, JSON.stringify(digests), { mode: 0o600 });
+  return {
+    path,
+    tokenService: { authorization: `Bearer ${tokens["token-service"]}` },
+    apiGateway: { authorization: `Bearer ${tokens["api-gateway"]}`, "x-actor": "api-key:api_bench" },
+  };
 }
 
-// ---------------------------------------------------------------------------------------------
-// Targets
-
-async function benchBaseline(checks: readonly RequestItem[]): Promise<TargetResult> {
-  progress("baseline: no-op @grpc/grpc-js server");
-  const server = await startBaseline();
-  try {
-    // Its answer is fixed: check the status only.
-    const requests = checks.map(({ body }) => ({ body }));
-    const { run } = await load(server, "baseline-check", loadPlan(CHECK_PATH, TOKEN_SERVICE, requests, true));
-    describeCheck("CheckConnection", run);
-    return { name: "baseline (grpc-js no-op)", check: run, peakRssMiB: statusMiB(server.pid, "VmHWM") };
-  } finally {
-    await server.stop();
-  }
-}
-
-async function benchService(
+async function startServiceTarget(
   name: string,
   databaseUrl: string,
   seed: SeedReport,
-  checks: readonly RequestItem[],
-  databaseBackends?: BackendPids,
-): Promise<TargetResult> {
+  credentials: Credentials,
+  backends: BackendPids | undefined,
+  root?: string,
+): Promise<Target> {
   const profileDir = config.cpuProfileDir === undefined ? undefined : join(config.cpuProfileDir, name);
   if (profileDir !== undefined) mkdirSync(profileDir, { recursive: true });
   const logPath = join(workDir, `service-${name}.log`);
-  progress(`${name}: starting the service (LOG_LEVEL=${config.logLevel}, log to a file)`);
-  const server = await startService({ databaseUrl, logLevel: config.logLevel, logPath, cpuProfileDir: profileDir });
-  let stopped = false;
-  try {
-    const checkPlan = loadPlan(CHECK_PATH, TOKEN_SERVICE, checks, true);
-    const check = await load(server, `${name}-check`, checkPlan, databaseBackends);
-    describeCheck("CheckConnection", check.run);
-    const batch = await benchBatch(server, name, checks, databaseBackends);
-
-    const creates = createRequests(
-      seed.dataset,
-      config.createPool,
-      config.randomSeed + 1,
-      randomBytes(4).toString("hex"),
-    );
-    const createPlan = loadPlan(CREATE_PATH, API_GATEWAY, creates, false);
-    const create = await load(server, `${name}-create`, createPlan, databaseBackends);
-    describeCheck("CreateConnection", create.run);
-
-    const listPlanPath = join(workDir, `plan-${name}-list.json`);
-    const listPlan: ListPlan = {
-      kind: "list",
-      url: `http://127.0.0.1:${server.port}`,
-      path: LIST_PATH,
-      headers: { ...API_GATEWAY, "x-organization-id": seed.dataset.bigOrganizationId },
-      sessions: 1,
-      client: config.client,
-      pageSize: config.pageSize,
-      repeats: config.listRepeats,
-    };
-    writeFileSync(listPlanPath, JSON.stringify(listPlan));
-    progress("  ListConnections: walking every page of the big organization");
-    const list = (await runClient<ListPlan>(listPlanPath, () => {})).result;
-
-    const peakRssMiB = statusMiB(server.pid, "VmHWM");
-    await server.stop();
-    stopped = true;
-    let profile: string[] | undefined;
-    if (profileDir !== undefined) {
-      // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile: thread 0 is the main thread (1 is tsx's loader).
-      const file = readdirSync(profileDir)
-        .filter((entry) => entry.endsWith(".cpuprofile") && entry.split(".")[4] === "0")
-        .map((entry) => join(profileDir, entry))
-        .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
-      profile =
-        file === undefined ? ["(no profile written)"] : [`profile: ${file}`, ...summariseProfile(file, check.windowUs)];
-    }
-    return {
-      name,
-      check: check.run,
-      batch,
-      create: create.run,
-      list,
-      seed,
-      peakRssMiB,
-      logBytes: statSync(logPath).size,
-      ...(profile === undefined ? {} : { profile }),
-    };
-  } finally {
-    if (!stopped) await server.stop();
-  }
+  const server = await startService({
+    databaseUrl,
+    logLevel: config.logLevel,
+    callersFile: credentials.path,
+    logPath,
+    cpuProfileDir: profileDir,
+    ...(root === undefined ? {} : { root }),
+  });
+  const checks = checkRequests(seed.dataset, config.checkPool, config.randomSeed + 2);
+  return {
+    name,
+    label:
+      name === "compare"
+        ? "service, SQLite (BENCH_COMPARE_ROOT)"
+        : `service, ${name === "sqlite" ? "SQLite" : "PostgreSQL"}`,
+    server,
+    url: `http://127.0.0.1:${server.port}`,
+    service: { seed, checks, logPath, profileDir, backends },
+  };
 }
 
-async function benchBatch(
-  server: Child & { readonly port: number },
-  name: string,
-  checks: readonly RequestItem[],
-  databaseBackends?: BackendPids,
-): Promise<BatchRun> {
-  const batches = batchCheckRequests(checks, config.batchSize);
-  const verified = await verifyBatches(`http://127.0.0.1:${server.port}`, TOKEN_SERVICE, batches);
-  const requests = batches.map(({ body }) => ({ body }));
-  const { run } = await load(
-    server,
-    `${name}-batch`,
-    loadPlan(BATCH_CHECK_PATH, TOKEN_SERVICE, requests, true),
-    databaseBackends,
-  );
-  describeCheck(`BatchCheckConnection (${config.batchSize} checks per call)`, run);
-  progress(`    = ${Math.round(run.result.requestsPerSecond * config.batchSize)} checks/s`);
-  return { run, ...verified };
+async function startTargets(credentials: Credentials): Promise<Target[]> {
+  const targets: Target[] = [];
+  if (config.targets.has("ceiling")) {
+    const server = await startBenchServer("ceiling server", "bench/ceiling-server.ts");
+    targets.push({ name: "ceiling", label: "node:http2 fixed frame", server, url: `http://127.0.0.1:${server.port}` });
+  }
+  if (config.targets.has("grpc-js")) {
+    const server = await startBenchServer("grpc-js server", "bench/baseline-server.ts");
+    targets.push({ name: "grpc-js", label: "@grpc/grpc-js no-op", server, url: `http://127.0.0.1:${server.port}` });
+  }
+  // Both databases are seeded at once: the SQLite work runs here, PostgreSQL's mostly in its server.
+  const sqliteUrl = `sqlite:${join(workDir, "bench.db")}`;
+  const sqliteSeed = config.targets.has("sqlite") ? seed("sqlite", sqliteUrl) : undefined;
+  let postgres: Promise<{ url: string; backends: BackendPids; report: SeedReport }> | undefined;
+  if (config.targets.has("postgres")) {
+    if (config.postgresAdminUrl === undefined) {
+      progress("postgres: skipped (set BENCH_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/test)");
+    } else {
+      postgres = createPostgresDatabase(config.postgresAdminUrl).then(async ({ url, backends }) => ({
+        url,
+        backends,
+        report: await seed("postgres", url),
+      }));
+    }
+  }
+  const [sqliteReport, postgresSeeded] = await Promise.all([sqliteSeed, postgres]);
+  if (sqliteReport !== undefined) {
+    if (config.compareRoot !== undefined) {
+      const copy = join(workDir, "bench-compare.db");
+      copyFileSync(join(workDir, "bench.db"), copy);
+      progress(`compare: starting the service of ${config.compareRoot} on a copy of the SQLite data set`);
+      targets.push(
+        await startServiceTarget("compare", `sqlite:${copy}`, sqliteReport, credentials, undefined, config.compareRoot),
+      );
+    }
+    progress("sqlite: starting the service");
+    targets.push(await startServiceTarget("sqlite", sqliteUrl, sqliteReport, credentials, undefined));
+  }
+  if (postgresSeeded !== undefined) {
+    progress("postgres: starting the service");
+    const { url, backends, report } = postgresSeeded;
+    targets.push(await startServiceTarget("postgres", url, report, credentials, backends));
+  }
+  return targets;
 }
 
 async function seed(name: string, databaseUrl: string): Promise<SeedReport> {
@@ -335,6 +279,261 @@ async function createPostgresDatabase(adminUrl: string): Promise<{ url: string; 
 }
 
 // ---------------------------------------------------------------------------------------------
+// CPU over a measured window: the server, its PostgreSQL backends, the whole machine
+
+interface CpuFigures {
+  /** CPU seconds the server used over the window. */
+  readonly serverSeconds: number;
+  /** In % of one core. */
+  readonly server: number;
+  /** The client, when it is a child process that ended inside the window (h2load). */
+  readonly client: number;
+  readonly database: number | undefined;
+  readonly machine: number;
+}
+
+function cpuWindow(target: Target): { end(): Promise<CpuFigures> } {
+  const started = performance.now();
+  const serverAtStart = processCpuSeconds(target.server.pid);
+  const childrenAtStart = endedChildrenCpuSeconds();
+  const machineAtStart = machineCpuSeconds();
+  const backendsAtStart = target.service?.backends?.().then(
+    (pids) => new Map(pids.map((pid) => [pid, processCpuSeconds(pid)])),
+    () => undefined,
+  );
+  return {
+    async end() {
+      const seconds = (performance.now() - started) / 1000;
+      const serverSeconds = processCpuSeconds(target.server.pid) - serverAtStart;
+      const server = (serverSeconds / seconds) * 100;
+      const client = ((endedChildrenCpuSeconds() - childrenAtStart) / seconds) * 100;
+      const machineNow = machineCpuSeconds();
+      const machine =
+        ((machineNow.busy - machineAtStart.busy) / (machineNow.total - machineAtStart.total)) * cpus().length * 100;
+      let database: number | undefined;
+      const before = await backendsAtStart;
+      if (before !== undefined) {
+        let used = 0;
+        for (const [pid, cpu] of before) {
+          try {
+            used += Math.max(0, processCpuSeconds(pid) - cpu);
+          } catch {
+            // The backend went away during the window.
+          }
+        }
+        database = (used / seconds) * 100;
+      }
+      return { serverSeconds, server, client, database, machine };
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headline: h2load, one CheckConnection body, alternating rounds
+
+interface HeadlineRun {
+  readonly round: number;
+  readonly result: H2loadResult;
+  readonly cpu: CpuFigures;
+  /** process.hrtime microseconds of the measured part (for the service's CPU profile). */
+  readonly windowUs: readonly [number, number];
+}
+
+interface Headline {
+  /** The body every request carries, and what a correct answer looks like. */
+  readonly connectionId: string;
+  readonly runs: Map<string, HeadlineRun[]>;
+  /** Expected bytes of DATA per answer, per target (its framed answer, found before the run). */
+  readonly answerBytes: Map<string, number>;
+}
+
+const nowUs = () => Number(process.hrtime.bigint() / 1000n);
+
+/** One call with `body`: the framed answer, or an error when it is not an OK CheckConnection allowing it. */
+async function checkOnce(target: Target, headers: Record<string, string>, body: Buffer): Promise<Buffer> {
+  const errors = new Errors();
+  const channel = await openChannel({ url: target.url, path: CHECK_PATH, sessions: 1 }, errors);
+  try {
+    const answer = await new Promise<Parameters<typeof failureOf>[0]>((resolve) =>
+      channel.call(0, headers, body, resolve),
+    );
+    const failure = failureOf(answer) ?? Object.keys(errors.counts)[0];
+    if (failure !== undefined) throw new Error(`${target.label}: CheckConnection failed: ${failure}`);
+    if (checkReason(answer.body) !== CheckConnectionResponse_Reason.ALLOWED) {
+      const response = fromBinary(CheckConnectionResponseSchema, answer.body.subarray(5));
+      throw new Error(`${target.label}: expected an allowed check, got reason ${response.reason}`);
+    }
+    return answer.body;
+  } finally {
+    channel.close();
+  }
+}
+
+async function runHeadline(targets: readonly Target[], credentials: Credentials): Promise<Headline> {
+  const binary = ensureH2load(progress);
+  // Per service, one allowed check: the first ACTIVE Connection of its pool, issued by its source.
+  // The baselines answer anything; they get the first service's.
+  const bodies = new Map<string, { path: string; connectionId: string }>();
+  const answerBytes = new Map<string, number>();
+  for (const target of targets) {
+    const owner = target.service ?? targets.find((candidate) => candidate.service !== undefined)?.service;
+    const item = owner?.checks.find((check) => check.expectReason === CheckConnectionResponse_Reason.ALLOWED);
+    if (owner === undefined || item === undefined) throw new Error("the headline needs a service target");
+    const body = frame(Buffer.from(item.body, "base64"));
+    const path = join(workDir, `check-request-${target.name}.bin`);
+    writeFileSync(path, body);
+    const connectionId = owner.seed.dataset.connections.find((connection) => body.includes(connection.id))?.id ?? "?";
+    bodies.set(target.name, { path, connectionId });
+    answerBytes.set(target.name, (await checkOnce(target, credentials.tokenService, body)).length);
+  }
+  const connectionId = [...new Set([...bodies.values()].map((body) => body.connectionId))].join(", ");
+  const h2load = (target: Target, seconds: number, logName: string) =>
+    runH2load(binary, {
+      url: target.url,
+      bodyPath: bodies.get(target.name)?.path as string,
+      headers: credentials.tokenService,
+      threads: config.h2loadThreads,
+      clients: config.h2loadClients,
+      streamsPerClient: config.h2loadStreams,
+      seconds,
+      logPath: join(workDir, `h2load-${target.name}-${logName}.log`),
+    });
+  // Warm-up, unmeasured: the JIT and every cache see this load before the first round.
+  for (const target of targets) await h2load(target, config.h2loadWarmupSeconds, "warm-up");
+  const runs = new Map<string, HeadlineRun[]>(targets.map((target) => [target.name, []]));
+  for (let round = 0; round < config.rounds; round++) {
+    // Each round starts with a different target, so that none is always first or last.
+    const order = targets.map((_, index) => targets[(index + round) % targets.length] as Target);
+    for (const target of order) {
+      const cpu = cpuWindow(target);
+      const result = await h2load(target, config.h2loadSeconds, String(round));
+      const endUs = nowUs();
+      const figures = await cpu.end();
+      runs.get(target.name)?.push({
+        round,
+        result,
+        cpu: figures,
+        windowUs: [endUs - config.h2loadSeconds * 1e6, endUs],
+      });
+      progress(
+        `  round ${round + 1} ${target.label}: ${Math.round(result.requestsPerSecond)} req/s, ` +
+          `p99 ${result.p99Ms.toFixed(2)} ms (server CPU ${figures.server.toFixed(0)}%, machine ${figures.machine.toFixed(0)}%)` +
+          (result.non2xx > 0 ? `; ${result.non2xx} FAILED` : ""),
+      );
+    }
+  }
+  return { connectionId, runs, answerBytes };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The project's own client: many distinct ids with the state mix, creates, pages
+
+interface ClientRunFigures {
+  readonly result: LoadResult;
+  readonly cpu: CpuFigures;
+}
+
+async function load(target: Target, name: string, plan: Omit<LoadPlan, "url" | "kind">): Promise<ClientRunFigures> {
+  const path = join(workDir, `plan-${target.name}-${name}.json`);
+  writeFileSync(path, JSON.stringify({ ...plan, kind: "load", url: target.url }));
+  let window: ReturnType<typeof cpuWindow> | undefined;
+  let figures: Promise<CpuFigures> | undefined;
+  const run = await runClient<LoadPlan>(path, (edge) => {
+    if (edge === "start") window = cpuWindow(target);
+    else figures = window?.end();
+  });
+  const cpu = (await figures) ?? {
+    serverSeconds: Number.NaN,
+    server: Number.NaN,
+    client: 0,
+    database: undefined,
+    machine: Number.NaN,
+  };
+  // The load client is still running when its window ends: it reports its own CPU.
+  return { result: run.result, cpu: { ...cpu, client: run.result.clientCpuPercent } };
+}
+
+function loadPlan(path: string, headers: Record<string, string>, requests: readonly RequestItem[], reuse: boolean) {
+  return {
+    path,
+    headers,
+    requests,
+    reuse,
+    sessions: config.sessions,
+    concurrency: config.concurrency,
+    warmupSeconds: config.warmupSeconds,
+    seconds: config.seconds,
+  };
+}
+
+function describeRun(name: string, run: ClientRunFigures): void {
+  const { result } = run;
+  const errors = Object.values(result.errors).reduce((sum, times) => sum + times, 0) + result.wrongAnswers;
+  progress(
+    `  ${name}: ${Math.round(result.requestsPerSecond)} req/s, p50 ${result.latency.p50Ms.toFixed(2)} ms, ` +
+      `p99 ${result.latency.p99Ms.toFixed(2)} ms (server CPU ${run.cpu.server.toFixed(0)}%, ` +
+      `client CPU ${result.clientCpuPercent.toFixed(0)}%)${errors > 0 ? `; ${errors} FAILED` : ""}`,
+  );
+}
+
+/** CheckConnection over the pool of distinct ids: the services and grpc-js, alternating rounds. */
+async function runDistinctChecks(
+  targets: readonly Target[],
+  credentials: Credentials,
+): Promise<Map<string, ClientRunFigures[]>> {
+  // The BENCH_COMPARE_ROOT service is in the headline only.
+  const services = targets.filter((target) => target.service !== undefined && target.name !== "compare");
+  const grpcJs = targets.find((target) => target.name === "grpc-js");
+  const measured = grpcJs === undefined ? services : [grpcJs, ...services];
+  const runs = new Map<string, ClientRunFigures[]>(measured.map((target) => [target.name, []]));
+  // grpc-js answers every request the same: it gets the first service's pool, status checked only.
+  const fixedAnswers = (services[0]?.service?.checks ?? []).map(({ body }) => ({ body }));
+  for (let round = 0; round < config.clientRounds; round++) {
+    for (const target of measured) {
+      const pool = target.service?.checks ?? fixedAnswers;
+      const run = await load(target, `check-${round}`, loadPlan(CHECK_PATH, credentials.tokenService, pool, true));
+      describeRun(`round ${round + 1} ${target.label} CheckConnection, ${count(pool.length)} distinct requests`, run);
+      runs.get(target.name)?.push(run);
+    }
+  }
+  return runs;
+}
+
+interface ServiceExtras {
+  readonly create: ClientRunFigures;
+  readonly list: ListResult;
+  readonly peakRssMiB: number;
+}
+
+async function runServiceExtras(target: Target, credentials: Credentials): Promise<ServiceExtras> {
+  const service = target.service;
+  if (service === undefined) throw new Error(`${target.name} is not a service`);
+  const creates = createRequests(
+    service.seed.dataset,
+    config.createPool,
+    config.randomSeed + 1,
+    randomBytes(4).toString("hex"),
+  );
+  const create = await load(target, "create", loadPlan(CREATE_PATH, credentials.apiGateway, creates, false));
+  describeRun(`${target.label} CreateConnection`, create);
+
+  const listPlanPath = join(workDir, `plan-${target.name}-list.json`);
+  const listPlan: ListPlan = {
+    kind: "list",
+    url: target.url,
+    path: LIST_PATH,
+    headers: { ...credentials.apiGateway, "x-organization-id": service.seed.dataset.bigOrganizationId },
+    sessions: 1,
+    pageSize: config.pageSize,
+    repeats: config.listRepeats,
+  };
+  writeFileSync(listPlanPath, JSON.stringify(listPlan));
+  progress(`  ${target.label} ListConnections: walking every page of the big organization`);
+  const list = (await runClient<ListPlan>(listPlanPath, () => {})).result;
+  return { create, list, peakRssMiB: statusMiB(target.server.pid, "VmHWM") };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Output
 
 function table(headers: readonly string[], rows: readonly (readonly string[])[]): void {
@@ -355,232 +554,329 @@ const ms = (value: number) => value.toFixed(2);
 const ratio = (value: number) => `${value.toFixed(2)}x`;
 const percent = (value: number) => `${value.toFixed(0)}%`;
 
-function printReport(results: readonly TargetResult[]): void {
-  const baseline = results.find((result) => result.name.startsWith("baseline"));
-  log();
-  log(
-    `CheckConnection over gRPC: ${config.concurrency} in flight on ${config.sessions} HTTP/2 connections, ` +
-      `warm-up ${config.warmupSeconds} s and one pass over the pool, ${config.seconds} s measured; ` +
-      `pool of ${count(config.checkPool)} pre-encoded requests over random seeded connections ` +
-      "(80% allowed; denied: wrong organization 7%, not active 8%, scope not granted 5%)",
-  );
-  table(
-    ["target", "req/s", "p50 ms", "p99 ms", "req/s vs baseline", "p99 vs baseline", "goal"],
-    results.map(({ name, check }) => {
-      const goal = name === "sqlite" ? GOALS.sqlite : name === "postgres" ? GOALS.postgres : undefined;
-      const throughputRatio = baseline ? check.result.requestsPerSecond / baseline.check.result.requestsPerSecond : 0;
-      const p99Ratio = baseline ? check.result.latency.p99Ms / baseline.check.result.latency.p99Ms : 0;
-      const verdict =
-        goal === undefined || baseline === undefined
-          ? ""
-          : `req/s >= ${goal}x ${throughputRatio >= goal ? "met" : "MISSED"}; ` +
-            `p99 <= ${GOALS.p99}x ${p99Ratio <= GOALS.p99 ? "met" : "MISSED"}`;
-      return [
-        name,
-        count(check.result.requestsPerSecond),
-        ms(check.result.latency.p50Ms),
-        ms(check.result.latency.p99Ms),
-        baseline ? ratio(throughputRatio) : "",
-        baseline ? ratio(p99Ratio) : "",
-        verdict,
-      ];
-    }),
-  );
-  printBatchReport(results);
-  const services = results.filter((result) => result.create !== undefined);
-  if (services.length > 0) {
-    log();
-    log("CreateConnection over gRPC (unique ordered pairs, api-gateway, x-organization-id = source, with request_id)");
-    table(
-      ["target", "req/s", "p50 ms", "p99 ms", "note"],
-      services.map(({ name, create }) => {
-        const result = create?.result as LoadResult;
-        return [
-          name,
-          count(result.requestsPerSecond),
-          ms(result.latency.p50Ms),
-          ms(result.latency.p99Ms),
-          result.exhausted ? `pool ran out after ${result.seconds.toFixed(1)} s` : "",
-        ];
-      }),
-    );
-    log();
-    log(
-      `ListConnections of the big organization (both directions, page_size ${config.pageSize}, one request at a time)`,
-    );
-    table(
-      [
-        "target",
-        "rows",
-        "pages",
-        "walk s",
-        "first p50",
-        "first p99",
-        "deep page",
-        "deep p50",
-        "deep p99",
-        "deep/first p50",
-      ],
-      services.map(({ name, list }) => {
-        const result = list as ListResult;
-        return [
-          name,
-          count(result.rows),
-          count(result.pages),
-          result.walkSeconds.toFixed(1),
-          ms(result.first.p50Ms),
-          ms(result.first.p99Ms),
-          `#${result.deepPage}`,
-          ms(result.deep.p50Ms),
-          ms(result.deep.p99Ms),
-          ratio(result.deep.p50Ms / result.first.p50Ms),
-        ];
-      }),
-    );
-    log(`  (latencies in ms; first and deep page each fetched ${config.listRepeats} times after the walk)`);
-    log();
-    log("Seeding through the store (openStore, createConnection, saveTransition)");
-    table(
-      ["target", "organizations", "connections", "transitions", "seconds", "connections/s"],
-      services.map(({ name, seed }) => {
-        const report = seed as SeedReport;
-        return [
-          name,
-          count(report.organizationCount),
-          count(report.dataset.connections.length),
-          count(report.transitions),
-          report.seconds.toFixed(1),
-          count(report.dataset.connections.length / report.seconds),
-        ];
-      }),
-    );
-  }
-  log();
-  log(
-    `CPU over each measured window, in % of one core (the machine has ${cpus().length * 100}%); ` +
-      "'rest' is everything else running on the machine",
-  );
-  const runs = results.flatMap(({ name, check, batch, create }) => [
-    [`${name} CheckConnection`, check] as const,
-    ...(batch === undefined ? [] : [[`${name} BatchCheckConnection`, batch.run] as const]),
-    ...(create === undefined ? [] : [[`${name} CreateConnection`, create] as const]),
-  ]);
-  table(
-    ["run", "server", "PostgreSQL", "load client", "rest", "machine"],
-    runs.map(([name, run]) => {
-      const rest =
-        run.machineCpuPercent - run.serverCpuPercent - (run.databaseCpuPercent ?? 0) - run.result.clientCpuPercent;
-      return [
-        name,
-        percent(run.serverCpuPercent),
-        run.databaseCpuPercent === undefined ? "" : percent(run.databaseCpuPercent),
-        percent(run.result.clientCpuPercent),
-        percent(Math.max(0, rest)),
-        percent(run.machineCpuPercent),
-      ];
-    }),
-  );
-  const noisy = runs.filter(
-    ([, run]) =>
-      run.machineCpuPercent - run.serverCpuPercent - (run.databaseCpuPercent ?? 0) - run.result.clientCpuPercent >
-      NOISY_REST_PERCENT,
-  );
-  if (noisy.length > 0) {
-    log(
-      `WARNING: other processes used more than ${NOISY_REST_PERCENT}% of a core during ` +
-        `${noisy.map(([name]) => name).join(", ")}: those figures (and ratios built on them) are not trustworthy; run again`,
-    );
-  }
-  log();
-  log("Peak resident memory (VmHWM) of each server process, and the service's log volume");
-  table(
-    ["target", "peak RSS MiB", `log (LOG_LEVEL=${config.logLevel})`],
-    results.map(({ name, peakRssMiB, logBytes }) => [
-      name,
-      peakRssMiB.toFixed(0),
-      logBytes === undefined ? "" : `${(logBytes / 2 ** 20).toFixed(1)} MiB`,
-    ]),
-  );
-  for (const result of results) {
-    if (result.profile === undefined) continue;
-    log();
-    log(`CPU profile of the ${result.name} service`);
-    for (const line of result.profile) log(`  ${line}`);
-  }
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  if (sorted.length === 0) return Number.NaN;
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1
+    ? (sorted[middle] as number)
+    : ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2;
 }
 
-function printBatchReport(results: readonly TargetResult[]): void {
-  const batched = results.filter((result) => result.batch !== undefined);
-  if (batched.length === 0) return;
+/** Per round, a's figure over b's; their median and range. */
+function roundRatios<R extends { readonly round: number }>(
+  a: readonly R[] | undefined,
+  b: readonly R[] | undefined,
+  figure: (run: R) => number,
+): { median: number; low: number; high: number } | undefined {
+  if (a === undefined || b === undefined || a.length === 0) return undefined;
+  const ratios = a.flatMap((run) => {
+    const other = b.find((candidate) => candidate.round === run.round);
+    return other === undefined ? [] : [figure(run) / figure(other)];
+  });
+  if (ratios.length === 0) return undefined;
+  return { median: median(ratios), low: Math.min(...ratios), high: Math.max(...ratios) };
+}
+
+function verdict(label: string, value: number | undefined, goal: number, atMost = false): string {
+  if (value === undefined) return `${label}: not measured`;
+  const met = atMost ? value <= goal : value >= goal;
+  return `${label} ${ratio(value)} (goal ${atMost ? "<=" : ">="} ${goal}x): ${met ? "met" : "MISSED"}`;
+}
+
+function printHeadline(targets: readonly Target[], headline: Headline): string[] {
+  const verdicts: string[] = [];
   log();
   log(
-    `BatchCheckConnection, ${config.batchSize} checks per call from the same pool and load, next to CheckConnection ` +
-      "(goal: at least 5x the checks per second); checks per server CPU-second also compare when other work shares the machine",
+    `CheckConnection over gRPC by h2load -t${config.h2loadThreads} -c${config.h2loadClients} -m${config.h2loadStreams}: ` +
+      `one request body per service (an allowed check of connection ${headline.connectionId}), a ${config.h2loadWarmupSeconds} s warm-up run ` +
+      `per server, then ${config.h2loadSeconds} s per run, ${config.rounds} alternating rounds; figures are the median over rounds, ` +
+      "ratios the median (and range) of same-round ratios. 'CPU us/req' is the server's CPU time per answer: " +
+      "unlike req/s it hardly depends on what else the machine is doing, and on a machine with a core to spare " +
+      "per server, req/s ratios follow its inverse",
   );
-  const perCpuSecond = (checks: number, run: CheckRun) => checks / Math.max(run.serverCpuPercent / 100, 0.01);
+  const runsOf = (name: string) => headline.runs.get(name);
+  const rate = (run: HeadlineRun) => run.result.requestsPerSecond;
+  const p99 = (run: HeadlineRun) => run.result.p99Ms;
+  /** Server CPU per answer: what each server spends, however busy the machine was. */
+  const cost = (run: HeadlineRun) => (run.cpu.serverSeconds / run.result.done) * 1e6;
+  const comparing = headline.runs.has("compare");
+  const rows = targets.map((target) => {
+    const runs = runsOf(target.name) ?? [];
+    const pick = (figure: (run: HeadlineRun) => number) => median(runs.map(figure));
+    const vsGrpcJs = roundRatios(runs, runsOf("grpc-js"), rate);
+    const vsCeiling = roundRatios(runs, runsOf("ceiling"), rate);
+    const range = (value: ReturnType<typeof roundRatios>) =>
+      value === undefined ? "" : `${ratio(value.median)} (${value.low.toFixed(2)}-${value.high.toFixed(2)})`;
+    return [
+      target.label,
+      runs.map((run) => count(rate(run))).join(" / "),
+      count(pick(rate)),
+      ms(pick((run) => run.result.meanMs)),
+      ms(pick((run) => run.result.sdMs)),
+      ms(pick((run) => run.result.p50Ms)),
+      ms(pick((run) => run.result.p90Ms)),
+      ms(pick(p99)),
+      ms(pick((run) => run.result.maxMs)),
+      range(vsGrpcJs),
+      range(vsCeiling),
+      count(pick(cost)),
+      range(roundRatios(runsOf("grpc-js"), runs, cost)),
+      ...(comparing
+        ? [range(roundRatios(runs, runsOf("compare"), rate)), range(roundRatios(runsOf("compare"), runs, cost))]
+        : []),
+    ];
+  });
   table(
     [
-      "target",
-      "single checks/s",
-      "batched checks/s",
-      "calls/s",
+      "server",
+      "req/s by round",
+      "req/s",
+      "mean ms",
+      "sd ms",
       "p50 ms",
+      "p90 ms",
       "p99 ms",
-      "vs single",
-      "per CPU-s vs single",
+      "max ms",
+      "vs grpc-js",
+      "vs ceiling",
+      "CPU us/req",
+      "grpc-js CPU/req over this",
+      ...(comparing ? ["vs BENCH_COMPARE_ROOT", "its CPU/req over this"] : []),
     ],
-    batched.map(({ name, check, batch }) => {
-      const run = batch?.run as CheckRun;
-      const perSecond = run.result.requestsPerSecond * config.batchSize;
-      const single = check.result.requestsPerSecond;
+    rows,
+  );
+  const sqlite = runsOf("sqlite");
+  const postgres = runsOf("postgres");
+  verdicts.push(
+    verdict(
+      "SQLite vs grpc-js (h2load, one id)",
+      roundRatios(sqlite, runsOf("grpc-js"), rate)?.median,
+      GOALS.sqliteVsGrpcJs,
+    ),
+  );
+  verdicts.push(
+    verdict(
+      "SQLite vs node:http2 ceiling",
+      roundRatios(sqlite, runsOf("ceiling"), rate)?.median,
+      GOALS.sqliteVsCeiling,
+    ),
+  );
+  verdicts.push(
+    verdict("SQLite p99 vs grpc-js p99", roundRatios(sqlite, runsOf("grpc-js"), p99)?.median, GOALS.p99VsGrpcJs, true),
+  );
+  if (postgres !== undefined) {
+    verdicts.push(
+      verdict(
+        "PostgreSQL vs grpc-js (h2load, one id)",
+        roundRatios(postgres, runsOf("grpc-js"), rate)?.median,
+        GOALS.postgresVsGrpcJs,
+      ),
+    );
+  }
+  log(
+    `  (answer bytes per request: ${[...headline.answerBytes].map(([name, bytes]) => `${name} ${bytes}`).join(", ")}; ` +
+      "every h2load run was checked to have received exactly that many DATA bytes per request)",
+  );
+  return verdicts;
+}
+
+function printDistinct(targets: readonly Target[], runs: Map<string, ClientRunFigures[]>): string[] {
+  log();
+  log(
+    `CheckConnection over gRPC by the project's client (node:http2, ${config.concurrency} in flight on ${config.sessions} ` +
+      `connections, ${config.warmupSeconds} s warm-up and one pass over the pool, ${config.seconds} s measured, ` +
+      `${config.clientRounds} alternating rounds): a pool of ${count(config.checkPool)} requests over random seeded ` +
+      "connections (80% allowed; denied: wrong organization 7%, not active 8%, scope not granted 5%), every answer's reason checked",
+  );
+  const withRound = (name: string) => runs.get(name)?.map((run, round) => ({ ...run, round }));
+  const rate = (run: ClientRunFigures) => run.result.requestsPerSecond;
+  table(
+    ["server", "req/s by round", "req/s", "p50 ms", "p90 ms", "p99 ms", "vs grpc-js", "client CPU"],
+    targets
+      .filter((target) => runs.has(target.name))
+      .map((target) => {
+        const list = runs.get(target.name) ?? [];
+        const vs = roundRatios(withRound(target.name), withRound("grpc-js"), rate);
+        return [
+          target.label,
+          list.map((run) => count(rate(run))).join(" / "),
+          count(median(list.map(rate))),
+          ms(median(list.map((run) => run.result.latency.p50Ms))),
+          ms(median(list.map((run) => run.result.latency.p90Ms))),
+          ms(median(list.map((run) => run.result.latency.p99Ms))),
+          vs === undefined ? "" : `${ratio(vs.median)} (${vs.low.toFixed(2)}-${vs.high.toFixed(2)})`,
+          percent(median(list.map((run) => run.result.clientCpuPercent))),
+        ];
+      }),
+  );
+  return [
+    verdict(
+      `SQLite vs grpc-js, ${count(config.checkPool)} distinct requests (own client)`,
+      roundRatios(withRound("sqlite"), withRound("grpc-js"), rate)?.median,
+      GOALS.distinctIdsVsGrpcJs,
+    ),
+  ];
+}
+
+function printExtras(targets: readonly Target[], extras: Map<string, ServiceExtras>): void {
+  const services = targets.filter((target) => extras.has(target.name));
+  if (services.length === 0) return;
+  const of = (target: Target) => extras.get(target.name) as ServiceExtras;
+  log();
+  log("CreateConnection over gRPC (unique ordered pairs, api-gateway, x-organization-id = source, with request_id)");
+  table(
+    ["server", "req/s", "p50 ms", "p99 ms", "note"],
+    services.map((target) => {
+      const result = of(target).create.result;
       return [
-        name,
-        count(single),
-        count(perSecond),
-        count(run.result.requestsPerSecond),
-        ms(run.result.latency.p50Ms),
-        ms(run.result.latency.p99Ms),
-        ratio(perSecond / single),
-        ratio(perCpuSecond(perSecond, run) / perCpuSecond(single, check)),
+        target.label,
+        count(result.requestsPerSecond),
+        ms(result.latency.p50Ms),
+        ms(result.latency.p99Ms),
+        result.exhausted ? `pool ran out after ${result.seconds.toFixed(1)} s` : "",
+      ];
+    }),
+  );
+  log();
+  log(`ListConnections of the big organization (both directions, page_size ${config.pageSize}, one request at a time)`);
+  table(
+    [
+      "server",
+      "rows",
+      "pages",
+      "walk s",
+      "first p50",
+      "first p99",
+      "deep page",
+      "deep p50",
+      "deep p99",
+      "deep/first p50",
+    ],
+    services.map((target) => {
+      const result = of(target).list;
+      return [
+        target.label,
+        count(result.rows),
+        count(result.pages),
+        result.walkSeconds.toFixed(1),
+        ms(result.first.p50Ms),
+        ms(result.first.p99Ms),
+        `#${result.deepPage}`,
+        ms(result.deep.p50Ms),
+        ms(result.deep.p99Ms),
+        ratio(result.deep.p50Ms / result.first.p50Ms),
+      ];
+    }),
+  );
+  log(`  (latencies in ms; first and deep page each fetched ${config.listRepeats} times after the walk)`);
+  log();
+  log("Seeding through the store (openStore, createConnection, saveTransition)");
+  table(
+    ["server", "organizations", "connections", "transitions", "seconds", "connections/s"],
+    services.map((target) => {
+      const report = target.service?.seed as SeedReport;
+      return [
+        target.label,
+        count(report.organizationCount),
+        count(report.dataset.connections.length),
+        count(report.transitions),
+        report.seconds.toFixed(1),
+        count(report.dataset.connections.length / report.seconds),
       ];
     }),
   );
 }
 
+function printCpu(
+  targets: readonly Target[],
+  headline: Headline | undefined,
+  distinct: Map<string, ClientRunFigures[]>,
+) {
+  log();
+  log(
+    `CPU over the measured windows (median), in % of one core (the machine has ${cpus().length * 100}%); ` +
+      "'rest' is everything else running on the machine (other work makes figures noisy)",
+  );
+  const rows: string[][] = [];
+  for (const target of targets) {
+    const add = (name: string, figures: readonly CpuFigures[]) => {
+      if (figures.length === 0) return;
+      const server = median(figures.map((cpu) => cpu.server));
+      const database = figures[0]?.database === undefined ? undefined : median(figures.map((cpu) => cpu.database ?? 0));
+      const client = median(figures.map((cpu) => cpu.client));
+      const machine = median(figures.map((cpu) => cpu.machine));
+      rows.push([
+        `${target.label}, ${name}`,
+        percent(server),
+        database === undefined ? "" : percent(database),
+        percent(client),
+        percent(Math.max(0, machine - server - (database ?? 0) - client)),
+        percent(machine),
+      ]);
+    };
+    add("h2load", headline?.runs.get(target.name)?.map((run) => run.cpu) ?? []);
+    add("own client", distinct.get(target.name)?.map((run) => run.cpu) ?? []);
+  }
+  table(["run", "server", "PostgreSQL", "client", "rest", "machine"], rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+
 /** Every failed request and wrong answer of the run, as lines; empty when there were none. */
-function problems(results: readonly TargetResult[]): string[] {
+function problems(
+  headline: Headline | undefined,
+  distinct: Map<string, ClientRunFigures[]>,
+  extras: Map<string, ServiceExtras>,
+): string[] {
   const lines: string[] = [];
-  for (const result of results) {
-    const runs: [string, Readonly<Record<string, number>>, number, readonly string[]][] = [
-      [
-        "CheckConnection",
-        result.check.result.errors,
-        result.check.result.wrongAnswers,
-        result.check.result.wrongAnswerExamples,
-      ],
-    ];
-    if (result.create)
-      runs.push(["CreateConnection", result.create.result.errors, result.create.result.wrongAnswers, []]);
-    if (result.list) runs.push(["ListConnections", result.list.errors, 0, []]);
-    if (result.batch) {
-      const { run, wrong, failures, examples } = result.batch;
-      const errors = failures > 0 ? { ...run.result.errors, "failed while verified": failures } : run.result.errors;
-      runs.push(["BatchCheckConnection", errors, wrong, examples]);
+  for (const [name, runs] of headline?.runs ?? []) {
+    const expected = headline?.answerBytes.get(name);
+    for (const { result, round } of runs) {
+      const at = `h2load ${name} round ${round + 1}`;
+      // Streams still open when the time is up count as failed: at most one per stream slot.
+      const inFlight = config.h2loadClients * config.h2loadStreams;
+      if (result.failed > inFlight) lines.push(`${at}: ${result.failed} requests failed`);
+      if (result.non2xx > 0) lines.push(`${at}: ${result.non2xx} answers with an HTTP status other than 2xx`);
+      if (expected !== undefined && Math.abs(result.dataBytesPerAnswer - expected) > 0.001) {
+        lines.push(
+          `${at}: ${result.dataBytesPerAnswer.toFixed(2)} DATA bytes per answer, expected ${expected} ` +
+            "(some answers were not the allowed check)",
+        );
+      }
     }
-    for (const [rpc, errors, wrong, examples] of runs) {
-      for (const [error, times] of Object.entries(errors)) lines.push(`${result.name} ${rpc}: ${times} x ${error}`);
-      if (wrong > 0) lines.push(`${result.name} ${rpc}: ${wrong} wrong answers, e.g. ${examples.join("; ")}`);
+  }
+  const loadProblems = (label: string, result: LoadResult) => {
+    for (const [error, times] of Object.entries(result.errors)) lines.push(`${label}: ${times} x ${error}`);
+    if (result.wrongAnswers > 0) {
+      lines.push(`${label}: ${result.wrongAnswers} wrong answers, e.g. ${result.wrongAnswerExamples.join("; ")}`);
+    }
+  };
+  for (const [name, runs] of distinct) for (const run of runs) loadProblems(`${name} CheckConnection`, run.result);
+  for (const [name, extra] of extras) {
+    loadProblems(`${name} CreateConnection`, extra.create.result);
+    for (const [error, times] of Object.entries(extra.list.errors)) {
+      lines.push(`${name} ListConnections: ${times} x ${error}`);
     }
   }
   return lines;
 }
 
-// ---------------------------------------------------------------------------------------------
+function profileOf(target: Target, windows: readonly (readonly [number, number])[]): string[] {
+  const dir = target.service?.profileDir;
+  if (dir === undefined) return [];
+  // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile: thread 0 is the main thread (1 is tsx's loader).
+  const file = readdirSync(dir)
+    .filter((entry) => entry.endsWith(".cpuprofile") && entry.split(".")[4] === "0")
+    .map((entry) => join(dir, entry))
+    .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
+  return file === undefined ? ["(no profile written)"] : [`profile: ${file}`, ...summariseProfile(file, windows)];
+}
 
 async function main(): Promise<void> {
   const started = performance.now();
   log(
-    `machine: ${cpus()[0]?.model ?? "unknown CPU"}, ${cpus().length} cores; Node ${process.version}; ` +
+    `machine: ${cpus()[0]?.model ?? "unknown CPU"}, ${cpus().length} cores (nproc); Node ${process.version}; ` +
       `load average ${loadavg()
         .map((value) => value.toFixed(2))
         .join(" ")}`,
@@ -589,36 +885,80 @@ async function main(): Promise<void> {
     `data set: ${count(config.connections)} connections, ${count(config.organizations)} regular organizations plus ` +
       `one big organization with ${count(config.bigOrganizationConnections)} connections (half each way, one leaf organization per two)`,
   );
-  log(`service LOG_LEVEL=${config.logLevel}, stdout to a file; dev tokens; the load client runs in its own process`);
+  log(
+    `service: NODE_ENV=production, a CALLERS_FILE of sha256 digests, LOG_LEVEL=${config.logLevel ?? "its default"}, ` +
+      "metrics on, stdout to a file; each client runs in its own process",
+  );
   workDir = await mkdtemp(join(tmpdir(), "connections-bench-"));
   onCleanUp("work directory", () => rm(workDir, { recursive: true, force: true }));
+  const credentials = writeCallersFile();
+  const targets = await startTargets(credentials);
 
-  const results: TargetResult[] = [];
-  const sqliteUrl = `sqlite:${join(workDir, "bench.db")}`;
-  const sqliteSeed = await seed("sqlite", sqliteUrl);
-  const sqliteChecks = checkRequests(sqliteSeed.dataset, config.checkPool, config.randomSeed + 2);
-  if (config.targets.has("baseline")) results.push(await benchBaseline(sqliteChecks));
-  if (config.targets.has("sqlite")) results.push(await benchService("sqlite", sqliteUrl, sqliteSeed, sqliteChecks));
-
-  if (config.targets.has("postgres")) {
-    if (config.postgresAdminUrl === undefined) {
-      progress("postgres: skipped (set BENCH_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/test)");
-    } else {
-      const { url, backends } = await createPostgresDatabase(config.postgresAdminUrl);
-      const report = await seed("postgres", url);
-      const checks = checkRequests(report.dataset, config.checkPool, config.randomSeed + 2);
-      results.push(await benchService("postgres", url, report, checks, backends));
+  const verdicts: string[] = [];
+  let headline: Headline | undefined;
+  if (config.h2load && targets.some((target) => target.service !== undefined)) {
+    progress("headline: h2load, alternating rounds");
+    headline = await runHeadline(targets, credentials);
+  }
+  let distinct = new Map<string, ClientRunFigures[]>();
+  const extras = new Map<string, ServiceExtras>();
+  if (config.ownClient) {
+    progress("own client: distinct ids, alternating rounds");
+    distinct = await runDistinctChecks(targets, credentials);
+    for (const target of targets) {
+      if (target.service !== undefined && target.name !== "compare") {
+        extras.set(target.name, await runServiceExtras(target, credentials));
+      }
     }
   }
+  const peakRss = targets.map((target) => [target.label, statusMiB(target.server.pid, "VmHWM")] as const);
+  for (const target of targets) await target.server.stop();
 
-  printReport(results);
+  if (headline !== undefined) verdicts.push(...printHeadline(targets, headline));
+  if (config.ownClient) verdicts.push(...printDistinct(targets, distinct));
+  printExtras(targets, extras);
+  printCpu(targets, headline, distinct);
+  log();
+  log("Peak resident memory (VmHWM) of each server process, and the service's log volume");
+  table(
+    ["server", "peak RSS MiB", "log"],
+    peakRss.map(([label, mib]) => {
+      const target = targets.find((candidate) => candidate.label === label);
+      const logPath = target?.service?.logPath;
+      return [
+        label,
+        mib.toFixed(0),
+        logPath === undefined ? "" : `${(statSync(logPath).size / 2 ** 20).toFixed(1)} MiB`,
+      ];
+    }),
+  );
+  for (const target of targets) {
+    const windows = headline?.runs.get(target.name)?.map((run) => run.windowUs) ?? [];
+    const lines = profileOf(target, windows);
+    if (lines.length === 0) continue;
+    log();
+    log(`CPU profile of the ${target.label} service over its h2load runs`);
+    for (const line of lines) log(`  ${line}`);
+  }
+  log();
+  log("Goals");
+  for (const line of verdicts) log(`  ${line}`);
+  const noisy = [...(headline?.runs.values() ?? []), ...distinct.values()]
+    .flat()
+    .filter(({ cpu }) => cpu.machine - cpu.server - (cpu.database ?? 0) - cpu.client > NOISY_REST_PERCENT);
+  if (noisy.length > 0) {
+    log(
+      `WARNING: in ${noisy.length} runs other processes used more than ${NOISY_REST_PERCENT}% of a core: ` +
+        "the machine was busy with other work; ratios are less trustworthy, run again",
+    );
+  }
   log();
   log(
     `done in ${((performance.now() - started) / 1000).toFixed(0)} s; load average ${loadavg()
       .map((value) => value.toFixed(2))
       .join(" ")}`,
   );
-  const failures = problems(results);
+  const failures = problems(headline, distinct, extras);
   if (failures.length > 0) {
     log();
     log("FAILED: requests failed or answers were wrong:");

@@ -2,10 +2,13 @@
 // and the pre-encoded request pools the plans carry.
 
 import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Connection_State } from "../gen/connections/v1/connection_pb.js";
 import {
   CheckConnectionRequest_Action,
   CheckConnectionRequestSchema,
   CheckConnectionResponse_Reason,
+  CheckConnectionResponseSchema,
   CreateConnectionRequestSchema,
 } from "../gen/connections/v1/connection_service_pb.js";
 import { type Dataset, random, SCOPES, type SeededConnection } from "./seed.js";
@@ -13,6 +16,29 @@ import { type Dataset, random, SCOPES, type SeededConnection } from "./seed.js";
 export const CHECK_PATH = "/connections.v1.ConnectionService/CheckConnection";
 export const CREATE_PATH = "/connections.v1.ConnectionService/CreateConnection";
 export const LIST_PATH = "/connections.v1.ConnectionService/ListConnections";
+
+/**
+ * What the baselines answer every CheckConnection with: as large as a typical allowed answer of
+ * the service (the Connection filled in), so that every server sends about the same bytes.
+ */
+export const SAMPLE_CHECK_RESPONSE = create(CheckConnectionResponseSchema, {
+  allowed: true,
+  reason: CheckConnectionResponse_Reason.ALLOWED,
+  state: Connection_State.ACTIVE,
+  connection: {
+    id: "cxn_Yk3v9QmX2r8TqLw0ZbN4aA",
+    sourceOrganizationId: "org_bench_00042",
+    destinationOrganizationId: "org_bench_01337",
+    name: "org_bench_00042 to org_bench_01337",
+    scopes: ["account.read", "transaction.read"],
+    state: Connection_State.ACTIVE,
+    createTime: timestampFromDate(new Date("2026-01-05T10:00:00Z")),
+    updateTime: timestampFromDate(new Date("2026-01-06T10:00:00Z")),
+    activateTime: timestampFromDate(new Date("2026-01-06T10:00:00Z")),
+    creator: "user:usr_seed",
+    etag: '"2"',
+  },
+});
 
 export interface RequestItem {
   /** The protobuf message, base64, without the gRPC frame (the client adds it once, up front). */
@@ -29,8 +55,6 @@ interface PlanBase {
   readonly headers: Readonly<Record<string, string>>;
   /** HTTP/2 connections to spread the streams over. */
   readonly sessions: number;
-  /** "raw" (h2.ts, the default) or "node-http2" (node's client, as a cross-check). */
-  readonly client: "raw" | "node-http2";
 }
 
 /** Closed-loop load: `concurrency` requests always in flight, for a warm-up and then a measured time. */
