@@ -3,7 +3,7 @@
 
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
 import type { RpcLabels, RpcObserver } from "./api/rpc.js";
 import { codeName } from "./api/rpc.js";
 import type { ReloadObserver } from "./reload.js";
@@ -13,31 +13,105 @@ export interface DatabaseGauges {
   poolStats(): { total: number; idle: number; waiting: number; exhausted: number };
 }
 
+/** Latency buckets in seconds, for connections_rpc_duration_seconds. */
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+/** What one method has seen: calls by gRPC code, and its latency histogram. */
+interface MethodFigures {
+  readonly labels: { readonly service: string; readonly method: string };
+  readonly calls: Map<number, number>;
+  /** Per bucket (not cumulative), with +Inf last. */
+  readonly buckets: Float64Array;
+  sum: number;
+  count: number;
+}
+
+interface MetricValue {
+  readonly metricName?: string;
+  readonly labels: Readonly<Record<string, string | number>>;
+  readonly value: number;
+}
+
+/**
+ * connections_rpc_total and connections_rpc_duration_seconds. Every RPC adds to plain numbers
+ * kept per method (prom-client's own counters and histograms resolve their labels through a
+ * hashed key object on every call, a measurable part of a cached check); the registry turns them
+ * into series when it is scraped.
+ */
+class RpcMetrics {
+  private readonly byMethod = new Map<string, MethodFigures>();
+
+  constructor(registry: Registry) {
+    const register = (name: string, help: string, type: string, values: (figures: MethodFigures) => MetricValue[]) => {
+      const get = async () => ({
+        name,
+        help,
+        type,
+        aggregator: "sum",
+        values: [...this.byMethod.values()].flatMap(values),
+      });
+      registry.registerMetric({ name, help, type, aggregator: "sum", get, reset: () => {} } as unknown as Metric);
+    };
+    register("connections_rpc_total", "RPCs handled, by service, method and gRPC code.", "counter", (figures) =>
+      [...figures.calls].map(([code, calls]) => ({
+        labels: { ...figures.labels, code: codeName(code) },
+        value: calls,
+      })),
+    );
+    register(
+      "connections_rpc_duration_seconds",
+      "Time from a decoded request to its result, by service and method.",
+      "histogram",
+      histogramValues,
+    );
+  }
+
+  observe(rpc: RpcLabels, code: number, seconds: number): void {
+    let figures = this.byMethod.get(rpc.path);
+    if (figures === undefined) {
+      figures = {
+        labels: { service: rpc.service, method: rpc.method },
+        calls: new Map(),
+        buckets: new Float64Array(LATENCY_BUCKETS.length + 1),
+        sum: 0,
+        count: 0,
+      };
+      this.byMethod.set(rpc.path, figures);
+    }
+    figures.calls.set(code, (figures.calls.get(code) ?? 0) + 1);
+    let bucket = 0;
+    while (bucket < LATENCY_BUCKETS.length && seconds > (LATENCY_BUCKETS[bucket] as number)) bucket++;
+    figures.buckets[bucket] = (figures.buckets[bucket] as number) + 1;
+    figures.sum += seconds;
+    figures.count++;
+  }
+}
+
+function histogramValues(figures: MethodFigures): MetricValue[] {
+  const values: MetricValue[] = [];
+  let cumulative = 0;
+  for (let bucket = 0; bucket <= LATENCY_BUCKETS.length; bucket++) {
+    cumulative += figures.buckets[bucket] as number;
+    values.push({
+      metricName: "connections_rpc_duration_seconds_bucket",
+      labels: { le: LATENCY_BUCKETS[bucket] ?? "+Inf", ...figures.labels },
+      value: cumulative,
+    });
+  }
+  values.push({ metricName: "connections_rpc_duration_seconds_sum", labels: figures.labels, value: figures.sum });
+  values.push({ metricName: "connections_rpc_duration_seconds_count", labels: figures.labels, value: figures.count });
+  return values;
+}
+
 export class Metrics implements RpcObserver, ReloadObserver {
   readonly registry = new Registry();
-  private readonly calls: Counter<"service" | "method" | "code">;
+  private readonly rpcs: RpcMetrics;
   private readonly reloadSuccess: Gauge<"source">;
   private readonly reloadFailures: Counter<"source">;
-  private readonly latency: Histogram<"service" | "method">;
-  // prom-client resolves labels by building a key string; RPCs are few, so resolve each once.
-  private readonly callChildren = new Map<string, { inc(): void }>();
-  private readonly latencyChildren = new Map<string, { observe(value: number): void }>();
 
   constructor(database: DatabaseGauges | undefined) {
     collectDefaultMetrics({ register: this.registry });
-    this.calls = new Counter({
-      name: "connections_rpc_total",
-      help: "RPCs handled, by service, method and gRPC code.",
-      labelNames: ["service", "method", "code"],
-      registers: [this.registry],
-    });
-    this.latency = new Histogram({
-      name: "connections_rpc_duration_seconds",
-      help: "Time from a decoded request to its result, by service and method.",
-      labelNames: ["service", "method"],
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-      registers: [this.registry],
-    });
+    this.rpcs = new RpcMetrics(this.registry);
     this.reloadSuccess = new Gauge({
       name: "connections_config_reload_last_success_timestamp_seconds",
       help: "When the callers file or TLS credentials were last read successfully (at start or on reload), by source.",
@@ -91,19 +165,7 @@ export class Metrics implements RpcObserver, ReloadObserver {
 
   /** `labels` come from the registered methods, or are "unknown": the label sets stay bounded. */
   observe(labels: RpcLabels, code: number, seconds: number): void {
-    const key = `${labels.path}|${code}`;
-    let calls = this.callChildren.get(key);
-    if (calls === undefined) {
-      calls = this.calls.labels(labels.service, labels.method, codeName(code));
-      this.callChildren.set(key, calls);
-    }
-    calls.inc();
-    let latency = this.latencyChildren.get(labels.path);
-    if (latency === undefined) {
-      latency = this.latency.labels(labels.service, labels.method);
-      this.latencyChildren.set(labels.path, latency);
-    }
-    latency.observe(seconds);
+    this.rpcs.observe(labels, code, seconds);
   }
 
   reloaded(source: string, ok: boolean, at: Date): void {

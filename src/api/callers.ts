@@ -5,6 +5,13 @@
 //
 // The table is immutable; the authenticator swaps a whole new one in on reload, and a call reads
 // the table once, so a reload never changes the answer half-way through a call.
+//
+// Callers send the same token on every request, and hashing it each time was a measurable part of
+// a cached check. So a table remembers the few tokens it has verified (and only those): failed
+// guesses always take the full hash-and-compare path and can neither fill the memory nor evict a
+// caller from it, and a reload starts from a new, empty table. Looking a presented token up among
+// remembered ones goes through V8's per-process randomly seeded string hash, which an attacker
+// cannot steer.
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -25,6 +32,9 @@ const TOKEN_DIGEST = /^sha256:([0-9a-f]{64})$/i;
 // A SPIFFE ID: spiffe://<trust domain>/<path>, lower-case trust domain, no query or fragment.
 const SPIFFE_ID = /^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$/;
 
+/** Distinct verified tokens a table remembers; a service has a handful of callers. */
+const VERIFIED_CAPACITY = 64;
+
 interface KnownToken {
   readonly digest: Buffer;
   readonly caller: CallerName;
@@ -32,6 +42,9 @@ interface KnownToken {
 
 /** One validated callers file: who each token digest and each SPIFFE ID stands for. */
 export class CallerTable {
+  /** Token -> caller, for tokens that verified; oldest forgotten first. */
+  readonly #verified = new Map<string, CallerName>();
+
   private constructor(
     readonly tokens: readonly KnownToken[],
     readonly spiffeIds: ReadonlyMap<string, CallerName>,
@@ -99,6 +112,20 @@ export class CallerTable {
 
   /** The caller that a bearer token stands for, or undefined. */
   callerOfToken(token: string): CallerName | undefined {
+    const remembered = this.#verified.get(token);
+    if (remembered !== undefined) return remembered;
+    const found = this.#verify(token);
+    if (found !== undefined) {
+      if (this.#verified.size >= VERIFIED_CAPACITY) {
+        const oldest = this.#verified.keys().next();
+        if (oldest.done !== true) this.#verified.delete(oldest.value);
+      }
+      this.#verified.set(token, found);
+    }
+    return found;
+  }
+
+  #verify(token: string): CallerName | undefined {
     const presented = createHash("sha256").update(token).digest();
     let found: CallerName | undefined;
     for (const known of this.tokens) {

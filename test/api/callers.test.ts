@@ -76,3 +76,42 @@ describe("CallerAuthenticator", () => {
     expect(swapped.authenticate("Bearer b")).toBe("provisioning");
   });
 });
+
+describe("verified tokens remembered", () => {
+  const tokens = Array.from({ length: 100 }, (_, index) => `token-${index}-${"x".repeat(index % 7)}`);
+  const entries = {
+    "token-service": tokens.slice(0, 90).map((token) => `sha256:${sha256Hex(token)}`),
+    "api-gateway": tokens.slice(90).map((token) => `sha256:${sha256Hex(token)}`),
+  };
+
+  it("answers the same on the first and every later presentation of a header", () => {
+    const authenticator = new CallerAuthenticator(table(entries));
+    for (let pass = 0; pass < 3; pass++) {
+      expect(authenticator.authenticate("Bearer token-1-x")).toBe("token-service");
+      expect(authenticator.authenticate("bearer   token-95-xxxx ")).toBe("api-gateway");
+      expect(authenticator.authenticate("Bearer token-1-xx")).toBeUndefined();
+      expect(authenticator.authenticate("Bearer token-1-")).toBeUndefined();
+      expect(authenticator.authenticate("Basic token-1-x")).toBeUndefined();
+      expect(authenticator.authenticate(`Bearer ${"y".repeat(5000)}`)).toBeUndefined();
+    }
+  });
+
+  it("keeps answering right when more distinct tokens verify than a table remembers", () => {
+    const callers = table(entries);
+    for (let pass = 0; pass < 2; pass++) {
+      tokens.forEach((token, index) => {
+        expect(callers.callerOfToken(token)).toBe(index < 90 ? "token-service" : "api-gateway");
+        expect(callers.callerOfToken(`${token}!`)).toBeUndefined();
+      });
+    }
+  });
+
+  it("forgets them with the table: a replaced table decides from its own digests", () => {
+    const authenticator = new CallerAuthenticator(table(entries));
+    expect(authenticator.authenticate("Bearer token-1-x")).toBe("token-service");
+    authenticator.replace(table({ provisioning: [`sha256:${sha256Hex("token-1-x")}`] }));
+    expect(authenticator.authenticate("Bearer token-1-x")).toBe("provisioning");
+    authenticator.replace(table({}));
+    expect(authenticator.authenticate("Bearer token-1-x")).toBeUndefined();
+  });
+});
