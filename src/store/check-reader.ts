@@ -5,6 +5,14 @@
 // bounded (CHECK_CACHE_ENTRIES, least recently used out first) and keeps each entry compact.
 // PostgreSQL may have several replicas writing, so nothing is cached: concurrent checks are
 // coalesced into one query instead, each sent after all of its callers arrived.
+//
+// Recency: both LRU structures keep their order in a Map's insertion order, and a read moves the key
+// to the young end (delete, then set). V8 leaves a deleted entry in its hash bucket's chain until
+// the next rehash, so moving one hot key on every read makes that key's chain, and every lookup of
+// it, grow with the reads (one id checked over and over cost hundreds of microseconds per read).
+// So a read moves a key only when it is no longer among the youngest quarter of the capacity: an
+// entry read within the last three quarters of the capacity's insertions is still never evicted,
+// and a hot key moves at most a few times between rehashes.
 
 import type { ConnectionRecord } from "./store.js";
 
@@ -14,41 +22,54 @@ export interface CheckReader {
   written(record: ConnectionRecord): void;
 }
 
+/** Insertions and moves a key may lag behind the young end before a read moves it again. */
+function settledAge(capacity: number): number {
+  return 1 + (capacity >> 2);
+}
+
+interface LruEntry<V> {
+  readonly value: V;
+  /** The map's insertion count when this entry was last put at the young end. */
+  movedAt: number;
+}
+
 /** A bounded map that forgets the least recently used entry first (a read counts as a use). */
 export class LruMap<K, V> {
-  readonly #entries = new Map<K, V>();
+  readonly #entries = new Map<K, LruEntry<V>>();
+  readonly #settledAge: number;
+  #tick = 0;
 
-  constructor(readonly capacity: number) {}
+  constructor(readonly capacity: number) {
+    this.#settledAge = settledAge(capacity);
+  }
 
   get size(): number {
     return this.#entries.size;
   }
 
   get(key: K): V | undefined {
-    const value = this.#entries.get(key);
-    if (value !== undefined) {
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return undefined;
+    if (this.#tick - entry.movedAt > this.#settledAge) {
       // A Map iterates in insertion order: re-inserting moves the key to the young end.
       this.#entries.delete(key);
-      this.#entries.set(key, value);
+      this.#entries.set(key, entry);
+      entry.movedAt = this.#tick++;
     }
-    return value;
+    return entry.value;
   }
 
   /** Without counting as a use. */
   peek(key: K): V | undefined {
-    return this.#entries.get(key);
+    return this.#entries.get(key)?.value;
   }
 
   set(key: K, value: V): void {
-    if (this.#entries.delete(key)) {
-      this.#entries.set(key, value);
-      return;
-    }
-    if (this.#entries.size >= this.capacity) {
+    if (!this.#entries.delete(key) && this.#entries.size >= this.capacity) {
       const oldest = this.#entries.keys().next();
       if (oldest.done !== true) this.#entries.delete(oldest.value);
     }
-    this.#entries.set(key, value);
+    this.#entries.set(key, { value, movedAt: this.#tick++ });
   }
 }
 
@@ -76,13 +97,19 @@ class ConnectionTable {
   #destination = new Int32Array(0);
   #status = new Uint16Array(0);
   #version = new Int32Array(0);
+  /** The insertion count when the slot's id was last put at the young end (see the file's comment). */
+  #movedAt = new Float64Array(0);
   /** create, update, activate, deactivate per slot, in ms; NaN when unset. */
   #times = new Float64Array(0);
   /** name NUL creator NUL createRequestId, or a JSON array when one of them holds a NUL. */
   #text: string[] = [];
   #allocated = 0;
+  #tick = 0;
+  readonly #settledAge: number;
 
-  constructor(readonly capacity: number) {}
+  constructor(readonly capacity: number) {
+    this.#settledAge = settledAge(capacity);
+  }
 
   /** The cached version, without counting as a use. */
   version(id: string): number | undefined {
@@ -93,9 +120,12 @@ class ConnectionTable {
   get(id: string): ConnectionRecord | undefined {
     const slot = this.#slots.get(id);
     if (slot === undefined) return undefined;
-    // A Map iterates in insertion order: re-inserting moves the id to the young end.
-    this.#slots.delete(id);
-    this.#slots.set(id, slot);
+    if (this.#tick - (this.#movedAt[slot] as number) > this.#settledAge) {
+      // A Map iterates in insertion order: re-inserting moves the id to the young end.
+      this.#slots.delete(id);
+      this.#slots.set(id, slot);
+      this.#movedAt[slot] = this.#tick++;
+    }
     const status = this.#statuses[this.#status[slot] as number] as Status;
     const [name = "", creator = "", createRequestId = ""] = unpackText(this.#text[slot] as string);
     const at = (field: number) => {
@@ -134,6 +164,7 @@ class ConnectionTable {
       if (slot >= this.#allocated) this.#grow();
     }
     this.#slots.set(record.id, slot);
+    this.#movedAt[slot] = this.#tick++;
     this.#source[slot] = this.#organization(record.sourceOrganizationId);
     this.#destination[slot] = this.#organization(record.destinationOrganizationId);
     this.#status[slot] = this.#statusOf(record.state, record.scopes);
@@ -175,6 +206,7 @@ class ConnectionTable {
     this.#destination = grown(this.#destination, (n) => new Int32Array(n));
     this.#status = grown(this.#status, (n) => new Uint16Array(n));
     this.#version = grown(this.#version, (n) => new Int32Array(n));
+    this.#movedAt = grown(this.#movedAt, (n) => new Float64Array(n));
     this.#times = grown(this.#times, (n) => new Float64Array(n), 4);
     this.#allocated = slots;
   }

@@ -33,6 +33,20 @@ describe("LruMap", () => {
     expect(map.size).toBe(2);
   });
 
+  it("keeps a key read again and again while newer keys push the others out", () => {
+    // Reads of a key among the youngest do not move it (see check-reader.ts): it must still stay.
+    const map = new LruMap<string, number>(100);
+    for (let key = 0; key < 100; key++) map.set(`k${key}`, key);
+    for (let added = 100; added < 1_000; added++) {
+      expect(map.get("hot")).toBe(added === 100 ? undefined : 1);
+      if (added === 100) map.set("hot", 1);
+      map.set(`k${added}`, added);
+    }
+    expect(map.size).toBe(100);
+    expect(map.peek("k900")).toBeUndefined();
+    expect(map.peek("k901")).toBe(901);
+  });
+
   it("peek does not count as a use", () => {
     const map = new LruMap<string, number>(2);
     map.set("a", 1);
