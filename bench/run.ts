@@ -8,7 +8,8 @@
 // digests, its default LOG_LEVEL (BENCH_LOG_LEVEL overrides), metrics on, stdout to a file.
 //
 // Then the project's own client (load-client.ts) for what h2load cannot do: 100,000 distinct ids
-// with the state mix, every answer checked; CreateConnection; ListConnections deep pages; memory.
+// with the state mix, every answer checked; BatchCheckConnection over the same pool in checks per
+// second next to it (batch-check.ts); CreateConnection; ListConnections deep pages; memory.
 //
 // Prints figures; asserts nothing about time. Fails (exit 1) only when a request failed or an
 // answer was wrong. Every process, file and database it made is removed at the end.
@@ -24,6 +25,7 @@ import {
   CheckConnectionResponse_Reason,
   CheckConnectionResponseSchema,
 } from "../gen/connections/v1/connection_service_pb.js";
+import { BATCH_CHECK_PATH, batchCheckRequests, verifyBatches } from "./batch-check.js";
 import { checkReason, Errors, failureOf, frame, openChannel } from "./grpc-client.js";
 import { ensureH2load, type H2loadResult, runH2load } from "./h2load.js";
 import {
@@ -80,6 +82,7 @@ const config = {
   bigOrganizationConnections: integer("BENCH_BIG_ORG_CONNECTIONS", 50_000),
   seedConcurrency: integer("BENCH_SEED_CONCURRENCY", 32),
   checkPool: integer("BENCH_CHECK_POOL", 100_000),
+  batchSize: integer("BENCH_BATCH_SIZE", 50),
   createPool: integer("BENCH_CREATE_POOL", 60_000),
   pageSize: 100,
   listRepeats: integer("BENCH_LIST_REPEATS", 200),
@@ -98,6 +101,8 @@ const GOALS = {
   sqliteVsCeiling: 0.5,
   postgresVsGrpcJs: 0.65,
   distinctIdsVsGrpcJs: 0.9,
+  /** BatchCheckConnection's checks per second over CheckConnection's, same pool and client. */
+  batchVsSingle: 5,
   /** The service's p99 over grpc-js's at the same concurrency. */
   p99VsGrpcJs: 1.0,
 } as const;
@@ -499,6 +504,41 @@ async function runDistinctChecks(
   return runs;
 }
 
+/** BatchCheckConnection runs of one service, and its answers verified check by check beforehand. */
+interface BatchRuns {
+  readonly runs: ClientRunFigures[];
+  readonly checks: number;
+  readonly wrong: number;
+  readonly failures: number;
+  readonly examples: readonly string[];
+}
+
+/**
+ * BatchCheckConnection over each service's own check pool regrouped into batches, in alternating
+ * rounds like the single checks; every batch's answers are verified once before the runs.
+ */
+async function runBatchChecks(targets: readonly Target[], credentials: Credentials): Promise<Map<string, BatchRuns>> {
+  const services = targets.filter((target) => target.service !== undefined && target.name !== "compare");
+  const batches = new Map<string, BatchRuns & { readonly requests: readonly RequestItem[] }>();
+  for (const target of services) {
+    const items = batchCheckRequests(target.service?.checks ?? [], config.batchSize);
+    progress(`  ${target.label} BatchCheckConnection: verifying the answers of ${count(items.length)} batches`);
+    const verified = await verifyBatches(target.url, credentials.tokenService, items);
+    batches.set(target.name, { ...verified, runs: [], requests: items.map(({ body }) => ({ body })) });
+  }
+  for (let round = 0; round < config.clientRounds; round++) {
+    for (const target of services) {
+      const batch = batches.get(target.name);
+      if (batch === undefined) continue;
+      const plan = loadPlan(BATCH_CHECK_PATH, credentials.tokenService, batch.requests, true);
+      const run = await load(target, `batch-${round}`, plan);
+      describeRun(`round ${round + 1} ${target.label} BatchCheckConnection (${config.batchSize} checks per call)`, run);
+      batch.runs.push(run);
+    }
+  }
+  return new Map([...batches].map(([name, { requests, ...runs }]) => [name, runs]));
+}
+
 interface ServiceExtras {
   readonly create: ClientRunFigures;
   readonly list: ListResult;
@@ -719,6 +759,62 @@ function printDistinct(targets: readonly Target[], runs: Map<string, ClientRunFi
   ];
 }
 
+function printBatches(
+  targets: readonly Target[],
+  single: Map<string, ClientRunFigures[]>,
+  batches: Map<string, BatchRuns>,
+): string[] {
+  const services = targets.filter((target) => batches.has(target.name));
+  if (services.length === 0) return [];
+  log();
+  log(
+    `BatchCheckConnection by the project's client: the same pool in batches of ${config.batchSize}, same connections ` +
+      "and calls in flight, rounds alternating with the other services; checks per second against the single " +
+      "CheckConnection runs above (ratios of medians), and per server CPU-second, which still compares when " +
+      "other work shares the machine",
+  );
+  const checksPerSecond = (run: ClientRunFigures) => run.result.requestsPerSecond * config.batchSize;
+  const perCpuSecond = (perSecond: number, run: ClientRunFigures) => perSecond / Math.max(run.cpu.server / 100, 0.01);
+  const verdicts: string[] = [];
+  table(
+    [
+      "server",
+      "checks/s by round",
+      "checks/s",
+      "calls/s",
+      "p50 ms",
+      "p99 ms",
+      "single checks/s",
+      "vs single",
+      "per CPU-s",
+    ],
+    services.map((target) => {
+      const runs = batches.get(target.name)?.runs ?? [];
+      const singles = single.get(target.name) ?? [];
+      const batched = median(runs.map(checksPerSecond));
+      const alone = median(singles.map((run) => run.result.requestsPerSecond));
+      const cpuRatio =
+        median(runs.map((run) => perCpuSecond(checksPerSecond(run), run))) /
+        median(singles.map((run) => perCpuSecond(run.result.requestsPerSecond, run)));
+      verdicts.push(
+        verdict(`${target.label}: BatchCheckConnection checks/s vs single`, batched / alone, GOALS.batchVsSingle),
+      );
+      return [
+        target.label,
+        runs.map((run) => count(checksPerSecond(run))).join(" / "),
+        count(batched),
+        count(median(runs.map((run) => run.result.requestsPerSecond))),
+        ms(median(runs.map((run) => run.result.latency.p50Ms))),
+        ms(median(runs.map((run) => run.result.latency.p99Ms))),
+        count(alone),
+        ratio(batched / alone),
+        ratio(cpuRatio),
+      ];
+    }),
+  );
+  return verdicts;
+}
+
 function printExtras(targets: readonly Target[], extras: Map<string, ServiceExtras>): void {
   const services = targets.filter((target) => extras.has(target.name));
   if (services.length === 0) return;
@@ -792,6 +888,7 @@ function printCpu(
   targets: readonly Target[],
   headline: Headline | undefined,
   distinct: Map<string, ClientRunFigures[]>,
+  batches: Map<string, BatchRuns>,
 ) {
   log();
   log(
@@ -817,6 +914,7 @@ function printCpu(
     };
     add("h2load", headline?.runs.get(target.name)?.map((run) => run.cpu) ?? []);
     add("own client", distinct.get(target.name)?.map((run) => run.cpu) ?? []);
+    add("own client, batches", batches.get(target.name)?.runs.map((run) => run.cpu) ?? []);
   }
   table(["run", "server", "PostgreSQL", "client", "rest", "machine"], rows);
 }
@@ -827,6 +925,7 @@ function printCpu(
 function problems(
   headline: Headline | undefined,
   distinct: Map<string, ClientRunFigures[]>,
+  batches: Map<string, BatchRuns>,
   extras: Map<string, ServiceExtras>,
 ): string[] {
   const lines: string[] = [];
@@ -853,6 +952,13 @@ function problems(
     }
   };
   for (const [name, runs] of distinct) for (const run of runs) loadProblems(`${name} CheckConnection`, run.result);
+  for (const [name, batch] of batches) {
+    for (const run of batch.runs) loadProblems(`${name} BatchCheckConnection`, run.result);
+    if (batch.failures > 0) lines.push(`${name} BatchCheckConnection: ${batch.failures} calls failed while verified`);
+    if (batch.wrong > 0) {
+      lines.push(`${name} BatchCheckConnection: ${batch.wrong} wrong answers, e.g. ${batch.examples.join("; ")}`);
+    }
+  }
   for (const [name, extra] of extras) {
     loadProblems(`${name} CreateConnection`, extra.create.result);
     for (const [error, times] of Object.entries(extra.list.errors)) {
@@ -901,10 +1007,13 @@ async function main(): Promise<void> {
     headline = await runHeadline(targets, credentials);
   }
   let distinct = new Map<string, ClientRunFigures[]>();
+  let batches = new Map<string, BatchRuns>();
   const extras = new Map<string, ServiceExtras>();
   if (config.ownClient) {
     progress("own client: distinct ids, alternating rounds");
     distinct = await runDistinctChecks(targets, credentials);
+    progress("own client: BatchCheckConnection, alternating rounds");
+    batches = await runBatchChecks(targets, credentials);
     for (const target of targets) {
       if (target.service !== undefined && target.name !== "compare") {
         extras.set(target.name, await runServiceExtras(target, credentials));
@@ -915,9 +1024,9 @@ async function main(): Promise<void> {
   for (const target of targets) await target.server.stop();
 
   if (headline !== undefined) verdicts.push(...printHeadline(targets, headline));
-  if (config.ownClient) verdicts.push(...printDistinct(targets, distinct));
+  if (config.ownClient) verdicts.push(...printDistinct(targets, distinct), ...printBatches(targets, distinct, batches));
   printExtras(targets, extras);
-  printCpu(targets, headline, distinct);
+  printCpu(targets, headline, distinct, batches);
   log();
   log("Peak resident memory (VmHWM) of each server process, and the service's log volume");
   table(
@@ -943,7 +1052,11 @@ async function main(): Promise<void> {
   log();
   log("Goals");
   for (const line of verdicts) log(`  ${line}`);
-  const noisy = [...(headline?.runs.values() ?? []), ...distinct.values()]
+  const noisy = [
+    ...(headline?.runs.values() ?? []),
+    ...distinct.values(),
+    ...[...batches.values()].map((batch) => batch.runs),
+  ]
     .flat()
     .filter(({ cpu }) => cpu.machine - cpu.server - (cpu.database ?? 0) - cpu.client > NOISY_REST_PERCENT);
   if (noisy.length > 0) {
@@ -958,7 +1071,7 @@ async function main(): Promise<void> {
       .map((value) => value.toFixed(2))
       .join(" ")}`,
   );
-  const failures = problems(headline, distinct, extras);
+  const failures = problems(headline, distinct, batches, extras);
   if (failures.length > 0) {
     log();
     log("FAILED: requests failed or answers were wrong:");
