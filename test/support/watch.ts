@@ -178,8 +178,6 @@ class ConnectWatchClient implements WatchClient {
 
 class GrpcJsWatchClient implements WatchClient {
   readonly #client: grpc.Client;
-  /** The raw calls, so that a test can pause one (a consumer that does not read). */
-  readonly calls: grpc.ClientReadableStream<WatchConnectionEventsResponse>[] = [];
 
   constructor(address: string) {
     this.#client = new grpc.Client(address, grpc.credentials.createInsecure());
@@ -197,7 +195,6 @@ class GrpcJsWatchClient implements WatchClient {
       metadata,
       options.timeoutMs === undefined ? {} : { deadline: Date.now() + options.timeoutMs },
     );
-    this.calls.push(call);
     stream.cancel = () => call.cancel();
     call.on("data", (message: WatchConnectionEventsResponse) => stream.push(message));
     call.on("error", () => {});
@@ -214,10 +211,6 @@ class GrpcJsWatchClient implements WatchClient {
   close(): void {
     this.#client.close();
   }
-}
-
-export function grpcJsWatchClient(address: string): GrpcJsWatchClient {
-  return new GrpcJsWatchClient(address);
 }
 
 export { Code };
