@@ -5,21 +5,14 @@
 import { type CallOptions, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, expect, it } from "vitest";
 import { Connection_State } from "../../gen/connections/v1/connection_pb.js";
 import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
-import {
-  POSTGRES_SKIP_MESSAGE,
-  type ProvisionedDatabase,
-  postgresAdminUrl,
-  provisionPostgres,
-} from "../support/databases.js";
+import { describePostgres, type ProvisionedDatabase, provisionPostgres } from "../support/databases.js";
 import { type ServiceProcess, startServiceProcess } from "../support/process.js";
 import { Code, GrpcJsRpcClient, RpcError, rpcError, uniqueId } from "../support/service.js";
 
-if (postgresAdminUrl === undefined) console.warn(POSTGRES_SKIP_MESSAGE);
-
-describe.skipIf(postgresAdminUrl === undefined)("graceful shutdown and cancellation", () => {
+describePostgres("graceful shutdown and cancellation", () => {
   const cleanups: (() => Promise<unknown>)[] = [];
   afterEach(async () => {
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup();

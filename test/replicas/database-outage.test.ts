@@ -1,18 +1,11 @@
 // PostgreSQL going away under a running service: RPCs must fail fast with UNAVAILABLE (not hang,
 // not INTERNAL), and the service must recover by itself once the database is back.
 
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  POSTGRES_SKIP_MESSAGE,
-  type ProvisionedDatabase,
-  postgresAdminUrl,
-  provisionPostgres,
-} from "../support/databases.js";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { describePostgres, type ProvisionedDatabase, provisionPostgres } from "../support/databases.js";
 import { type ServiceProcess, startServiceProcess } from "../support/process.js";
 import { Code, GrpcJsRpcClient, rpcError, uniqueId } from "../support/service.js";
 import { TcpProxy } from "../support/tcp-proxy.js";
-
-if (postgresAdminUrl === undefined) console.warn(POSTGRES_SKIP_MESSAGE);
 
 /** A service process whose PostgreSQL is reached through a TcpProxy, set up around a describe block. */
 function serviceBehindProxy(env: Record<string, string> = {}) {
@@ -56,7 +49,7 @@ async function recovers(read: () => Promise<unknown>): Promise<boolean> {
   return false;
 }
 
-describe.skipIf(postgresAdminUrl === undefined)("PostgreSQL outage", () => {
+describePostgres("PostgreSQL outage", () => {
   const setup = serviceBehindProxy();
 
   it("fails fast with UNAVAILABLE while the database is down and recovers by itself", async () => {
@@ -83,7 +76,7 @@ describe.skipIf(postgresAdminUrl === undefined)("PostgreSQL outage", () => {
   });
 });
 
-describe.skipIf(postgresAdminUrl === undefined)("PostgreSQL that stops answering (frozen, no reset)", () => {
+describePostgres("PostgreSQL that stops answering (frozen, no reset)", () => {
   // statement_timeout 1 s, so the client gives up on a query after 2 s.
   const setup = serviceBehindProxy({ DATABASE_STATEMENT_TIMEOUT_MS: "1000", DATABASE_POOL_SIZE: "4" });
 

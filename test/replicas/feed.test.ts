@@ -4,22 +4,15 @@
 // loses nothing; and a watcher whose replica shuts down resumes on the other exactly once.
 
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, expect, it } from "vitest";
 import { ConnectionEvent_Type } from "../../gen/connections/v1/connection_pb.js";
-import {
-  POSTGRES_SKIP_MESSAGE,
-  type ProvisionedDatabase,
-  postgresAdminUrl,
-  provisionPostgres,
-} from "../support/databases.js";
+import { describePostgres, type ProvisionedDatabase, provisionPostgres } from "../support/databases.js";
 import { connect } from "../support/fixtures.js";
 import { type ServiceProcess, startServiceProcess } from "../support/process.js";
 import { Code, GrpcJsRpcClient, registerOrganizations } from "../support/service.js";
 import { type WatchClient, watchClient } from "../support/watch.js";
 
-if (postgresAdminUrl === undefined) console.warn(POSTGRES_SKIP_MESSAGE);
-
-describe.skipIf(postgresAdminUrl === undefined)("the change feed across replicas", () => {
+describePostgres("the change feed across replicas", () => {
   let database: ProvisionedDatabase;
   let replicas: ServiceProcess[] = [];
   let writer: GrpcJsRpcClient;

@@ -3,26 +3,19 @@
 // updates, for single and batched checks) and the order of ListConnections must hold across
 // processes, not just inside one.
 
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, expect, it } from "vitest";
 import { Connection_State, type ConnectionEvent } from "../../gen/connections/v1/connection_pb.js";
 import {
   CheckConnectionRequest_Action,
   CheckConnectionResponse_Reason,
 } from "../../gen/connections/v1/connection_service_pb.js";
-import {
-  POSTGRES_SKIP_MESSAGE,
-  type ProvisionedDatabase,
-  postgresAdminUrl,
-  provisionPostgres,
-} from "../support/databases.js";
+import { describePostgres, type ProvisionedDatabase, provisionPostgres } from "../support/databases.js";
 import { type ServiceProcess, startServiceProcess } from "../support/process.js";
 import { Code, GrpcJsRpcClient, RpcError, uniqueId } from "../support/service.js";
 
 const REPLICAS = 3;
 
-if (postgresAdminUrl === undefined) console.warn(POSTGRES_SKIP_MESSAGE);
-
-describe.skipIf(postgresAdminUrl === undefined)(`${REPLICAS} replicas on one PostgreSQL`, () => {
+describePostgres(`${REPLICAS} replicas on one PostgreSQL`, () => {
   let database: ProvisionedDatabase;
   let replicas: ServiceProcess[] = [];
   let clients: GrpcJsRpcClient[] = [];

@@ -9,6 +9,7 @@ import { migrationProvider } from "../../src/store/migrations.js";
 import { openStore, parseDatabaseUrl } from "../../src/store/open.js";
 import { type Store, UnavailableError } from "../../src/store/store.js";
 import {
+  describePostgres,
   type ProvisionedDatabase,
   postgresAdminUrl,
   provisionPostgres,
@@ -131,7 +132,7 @@ describe("PostgreSQL that is not there", () => {
   });
 });
 
-describe.skipIf(postgresAdminUrl === undefined)("PostgreSQL going away and coming back", () => {
+describePostgres("PostgreSQL going away and coming back", () => {
   let database: ProvisionedDatabase;
   const stores: Store[] = [];
 

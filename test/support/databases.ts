@@ -36,15 +36,24 @@ export const POSTGRES_SKIP_MESSAGE =
 
 let skipNoticeShown = false;
 
+function noticeSkipOnce(): void {
+  if (skipNoticeShown) return;
+  skipNoticeShown = true;
+  console.info(POSTGRES_SKIP_MESSAGE);
+}
+
 /** Declares `body` once per test database, as `title [database]`; skips the ones not configured. */
 export function describeEachDatabase(title: string, body: (database: TestDatabase) => void): void {
   for (const database of testDatabases) {
-    if (!database.enabled && !skipNoticeShown) {
-      skipNoticeShown = true;
-      console.info(POSTGRES_SKIP_MESSAGE);
-    }
+    if (!database.enabled) noticeSkipOnce();
     describe.skipIf(!database.enabled)(`${title} [${database.name}]`, () => body(database));
   }
+}
+
+/** A suite that only PostgreSQL can run (replicas, outages); skipped with a message without it. */
+export function describePostgres(title: string, body: () => void): void {
+  if (postgresAdminUrl === undefined) noticeSkipOnce();
+  describe.skipIf(postgresAdminUrl === undefined)(title, body);
 }
 
 export interface ProvisionedDatabase {
