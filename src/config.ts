@@ -1,6 +1,7 @@
 // Configuration from the environment, validated in one place so that a mistake stops the
 // service at start with every problem named, instead of surfacing later as odd behaviour.
 
+import { DEFAULT_CHECK_CACHE_ENTRIES } from "./store/check-reader.js";
 import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "./transport/limits.js";
 
 export interface Config {
@@ -126,7 +127,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxHeaderListBytes: integer("MAX_HEADER_LIST_BYTES", LIMITS.maxHeaderListBytes, 1024, 1_048_576),
       maxHealthWatchers: integer("MAX_HEALTH_WATCHERS", LIMITS.maxHealthWatchers, 0, 1_000_000),
     },
-    checkCacheEntries: integer("CHECK_CACHE_ENTRIES", 200_000, 1, 100_000_000),
+    checkCacheEntries: integer("CHECK_CACHE_ENTRIES", DEFAULT_CHECK_CACHE_ENTRIES, 1, 100_000_000),
     maxWatchers: integer("MAX_WATCHERS", 1000, 0, 1_000_000),
     watchHeartbeatMs: integer("WATCH_HEARTBEAT_MS", 15_000, 10, 15_000),
     watchPollIntervalMs: integer("WATCH_POLL_INTERVAL_MS", 1000, 10, 60_000),

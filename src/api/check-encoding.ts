@@ -199,7 +199,7 @@ export function encodeBatchCheckConnectionResponse(response: BatchCheckConnectio
 }
 
 /** The hand-written encoders, by the message they encode; every other message goes through toBinary. */
-export const BINARY_ENCODERS: ReadonlyMap<string, (message: Message) => Uint8Array> = new Map<
+const BINARY_ENCODERS: ReadonlyMap<string, (message: Message) => Uint8Array> = new Map<
   string,
   (message: Message) => Uint8Array
 >([

@@ -430,7 +430,7 @@ export function encodeCursor(feedId: string, position: number): string {
   return Buffer.from(`${CURSOR_PREFIX}${feedId}.${position}`).toString("base64url");
 }
 
-export function decodeCursor(cursor: string, feedId: string): number {
+function decodeCursor(cursor: string, feedId: string): number {
   const text = Buffer.from(cursor, "base64url").toString("utf8");
   const expected = `${CURSOR_PREFIX}${feedId}.`;
   if (!text.startsWith(expected)) throw invalidCursor();

@@ -85,7 +85,7 @@ function statusDetails(code: Code, message: string, status: RpcStatus): string {
 const GRPC_MESSAGE_SAFE = /^[\x20-\x24\x26-\x7e]*$/;
 
 /** grpc-message: UTF-8, with every byte outside printable ASCII, and "%" itself, as %XX. */
-export function percentEncodeGrpcMessage(message: string): string {
+function percentEncodeGrpcMessage(message: string): string {
   if (GRPC_MESSAGE_SAFE.test(message)) return message;
   let encoded = "";
   for (const byte of Buffer.from(message, "utf8")) {
