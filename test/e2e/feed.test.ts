@@ -160,11 +160,17 @@ describeEachDatabase("WatchConnectionEvents", (database) => {
     const session = http2.connect(`http://${service.address}`);
     try {
       const request = create(WatchConnectionEventsRequestSchema, { startAtNow: true });
-      const { stream, answer } = h2Open(session, {
-        path: "/connections.v1.ConnectionService/WatchConnectionEvents",
-        headers: { "content-type": "application/grpc", te: "trailers", authorization: "Bearer dev-token-service" },
-        body: envelope(toBinary(WatchConnectionEventsRequestSchema, request)),
-      });
+      // The stream lives through all 2,600 transitions below: on PostgreSQL, whose event writes
+      // take turns for the feed's commit order, that can take longer than h2Open's default 10 s.
+      const { stream, answer } = h2Open(
+        session,
+        {
+          path: "/connections.v1.ConnectionService/WatchConnectionEvents",
+          headers: { "content-type": "application/grpc", te: "trailers", authorization: "Bearer dev-token-service" },
+          body: envelope(toBinary(WatchConnectionEventsRequestSchema, request)),
+        },
+        100_000,
+      );
       stream.end();
       await new Promise<void>((resolve) => stream.once("data", () => resolve()));
       stream.pause();
