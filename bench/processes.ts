@@ -125,13 +125,22 @@ export interface ServiceOptions {
   readonly callersFile: string;
   /** Where stdout (the JSON log) goes: a file, so that writing it costs what it costs in production. */
   readonly logPath: string;
-  /** The checkout whose src/main.ts runs (another one, to compare two versions in one run); default this one. */
+  /** The checkout whose build runs (another one, to compare two versions in one run); default this one. */
   readonly root?: string;
   /** When set, the service runs with --cpu-prof and writes its profile here on exit. */
   readonly cpuProfileDir: string | undefined;
 }
 
-/** The service as production runs it (NODE_ENV=production, a callers file), on a port it picks. */
+/**
+ * `npm run build` in a checkout: the service runs as `npm start` runs it, on the JavaScript that
+ * tsc emitted (tsx's own transform, which adds a helper call to every function it names, is for
+ * development only).
+ */
+export function buildService(root = ROOT): void {
+  execFileSync("npm", ["run", "--silent", "build"], { cwd: root, stdio: ["ignore", "ignore", "inherit"] });
+}
+
+/** The service as production runs it (NODE_ENV=production, a callers file, built), on a port it picks. */
 export async function startService(options: ServiceOptions): Promise<Child & { readonly port: number }> {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
@@ -150,7 +159,7 @@ export async function startService(options: ServiceOptions): Promise<Child & { r
   const logFd = openSync(options.logPath, "w");
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, [...profiling, "--import", "tsx", "src/main.ts"], {
+    child = spawn(process.execPath, [...profiling, "dist/src/main.js"], {
       cwd: options.root ?? ROOT,
       env,
       stdio: ["ignore", logFd, "pipe"],
