@@ -2,8 +2,7 @@
 // protobuf-es's generic fromBinary/toBinary walk every message by reflection and allocate a few
 // typed arrays per string field; a BatchCheckConnection carries up to 100 checks and answers with up
 // to 100 Connections, so that cost dominated the call. The encoders compute the size first and write
-// into one buffer, and encode each Connection message once for as long as it lives (convert.ts keeps
-// one per stored version of a Connection); the decoders read the plain shape these requests have. They give exactly
+// into one buffer; the decoders read the plain shape these requests have. They give exactly
 // what toBinary and fromBinary give (test/api/check-encoding.test.ts compares them); anything they
 // do not expect (unknown fields, non-ASCII text, a timestamp before 1970) is left to protobuf-es.
 
@@ -55,18 +54,42 @@ class Writer {
   }
 }
 
+/**
+ * UTF-8 bytes of `value`. Ids, scopes and etags are ASCII, and a loop over their characters costs
+ * far less than a call into Buffer's native code.
+ */
+function utf8Length(value: string): number {
+  for (let index = 0; index < value.length; index++) {
+    if (value.charCodeAt(index) >= 0x80) return Buffer.byteLength(value, "utf8");
+  }
+  return value.length;
+}
+
 /** A string field as it goes on the wire (tag, length, UTF-8), or 0 bytes when empty (proto3 default). */
 function stringSize(field: number, value: string): number {
-  if (value === "") return 0;
-  const length = Buffer.byteLength(value, "utf8");
+  return value === "" ? 0 : elementSize(field, value);
+}
+
+/** An element of a repeated string field, which is written even when empty. */
+function elementSize(field: number, value: string): number {
+  const length = utf8Length(value);
   return varintSize(field * 8) + varintSize(length) + length;
 }
 
 function writeString(writer: Writer, field: number, value: string): void {
-  if (value === "") return;
+  if (value !== "") writeElement(writer, field, value);
+}
+
+function writeElement(writer: Writer, field: number, value: string): void {
   writer.tag(field, LENGTH_DELIMITED);
-  writer.varint(Buffer.byteLength(value, "utf8"));
-  writer.offset += writer.buffer.write(value, writer.offset, "utf8");
+  const length = utf8Length(value);
+  writer.varint(length);
+  if (length === value.length) {
+    const { buffer } = writer;
+    for (let index = 0; index < length; index++) buffer[writer.offset++] = value.charCodeAt(index);
+  } else {
+    writer.offset += writer.buffer.write(value, writer.offset, "utf8");
+  }
 }
 
 function varintFieldSize(field: number, value: number): number {
@@ -90,15 +113,9 @@ function hasUnknown(message: Message): boolean {
   return message.$unknown !== undefined && message.$unknown.length > 0;
 }
 
-const encodedConnections = new WeakMap<Connection, Uint8Array>();
-
-/** A Connection's bytes, encoded once per message object. */
+/** A Connection's bytes. */
 export function encodeConnection(connection: Connection): Uint8Array {
-  const cached = encodedConnections.get(connection);
-  if (cached !== undefined) return cached;
-  const encoded = writeConnection(connection) ?? toBinary(ConnectionSchema, connection);
-  encodedConnections.set(connection, encoded);
-  return encoded;
+  return writeConnection(connection) ?? toBinary(ConnectionSchema, connection);
 }
 
 function writeConnection(connection: Connection): Uint8Array | undefined {
@@ -118,10 +135,7 @@ function writeConnection(connection: Connection): Uint8Array | undefined {
     varintFieldSize(6, connection.state) +
     stringSize(11, connection.creator) +
     stringSize(12, connection.etag);
-  for (const scope of connection.scopes) {
-    const length = Buffer.byteLength(scope, "utf8");
-    size += 1 + varintSize(length) + length;
-  }
+  for (const scope of connection.scopes) size += elementSize(5, scope);
   for (const [field, time] of times) {
     if (time === undefined) continue;
     const body = timestampBody(time);
@@ -134,11 +148,7 @@ function writeConnection(connection: Connection): Uint8Array | undefined {
   writeString(writer, 2, connection.sourceOrganizationId);
   writeString(writer, 3, connection.destinationOrganizationId);
   writeString(writer, 4, connection.name);
-  for (const scope of connection.scopes) {
-    writer.tag(5, LENGTH_DELIMITED);
-    writer.varint(Buffer.byteLength(scope, "utf8"));
-    writer.offset += writer.buffer.write(scope, writer.offset, "utf8");
-  }
+  for (const scope of connection.scopes) writeElement(writer, 5, scope);
   writeVarintField(writer, 6, connection.state);
   for (const { field, body } of bodies) {
     writer.tag(field, LENGTH_DELIMITED);

@@ -1,8 +1,8 @@
 // Records to wire messages. The domain's names equal the proto enum names without their prefix,
 // so the generated enums' own name-to-number maps do the translation.
 
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type MessageInitShape, protoInt64 } from "@bufbuild/protobuf";
+import { type Timestamp, TimestampSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   type Connection,
   Connection_State,
@@ -20,39 +20,38 @@ export function stateToProto(state: State): Connection_State {
 }
 
 /**
- * A Connection's content is fixed by its id and version (every write makes a new version), so the
- * message made for one is kept and shared by every answer after (the check path answers with the
- * same Connections again and again; check-encoding.ts also keeps each message's encoding). Keyed by
- * id, not by record object: the check cache hands out a new record object on every read. Bounded:
- * the oldest entries go first. Nothing may modify a message handed out here.
+ * A new message per call, written out rather than made by create(ConnectionSchema, ...), which
+ * walks the fields by reflection. Nothing is kept between calls: keeping messages by id helped a
+ * hot id a little, but with many distinct ids each kept message lived just long enough to reach
+ * V8's old generation, and the answers cost several times more (README, Benchmark). The type
+ * names every field, so a field added to the proto does not compile until it is set here.
  */
-const MESSAGES_KEPT = 20_000;
-const messages = new Map<string, { readonly version: number; readonly message: Connection }>();
-
 export function connectionToProto(connection: ConnectionRecord): Connection {
-  const kept = messages.get(connection.id);
-  if (kept !== undefined && kept.version === connection.version) return kept.message;
-  const message = create(ConnectionSchema, connectionInit(connection));
-  messages.delete(connection.id);
-  if (messages.size >= MESSAGES_KEPT) messages.delete(messages.keys().next().value as string);
-  messages.set(connection.id, { version: connection.version, message });
-  return message;
-}
-
-function connectionInit(connection: ConnectionRecord): MessageInitShape<typeof ConnectionSchema> {
   return {
+    $typeName: ConnectionSchema.typeName,
     id: connection.id,
     sourceOrganizationId: connection.sourceOrganizationId,
     destinationOrganizationId: connection.destinationOrganizationId,
     name: connection.name,
     scopes: [...connection.scopes],
     state: stateToProto(connection.state),
-    createTime: timestampFromDate(connection.createTime),
-    updateTime: timestampFromDate(connection.updateTime),
-    activateTime: connection.activateTime && timestampFromDate(connection.activateTime),
-    deactivateTime: connection.deactivateTime && timestampFromDate(connection.deactivateTime),
+    createTime: timestampOf(connection.createTime),
+    updateTime: timestampOf(connection.updateTime),
+    activateTime: connection.activateTime && timestampOf(connection.activateTime),
+    deactivateTime: connection.deactivateTime && timestampOf(connection.deactivateTime),
     creator: connection.creator,
     etag: etagOf(connection),
+  };
+}
+
+/** What timestampFromDate gives, without create()'s reflection. */
+function timestampOf(date: Date): Timestamp {
+  const ms = date.getTime();
+  const seconds = Math.floor(ms / 1000);
+  return {
+    $typeName: TimestampSchema.typeName,
+    seconds: protoInt64.parse(seconds),
+    nanos: (ms - seconds * 1000) * 1_000_000,
   };
 }
 
