@@ -52,14 +52,18 @@ export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): voi
 class HandlerContextMeta implements RequestMeta {
   readonly deadline: number | undefined;
   readonly protocol: string;
-  /** connect-node aborts it when the client goes away (and at its own reading of the deadline). */
-  readonly signal: AbortSignal;
 
   constructor(private readonly context: HandlerContext) {
     // The edge read the timeout header and counted it from the request's first byte.
     this.deadline = context.values.get(REQUEST_DEADLINE);
     this.protocol = context.protocolName;
-    this.signal = context.signal;
+  }
+
+  onClientGone(listener: () => void): void {
+    // connect-node aborts it when the client goes away (and at its own reading of the deadline).
+    const { signal } = this.context;
+    if (signal.aborted) listener();
+    else signal.addEventListener("abort", listener, { once: true });
   }
 
   header(name: string): string | undefined {

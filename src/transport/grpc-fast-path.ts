@@ -112,9 +112,6 @@ function onStreamClose(this: ServerHttp2Stream): void {
   (this as CallStream)[CALL].streamClosed();
 }
 
-/** The abort reason when the client went away; the pipeline turns it into CANCELLED or DEADLINE_EXCEEDED. */
-const STREAM_CLOSED = new Error("the HTTP/2 stream closed before the answer");
-
 function ignoreStreamError(): void {}
 
 function sendOkTrailers(this: ServerHttp2Stream): void {
@@ -127,9 +124,9 @@ class UnaryCall implements RequestMeta, PendingRead {
   readonly deadline: number | undefined;
   readonly readBy: number;
   private readonly receivedAt: number;
-  /** Cancellation (lifecycle): aborted when the stream closes before the call is answered. */
-  private readonly cancellation = new AbortController();
-  readonly signal = this.cancellation.signal;
+  /** Cancellation (lifecycle): told when the stream closes before the call is answered. */
+  private clientGone: (() => void) | undefined;
+  private closedUnanswered = false;
   private answered = false;
   private readonly gzipped: boolean;
   private chunks: Buffer[] = [];
@@ -169,8 +166,15 @@ class UnaryCall implements RequestMeta, PendingRead {
     return peerSpiffeIdOf(this.stream.session?.socket);
   }
 
+  onClientGone(listener: () => void): void {
+    if (this.closedUnanswered) listener();
+    else this.clientGone = listener;
+  }
+
   streamClosed(): void {
-    if (!this.answered) this.cancellation.abort(STREAM_CLOSED);
+    if (this.answered) return;
+    this.closedUnanswered = true;
+    this.clientGone?.();
   }
 
   receive(chunk: Buffer): void {
