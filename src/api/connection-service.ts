@@ -1,13 +1,13 @@
 // Thin handlers of connections.v1.ConnectionService: validate the wire request, call the use case,
 // map the result. Callers and the acting organization were established by the pipeline.
 
-import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Connection_State } from "../../gen/connections/v1/connection_pb.js";
 import {
   type CheckConnectionRequest,
   CheckConnectionRequest_Action,
+  type CheckConnectionResponse,
   CheckConnectionResponse_Reason,
-  type CheckConnectionResponseSchema,
+  CheckConnectionResponseSchema,
   type ConnectionService,
   ListConnectionsRequest_Direction,
 } from "../../gen/connections/v1/connection_service_pb.js";
@@ -50,8 +50,10 @@ function checkRequest(request: CheckConnectionRequest, prefix: string): CheckReq
   };
 }
 
-function checkResponse({ decision, connection }: CheckResult): MessageInitShape<typeof CheckConnectionResponseSchema> {
+/** A message, not an init shape: the pipeline's create() passes it through instead of copying it by reflection. */
+function checkResponse({ decision, connection }: CheckResult): CheckConnectionResponse {
   return {
+    $typeName: CheckConnectionResponseSchema.typeName,
     allowed: decision.allowed,
     reason: CheckConnectionResponse_Reason[decision.reason],
     state: connection === undefined ? Connection_State.UNSPECIFIED : stateToProto(connection.state),
