@@ -3,6 +3,7 @@
 
 import { type ChildProcess, execFileSync, fork, spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
+import { connect, createServer } from "node:net";
 import { createInterface } from "node:readline";
 import type { ClientMessage, ListResult, LoadResult, Plan } from "./workload.js";
 
@@ -142,9 +143,11 @@ export function buildService(root = ROOT): void {
 
 /** The service as production runs it (NODE_ENV=production, a callers file, built), on a port it picks. */
 export async function startService(options: ServiceOptions): Promise<Child & { readonly port: number }> {
+  // A port picked here rather than PORT=0: above LOG_LEVEL=info the service logs no start line to read it from.
+  const port = await freePort();
   const env: NodeJS.ProcessEnv = {
     ...process.env,
-    PORT: "0",
+    PORT: String(port),
     HOST: "127.0.0.1",
     DATABASE_URL: options.databaseUrl,
     NODE_ENV: "production",
@@ -169,22 +172,35 @@ export async function startService(options: ServiceOptions): Promise<Child & { r
   }
   const stderr = collect(child);
   const tracked = track("service", child, stderr);
-  const port = await Promise.race([
-    waitForStartLine(options.logPath),
+  await Promise.race([
+    waitForListening(port),
     failedToStart("service", child, stderr),
     timeout("service", 60_000, () => `${stderr()}\n${readFileSync(options.logPath, "utf8").slice(-4000)}`),
   ]);
   return { ...tracked, port };
 }
 
-/** Polls the log file for the line `serving gRPC, gRPC-Web and Connect` and returns its port. */
-async function waitForStartLine(logPath: string): Promise<number> {
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  if (address === null || typeof address === "string") throw new Error("no free port");
+  return address.port;
+}
+
+/** Polls until the port accepts a connection: the service listens once it is ready to serve. */
+async function waitForListening(port: number): Promise<void> {
   for (;;) {
-    for (const line of readFileSync(logPath, "utf8").split("\n")) {
-      if (!line.includes("serving gRPC, gRPC-Web and Connect")) continue;
-      const port = (JSON.parse(line) as { port?: unknown }).port;
-      if (typeof port === "number") return port;
-    }
+    const accepted = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, "127.0.0.1");
+      socket.once("connect", () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => resolve(false));
+    });
+    if (accepted) return;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
