@@ -4,7 +4,7 @@
 
 import type { Logger } from "pino";
 import { ConfigError, loadConfig } from "./config.js";
-import { createLogger, flushLogs } from "./log.js";
+import { createLogger, endLogs } from "./log.js";
 import { type RunningService, startService } from "./server.js";
 
 /**
@@ -62,6 +62,7 @@ class Lifecycle {
   /** The exit code once the drain ends: 0 for a signal, 1 once anything crashed. */
   private exitCode = 0;
   private drainStarted = false;
+  private exiting = false;
 
   constructor(
     private readonly logger: Logger,
@@ -101,9 +102,11 @@ class Lifecycle {
     this.drain();
   }
 
-  exit(code: number): never {
-    flushLogs(this.logger);
-    process.exit(code);
+  /** Exits with `code` once the log is written out; the first exit decides the code. */
+  exit(code: number): void {
+    if (this.exiting) return;
+    this.exiting = true;
+    endLogs(this.logger, () => process.exit(code));
   }
 
   private drain(): void {
