@@ -39,7 +39,7 @@ EXPOSE 8080 9090
 # grpc.health.v1.Health/Check over h2c: healthy only while SERVING (the database answers and no
 # shutdown has begun).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["node", "dist/src/healthcheck.js"]
+  CMD ["node", "dist/src/bin/healthcheck.js"]
 STOPSIGNAL SIGTERM
 # Exec form: node is PID 1 and receives SIGTERM directly. NODE_ENV=production needs a CALLERS_FILE
 # (mount it and set CALLERS_FILE); SHUTDOWN_GRACE_MS must stay below the runtime's stop timeout

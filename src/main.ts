@@ -3,9 +3,9 @@
 // signal and node.
 
 import type { Logger } from "pino";
-import { ConfigError, loadConfig } from "./config.js";
-import { createLogger, endLogs } from "./log.js";
-import { type RunningService, startService } from "./server.js";
+import { type RunningService, startService } from "./composition/start-service.js";
+import { ConfigError, loadConfig } from "./config/config.js";
+import { createLogger, endLogs } from "./observability/log.js";
 
 /**
  * A repeat of the signal within this window is the same stop, not a second one: a process group

@@ -14,7 +14,7 @@ import type { Http2ServerRequest } from "node:http2";
 import type { Socket } from "node:net";
 import tls from "node:tls";
 import { createContextKey, createContextValues } from "@connectrpc/connect";
-import type { TlsFiles } from "../config.js";
+import type { TlsFiles } from "../config/config.js";
 
 export interface TlsCredentials {
   readonly cert: Buffer;

@@ -13,7 +13,7 @@ const run = promisify(execFile);
 
 function healthcheck(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "src/healthcheck.ts"], {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/bin/healthcheck.ts"], {
       cwd: ROOT,
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "inherit"],
@@ -26,7 +26,7 @@ function healthcheck(env: Record<string, string>): Promise<{ code: number | null
   });
 }
 
-describe("HEALTHCHECK script (dist/src/healthcheck.js)", () => {
+describe("HEALTHCHECK script (dist/src/bin/healthcheck.js)", () => {
   let service: ServiceProcess | undefined;
   afterAll(async () => {
     await service?.stop();
@@ -95,7 +95,7 @@ describe.skipIf(engine === undefined)(`container image (${engine})`, () => {
     container = started.stdout.trim();
     let healthy = false;
     for (let attempt = 0; attempt < 60 && !healthy; attempt++) {
-      healthy = await run(docker, ["exec", container, "node", "dist/src/healthcheck.js"]).then(
+      healthy = await run(docker, ["exec", container, "node", "dist/src/bin/healthcheck.js"]).then(
         () => true,
         () => false,
       );

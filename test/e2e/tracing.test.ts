@@ -9,7 +9,7 @@ import type { AddressInfo } from "node:net";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CheckConnectionRequest_Action } from "../../gen/connections/v1/connection_service_pb.js";
-import { loadConfig } from "../../src/config.js";
+import { loadConfig } from "../../src/config/config.js";
 import { testDatabases } from "../support/databases.js";
 import { type ClientKind, startTestService, type TestService, uniqueId } from "../support/service.js";
 

@@ -6,8 +6,8 @@ import { readFileSync } from "node:fs";
 import { promisify } from "node:util";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadConfig } from "../../src/config.js";
-import { type RunningService, startService } from "../../src/server.js";
+import { type RunningService, startService } from "../../src/composition/start-service.js";
+import { loadConfig } from "../../src/config/config.js";
 import { connect } from "../support/fixtures.js";
 import { GrpcJsRpcClient } from "../support/service.js";
 

@@ -30,8 +30,8 @@ import { ConnectionService } from "../../gen/connections/v1/connection_service_p
 import { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
-import { loadConfig } from "../../src/config.js";
-import { type RunningService, startService } from "../../src/server.js";
+import { type RunningService, startService } from "../../src/composition/start-service.js";
+import { loadConfig } from "../../src/config/config.js";
 import { describeEachDatabase, type ProvisionedDatabase, provisionDatabase, type TestDatabase } from "./databases.js";
 
 export { Code } from "@connectrpc/connect";

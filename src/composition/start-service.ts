@@ -2,23 +2,23 @@
 // main.ts does, on ephemeral ports.
 
 import type { Logger } from "pino";
-import { ConnectionService } from "../gen/connections/v1/connection_service_pb.js";
-import { OrganizationService } from "../gen/connections/v1/organization_service_pb.js";
-import { CallerAuthenticator, CallerTable } from "./api/callers.js";
-import { connectionServiceHandlers } from "./api/connection-service.js";
-import { watchConnectionEventsHandler } from "./api/feed-service.js";
-import { organizationServiceHandlers } from "./api/organization-service.js";
-import { RpcPipeline } from "./api/rpc.js";
-import { Connections } from "./app/connections.js";
-import { Feed } from "./app/feed.js";
-import { Organizations } from "./app/organizations.js";
-import type { Config } from "./config.js";
-import { Metrics, startAdminServer } from "./metrics.js";
-import { ConfigReloader } from "./reload.js";
-import { openStore } from "./store/open.js";
-import type { Tracing } from "./tracing.js";
-import { type RunningServer, serve } from "./transport/server.js";
-import { readTlsCredentials } from "./transport/tls.js";
+import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
+import { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
+import { CallerAuthenticator, CallerTable } from "../api/callers.js";
+import { connectionServiceHandlers } from "../api/connection-service.js";
+import { watchConnectionEventsHandler } from "../api/feed-service.js";
+import { organizationServiceHandlers } from "../api/organization-service.js";
+import { RpcPipeline } from "../api/rpc.js";
+import { Connections } from "../app/connections.js";
+import { Feed } from "../app/feed.js";
+import { Organizations } from "../app/organizations.js";
+import type { Config } from "../config/config.js";
+import { ConfigReloader } from "../config/reload.js";
+import { Metrics, startAdminServer } from "../observability/metrics.js";
+import type { Tracing } from "../observability/tracing.js";
+import { openStore } from "../store/open.js";
+import { type RunningServer, serve } from "../transport/server.js";
+import { readTlsCredentials } from "../transport/tls.js";
 
 const STORE_CLOSE_TIMEOUT_MS = 2_000;
 
@@ -61,7 +61,8 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
   let tracing: Tracing | undefined;
   try {
     // Loaded only when asked for: without an OTLP endpoint no OpenTelemetry code is even imported.
-    if (config.tracing !== undefined) tracing = (await import("./tracing.js")).Tracing.start(config.tracing, logger);
+    if (config.tracing !== undefined)
+      tracing = (await import("../observability/tracing.js")).Tracing.start(config.tracing, logger);
     const dbSystem = config.databaseUrl.startsWith("sqlite:") ? "sqlite" : "postgresql";
     const store = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
     const organizations = new Organizations(store);

@@ -4,9 +4,9 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
-import type { RpcLabels, RpcObserver } from "./api/rpc.js";
-import { codeName } from "./api/rpc.js";
-import type { ReloadObserver } from "./reload.js";
+import type { RpcLabels, RpcObserver } from "../api/rpc.js";
+import { codeName } from "../api/rpc.js";
+import type { ReloadObserver } from "../config/reload.js";
 
 export interface DatabaseGauges {
   /** Connections open to the database, idle ones, and queries waiting for one. */

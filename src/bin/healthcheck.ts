@@ -10,7 +10,7 @@ import {
   HealthCheckRequestSchema,
   HealthCheckResponse_ServingStatus,
   HealthCheckResponseSchema,
-} from "../gen/grpc/health/v1/health_pb.js";
+} from "../../gen/grpc/health/v1/health_pb.js";
 
 const TIMEOUT_MS = 3_000;
 

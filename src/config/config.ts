@@ -1,8 +1,8 @@
 // Configuration from the environment, validated in one place so that a mistake stops the
 // service at start with every problem named, instead of surfacing later as odd behaviour.
 
-import { DEFAULT_CHECK_CACHE_ENTRIES } from "./store/check-reader.js";
-import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "./transport/limits.js";
+import { DEFAULT_CHECK_CACHE_ENTRIES } from "../store/check-reader.js";
+import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "../transport/limits.js";
 
 export interface Config {
   readonly port: number;
