@@ -1,21 +1,33 @@
-// The Store on Kysely: one implementation for SQLite and PostgreSQL. Dialect differences live in
-// the migrations (column types) and in how getConnectionForCheck reads (check-reader.ts).
+// The Store on Kysely: one implementation for SQLite and PostgreSQL. The queries of every table live
+// here; row mapping is in rows.ts, the transaction and retry policy in transactions.ts, and dialect
+// differences in the migrations (column types) and in how checks read (check-reader.ts).
 
-import { setTimeout as sleep } from "node:timers/promises";
-import { type CompiledQuery, type Insertable, type Kysely, type Selectable, sql } from "kysely";
-import type { EventType, State } from "../domain/connection.js";
+import { type CompiledQuery, type Kysely, sql } from "kysely";
 import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
-import { classifyError, translateError } from "./errors.js";
 import type { FeedListener } from "./feed-notifications.js";
 import type { StorePool } from "./pg-pool.js";
-import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
+import {
+  CONNECTION_COLUMNS,
+  type ConnectionRow,
+  connectionCursor,
+  EVENT_COLUMNS,
+  parseConnectionCursor,
+  parseCursor,
+  toConnection,
+  toConnectionRow,
+  toDate,
+  toEvent,
+  toEventRow,
+  toPage,
+  withParameters,
+} from "./rows.js";
+import type { Database, SqlDialect } from "./schema.js";
 import {
   AlreadyExistsError,
   type ConnectionRecord,
   type EventRecord,
   type FeedEntry,
   type FeedQuery,
-  InvalidCursorError,
   type ListConnectionsQuery,
   type ListEventsQuery,
   type OrganizationRecord,
@@ -23,47 +35,8 @@ import {
   type PoolStats,
   type Store,
 } from "./store.js";
+import { Transactions } from "./transactions.js";
 
-const CONNECTION_COLUMNS = [
-  "seq",
-  "id",
-  "source_organization_id",
-  "destination_organization_id",
-  "name",
-  "scopes",
-  "state",
-  "create_time",
-  "update_time",
-  "activate_time",
-  "deactivate_time",
-  "creator",
-  "create_request_id",
-  "version",
-] as const;
-
-const EVENT_COLUMNS = [
-  "seq",
-  "id",
-  "connection_id",
-  "type",
-  "from_state",
-  "to_state",
-  "actor_organization_id",
-  "caller",
-  "actor",
-  "reason",
-  "request_id",
-  "create_time",
-  "source_organization_id",
-  "destination_organization_id",
-  "scopes",
-  "previous_scopes",
-] as const;
-
-type ConnectionRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_COLUMNS)[number]>;
-type EventRow = Pick<Selectable<ConnectionEventsTable>, (typeof EVENT_COLUMNS)[number]>;
-
-const MAX_WRITE_ATTEMPTS = 5;
 const KNOWN_ORGANIZATIONS = 100_000;
 
 export interface KyselyStoreOptions {
@@ -87,7 +60,7 @@ export class KyselyStore implements Store {
   readonly #db: Kysely<Database>;
   readonly #checks: CheckReader;
   readonly #pool: StorePool | undefined;
-  readonly #inTransaction: (() => boolean) | undefined;
+  readonly #transactions: Transactions;
   /** Organizations are never deleted: a positive answer stays true on every replica. */
   readonly #knownOrganizations = new LruMap<string, true>(KNOWN_ORGANIZATIONS);
   /** Compiled once: the check path and point reads skip Kysely's query building. */
@@ -100,7 +73,13 @@ export class KyselyStore implements Store {
   constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
     this.#db = db;
     this.#pool = options.pool;
-    this.#inTransaction = options.inTransaction;
+    this.#transactions = new Transactions(db, {
+      pool: options.pool,
+      inTransaction: options.inTransaction,
+      committed: () => {
+        for (const listener of this.#feedAppended) listener();
+      },
+    });
     this.#feedListener = options.feedListener;
     this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
     if (options.dialect === "postgres") {
@@ -111,7 +90,7 @@ export class KyselyStore implements Store {
         .compile();
       this.#checks = new BatchingCheckReader(
         (ids) =>
-          this.#read(async () => {
+          this.#transactions.read(async () => {
             const result = await db.executeQuery(withParameters(connectionsByIds, [ids]));
             return result.rows.map(toConnection);
           }),
@@ -123,7 +102,7 @@ export class KyselyStore implements Store {
   }
 
   async createOrganization(organization: OrganizationRecord, signal?: AbortSignal): Promise<OrganizationRecord> {
-    await this.#write(signal, (trx) =>
+    await this.#transactions.write(signal, (trx) =>
       trx
         .insertInto("organizations")
         .values({
@@ -138,7 +117,7 @@ export class KyselyStore implements Store {
   }
 
   async getOrganization(id: string): Promise<OrganizationRecord | undefined> {
-    const row = await this.#read(() =>
+    const row = await this.#transactions.read(() =>
       this.#db
         .selectFrom("organizations")
         .select(["id", "name", "create_time"])
@@ -152,7 +131,7 @@ export class KyselyStore implements Store {
 
   async organizationExists(id: string): Promise<boolean> {
     if (this.#knownOrganizations.get(id) === true) return true;
-    const row = await this.#read(() =>
+    const row = await this.#transactions.read(() =>
       this.#db.selectFrom("organizations").select("id").where("id", "=", id).executeTakeFirst(),
     );
     if (row === undefined) return false;
@@ -162,7 +141,7 @@ export class KyselyStore implements Store {
 
   async createConnection(connection: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<void> {
     try {
-      await this.#write(signal, async (trx) => {
+      await this.#transactions.write(signal, async (trx) => {
         await trx.insertInto("connections").values(toConnectionRow(connection)).execute();
         await trx.insertInto("connection_events").values(toEventRow(event)).execute();
       });
@@ -173,7 +152,9 @@ export class KyselyStore implements Store {
   }
 
   async getConnection(id: string): Promise<ConnectionRecord | undefined> {
-    const result = await this.#read(() => this.#db.executeQuery(withParameters(this.#connectionById, [id])));
+    const result = await this.#transactions.read(() =>
+      this.#db.executeQuery(withParameters(this.#connectionById, [id])),
+    );
     const row = result.rows[0];
     return row === undefined ? undefined : toConnection(row);
   }
@@ -197,7 +178,7 @@ export class KyselyStore implements Store {
     column: "destination_organization_id" | "create_request_id",
     value: string,
   ): Promise<ConnectionRecord | undefined> {
-    const row = await this.#read(() =>
+    const row = await this.#transactions.read(() =>
       this.#db
         .selectFrom("connections")
         .select(CONNECTION_COLUMNS)
@@ -227,7 +208,7 @@ export class KyselyStore implements Store {
       }
       return select.orderBy("create_time", "desc").orderBy("seq", "desc").limit(fetch);
     };
-    const rows = await this.#read(() => {
+    const rows = await this.#transactions.read(() => {
       switch (query.direction) {
         case "OUTBOUND":
           return side("source_organization_id").execute();
@@ -248,7 +229,7 @@ export class KyselyStore implements Store {
   }
 
   async saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean> {
-    const saved = await this.#write(signal, async (trx) => {
+    const saved = await this.#transactions.write(signal, async (trx) => {
       const result = await trx
         .updateTable("connections")
         .set({
@@ -273,7 +254,7 @@ export class KyselyStore implements Store {
 
   async listEvents(query: ListEventsQuery): Promise<Page<EventRecord>> {
     const after = query.after === undefined ? undefined : parseCursor(query.after);
-    const rows = await this.#read(() => {
+    const rows = await this.#transactions.read(() => {
       let select = this.#db
         .selectFrom("connection_events")
         .select(EVENT_COLUMNS)
@@ -288,12 +269,14 @@ export class KyselyStore implements Store {
   }
 
   async feedId(): Promise<string> {
-    this.#feedId ??= (await this.#read(() => this.#db.selectFrom("feed").select("id").executeTakeFirstOrThrow())).id;
+    this.#feedId ??= (
+      await this.#transactions.read(() => this.#db.selectFrom("feed").select("id").executeTakeFirstOrThrow())
+    ).id;
     return this.#feedId;
   }
 
   async feedHead(): Promise<number> {
-    const row = await this.#read(() =>
+    const row = await this.#transactions.read(() =>
       this.#db
         .selectFrom("connection_events")
         .select((eb) => eb.fn.max("feed_position").as("head"))
@@ -303,7 +286,7 @@ export class KyselyStore implements Store {
   }
 
   async readFeed(query: FeedQuery): Promise<FeedEntry[]> {
-    const rows = await this.#read(() => {
+    const rows = await this.#transactions.read(() => {
       // Every event column that ListConnectionEvents reads (toEvent), whatever migrations add.
       let select = this.#db
         .selectFrom("connection_events")
@@ -357,7 +340,7 @@ export class KyselyStore implements Store {
   }
 
   async ping(): Promise<void> {
-    await this.#read(() => sql`select 1`.execute(this.#db));
+    await this.#transactions.read(() => sql`select 1`.execute(this.#db));
   }
 
   async close(): Promise<void> {
@@ -377,181 +360,4 @@ export class KyselyStore implements Store {
     sentinel.cause = error.cause;
     return sentinel;
   }
-
-  /** Runs a read, once more when the connection broke under it (e.g. after a database restart). */
-  async #read<T>(query: () => Promise<T>): Promise<T> {
-    try {
-      return await query();
-    } catch (error) {
-      const failure = classifyError(error);
-      if (failure.kind !== "connection_lost") throw translateError(error, failure);
-    }
-    try {
-      return await query();
-    } catch (error) {
-      throw translateError(error);
-    }
-  }
-
-  /**
-   * Runs `work` in a transaction, again (a bounded number of times) when it lost a race. Once
-   * `signal` aborts, nothing more commits: the transaction rolls back (on PostgreSQL the running
-   * query is cancelled on the server) and the write rejects with the signal's reason.
-   */
-  async #write<T>(signal: AbortSignal | undefined, work: (trx: Kysely<Database>) => Promise<T>): Promise<T> {
-    const workThenCheck = async (trx: Kysely<Database>) => {
-      const result = await work(trx);
-      // The last moment before COMMIT: a call that was cut short must not change anything.
-      signal?.throwIfAborted();
-      return result;
-    };
-    for (let attempt = 1; ; attempt++) {
-      try {
-        signal?.throwIfAborted();
-        const result = await (this.#pool === undefined
-          ? this.#sqliteTransaction(workThenCheck)
-          : this.#pool.reserve(signal, (db) => db.transaction().execute(workThenCheck)));
-        for (const listener of this.#feedAppended) listener();
-        return result;
-      } catch (error) {
-        if (signal?.aborted) throw signal.reason;
-        const failure = classifyError(error);
-        if (failure.kind !== "retryable" || attempt >= MAX_WRITE_ATTEMPTS) throw translateError(error, failure);
-        await sleep(5 * 2 ** (attempt - 1) * (0.5 + Math.random()));
-      }
-    }
-  }
-
-  /**
-   * BEGIN IMMEDIATE ... COMMIT on SQLite's one connection. When SQLite has already rolled back by
-   * itself (a full disk, some I/O errors), ROLLBACK would fail with "no transaction is active" and
-   * hide the real error; it is sent only while a transaction is open, and the first error wins.
-   */
-  #sqliteTransaction<T>(work: (trx: Kysely<Database>) => Promise<T>): Promise<T> {
-    return this.#db.connection().execute(async (connection) => {
-      await sql`begin immediate`.execute(connection);
-      try {
-        const result = await work(connection);
-        await sql`commit`.execute(connection);
-        return result;
-      } catch (error) {
-        if (this.#inTransaction?.() ?? true) await sql`rollback`.execute(connection).catch(() => {});
-        throw error;
-      }
-    });
-  }
-}
-
-function withParameters<R>(query: CompiledQuery<R>, parameters: readonly unknown[]): CompiledQuery<R> {
-  return { ...query, parameters };
-}
-
-function parseCursor(cursor: string): number {
-  const seq = Number(cursor);
-  if (!/^\d{1,15}$/.test(cursor) || !Number.isSafeInteger(seq)) throw new InvalidCursorError();
-  return seq;
-}
-
-/** A Connection's keyset position: its create_time (ISO-8601, as stored) and seq. */
-function connectionCursor(row: ConnectionRow): string {
-  return `${toDate(row.create_time).toISOString()}/${row.seq}`;
-}
-
-function parseConnectionCursor(cursor: string): { createTime: string; seq: number } {
-  const match = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\/(\d{1,15})$/.exec(cursor);
-  const createTime = match?.[1];
-  if (createTime === undefined || Number.isNaN(Date.parse(createTime))) throw new InvalidCursorError();
-  return { createTime, seq: parseCursor(match?.[2] ?? "") };
-}
-
-function toPage<R, T>(rows: R[], limit: number, convert: (row: R) => T, cursorOf: (row: R) => string): Page<T> {
-  const more = rows.length > limit;
-  const kept = more ? rows.slice(0, limit) : rows;
-  const last = kept.at(-1);
-  return { items: kept.map(convert), nextCursor: more && last !== undefined ? cursorOf(last) : undefined };
-}
-
-/** SQLite returns the ISO string that was written, pg a Date. */
-function toDate(value: Date | string): Date {
-  return value instanceof Date ? value : new Date(value);
-}
-
-function toOptionalDate(value: Date | string | null): Date | undefined {
-  return value === null ? undefined : toDate(value);
-}
-
-function toConnectionRow(connection: ConnectionRecord): Insertable<ConnectionsTable> {
-  return {
-    id: connection.id,
-    source_organization_id: connection.sourceOrganizationId,
-    destination_organization_id: connection.destinationOrganizationId,
-    name: connection.name,
-    scopes: JSON.stringify(connection.scopes),
-    state: connection.state,
-    create_time: connection.createTime.toISOString(),
-    update_time: connection.updateTime.toISOString(),
-    activate_time: connection.activateTime?.toISOString() ?? null,
-    deactivate_time: connection.deactivateTime?.toISOString() ?? null,
-    creator: connection.creator,
-    create_request_id: connection.createRequestId,
-    version: connection.version,
-  };
-}
-
-function toConnection(row: ConnectionRow): ConnectionRecord {
-  return {
-    id: row.id,
-    sourceOrganizationId: row.source_organization_id,
-    destinationOrganizationId: row.destination_organization_id,
-    name: row.name,
-    scopes: JSON.parse(row.scopes) as string[],
-    state: row.state as State,
-    createTime: toDate(row.create_time),
-    updateTime: toDate(row.update_time),
-    activateTime: toOptionalDate(row.activate_time),
-    deactivateTime: toOptionalDate(row.deactivate_time),
-    creator: row.creator,
-    createRequestId: row.create_request_id,
-    version: row.version,
-  };
-}
-
-function toEventRow(event: EventRecord): Insertable<ConnectionEventsTable> {
-  return {
-    id: event.id,
-    connection_id: event.connectionId,
-    type: event.type,
-    from_state: event.fromState ?? null,
-    to_state: event.toState,
-    actor_organization_id: event.actorOrganizationId,
-    caller: event.caller,
-    actor: event.actor,
-    reason: event.reason,
-    request_id: event.requestId,
-    create_time: event.createTime.toISOString(),
-    source_organization_id: event.sourceOrganizationId,
-    destination_organization_id: event.destinationOrganizationId,
-    scopes: JSON.stringify(event.scopes),
-    previous_scopes: JSON.stringify(event.previousScopes),
-  };
-}
-
-function toEvent(row: EventRow): EventRecord {
-  return {
-    id: row.id,
-    connectionId: row.connection_id,
-    type: row.type as EventType,
-    fromState: (row.from_state ?? undefined) as State | undefined,
-    toState: row.to_state as State,
-    actorOrganizationId: row.actor_organization_id,
-    caller: row.caller,
-    actor: row.actor,
-    reason: row.reason,
-    requestId: row.request_id,
-    createTime: toDate(row.create_time),
-    sourceOrganizationId: row.source_organization_id,
-    destinationOrganizationId: row.destination_organization_id,
-    scopes: JSON.parse(row.scopes) as string[],
-    previousScopes: JSON.parse(row.previous_scopes) as string[],
-  };
 }

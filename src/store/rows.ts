@@ -1,0 +1,161 @@
+// Rows as the two dialects return them, and the records of store.ts they become: the column
+// lists every query selects, the conversions both ways (SQLite returns ISO strings, pg Dates and
+// bigint strings), and the keyset cursors handed out in pages.
+
+import type { CompiledQuery, Insertable, Selectable } from "kysely";
+import type { EventType, State } from "../domain/connection.js";
+import type { ConnectionEventsTable, ConnectionsTable } from "./schema.js";
+import { type ConnectionRecord, type EventRecord, InvalidCursorError, type Page } from "./store.js";
+
+export const CONNECTION_COLUMNS = [
+  "seq",
+  "id",
+  "source_organization_id",
+  "destination_organization_id",
+  "name",
+  "scopes",
+  "state",
+  "create_time",
+  "update_time",
+  "activate_time",
+  "deactivate_time",
+  "creator",
+  "create_request_id",
+  "version",
+] as const;
+
+export const EVENT_COLUMNS = [
+  "seq",
+  "id",
+  "connection_id",
+  "type",
+  "from_state",
+  "to_state",
+  "actor_organization_id",
+  "caller",
+  "actor",
+  "reason",
+  "request_id",
+  "create_time",
+  "source_organization_id",
+  "destination_organization_id",
+  "scopes",
+  "previous_scopes",
+] as const;
+
+export type ConnectionRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_COLUMNS)[number]>;
+export type EventRow = Pick<Selectable<ConnectionEventsTable>, (typeof EVENT_COLUMNS)[number]>;
+
+export function withParameters<R>(query: CompiledQuery<R>, parameters: readonly unknown[]): CompiledQuery<R> {
+  return { ...query, parameters };
+}
+
+export function parseCursor(cursor: string): number {
+  const seq = Number(cursor);
+  if (!/^\d{1,15}$/.test(cursor) || !Number.isSafeInteger(seq)) throw new InvalidCursorError();
+  return seq;
+}
+
+/** A Connection's keyset position: its create_time (ISO-8601, as stored) and seq. */
+export function connectionCursor(row: ConnectionRow): string {
+  return `${toDate(row.create_time).toISOString()}/${row.seq}`;
+}
+
+export function parseConnectionCursor(cursor: string): { createTime: string; seq: number } {
+  const match = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\/(\d{1,15})$/.exec(cursor);
+  const createTime = match?.[1];
+  if (createTime === undefined || Number.isNaN(Date.parse(createTime))) throw new InvalidCursorError();
+  return { createTime, seq: parseCursor(match?.[2] ?? "") };
+}
+
+export function toPage<R, T>(rows: R[], limit: number, convert: (row: R) => T, cursorOf: (row: R) => string): Page<T> {
+  const more = rows.length > limit;
+  const kept = more ? rows.slice(0, limit) : rows;
+  const last = kept.at(-1);
+  return { items: kept.map(convert), nextCursor: more && last !== undefined ? cursorOf(last) : undefined };
+}
+
+/** SQLite returns the ISO string that was written, pg a Date. */
+export function toDate(value: Date | string): Date {
+  return value instanceof Date ? value : new Date(value);
+}
+
+function toOptionalDate(value: Date | string | null): Date | undefined {
+  return value === null ? undefined : toDate(value);
+}
+
+export function toConnectionRow(connection: ConnectionRecord): Insertable<ConnectionsTable> {
+  return {
+    id: connection.id,
+    source_organization_id: connection.sourceOrganizationId,
+    destination_organization_id: connection.destinationOrganizationId,
+    name: connection.name,
+    scopes: JSON.stringify(connection.scopes),
+    state: connection.state,
+    create_time: connection.createTime.toISOString(),
+    update_time: connection.updateTime.toISOString(),
+    activate_time: connection.activateTime?.toISOString() ?? null,
+    deactivate_time: connection.deactivateTime?.toISOString() ?? null,
+    creator: connection.creator,
+    create_request_id: connection.createRequestId,
+    version: connection.version,
+  };
+}
+
+export function toConnection(row: ConnectionRow): ConnectionRecord {
+  return {
+    id: row.id,
+    sourceOrganizationId: row.source_organization_id,
+    destinationOrganizationId: row.destination_organization_id,
+    name: row.name,
+    scopes: JSON.parse(row.scopes) as string[],
+    state: row.state as State,
+    createTime: toDate(row.create_time),
+    updateTime: toDate(row.update_time),
+    activateTime: toOptionalDate(row.activate_time),
+    deactivateTime: toOptionalDate(row.deactivate_time),
+    creator: row.creator,
+    createRequestId: row.create_request_id,
+    version: row.version,
+  };
+}
+
+export function toEventRow(event: EventRecord): Insertable<ConnectionEventsTable> {
+  return {
+    id: event.id,
+    connection_id: event.connectionId,
+    type: event.type,
+    from_state: event.fromState ?? null,
+    to_state: event.toState,
+    actor_organization_id: event.actorOrganizationId,
+    caller: event.caller,
+    actor: event.actor,
+    reason: event.reason,
+    request_id: event.requestId,
+    create_time: event.createTime.toISOString(),
+    source_organization_id: event.sourceOrganizationId,
+    destination_organization_id: event.destinationOrganizationId,
+    scopes: JSON.stringify(event.scopes),
+    previous_scopes: JSON.stringify(event.previousScopes),
+  };
+}
+
+export function toEvent(row: EventRow): EventRecord {
+  return {
+    id: row.id,
+    connectionId: row.connection_id,
+    type: row.type as EventType,
+    fromState: (row.from_state ?? undefined) as State | undefined,
+    toState: row.to_state as State,
+    actorOrganizationId: row.actor_organization_id,
+    caller: row.caller,
+    actor: row.actor,
+    reason: row.reason,
+    requestId: row.request_id,
+    createTime: toDate(row.create_time),
+    sourceOrganizationId: row.source_organization_id,
+    destinationOrganizationId: row.destination_organization_id,
+    scopes: JSON.parse(row.scopes) as string[],
+    previousScopes: JSON.parse(row.previous_scopes) as string[],
+  };
+}
