@@ -2,28 +2,19 @@
 // the retention, so that the table stays the same size however long the service writes.
 
 import pino from "pino";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { Idempotency, PRUNE_BATCH, startPruning } from "../../src/app/idempotency.js";
-import type { Store } from "../../src/store/store.js";
-import { createTestStore, describeEachDatabase, type TestStore } from "../support/databases.js";
+import { describeEachDatabase, useTestStore } from "../support/databases.js";
 
 const HOUR_MS = 3_600_000;
 
 describeEachDatabase("idempotency records", (database) => {
-  let testStore: TestStore;
-  let store: Store;
-  beforeAll(async () => {
-    testStore = await createTestStore(database);
-    store = testStore.store;
-  }, 30_000);
-  afterAll(async () => {
-    await testStore?.dispose();
-  });
+  const testStore = useTestStore(database);
 
   it("stays the same size under three simulated days of writes, pruned hourly with a day's retention", async () => {
     // Far in the future, so that records of other tests in this database are all older.
     let now = Date.UTC(2100, 0, 1);
-    const idempotency = new Idempotency(store, () => new Date(now));
+    const idempotency = new Idempotency(testStore(), () => new Date(now));
     const writesPerTick = 12;
     const tickMs = 10 * 60_000;
     let saved = 0;
@@ -60,7 +51,7 @@ describeEachDatabase("idempotency records", (database) => {
 
   it("prunes in batches until none is left, and can be stopped between batches", async () => {
     let now = Date.UTC(2200, 0, 1);
-    const idempotency = new Idempotency(store, () => new Date(now));
+    const idempotency = new Idempotency(testStore(), () => new Date(now));
     // The records of the tests before (older) go first, so that the counts below are exact.
     await idempotency.prune(0);
     const records = PRUNE_BATCH * 2 + 7;
@@ -81,7 +72,7 @@ describeEachDatabase("idempotency records", (database) => {
 
   it("prunes in the background from start until stopped, reporting what it deleted", async () => {
     let now = Date.UTC(2300, 0, 1);
-    const idempotency = new Idempotency(store, () => new Date(now));
+    const idempotency = new Idempotency(testStore(), () => new Date(now));
     const key = {
       scope: "organization:org_background",
       requestId: "old",
