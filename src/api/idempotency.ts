@@ -52,10 +52,14 @@ export class IdempotentWrites {
   ) {}
 
   /**
-   * Runs `write` unless the request's request_id (in `scope`) already has an answer, which is
-   * replayed instead. `write` gets the function that makes its answer's record (undefined without a
+   * Runs `write` so that a retry with the request's request_id (in `scope`) answers what the first
+   * call answered. `write` gets the function that makes its answer's record (undefined without a
    * request_id) and must save that record in its own transaction; `respond` turns its result into
    * the response message, which is what the record keeps.
+   *
+   * The write runs without reading first: a retry's write meets the first answer's primary key and
+   * rolls back whole (or fails before it, as a repeated transition or create does), and only then is
+   * the first answer read and replayed. So a write pays nothing for its key but the record itself.
    */
   async run<I extends DescMessage, O extends DescMessage, R>(
     method: DescMethodUnary<I, O>,
@@ -68,8 +72,6 @@ export class IdempotentWrites {
     if (requestId === "") return respond(await write(undefined));
     const key: IdempotencyKey = { scope, requestId, method: method.name, fingerprint: fingerprintOf(method, request) };
     return this.idempotency.exclusive(key, async () => {
-      const earlier = await this.idempotency.find(key);
-      if (earlier !== undefined) return this.#replay(method, key, earlier);
       try {
         return respond(
           await write((result) => this.idempotency.record(key, { response: toBinary(method.output, respond(result)) })),
@@ -80,13 +82,18 @@ export class IdempotentWrites {
     });
   }
 
-  /** A final error is remembered; a key that another call answered meanwhile replays that answer. */
+  /**
+   * A write that failed with a key answered before (its own retry, or a misuse) replays that answer
+   * or is REQUEST_ID_REUSED, whatever it failed with; otherwise a final error is remembered.
+   */
   async #answerFailure<O extends DescMessage>(
     method: DescMethodUnary<DescMessage, O>,
     key: IdempotencyKey,
     error: unknown,
   ): Promise<MessageShape<O>> {
-    if (isKeyTaken(error)) return this.#replayWinner(method, key);
+    const earlier = await this.idempotency.find(key).catch(() => undefined);
+    if (earlier !== undefined) return this.#replay(method, key, earlier);
+    if (isKeyTaken(error)) throw requestInProgress(key);
     if (!(error instanceof ServiceError) || !FINAL_CODES.has(toRpcStatus(error).status.code)) throw error;
     try {
       const { reason, message, metadata } = error;
@@ -104,9 +111,7 @@ export class IdempotentWrites {
     key: IdempotencyKey,
   ): Promise<MessageShape<O>> {
     const winner = await this.idempotency.find(key);
-    if (winner === undefined) {
-      throw new ServiceError("REQUEST_IN_PROGRESS", `a call with request_id "${key.requestId}" is in progress; retry`);
-    }
+    if (winner === undefined) throw requestInProgress(key);
     return this.#replay(method, key, winner);
   }
 
@@ -126,6 +131,11 @@ export class IdempotentWrites {
     if ("response" in outcome) return fromBinary(method.output, outcome.response);
     throw new ServiceError(outcome.error.reason as ErrorReason, outcome.error.message, outcome.error.metadata);
   }
+}
+
+/** The key's answer exists but cannot be read yet (its transaction is still committing elsewhere). */
+function requestInProgress(key: IdempotencyKey): ServiceError {
+  return new ServiceError("REQUEST_IN_PROGRESS", `a call with request_id "${key.requestId}" is in progress; retry`);
 }
 
 function isKeyTaken(error: unknown): boolean {
