@@ -83,7 +83,9 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
     throw sqliteStartError(path, error);
   }
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
-  database.pragma("synchronous = NORMAL");
+  // FULL: the WAL is flushed at every COMMIT, so an acknowledged write survives a power cut or a
+  // kernel crash, not only a killed process (transactions.ts groups writes to share the flush).
+  database.pragma("synchronous = FULL");
   database.pragma("foreign_keys = ON");
   // A bounded WAL: checkpoint every SQLITE_WAL_PAGES pages and truncate the file back to
   // SQLITE_WAL_BYTES afterwards, so that a small volume that filled up once has room again.
