@@ -2,9 +2,10 @@
 // here; row mapping is in rows.ts, the transaction and retry policy in transactions.ts, and dialect
 // differences in the migrations (column types) and in how checks read (check-reader.ts).
 
-import { type CompiledQuery, type Kysely, sql } from "kysely";
+import { type CompiledQuery, type Kysely, type RawBuilder, sql } from "kysely";
 import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
 import type { FeedListener } from "./feed-notifications.js";
+import { FEED_HORIZON } from "./migrations.js";
 import type { StorePool } from "./pg-pool.js";
 import {
   CONNECTION_COLUMNS,
@@ -26,8 +27,13 @@ import {
   AlreadyExistsError,
   type ConnectionRecord,
   type EventRecord,
+  FEED_START,
   type FeedEntry,
+  type FeedPosition,
   type FeedQuery,
+  feedPosition,
+  feedPositionParts,
+  InvalidCursorError,
   type ListConnectionsQuery,
   type ListEventsQuery,
   type OrganizationRecord,
@@ -38,6 +44,23 @@ import {
 import { Transactions } from "./transactions.js";
 
 const KNOWN_ORGANIZATIONS = 100_000;
+
+/**
+ * The change feed on each dialect (see feedTransactionOrder in migrations.ts): an event's place
+ * (its transaction id, as text, and its position), and the condition that only events no running
+ * transaction can come before are read. SQLite's one connection shows committed writes only and
+ * commits one transaction after the other, so there the transaction id is 0 and every event counts.
+ */
+const FEED = {
+  postgres: {
+    transaction: sql<string>`connection_events.feed_xid::text`.as("feed_transaction"),
+    visible: sql<boolean>`connection_events.feed_xid < ${FEED_HORIZON}`,
+  },
+  sqlite: {
+    transaction: sql<string>`'0'`.as("feed_transaction"),
+    visible: sql<boolean>`true`,
+  },
+} as const;
 
 export interface KyselyStoreOptions {
   readonly dialect: SqlDialect;
@@ -66,18 +89,22 @@ export class KyselyStore implements Store {
   /** Compiled once: the check path and point reads skip Kysely's query building. */
   readonly #connectionById: CompiledQuery<ConnectionRow>;
   readonly #feedListener: FeedListener | undefined;
+  readonly #dialect: SqlDialect;
   /** Told after every write of this process commits: it may have appended events. */
   readonly #feedAppended = new Set<() => void>();
   #feedId: string | undefined;
 
   constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
     this.#db = db;
+    this.#dialect = options.dialect;
     this.#pool = options.pool;
     this.#transactions = new Transactions(db, {
       pool: options.pool,
       inTransaction: options.inTransaction,
       committed: () => {
         for (const listener of this.#feedAppended) listener();
+        // Other replicas learn of it after the commit, in one notification for many writes.
+        this.#feedListener?.announce();
       },
     });
     this.#feedListener = options.feedListener;
@@ -275,29 +302,50 @@ export class KyselyStore implements Store {
     return this.#feedId;
   }
 
-  async feedHead(): Promise<number> {
-    const row = await this.#transactions.read(() =>
-      this.#db
+  async feedHead(): Promise<FeedPosition> {
+    const feed = FEED[this.#dialect];
+    const row = await this.#transactions.read(() => {
+      let select = this.#db
         .selectFrom("connection_events")
-        .select((eb) => eb.fn.max("feed_position").as("head"))
-        .executeTakeFirst(),
-    );
-    return row?.head == null ? 0 : Number(row.head);
+        .select(["feed_position", feed.transaction])
+        .where(feed.visible);
+      if (this.#dialect === "postgres") select = select.orderBy(sql`connection_events.feed_xid`, "desc");
+      return select.orderBy("feed_position", "desc").limit(1).executeTakeFirst();
+    });
+    return row === undefined ? FEED_START : feedPosition(row.feed_transaction, row.feed_position);
+  }
+
+  async feedContains(position: FeedPosition): Promise<boolean> {
+    const parts = feedPositionParts(position);
+    if (parts === undefined || (this.#dialect === "sqlite" && parts.transaction !== "0")) return false;
+    const row = await this.#transactions.read(() => {
+      const select = this.#db
+        .selectFrom("connection_events")
+        .select("seq")
+        .where("feed_position", "=", Number(parts.position));
+      return (
+        this.#dialect === "postgres" ? select.where(sql<boolean>`feed_xid = ${parts.transaction}::xid8`) : select
+      ).executeTakeFirst();
+    });
+    return row !== undefined;
   }
 
   async readFeed(query: FeedQuery): Promise<FeedEntry[]> {
+    const feed = FEED[this.#dialect];
     const rows = await this.#transactions.read(() => {
       // Every event column that ListConnectionEvents reads (toEvent), whatever migrations add.
       let select = this.#db
         .selectFrom("connection_events")
         .innerJoin("connections", "connections.id", "connection_events.connection_id")
         .selectAll("connection_events")
+        .select(feed.transaction)
+        .where(feed.visible)
         .select([
           "connections.source_organization_id as feed_source_organization_id",
           "connections.destination_organization_id as feed_destination_organization_id",
         ])
-        .where("connection_events.feed_position", ">", query.after);
-      if (query.through !== undefined) select = select.where("connection_events.feed_position", "<=", query.through);
+        .where(this.#feedCompare(">", query.after));
+      if (query.through !== undefined) select = select.where(this.#feedCompare("<=", query.through));
       const organizationId = query.organizationId;
       if (organizationId !== undefined) {
         select = select.where((eb) =>
@@ -307,14 +355,27 @@ export class KyselyStore implements Store {
           ]),
         );
       }
-      return select.orderBy("connection_events.feed_position", "asc").limit(query.limit).execute();
+      if (this.#dialect === "postgres") select = select.orderBy(sql`connection_events.feed_xid`);
+      return select.orderBy("connection_events.feed_position").limit(query.limit).execute();
     });
     return rows.map((row) => ({
-      position: Number(row.feed_position),
+      position: feedPosition(row.feed_transaction, row.feed_position),
       event: toEvent(row),
       sourceOrganizationId: row.feed_source_organization_id,
       destinationOrganizationId: row.feed_destination_organization_id,
     }));
+  }
+
+  /** An event's place compared with `position`, in the feed's order. */
+  #feedCompare(operator: ">" | "<=", position: FeedPosition): RawBuilder<boolean> {
+    const parts = feedPositionParts(position);
+    if (parts === undefined) throw new InvalidCursorError();
+    if (this.#dialect === "sqlite") {
+      // Transaction ids are all 0 on SQLite: past any place with another one, or before it.
+      if (parts.transaction !== "0") return sql<boolean>`${sql.lit(operator === "<=")}`;
+      return sql<boolean>`connection_events.feed_position ${sql.raw(operator)} ${Number(parts.position)}`;
+    }
+    return sql<boolean>`(connection_events.feed_xid, connection_events.feed_position) ${sql.raw(operator)} (${parts.transaction}::xid8, ${parts.position}::bigint)`;
   }
 
   onFeedAppended(listener: () => void): () => void {

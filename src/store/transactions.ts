@@ -81,7 +81,11 @@ export class Transactions {
         signal?.throwIfAborted();
         const result = await (this.#groups !== undefined
           ? this.#groups.run(signal, workThenCheck)
-          : (this.#pool as StorePool).reserve(signal, (db) => db.transaction().execute(workThenCheck)));
+          : (this.#pool as StorePool).reserve(signal, (db) =>
+              // REPEATABLE READ: the change feed's order within a Connection relies on it (see
+              // feedTransactionOrder in migrations.ts); a write that lost a race retries.
+              db.transaction().setIsolationLevel("repeatable read").execute(workThenCheck),
+            ));
         this.#committed();
         return result;
       } catch (error) {
