@@ -101,9 +101,10 @@ export class KyselyStore implements Store {
     this.#transactions = new Transactions(db, {
       pool: options.pool,
       inTransaction: options.inTransaction,
-      committed: () => {
-        for (const listener of this.#feedAppended) listener();
-        // Other replicas learn of it after the commit, in one notification for many writes.
+      ended: (committed) => {
+        if (committed) for (const listener of this.#feedAppended) listener();
+        // Other replicas learn of it after the commit (or the rollback, which may have held their
+        // feed back), in one notification for many writes.
         this.#feedListener?.announce();
       },
     });

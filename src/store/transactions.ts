@@ -31,8 +31,11 @@ export interface TransactionsOptions {
   readonly pool?: StorePool;
   /** SQLite: whether a transaction is open (SQLite rolls some back by itself, e.g. on a full disk). */
   readonly inTransaction?: () => boolean;
-  /** Called after every write commits. */
-  readonly committed: () => void;
+  /**
+   * Called after every write commits, and (`false`) after one whose transaction ended without
+   * committing: on PostgreSQL the change feed's readers may have been waiting for it to end.
+   */
+  readonly ended: (committed: boolean) => void;
 }
 
 type Work<T> = (trx: Kysely<Database>) => Promise<T>;
@@ -40,12 +43,12 @@ type Work<T> = (trx: Kysely<Database>) => Promise<T>;
 export class Transactions {
   readonly #pool: StorePool | undefined;
   readonly #groups: GroupCommit | undefined;
-  readonly #committed: () => void;
+  readonly #ended: (committed: boolean) => void;
 
   constructor(db: Kysely<Database>, options: TransactionsOptions) {
     this.#pool = options.pool;
     this.#groups = options.pool === undefined ? new GroupCommit(db, options.inTransaction) : undefined;
-    this.#committed = options.committed;
+    this.#ended = options.ended;
   }
 
   /** Runs a read, once more when the connection broke under it (e.g. after a database restart). */
@@ -86,9 +89,10 @@ export class Transactions {
               // feedTransactionOrder in migrations.ts); a write that lost a race retries.
               db.transaction().setIsolationLevel("repeatable read").execute(workThenCheck),
             ));
-        this.#committed();
+        this.#ended(true);
         return result;
       } catch (error) {
+        this.#ended(false);
         if (signal?.aborted) throw signal.reason;
         const failure = classifyError(error);
         if (failure.kind !== "retryable" || attempt >= MAX_WRITE_ATTEMPTS) throw translateError(error, failure);
