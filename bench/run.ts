@@ -1068,8 +1068,8 @@ async function main(): Promise<void> {
   }
   if (config.writes) {
     if (!targets.some((target) => target.service !== undefined)) buildService();
-    const { logLevel, postgresAdminUrl, seconds } = config;
-    await runWritesBench({ workDir, postgresAdminUrl, logLevel, seconds, log, progress });
+    const { logLevel, postgresAdminUrl, seconds, cpuProfileDir } = config;
+    await runWritesBench({ workDir, postgresAdminUrl, logLevel, seconds, log, progress, cpuProfileDir });
   }
   log();
   log("Goals");

@@ -9,7 +9,7 @@
 // Prints figures; asserts nothing about time. Throws when a call failed or an answer was wrong.
 
 import { createHash, randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { create, type DescMessage, fromBinary, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import pg from "pg";
@@ -32,6 +32,7 @@ import {
 } from "../gen/connections/v1/organization_service_pb.js";
 import { type Channel, Errors, failureOf, frame, openChannel } from "./grpc-client.js";
 import { type Child, onCleanUp, startService } from "./processes.js";
+import { summariseProfile } from "./profile.js";
 
 export interface WritesOptions {
   /** A private directory for the callers file, databases and logs. */
@@ -43,6 +44,8 @@ export interface WritesOptions {
   readonly seconds: number;
   readonly log: (line?: string) => void;
   readonly progress: (line: string) => void;
+  /** When set, the services run with --cpu-prof; the first one's profile over the creates is summarised. */
+  readonly cpuProfileDir: string | undefined;
 }
 
 const IN_FLIGHT = 64;
@@ -213,8 +216,12 @@ function pairs(organizations: readonly string[]): Pair[] {
   return all;
 }
 
+const nowUs = () => Number(process.hrtime.bigint() / 1000n);
+
 interface WriteFigures {
   readonly label: string;
+  /** The summary of the first service's CPU profile over the measured creates, when profiled. */
+  readonly profile: readonly string[];
   readonly creates: PhaseResult;
   readonly transitions: PhaseResult;
   readonly checks: PhaseResult;
@@ -279,9 +286,11 @@ async function measure(label: string, urls: readonly string[], tokens: Tokens, o
     await closedLoop(take(2000), 2, async (pair) => void (await createCall(pair)));
     const created: Created[] = [];
     const creatable = take(60_000);
+    const createsFrom = nowUs();
     const creates = await closedLoop(creatable, options.seconds, async (pair) => {
       created.push(await createCall(pair));
     });
+    const createsWindow = [createsFrom, nowUs()] as const;
     used -= creatable.length - creates.done;
 
     options.progress(`  ${label}: Activate, then Deactivate, what was created`);
@@ -352,7 +361,7 @@ async function measure(label: string, urls: readonly string[], tokens: Tokens, o
     );
     const failures = Object.entries(client.errors.counts);
     if (failures.length > 0) throw new Error(`${label}: transport failures ${JSON.stringify(failures)}`);
-    return { creates, transitions, checks, halfLoad };
+    return { creates, transitions, checks, halfLoad, createsWindow };
   } finally {
     client.close();
   }
@@ -379,30 +388,44 @@ async function postgresDatabase(adminUrl: string): Promise<string> {
 /** Runs the section and prints its table. The service must be built (dist/). */
 export async function runWritesBench(options: WritesOptions): Promise<void> {
   const callers = writeCallers(options.workDir);
+  const profileDir = (name: string) => {
+    if (options.cpuProfileDir === undefined) return undefined;
+    const dir = join(options.cpuProfileDir, `writes-${name}`);
+    mkdirSync(dir, { recursive: true });
+    return dir;
+  };
   const start = (name: string, databaseUrl: string) =>
     startService({
       databaseUrl,
       logLevel: options.logLevel,
       callersFile: callers.path,
       logPath: join(options.workDir, `service-writes-${name}.log`),
-      cpuProfileDir: undefined,
+      cpuProfileDir: profileDir(name),
     });
   const figures: WriteFigures[] = [];
   const deploy = async (
+    name: string,
     label: string,
     createGoal: number,
     replicas: () => Promise<(Child & { readonly port: number })[]>,
   ) => {
     options.progress(`writes: ${label}`);
     const servers = await replicas();
+    let measured: Awaited<ReturnType<typeof measure>>;
     try {
       const urls = servers.map((server) => `http://127.0.0.1:${server.port}`);
-      figures.push({ label, createGoal, ...(await measure(label, urls, callers.tokens, options)) });
+      measured = await measure(label, urls, callers.tokens, options);
     } finally {
       for (const server of servers) await server.stop();
     }
+    // The profile is written when the process exits.
+    const dir = options.cpuProfileDir === undefined ? undefined : join(options.cpuProfileDir, `writes-${name}`);
+    const file = dir === undefined ? undefined : readdirSync(dir).find((entry) => entry.endsWith(".cpuprofile"));
+    const profile =
+      dir === undefined || file === undefined ? [] : summariseProfile(join(dir, file), [measured.createsWindow]);
+    figures.push({ label, createGoal, profile, ...measured });
   };
-  await deploy("SQLite, one service, synchronous = FULL", GOALS.sqliteCreates, async () => [
+  await deploy("sqlite", "SQLite, one service, synchronous = FULL", GOALS.sqliteCreates, async () => [
     await start("sqlite", `sqlite:${join(options.workDir, "writes.db")}`),
   ]);
   if (options.postgresAdminUrl === undefined) {
@@ -410,8 +433,8 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
   } else {
     const url = await postgresDatabase(options.postgresAdminUrl);
     // The first replica migrates; the others start on the migrated database.
-    await deploy(`PostgreSQL, ${POSTGRES_REPLICAS} replicas`, GOALS.postgresCreates, async () => {
-      const first = await start("postgres-0", url);
+    await deploy("postgres", `PostgreSQL, ${POSTGRES_REPLICAS} replicas`, GOALS.postgresCreates, async () => {
+      const first = await start("postgres", url);
       const rest = await Promise.all(
         Array.from({ length: POSTGRES_REPLICAS - 1 }, (_, index) => start(`postgres-${index + 1}`, url)),
       );
@@ -471,5 +494,11 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
         `${figure.halfLoad.p99Ms.toFixed(1)} ms (goal <= ${GOALS.p99HalfLoadMs} ms): ` +
         `${met(figure.halfLoad.p99Ms <= GOALS.p99HalfLoadMs)}`,
     );
+  }
+  for (const figure of figures) {
+    if (figure.profile.length === 0) continue;
+    log();
+    log(`CPU profile of the ${figure.label} service (the first replica) over its measured creates`);
+    for (const line of figure.profile) log(`  ${line}`);
   }
 }

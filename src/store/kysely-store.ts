@@ -2,7 +2,7 @@
 // here; row mapping is in rows.ts, the transaction and retry policy in transactions.ts, and dialect
 // differences in the migrations (column types) and in how checks read (check-reader.ts).
 
-import { type CompiledQuery, type Kysely, type RawBuilder, sql } from "kysely";
+import { type CompiledQuery, type Insertable, type Kysely, type RawBuilder, sql } from "kysely";
 import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
 import type { FeedListener } from "./feed-notifications.js";
 import { FEED_HORIZON } from "./migrations.js";
@@ -14,6 +14,7 @@ import {
   EVENT_COLUMNS,
   parseConnectionCursor,
   parseCursor,
+  preparedQuery,
   toConnection,
   toConnectionRow,
   toDate,
@@ -22,7 +23,7 @@ import {
   toPage,
   withParameters,
 } from "./rows.js";
-import type { Database, SqlDialect } from "./schema.js";
+import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
 import {
   AlreadyExistsError,
   type ConnectionRecord,
@@ -44,6 +45,51 @@ import {
 import { Transactions } from "./transactions.js";
 
 const KNOWN_ORGANIZATIONS = 100_000;
+
+/** The columns a create writes (toConnectionRow, toEventRow) and a transition changes. */
+const CONNECTION_ROW_COLUMNS = [
+  "id",
+  "source_organization_id",
+  "destination_organization_id",
+  "name",
+  "scopes",
+  "state",
+  "create_time",
+  "update_time",
+  "activate_time",
+  "deactivate_time",
+  "creator",
+  "create_request_id",
+  "version",
+] as const satisfies readonly (keyof Insertable<ConnectionsTable>)[];
+const EVENT_ROW_COLUMNS = [
+  "id",
+  "connection_id",
+  "type",
+  "from_state",
+  "to_state",
+  "actor_organization_id",
+  "caller",
+  "actor",
+  "reason",
+  "request_id",
+  "create_time",
+  "source_organization_id",
+  "destination_organization_id",
+  "scopes",
+  "previous_scopes",
+] as const satisfies readonly (keyof Insertable<ConnectionEventsTable>)[];
+const TRANSITION_COLUMNS = [
+  "id",
+  "name",
+  "scopes",
+  "state",
+  "update_time",
+  "activate_time",
+  "deactivate_time",
+  "version",
+  "previous_version",
+] as const;
 
 /**
  * The change feed on each dialect (see feedTransactionOrder in migrations.ts): an event's place
@@ -86,8 +132,18 @@ export class KyselyStore implements Store {
   readonly #transactions: Transactions;
   /** Organizations are never deleted: a positive answer stays true on every replica. */
   readonly #knownOrganizations = new LruMap<string, true>(KNOWN_ORGANIZATIONS);
-  /** Compiled once: the check path and point reads skip Kysely's query building. */
+  /** Compiled once: the check path, point reads and writes skip Kysely's query building. */
   readonly #connectionById: CompiledQuery<ConnectionRow>;
+  readonly #insertConnection: (row: Insertable<ConnectionsTable>) => CompiledQuery;
+  readonly #insertEvent: (row: Insertable<ConnectionEventsTable>) => CompiledQuery;
+
+  readonly #updateConnection: (values: Readonly<Record<(typeof TRANSITION_COLUMNS)[number], unknown>>) => CompiledQuery;
+  readonly #connectionBySource: Readonly<
+    Record<
+      "destination_organization_id" | "create_request_id",
+      (values: { source: string; value: string }) => CompiledQuery<ConnectionRow>
+    >
+  >;
   readonly #feedListener: FeedListener | undefined;
   readonly #dialect: SqlDialect;
   /** Told after every write of this process commits: it may have appended events. */
@@ -110,6 +166,35 @@ export class KyselyStore implements Store {
     });
     this.#feedListener = options.feedListener;
     this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
+    this.#insertConnection = preparedQuery(CONNECTION_ROW_COLUMNS, (row) => db.insertInto("connections").values(row));
+    this.#insertEvent = preparedQuery(EVENT_ROW_COLUMNS, (row) => db.insertInto("connection_events").values(row));
+    this.#updateConnection = preparedQuery(TRANSITION_COLUMNS, (values) =>
+      db
+        .updateTable("connections")
+        .set({
+          name: values.name,
+          scopes: values.scopes,
+          state: values.state,
+          update_time: values.update_time,
+          activate_time: values.activate_time,
+          deactivate_time: values.deactivate_time,
+          version: values.version,
+        })
+        .where("id", "=", values.id)
+        .where("version", "=", values.previous_version),
+    );
+    const bySource = (column: "destination_organization_id" | "create_request_id") =>
+      preparedQuery(["source", "value"], (values) =>
+        db
+          .selectFrom("connections")
+          .select(CONNECTION_COLUMNS)
+          .where("source_organization_id", "=", values.source)
+          .where(column, "=", values.value),
+      );
+    this.#connectionBySource = {
+      destination_organization_id: bySource("destination_organization_id"),
+      create_request_id: bySource("create_request_id"),
+    };
     if (options.dialect === "postgres") {
       const connectionsByIds = db
         .selectFrom("connections")
@@ -170,8 +255,8 @@ export class KyselyStore implements Store {
   async createConnection(connection: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<void> {
     try {
       await this.#transactions.write(signal, async (trx) => {
-        await trx.insertInto("connections").values(toConnectionRow(connection)).execute();
-        await trx.insertInto("connection_events").values(toEventRow(event)).execute();
+        await trx.executeQuery(this.#insertConnection(toConnectionRow(connection)));
+        await trx.executeQuery(this.#insertEvent(toEventRow(event)));
       });
     } catch (error) {
       throw await this.#requestIdFirst(error, connection);
@@ -206,14 +291,10 @@ export class KyselyStore implements Store {
     column: "destination_organization_id" | "create_request_id",
     value: string,
   ): Promise<ConnectionRecord | undefined> {
-    const row = await this.#transactions.read(() =>
-      this.#db
-        .selectFrom("connections")
-        .select(CONNECTION_COLUMNS)
-        .where("source_organization_id", "=", sourceOrganizationId)
-        .where(column, "=", value)
-        .executeTakeFirst(),
+    const result = await this.#transactions.read(() =>
+      this.#db.executeQuery(this.#connectionBySource[column]({ source: sourceOrganizationId, value })),
     );
+    const row = result.rows[0];
     return row === undefined ? undefined : toConnection(row);
   }
 
@@ -258,9 +339,9 @@ export class KyselyStore implements Store {
 
   async saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean> {
     const saved = await this.#transactions.write(signal, async (trx) => {
-      const result = await trx
-        .updateTable("connections")
-        .set({
+      const result = await trx.executeQuery(
+        this.#updateConnection({
+          id: next.id,
           name: next.name,
           scopes: JSON.stringify(next.scopes),
           state: next.state,
@@ -268,12 +349,11 @@ export class KyselyStore implements Store {
           activate_time: next.activateTime?.toISOString() ?? null,
           deactivate_time: next.deactivateTime?.toISOString() ?? null,
           version: next.version,
-        })
-        .where("id", "=", next.id)
-        .where("version", "=", next.version - 1)
-        .executeTakeFirst();
-      if (result.numUpdatedRows === 0n) return false;
-      await trx.insertInto("connection_events").values(toEventRow(event)).execute();
+          previous_version: next.version - 1,
+        }),
+      );
+      if (result.numAffectedRows === 0n) return false;
+      await trx.executeQuery(this.#insertEvent(toEventRow(event)));
       return true;
     });
     if (saved) this.#checks.written(next);
