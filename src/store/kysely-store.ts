@@ -9,9 +9,11 @@ import { FEED_HORIZON } from "./migrations.js";
 import type { StorePool } from "./pg-pool.js";
 import {
   CONNECTION_COLUMNS,
+  CONNECTION_WRITE_COLUMNS,
   type ConnectionRow,
   connectionCursor,
   EVENT_COLUMNS,
+  EVENT_WRITE_COLUMNS,
   parseConnectionCursor,
   parseCursor,
   preparedQuery,
@@ -46,39 +48,7 @@ import { Transactions } from "./transactions.js";
 
 const KNOWN_ORGANIZATIONS = 100_000;
 
-/** The columns a create writes (toConnectionRow, toEventRow) and a transition changes. */
-const CONNECTION_ROW_COLUMNS = [
-  "id",
-  "source_organization_id",
-  "destination_organization_id",
-  "name",
-  "scopes",
-  "state",
-  "create_time",
-  "update_time",
-  "activate_time",
-  "deactivate_time",
-  "creator",
-  "create_request_id",
-  "version",
-] as const satisfies readonly (keyof Insertable<ConnectionsTable>)[];
-const EVENT_ROW_COLUMNS = [
-  "id",
-  "connection_id",
-  "type",
-  "from_state",
-  "to_state",
-  "actor_organization_id",
-  "caller",
-  "actor",
-  "reason",
-  "request_id",
-  "create_time",
-  "source_organization_id",
-  "destination_organization_id",
-  "scopes",
-  "previous_scopes",
-] as const satisfies readonly (keyof Insertable<ConnectionEventsTable>)[];
+/** The values of a transition's UPDATE. */
 const TRANSITION_COLUMNS = [
   "id",
   "name",
@@ -166,8 +136,8 @@ export class KyselyStore implements Store {
     });
     this.#feedListener = options.feedListener;
     this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
-    this.#insertConnection = preparedQuery(CONNECTION_ROW_COLUMNS, (row) => db.insertInto("connections").values(row));
-    this.#insertEvent = preparedQuery(EVENT_ROW_COLUMNS, (row) => db.insertInto("connection_events").values(row));
+    this.#insertConnection = preparedQuery(CONNECTION_WRITE_COLUMNS, (row) => db.insertInto("connections").values(row));
+    this.#insertEvent = preparedQuery(EVENT_WRITE_COLUMNS, (row) => db.insertInto("connection_events").values(row));
     this.#updateConnection = preparedQuery(TRANSITION_COLUMNS, (values) =>
       db
         .updateTable("connections")

@@ -7,8 +7,8 @@ import type { EventType, State } from "../domain/connection.js";
 import type { ConnectionEventsTable, ConnectionsTable } from "./schema.js";
 import { type ConnectionRecord, type EventRecord, InvalidCursorError, type Page } from "./store.js";
 
-export const CONNECTION_COLUMNS = [
-  "seq",
+/** The columns a write gives a Connection's row (toConnectionRow); `seq` is the database's. */
+export const CONNECTION_WRITE_COLUMNS = [
   "id",
   "source_organization_id",
   "destination_organization_id",
@@ -24,8 +24,10 @@ export const CONNECTION_COLUMNS = [
   "version",
 ] as const;
 
-export const EVENT_COLUMNS = [
-  "seq",
+export const CONNECTION_COLUMNS = ["seq", ...CONNECTION_WRITE_COLUMNS] as const;
+
+/** The columns a write gives an event's row (toEventRow). */
+export const EVENT_WRITE_COLUMNS = [
   "id",
   "connection_id",
   "type",
@@ -42,6 +44,8 @@ export const EVENT_COLUMNS = [
   "scopes",
   "previous_scopes",
 ] as const;
+
+export const EVENT_COLUMNS = ["seq", ...EVENT_WRITE_COLUMNS] as const;
 
 export type ConnectionRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_COLUMNS)[number]>;
 export type EventRow = Pick<Selectable<ConnectionEventsTable>, (typeof EVENT_COLUMNS)[number]>;
