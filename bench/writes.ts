@@ -31,7 +31,7 @@ import {
   CreateOrganizationResponseSchema,
 } from "../gen/connections/v1/organization_service_pb.js";
 import { type Channel, Errors, failureOf, frame, openChannel } from "./grpc-client.js";
-import { type Child, onCleanUp, startService } from "./processes.js";
+import { type Child, onCleanUp, processCpuSeconds, startService } from "./processes.js";
 import { summariseProfile } from "./profile.js";
 
 export interface WritesOptions {
@@ -138,6 +138,17 @@ interface PhaseResult {
   readonly seconds: number;
   readonly perSecond: number;
   readonly p99Ms: number;
+  /** The services' CPU time (every replica, not the database) per call, in microseconds. */
+  cpuUsPerCall?: number;
+}
+
+/** Runs a phase and puts the services' CPU time per call on its result. */
+async function withCpu(pids: readonly number[], phase: () => Promise<PhaseResult>): Promise<PhaseResult> {
+  const cpu = () => pids.reduce((sum, pid) => sum + processCpuSeconds(pid), 0);
+  const before = cpu();
+  const result = await phase();
+  result.cpuUsPerCall = ((cpu() - before) / result.done) * 1e6;
+  return result;
 }
 
 function p99(latencies: number[]): number {
@@ -230,7 +241,13 @@ interface WriteFigures {
 }
 
 /** The phases against one deployment (its replicas' URLs). */
-async function measure(label: string, urls: readonly string[], tokens: Tokens, options: WritesOptions) {
+async function measure(
+  label: string,
+  urls: readonly string[],
+  pids: readonly number[],
+  tokens: Tokens,
+  options: WritesOptions,
+) {
   const client = await Client.open(urls);
   const as = (caller: keyof Tokens, organizationId?: string, actor = "user:usr_bench") => ({
     authorization: `Bearer ${tokens[caller]}`,
@@ -287,9 +304,11 @@ async function measure(label: string, urls: readonly string[], tokens: Tokens, o
     const created: Created[] = [];
     const creatable = take(60_000);
     const createsFrom = nowUs();
-    const creates = await closedLoop(creatable, options.seconds, async (pair) => {
-      created.push(await createCall(pair));
-    });
+    const creates = await withCpu(pids, () =>
+      closedLoop(creatable, options.seconds, async (pair) => {
+        created.push(await createCall(pair));
+      }),
+    );
     const createsWindow = [createsFrom, nowUs()] as const;
     used -= creatable.length - creates.done;
 
@@ -340,7 +359,7 @@ async function measure(label: string, urls: readonly string[], tokens: Tokens, o
     };
     // As many checks as the pool allows, over and over: a check changes nothing.
     const checkItems = Array.from({ length: 2_000_000 }, (_, index) => active[index % active.length] as Created);
-    const checks = await closedLoop(checkItems, options.seconds, check);
+    const checks = await withCpu(pids, () => closedLoop(checkItems, options.seconds, check));
 
     const deactivations = await closedLoop(active, options.seconds, (connection) =>
       transition("deactivate", connection),
@@ -414,7 +433,8 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
     let measured: Awaited<ReturnType<typeof measure>>;
     try {
       const urls = servers.map((server) => `http://127.0.0.1:${server.port}`);
-      measured = await measure(label, urls, callers.tokens, options);
+      const pids = servers.map((server) => server.pid);
+      measured = await measure(label, urls, pids, callers.tokens, options);
     } finally {
       for (const server of servers) await server.stop();
     }
@@ -452,7 +472,9 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     `Writes over gRPC by the bench's node:http2 client, ${IN_FLIGHT} in flight, ${options.seconds} s per phase, every ` +
       "answer decoded and checked: CreateConnection of unique pairs (after a 2 s warm-up); Activate, then Deactivate, " +
       "of the Connections created (transitions/s over both); CheckConnection of the active ones from the same client; " +
-      "then CreateConnection sent on a schedule at half the measured rate (p99 from when each call was due)",
+      "then CreateConnection sent on a schedule at half the measured rate (p99 from when each call was due). " +
+      "'CPU us' is the services' CPU time per answer (every replica, not the database), from /proc; 'by CPU' is " +
+      "creates over checks by that cost (check CPU over create CPU), which holds when other work shares the machine",
   );
   const rows = figures.map((figure) => [
     figure.label,
@@ -461,6 +483,9 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     count(figure.transitions.perSecond),
     count(figure.checks.perSecond),
     `${(figure.creates.perSecond / figure.checks.perSecond).toFixed(2)}x`,
+    count(figure.creates.cpuUsPerCall ?? Number.NaN),
+    count(figure.checks.cpuUsPerCall ?? Number.NaN),
+    `${((figure.checks.cpuUsPerCall ?? Number.NaN) / (figure.creates.cpuUsPerCall ?? Number.NaN)).toFixed(2)}x`,
     `${count(figure.halfLoad.perSecond)}/s`,
     figure.halfLoad.p99Ms.toFixed(1),
   ]);
@@ -471,6 +496,9 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     "transitions/s",
     "checks/s",
     "creates/checks",
+    "CPU us/create",
+    "CPU us/check",
+    "by CPU",
     "half load",
     "half-load p99 ms",
   ];
