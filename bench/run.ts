@@ -55,6 +55,7 @@ import {
   type LoadResult,
   type RequestItem,
 } from "./workload.js";
+import { runWritesBench } from "./writes.js";
 
 function integer(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -94,6 +95,8 @@ const config = {
   /** Another checkout of the service (with node_modules) to run on a copy of the SQLite data set, for before/after. */
   compareRoot: process.env.BENCH_COMPARE_ROOT || undefined,
   targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres").split(",")),
+  /** The writes section (bench/writes.ts); BENCH_TARGETS=none with BENCH_WRITES=on runs it alone. */
+  writes: process.env.BENCH_WRITES !== "off",
 };
 
 /** The issue's goals, as ratios of figures taken in the same round. */
@@ -1062,6 +1065,11 @@ async function main(): Promise<void> {
       log(`CPU profile of the ${target.label} service over its ${runs}`);
       for (const line of lines) log(`  ${line}`);
     }
+  }
+  if (config.writes) {
+    if (!targets.some((target) => target.service !== undefined)) buildService();
+    const { logLevel, postgresAdminUrl, seconds, cpuProfileDir } = config;
+    await runWritesBench({ workDir, postgresAdminUrl, logLevel, seconds, log, progress, cpuProfileDir });
   }
   log();
   log("Goals");

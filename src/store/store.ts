@@ -104,10 +104,41 @@ export interface Page<T> {
   readonly nextCursor: string | undefined;
 }
 
+/**
+ * A place in the change feed: (transaction id, position), written as one fixed-width string so that
+ * `<` and `>` compare places. Transaction ids order the feed on PostgreSQL (see migrations.ts,
+ * feedTransactionOrder); on SQLite, whose one connection commits one transaction after the other,
+ * the transaction id is 0 and the position alone is commit order.
+ */
+export type FeedPosition = string;
+
+const TRANSACTION_DIGITS = 20; // xid8 < 2^64
+const POSITION_DIGITS = 16; // a safe integer
+
+export function feedPosition(transaction: string | number, position: string | number): FeedPosition {
+  return `${String(transaction).padStart(TRANSACTION_DIGITS, "0")}:${String(position).padStart(POSITION_DIGITS, "0")}`;
+}
+
+/** Before every event: where a feed read from the beginning starts. */
+export const FEED_START: FeedPosition = feedPosition(0, 0);
+
+/** The parts of a well-formed position (decimal strings without leading zeros), or undefined. */
+export function feedPositionParts(position: string): { transaction: string; position: string } | undefined {
+  const match = /^(\d{20}):(\d{16})$/.exec(position);
+  if (match === null) return undefined;
+  const strip = (digits: string) => digits.replace(/^0+(?=\d)/, "");
+  return { transaction: strip(match[1] as string), position: strip(match[2] as string) };
+}
+
+/** The later of two places. */
+export function laterFeedPosition(a: FeedPosition, b: FeedPosition): FeedPosition {
+  return a > b ? a : b;
+}
+
 /** An event in the change feed, with the parties of its Connection (for visibility). */
 export interface FeedEntry {
-  /** Commit order: dense, one per event, growing (see migrations.ts, feedPositions). */
-  readonly position: number;
+  /** Its place: every event that will ever come before it is committed (see FeedPosition). */
+  readonly position: FeedPosition;
   readonly event: EventRecord;
   readonly sourceOrganizationId: string;
   readonly destinationOrganizationId: string;
@@ -115,9 +146,9 @@ export interface FeedEntry {
 
 export interface FeedQuery {
   /** Exclusive lower bound. */
-  readonly after: number;
+  readonly after: FeedPosition;
   /** Inclusive upper bound, or none. */
-  readonly through: number | undefined;
+  readonly through: FeedPosition | undefined;
   /** Only events of Connections this organization is a party to; undefined for every event. */
   readonly organizationId: string | undefined;
   readonly limit: number;
@@ -201,9 +232,17 @@ export interface Store {
 
   /** The random identity of this database's change feed (fixed by its migration; read once). */
   feedId(): Promise<string>;
-  /** The position of the last committed event (0 when there is none); every lower one is committed too. */
-  feedHead(): Promise<number>;
-  /** Feed entries in position order. */
+  /**
+   * The place of the last event that readFeed can return now (FEED_START when there is none):
+   * every event that will ever come before it is committed.
+   */
+  feedHead(): Promise<FeedPosition>;
+  /** Whether `position` is the place of an event (so a cursor that carries it is one this feed issued). */
+  feedContains(position: FeedPosition): Promise<boolean>;
+  /**
+   * Feed entries in position order, only those that no transaction still running can come before:
+   * a place returned here never gets an event before it later.
+   */
   readFeed(query: FeedQuery): Promise<FeedEntry[]>;
   /**
    * Calls `listener` whenever events may have been appended: at once after a write of this process,
