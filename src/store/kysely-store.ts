@@ -29,7 +29,6 @@ import {
 } from "./rows.js";
 import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
 import {
-  AlreadyExistsError,
   type ConnectionRecord,
   type EventRecord,
   FEED_START,
