@@ -95,6 +95,7 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
   return new KyselyStore(db, {
     dialect: "sqlite",
     inTransaction: () => sqlite.inTransaction,
+    sqlite,
     checkCacheEntries: options.checkCacheEntries,
   });
 }

@@ -13,8 +13,8 @@ import {
   type Page,
 } from "./store.js";
 
-export const CONNECTION_COLUMNS = [
-  "seq",
+/** The columns a ConnectionRecord is made of (toConnection). */
+export const CONNECTION_RECORD_COLUMNS = [
   "id",
   "source_organization_id",
   "destination_organization_id",
@@ -29,6 +29,9 @@ export const CONNECTION_COLUMNS = [
   "create_request_id",
   "version",
 ] as const;
+
+/** What queries of Connections select: the record and `seq`, for cursors. */
+export const CONNECTION_COLUMNS = ["seq", ...CONNECTION_RECORD_COLUMNS] as const;
 
 export const EVENT_COLUMNS = [
   "seq",
@@ -50,6 +53,7 @@ export const EVENT_COLUMNS = [
 ] as const;
 
 export type ConnectionRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_COLUMNS)[number]>;
+export type ConnectionRecordRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_RECORD_COLUMNS)[number]>;
 export type EventRow = Pick<Selectable<ConnectionEventsTable>, (typeof EVENT_COLUMNS)[number]>;
 
 export function withParameters<R>(query: CompiledQuery<R>, parameters: readonly unknown[]): CompiledQuery<R> {
@@ -108,7 +112,7 @@ export function toConnectionRow(connection: ConnectionRecord): Insertable<Connec
   };
 }
 
-export function toConnection(row: ConnectionRow): ConnectionRecord {
+export function toConnection(row: ConnectionRecordRow): ConnectionRecord {
   return {
     id: row.id,
     sourceOrganizationId: row.source_organization_id,
