@@ -13,6 +13,7 @@ import { migrateToLatest } from "./migrations.js";
 import { StorePool } from "./pg-pool.js";
 import type { Database, SqlDialect } from "./schema.js";
 import { EventLoopFriendlySqliteDialect } from "./sqlite-dialect.js";
+import { checkAtStart } from "./sqlite-integrity.js";
 import type { Store } from "./store.js";
 
 export interface OpenStoreOptions {
@@ -66,22 +67,12 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
 }
 
 async function openSqlite(path: string, options: OpenStoreOptions): Promise<Store> {
-  let database: SqliteDatabase.Database | undefined;
-  try {
-    if (path !== SQLITE_MEMORY) mkdirSync(dirname(resolve(path)), { recursive: true });
-    database = new SqliteDatabase(path, { timeout: SQLITE_LOCK_WAIT_MS });
-    // Held until close: no other process may write (or read) the file behind the check cache.
-    database.pragma("locking_mode = EXCLUSIVE");
-    database.pragma("journal_mode = WAL");
-    database.exec("BEGIN EXCLUSIVE; COMMIT");
-    // Every page's structure, not only the ones read at start: a damaged file is refused here
-    // rather than answering INTERNAL (and being written further) once serving.
-    const check = database.pragma("quick_check", { simple: true });
-    if (check !== "ok") throw new DamagedDatabaseError(String(check));
-  } catch (error) {
-    database?.close();
-    throw sqliteStartError(path, error);
-  }
+  const database = lockSqlite(path, (locked) => {
+    // Bounded whatever the file's size (see sqlite-integrity.ts); `check-database` reads it all.
+    const started = performance.now();
+    const checked = checkAtStart(locked);
+    options.logger?.debug({ checked, ms: Math.round(performance.now() - started) }, "start-up integrity check");
+  });
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
   database.pragma("synchronous = NORMAL");
   database.pragma("foreign_keys = ON");
@@ -100,11 +91,28 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
   });
 }
 
-/** quick_check found damage. */
-class DamagedDatabaseError extends Error {
-  constructor(readonly findings: string) {
-    super(`quick_check: ${findings}`);
-    this.name = "DamagedDatabaseError";
+/**
+ * Opens the SQLite file at `path` for this process alone (held until it is closed) and runs
+ * `check` on it; failures become errors that say what is wrong and what to do.
+ */
+export function lockSqlite(
+  path: string,
+  check: (database: SqliteDatabase.Database) => void,
+  options: SqliteDatabase.Options = {},
+): SqliteDatabase.Database {
+  let database: SqliteDatabase.Database | undefined;
+  try {
+    if (path !== SQLITE_MEMORY) mkdirSync(dirname(resolve(path)), { recursive: true });
+    database = new SqliteDatabase(path, { timeout: SQLITE_LOCK_WAIT_MS, ...options });
+    // Held until close: no other process may write (or read) the file behind the check cache.
+    database.pragma("locking_mode = EXCLUSIVE");
+    database.pragma("journal_mode = WAL");
+    database.exec("BEGIN EXCLUSIVE; COMMIT");
+    check(database);
+    return database;
+  } catch (error) {
+    database?.close();
+    throw sqliteStartError(path, error);
   }
 }
 
@@ -114,7 +122,7 @@ function sqliteStartError(path: string, error: unknown): Error {
   const where = `SQLite database ${path}`;
   const user = `the service's user (uid ${process.getuid?.() ?? "?"})`;
   let explanation: string;
-  if (error instanceof DamagedDatabaseError || code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB") {
+  if (code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB") {
     explanation =
       "is damaged or not an SQLite database (integrity check failed). Restore it from a backup, or move it " +
       "(and its -wal file) away to start with an empty database; do not let the service write into it";
