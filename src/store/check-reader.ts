@@ -290,7 +290,8 @@ function unpackText(text: string): string[] {
   return text.startsWith(JSON_TEXT) ? (JSON.parse(text.slice(1)) as string[]) : text.split(TEXT_SEPARATOR);
 }
 
-export const DEFAULT_CHECK_CACHE_ENTRIES = 200_000;
+/** Chosen from the cache's measured cost per entry (docs/performance.md). */
+export const DEFAULT_CHECK_CACHE_ENTRIES = 500_000;
 
 /** Where the cache reads what it misses: committed rows, synchronously. */
 export interface CheckSource {

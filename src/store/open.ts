@@ -6,6 +6,7 @@ import SqliteDatabase from "better-sqlite3";
 import { Kysely, type MigrationResult, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import type { Logger } from "pino";
+import { DEFAULT_CHECK_CACHE_ENTRIES } from "./check-reader.js";
 import { translateError } from "./errors.js";
 import { FeedListener } from "./feed-notifications.js";
 import { KyselyStore } from "./kysely-store.js";
@@ -22,7 +23,7 @@ export interface OpenStoreOptions {
   readonly poolSize?: number;
   /** PostgreSQL statement_timeout (default 5000 ms). */
   readonly statementTimeoutMs?: number;
-  /** SQLite: the CheckConnection cache's bound, in Connections (default 200,000). */
+  /** SQLite: the CheckConnection cache's bound, in Connections (DEFAULT_CHECK_CACHE_ENTRIES). */
   readonly checkCacheEntries?: number;
   readonly logger?: Logger;
 }
@@ -82,6 +83,7 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
   database.pragma(`journal_size_limit = ${SQLITE_WAL_BYTES}`);
   const db = new Kysely<Database>({ dialect: new EventLoopFriendlySqliteDialect({ database }) });
   await migrate(db, "sqlite", options.logger);
+  warnWhenCacheTooSmall(database, options);
   const sqlite = database;
   return new KyselyStore(db, {
     dialect: "sqlite",
@@ -89,6 +91,23 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
     sqlite,
     checkCacheEntries: options.checkCacheEntries,
   });
+}
+
+/** Checks of Connections the cache cannot hold read the database: say so at start, with the numbers. */
+function warnWhenCacheTooSmall(database: SqliteDatabase.Database, options: OpenStoreOptions): void {
+  const checkCacheEntries = options.checkCacheEntries ?? DEFAULT_CHECK_CACHE_ENTRIES;
+  // seq only grows (autoincrement) and Connections are never deleted: its largest value is the
+  // count, read from the end of the table instead of counting every row.
+  const { connections } = database
+    .prepare<[], { connections: number }>("select coalesce(max(seq), 0) as connections from connections")
+    .get() as { connections: number };
+  if (connections <= checkCacheEntries) return;
+  options.logger?.warn(
+    { connections, checkCacheEntries },
+    "CHECK_CACHE_ENTRIES is smaller than the number of Connections: checks of the least recently checked ones " +
+      "read the database, which costs more CPU per check. Raise it if memory allows (its cost per entry is in " +
+      "docs/performance.md)",
+  );
 }
 
 /**
