@@ -318,7 +318,7 @@ export class CachingCheckReader implements CheckReader {
   get(id: string): Promise<ConnectionRecord | undefined> {
     const cached = this.#entries.get(id);
     if (cached !== undefined) return Promise.resolve(cached);
-    return this.source.idle() ? Promise.resolve(this.#fillOne(id)) : this.source.whenIdle(() => this.#fillOne(id));
+    return this.#read(() => this.#fillOne(id));
   }
 
   getMany(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]> {
@@ -342,11 +342,21 @@ export class CachingCheckReader implements CheckReader {
       }
       return answers;
     };
-    return this.source.idle() ? Promise.resolve(fill()) : this.source.whenIdle(fill);
+    return this.#read(fill);
   }
 
   written(record: ConnectionRecord): void {
     this.#entries.keep(record);
+  }
+
+  /** Runs `read` now, or once no transaction is open; its failure rejects, never throws. */
+  #read<T>(read: () => T): Promise<T> {
+    if (!this.source.idle()) return this.source.whenIdle(read);
+    try {
+      return Promise.resolve(read());
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   /** Read and kept in one synchronous step: no write can come between them. */

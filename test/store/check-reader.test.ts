@@ -227,6 +227,22 @@ describe("CachingCheckReader", () => {
     expect(source.singleReads).toBe(1);
   });
 
+  it("rejects (never throws) when the read fails, one id or a batch", async () => {
+    const source = new FakeSource();
+    const failure = new Error("disk I/O error");
+    source.one = () => {
+      throw failure;
+    };
+    source.many = () => {
+      throw failure;
+    };
+    const reader = new CachingCheckReader(source);
+    const one = reader.get("cxn_x");
+    const many = reader.getMany(["cxn_x"]);
+    await expect(one).rejects.toBe(failure);
+    await expect(many).rejects.toBe(failure);
+  });
+
   it("keeps the newer of two writes that report out of order", async () => {
     const reader = new CachingCheckReader(new FakeSource());
     reader.written(v2);
