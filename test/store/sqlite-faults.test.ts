@@ -113,34 +113,38 @@ describe("SQLite start-up", () => {
     expect(lines.at(-1)).toMatch(/^DAMAGED: SQLite database .* is damaged/);
   });
 
-  it("check-database runs from the command line and says when it cannot check", async () => {
-    const path = await filled("cli.db");
-    const run = (databaseUrl: string) =>
-      new Promise<{ code: number | null; stdout: string }>((resolve) => {
-        execFile(
-          process.execPath,
-          ["--import", "tsx", "src/main.ts", "check-database"],
-          { cwd: ROOT, env: { ...process.env, DATABASE_URL: databaseUrl } },
-          (error, stdout) => resolve({ code: error === null ? 0 : (error.code as number), stdout }),
-        );
-      });
-    const sound = await run(`sqlite:${path}`);
-    expect(sound.code).toBe(CHECK_DATABASE_OK);
-    expect(sound.stdout).toMatch(/checked every page of the file/);
-    expect(sound.stdout).toMatch(/ok: no damage found/);
-    const missing = await run(`sqlite:${join(dir, "missing.db")}`);
-    expect(missing.code).toBe(CHECK_DATABASE_UNCHECKED);
-    expect(missing.stdout).toMatch(/there is no SQLite database at/);
+  it("check-database says when it cannot check: no such file, or the file in use", async () => {
+    const path = await filled("in-use.db");
+    const lines: string[] = [];
+    expect(checkDatabase(`sqlite:${join(dir, "missing.db")}`, (line) => lines.push(line))).toBe(
+      CHECK_DATABASE_UNCHECKED,
+    );
+    expect(lines).toEqual([`check-database: there is no SQLite database at ${join(dir, "missing.db")}`]);
     // One process owns the file: a running service keeps the check out.
     const store = await openStore({ databaseUrl: `sqlite:${path}` });
     try {
-      const busy = await run(`sqlite:${path}`);
-      expect(busy.code).toBe(CHECK_DATABASE_UNCHECKED);
-      expect(busy.stdout).toMatch(/is in use by another process/);
+      lines.length = 0;
+      expect(checkDatabase(`sqlite:${path}`, (line) => lines.push(line))).toBe(CHECK_DATABASE_UNCHECKED);
+      expect(lines.at(-1)).toMatch(/is in use by another process/);
     } finally {
       await store.close();
     }
-  }, 30_000);
+  });
+
+  it("check-database runs from the command line (main.ts check-database)", async () => {
+    const path = await filled("cli.db");
+    const { code, stdout } = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      execFile(
+        process.execPath,
+        ["--import", "tsx", "src/main.ts", "check-database"],
+        { cwd: ROOT, env: { ...process.env, DATABASE_URL: `sqlite:${path}` } },
+        (error, out) => resolve({ code: error === null ? 0 : (error.code as number), stdout: out }),
+      );
+    });
+    expect(code).toBe(CHECK_DATABASE_OK);
+    expect(stdout).toMatch(/checked every page of the file/);
+    expect(stdout).toMatch(/ok: no damage found/);
+  }, 60_000);
 
   describe.skipIf(!isRoot)("as an unprivileged user", () => {
     it("a read-only file (0444) names the path, the cause and the fix", async () => {
