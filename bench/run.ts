@@ -42,6 +42,7 @@ import {
   statusMiB,
 } from "./processes.js";
 import { summariseProfile } from "./profile.js";
+import { runScale } from "./scale.js";
 import { type SeedReport, seedDatabase } from "./seed.js";
 import {
   CHECK_PATH,
@@ -94,7 +95,7 @@ const config = {
   randomSeed: integer("BENCH_RANDOM_SEED", 20_260_101),
   /** Another checkout of the service (with node_modules) to run on a copy of the SQLite data set, for before/after. */
   compareRoot: process.env.BENCH_COMPARE_ROOT || undefined,
-  targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres").split(",")),
+  targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres,scale").split(",")),
   /** The writes section (bench/writes.ts); BENCH_TARGETS=none with BENCH_WRITES=on runs it alone. */
   writes: process.env.BENCH_WRITES !== "off",
 };
@@ -1033,6 +1034,19 @@ async function main(): Promise<void> {
   }
   const peakRss = targets.map((target) => [target.label, statusMiB(target.server.pid, "VmHWM")] as const);
   for (const target of targets) await target.server.stop();
+  // Its own services and data set, after the others have stopped (bench/scale.ts).
+  if (config.targets.has("scale")) {
+    verdicts.push(
+      ...(await runScale({
+        workDir,
+        callersFile: credentials.path,
+        headers: credentials.tokenService,
+        log,
+        progress,
+        integer,
+      })),
+    );
+  }
 
   if (headline !== undefined) verdicts.push(...printHeadline(targets, headline));
   if (config.ownClient) verdicts.push(...printDistinct(targets, distinct), ...printBatches(targets, distinct, batches));

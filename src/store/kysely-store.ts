@@ -2,6 +2,7 @@
 // here; row mapping is in rows.ts, the transaction and retry policy in transactions.ts, and dialect
 // differences in the migrations (column types) and in how checks read (check-reader.ts).
 
+import type SqliteDatabase from "better-sqlite3";
 import { type CompiledQuery, type Insertable, type Kysely, type RawBuilder, sql } from "kysely";
 import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
 import type { FeedListener } from "./feed-notifications.js";
@@ -9,7 +10,7 @@ import { FEED_HORIZON } from "./migrations.js";
 import type { StorePool } from "./pg-pool.js";
 import {
   CONNECTION_COLUMNS,
-  CONNECTION_WRITE_COLUMNS,
+  CONNECTION_RECORD_COLUMNS,
   type ConnectionRow,
   connectionCursor,
   EVENT_COLUMNS,
@@ -28,6 +29,7 @@ import {
   withParameters,
 } from "./rows.js";
 import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
+import { SqliteCheckSource } from "./sqlite-check-source.js";
 import {
   type ConnectionRecord,
   type EventRecord,
@@ -88,6 +90,8 @@ export interface KyselyStoreOptions {
   readonly pool?: StorePool;
   /** SQLite: whether a transaction is open (SQLite rolls some back by itself, e.g. on a full disk). */
   readonly inTransaction?: () => boolean;
+  /** SQLite (required there): the database behind `db`, which check-cache misses read directly. */
+  readonly sqlite?: SqliteDatabase.Database;
   /** SQLite: how many Connections the check cache holds (least recently used go first). */
   readonly checkCacheEntries?: number;
   /** PostgreSQL: notifications of events committed by other processes. */
@@ -133,7 +137,9 @@ export class KyselyStore implements Store {
     });
     this.#feedListener = options.feedListener;
     this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
-    this.#insertConnection = preparedQuery(CONNECTION_WRITE_COLUMNS, (row) => db.insertInto("connections").values(row));
+    this.#insertConnection = preparedQuery(CONNECTION_RECORD_COLUMNS, (row) =>
+      db.insertInto("connections").values(row),
+    );
     this.#insertEvent = preparedQuery(EVENT_WRITE_COLUMNS, (row) => db.insertInto("connection_events").values(row));
     this.#updateConnection = preparedQuery(TRANSITION_COLUMNS, (values) =>
       db
@@ -172,7 +178,8 @@ export class KyselyStore implements Store {
         Math.max(1, Math.floor((options.poolSize ?? 10) / 2)),
       );
     } else {
-      this.#checks = new CachingCheckReader((id) => this.getConnection(id), options.checkCacheEntries);
+      if (options.sqlite === undefined) throw new Error("KyselyStore on SQLite needs options.sqlite");
+      this.#checks = new CachingCheckReader(new SqliteCheckSource(options.sqlite, db), options.checkCacheEntries);
     }
   }
 
@@ -474,8 +481,7 @@ export class KyselyStore implements Store {
   }
 
   getConnectionsForCheck(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]> {
-    // Asked in one turn of the event loop, so the coalescing reader sends them as one query.
-    return Promise.all(ids.map((id) => this.#checks.get(id)));
+    return this.#checks.getMany(ids);
   }
 
   poolStats(): PoolStats {
