@@ -17,6 +17,7 @@ import { ConfigReloader } from "../config/reload.js";
 import { Metrics, startAdminServer } from "../observability/metrics.js";
 import type { Tracing } from "../observability/tracing.js";
 import { openStore } from "../store/open.js";
+import type { Store } from "../store/store.js";
 import { type RunningServer, serve } from "../transport/server.js";
 import { readTlsCredentials } from "../transport/tls.js";
 
@@ -56,6 +57,10 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     poolSize: config.databasePoolSize,
     statementTimeoutMs: config.databaseStatementTimeoutMs,
     checkCacheEntries: config.checkCacheEntries,
+    migrate: config.migrateOnStart,
+    schemaAheadLimit: config.schemaAheadLimit,
+    migrationUrl: config.databaseMigrationUrl,
+    listenUrl: config.databaseListenUrl,
     logger,
   });
   let tracing: Tracing | undefined;
@@ -65,6 +70,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       tracing = (await import("../observability/tracing.js")).Tracing.start(config.tracing, logger);
     const dbSystem = config.databaseUrl.startsWith("sqlite:") ? "sqlite" : "postgresql";
     const store = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
+    const schema = await SchemaGate.start(store, logger);
     const organizations = new Organizations(store);
     const metrics = new Metrics(store);
     const pipeline = new RpcPipeline({
@@ -101,7 +107,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       limits: config.limits,
       readiness: () =>
         store.ping().then(
-          () => true,
+          () => schema.current(),
           () => false,
         ),
     });
@@ -138,6 +144,38 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     await openedStore.close();
     await tracing?.shutdown();
     throw error;
+  }
+}
+
+/**
+ * Serving needs every migration this build ships. One that is missing (MIGRATE_ON_START=false and
+ * the `migrate` step has not run yet) keeps the replica NOT_SERVING, says so, and is looked for
+ * again on every readiness poll until the step has run.
+ */
+class SchemaGate {
+  private constructor(
+    private readonly store: Store,
+    private readonly logger: Logger,
+    private pending: readonly string[],
+  ) {}
+
+  static async start(store: Store, logger: Logger): Promise<SchemaGate> {
+    const gate = new SchemaGate(store, logger, await store.pendingMigrations());
+    if (gate.pending.length > 0) {
+      logger.warn(
+        { pendingMigrations: gate.pending },
+        "the database schema is behind this release: NOT_SERVING until you run migrate " +
+          "(node dist/src/main.js migrate, or npm run migrate)",
+      );
+    }
+    return gate;
+  }
+
+  async current(): Promise<boolean> {
+    if (this.pending.length === 0) return true;
+    this.pending = await this.store.pendingMigrations().catch(() => this.pending);
+    if (this.pending.length === 0) this.logger.info("the database schema is now at this release's migrations");
+    return this.pending.length === 0;
   }
 }
 

@@ -22,6 +22,7 @@ import {
   withParameters,
 } from "./rows.js";
 import type { Database, SqlDialect } from "./schema.js";
+import { readSchemaStatus } from "./schema-version.js";
 import {
   AlreadyExistsError,
   type ConnectionRecord,
@@ -49,8 +50,10 @@ export interface KyselyStoreOptions {
   readonly inTransaction?: () => boolean;
   /** SQLite: how many Connections the check cache holds (least recently used go first). */
   readonly checkCacheEntries?: number;
-  /** PostgreSQL: notifications of events committed by other processes. */
+  /** PostgreSQL: notifications of events committed by other processes; none when the feed only polls. */
   readonly feedListener?: FeedListener;
+  /** PostgreSQL: each write transaction's statement_timeout. */
+  readonly statementTimeoutMs?: number;
 }
 
 /** SQLite has one connection and no pool; better-sqlite3 runs each statement synchronously. */
@@ -58,6 +61,7 @@ const SQLITE_POOL_STATS: PoolStats = { total: 1, idle: 1, waiting: 0, exhausted:
 
 export class KyselyStore implements Store {
   readonly #db: Kysely<Database>;
+  readonly #dialect: SqlDialect;
   readonly #checks: CheckReader;
   readonly #pool: StorePool | undefined;
   readonly #transactions: Transactions;
@@ -72,10 +76,12 @@ export class KyselyStore implements Store {
 
   constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
     this.#db = db;
+    this.#dialect = options.dialect;
     this.#pool = options.pool;
     this.#transactions = new Transactions(db, {
       pool: options.pool,
       inTransaction: options.inTransaction,
+      statementTimeoutMs: options.statementTimeoutMs,
       committed: () => {
         for (const listener of this.#feedAppended) listener();
       },
@@ -341,6 +347,11 @@ export class KyselyStore implements Store {
 
   async ping(): Promise<void> {
     await this.#transactions.read(() => sql`select 1`.execute(this.#db));
+  }
+
+  async pendingMigrations(): Promise<readonly string[]> {
+    const status = await this.#transactions.read(() => readSchemaStatus(this.#db as Kysely<unknown>, this.#dialect));
+    return status.pending;
   }
 
   async close(): Promise<void> {

@@ -170,6 +170,8 @@ export interface Store {
 
   /** Resolves when the database answers; throws UnavailableError when it does not. */
   ping(): Promise<void>;
+  /** The migrations this build ships that the database has not applied yet (none: the schema is current). */
+  pendingMigrations(): Promise<readonly string[]>;
   close(): Promise<void>;
 }
 
