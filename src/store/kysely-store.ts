@@ -346,6 +346,8 @@ export class KyselyStore implements Store {
   }
 
   async ping(): Promise<void> {
+    // PostgreSQL: the pool's probe, which also decides whether calls fail at once.
+    if (this.#pool !== undefined) return this.#pool.probe();
     await this.#transactions.read(() => sql`select 1`.execute(this.#db));
   }
 

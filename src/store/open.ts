@@ -216,7 +216,17 @@ async function openPostgres(url: string, options: OpenStoreOptions): Promise<Sto
   pool.on("connect", (client) =>
     client.on("error", (error) => options.logger?.debug({ err: error }, "a PostgreSQL connection failed")),
   );
-  const storePool = new StorePool(pool, poolSize);
+  const storePool = new StorePool(pool, poolSize, {
+    connection,
+    onReachability(reachable, cause) {
+      if (reachable) options.logger?.info("PostgreSQL answers again: serving calls");
+      else
+        options.logger?.error(
+          { err: cause },
+          "PostgreSQL is unreachable: calls fail at once with UNAVAILABLE until a probe finds it answering",
+        );
+    },
+  });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: storePool.forKysely }) });
   if (!(options.migrate ?? true)) await prepareSchema(db, "postgres", { ...options, migrate: false });
   return new KyselyStore(db, {
