@@ -91,6 +91,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
     );
     metrics.countWatchers(() => feed.watcherCount);
+    metrics.observeFeed(feed);
     pipeline.register(ConnectionService, {
       ...connectionServiceHandlers(new Connections(store)),
       watchConnectionEvents: watchConnectionEventsHandler(feed),

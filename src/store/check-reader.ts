@@ -20,6 +20,18 @@ export interface CheckReader {
   get(id: string): Promise<ConnectionRecord | undefined>;
   /** Called after a write of `record` committed and before the write returns. */
   written(record: ConnectionRecord): void;
+  /** The cache's counters since start; undefined for a reader without a cache. */
+  cacheStats(): CheckCacheStats | undefined;
+}
+
+export interface CheckCacheStats {
+  /** Checks answered from the cache. */
+  readonly hits: number;
+  /** Checks that read the database. */
+  readonly misses: number;
+  /** Connections that left the cache to make room. */
+  readonly evictions: number;
+  readonly entries: number;
 }
 
 /** Insertions and moves a key may lag behind the young end before a read moves it again. */
@@ -105,10 +117,15 @@ class ConnectionTable {
   #text: string[] = [];
   #allocated = 0;
   #tick = 0;
+  evictions = 0;
   readonly #settledAge: number;
 
   constructor(readonly capacity: number) {
     this.#settledAge = settledAge(capacity);
+  }
+
+  get size(): number {
+    return this.#slots.size;
   }
 
   /** The cached version, without counting as a use. */
@@ -159,6 +176,7 @@ class ConnectionTable {
       const oldest = this.#slots.entries().next().value as [string, number];
       this.#slots.delete(oldest[0]);
       slot = oldest[1];
+      this.evictions++;
     } else {
       slot = this.#slots.size;
       if (slot >= this.#allocated) this.#grow();
@@ -247,9 +265,21 @@ export class CachingCheckReader implements CheckReader {
     this.#entries = new ConnectionTable(capacity);
   }
 
+  #hits = 0;
+  #misses = 0;
+
   get(id: string): Promise<ConnectionRecord | undefined> {
     const cached = this.#entries.get(id);
-    return cached === undefined ? this.#fill(id) : Promise.resolve(cached);
+    if (cached === undefined) {
+      this.#misses++;
+      return this.#fill(id);
+    }
+    this.#hits++;
+    return Promise.resolve(cached);
+  }
+
+  cacheStats(): CheckCacheStats {
+    return { hits: this.#hits, misses: this.#misses, evictions: this.#entries.evictions, entries: this.#entries.size };
   }
 
   written(record: ConnectionRecord): void {
@@ -300,6 +330,10 @@ export class BatchingCheckReader implements CheckReader {
   }
 
   written(): void {}
+
+  cacheStats(): undefined {
+    return undefined;
+  }
 
   #flush(): void {
     this.#flushScheduled = false;

@@ -3,7 +3,13 @@
 // differences in the migrations (column types) and in how checks read (check-reader.ts).
 
 import { type CompiledQuery, type Kysely, sql } from "kysely";
-import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
+import {
+  BatchingCheckReader,
+  CachingCheckReader,
+  type CheckCacheStats,
+  type CheckReader,
+  LruMap,
+} from "./check-reader.js";
 import type { FeedListener } from "./feed-notifications.js";
 import type { StorePool } from "./pg-pool.js";
 import {
@@ -339,6 +345,10 @@ export class KyselyStore implements Store {
   getConnectionsForCheck(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]> {
     // Asked in one turn of the event loop, so the coalescing reader sends them as one query.
     return Promise.all(ids.map((id) => this.#checks.get(id)));
+  }
+
+  checkCacheStats(): CheckCacheStats | undefined {
+    return this.#checks.cacheStats();
   }
 
   poolStats(): PoolStats {

@@ -2,6 +2,9 @@
 // is in use; the Kysely implementation translates driver errors into the sentinels below.
 
 import type { EventType, State } from "../domain/connection.js";
+import type { CheckCacheStats } from "./check-reader.js";
+
+export type { CheckCacheStats };
 
 export interface OrganizationRecord {
   readonly id: string;
@@ -167,6 +170,9 @@ export interface Store {
 
   /** Connections open to the database, idle ones, and queries waiting for one. */
   poolStats(): PoolStats;
+
+  /** The CheckConnection cache's counters (SQLite); undefined where checks are not cached (PostgreSQL). */
+  checkCacheStats(): CheckCacheStats | undefined;
 
   /** Resolves when the database answers; throws UnavailableError when it does not. */
   ping(): Promise<void>;
