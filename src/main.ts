@@ -90,6 +90,8 @@ async function serve(): Promise<void> {
   lifecycle.started(service);
   // The callers file and TLS credentials are read again without a restart.
   process.on("SIGHUP", () => service.reload());
+  // An online backup of the SQLite file (which this process holds exclusively) into BACKUP_DIR.
+  process.on("SIGUSR2", () => void service.backup());
 }
 
 /** Start, serve, drain once, exit: whichever of a signal, a crash or a start-up failure comes first. */

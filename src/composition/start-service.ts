@@ -1,6 +1,8 @@
 // The composition root: configuration in, a running service out. Tests start it exactly as
 // main.ts does, on ephemeral ports.
 
+import { mkdir, stat } from "node:fs/promises";
+import { join } from "node:path";
 import type { Logger } from "pino";
 import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
 import { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
@@ -29,6 +31,8 @@ export interface RunningService {
   readonly adminPort: number | undefined;
   /** Reads the callers file and TLS credentials again (SIGHUP); a bad file keeps the previous one. */
   reload(): void;
+  /** SQLite: writes an online backup into BACKUP_DIR (SIGUSR2) and logs where, or why it failed. */
+  backup(): Promise<void>;
   /** Drains in-flight RPCs (up to the configured grace), then closes the database. */
   close(): Promise<void>;
 }
@@ -123,6 +127,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       port: running.port,
       adminPort: admin?.port,
       reload: () => reloader.reload("SIGHUP"),
+      backup: () => backUp(store, config.backupDir, logger),
       async close() {
         reloader.close();
         // Watch streams never finish by themselves: end them with UNAVAILABLE (and a cursor
@@ -145,6 +150,21 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     await openedStore.close();
     await tracing?.shutdown();
     throw error;
+  }
+}
+
+async function backUp(store: Store, directory: string | undefined, logger: Logger): Promise<void> {
+  if (directory === undefined) {
+    logger.error("backup refused: only an SQLite file is backed up this way (PostgreSQL: pg_dump, pg_basebackup)");
+    return;
+  }
+  const path = join(directory, `connections-${new Date().toISOString().replace(/[:.]/g, "-")}.db`);
+  try {
+    await mkdir(directory, { recursive: true });
+    await store.backup(path);
+    logger.info({ path, bytes: (await stat(path)).size }, "backup written");
+  } catch (error) {
+    logger.error({ err: error, path }, "backup failed");
   }
 }
 

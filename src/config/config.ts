@@ -1,6 +1,7 @@
 // Configuration from the environment, validated in one place so that a mistake stops the
 // service at start with every problem named, instead of surfacing later as odd behaviour.
 
+import { dirname, join } from "node:path";
 import { DEFAULT_CHECK_CACHE_ENTRIES } from "../store/check-reader.js";
 import { DEFAULT_SCHEMA_AHEAD_LIMIT } from "../store/schema-version.js";
 import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "../transport/limits.js";
@@ -21,6 +22,8 @@ export interface Config {
   readonly migrateOnStart: boolean;
   /** How many migrations unknown to this release the schema may be ahead by (a rolling deploy's window). */
   readonly schemaAheadLimit: number;
+  /** SQLite: where SIGUSR2 writes an online backup; undefined for PostgreSQL and in-memory SQLite. */
+  readonly backupDir: string | undefined;
   readonly callersFile: string | undefined;
   /** The OTEL_* variables when traces are to be exported; undefined means no tracing at all. */
   readonly tracing: Readonly<Record<string, string>> | undefined;
@@ -130,6 +133,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, { serving = tru
     databaseListenUrl: postgresUrl("DATABASE_LISTEN_URL"),
     migrateOnStart,
     schemaAheadLimit: integer("SCHEMA_AHEAD_LIMIT", DEFAULT_SCHEMA_AHEAD_LIMIT, 0, 1000),
+    backupDir: backupDir(env, databaseUrl, problems),
     callersFile,
     tracing,
     tls: certFile !== undefined && keyFile !== undefined ? { certFile, keyFile, clientCaFile } : undefined,
@@ -169,6 +173,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, { serving = tru
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** BACKUP_DIR, or `backups/` beside an SQLite file; PostgreSQL has its own tools. */
+function backupDir(env: NodeJS.ProcessEnv, databaseUrl: string, problems: string[]): string | undefined {
+  const sqlitePath = databaseUrl.startsWith("sqlite:") ? databaseUrl.slice("sqlite:".length) : undefined;
+  if (env.BACKUP_DIR) {
+    if (sqlitePath === undefined)
+      problems.push("BACKUP_DIR is for SQLite (back PostgreSQL up with pg_dump or pg_basebackup)");
+    return env.BACKUP_DIR;
+  }
+  return sqlitePath === undefined || sqlitePath === ":memory:" ? undefined : join(dirname(sqlitePath), "backups");
 }
 
 /** The OTEL_* variables, when they ask for traces (an OTLP endpoint, and the SDK not disabled). */

@@ -60,6 +60,8 @@ export interface KyselyStoreOptions {
   readonly feedListener?: FeedListener;
   /** PostgreSQL: each write transaction's statement_timeout. */
   readonly statementTimeoutMs?: number;
+  /** SQLite: copies the database to a file while it stays in use (better-sqlite3's online backup). */
+  readonly backup?: (destination: string) => Promise<unknown>;
 }
 
 /** SQLite has one connection and no pool; better-sqlite3 runs each statement synchronously. */
@@ -68,6 +70,7 @@ const SQLITE_POOL_STATS: PoolStats = { total: 1, idle: 1, waiting: 0, exhausted:
 export class KyselyStore implements Store {
   readonly #db: Kysely<Database>;
   readonly #dialect: SqlDialect;
+  readonly #backup: ((destination: string) => Promise<unknown>) | undefined;
   readonly #checks: CheckReader;
   readonly #pool: StorePool | undefined;
   readonly #transactions: Transactions;
@@ -83,6 +86,7 @@ export class KyselyStore implements Store {
   constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
     this.#db = db;
     this.#dialect = options.dialect;
+    this.#backup = options.backup;
     this.#pool = options.pool;
     this.#transactions = new Transactions(db, {
       pool: options.pool,
@@ -359,6 +363,13 @@ export class KyselyStore implements Store {
     // PostgreSQL: the pool's probe, which also decides whether calls fail at once.
     if (this.#pool !== undefined) return this.#pool.probe();
     await this.#transactions.read(() => sql`select 1`.execute(this.#db));
+  }
+
+  async backup(destination: string): Promise<void> {
+    if (this.#backup === undefined) {
+      throw new Error("PostgreSQL is backed up with its own tools (pg_dump, pg_basebackup); see docs/operations.md");
+    }
+    await this.#backup(destination);
   }
 
   async pendingMigrations(): Promise<readonly string[]> {

@@ -101,6 +101,7 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
     dialect: "sqlite",
     inTransaction: () => database.inTransaction,
     checkCacheEntries: options.checkCacheEntries,
+    backup: (destination) => database.backup(destination),
   });
 }
 

@@ -176,6 +176,11 @@ export interface Store {
 
   /** Resolves when the database answers; throws UnavailableError when it does not. */
   ping(): Promise<void>;
+  /**
+   * SQLite: an online backup, a consistent copy of the database written to `destination` while
+   * writes go on. PostgreSQL refuses: it is backed up with its own tools (pg_dump, pg_basebackup).
+   */
+  backup(destination: string): Promise<void>;
   /** The migrations this build ships that the database has not applied yet (none: the schema is current). */
   pendingMigrations(): Promise<readonly string[]>;
   close(): Promise<void>;
