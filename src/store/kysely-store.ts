@@ -58,8 +58,6 @@ export interface KyselyStoreOptions {
   readonly checkCacheEntries?: number;
   /** PostgreSQL: notifications of events committed by other processes; none when the feed only polls. */
   readonly feedListener?: FeedListener;
-  /** PostgreSQL: each write transaction's statement_timeout. */
-  readonly statementTimeoutMs?: number;
   /** SQLite: copies the database to a file while it stays in use (better-sqlite3's online backup). */
   readonly backup?: (destination: string) => Promise<unknown>;
 }
@@ -91,7 +89,6 @@ export class KyselyStore implements Store {
     this.#transactions = new Transactions(db, {
       pool: options.pool,
       inTransaction: options.inTransaction,
-      statementTimeoutMs: options.statementTimeoutMs,
       committed: () => {
         for (const listener of this.#feedAppended) listener();
       },

@@ -219,6 +219,7 @@ async function openPostgres(url: string, options: OpenStoreOptions): Promise<Sto
   );
   const storePool = new StorePool(pool, poolSize, {
     connection,
+    statementTimeoutMs,
     onReachability(reachable, cause) {
       if (reachable) options.logger?.info("PostgreSQL answers again: serving calls");
       else
@@ -234,7 +235,6 @@ async function openPostgres(url: string, options: OpenStoreOptions): Promise<Sto
     dialect: "postgres",
     poolSize,
     pool: storePool,
-    statementTimeoutMs,
     feedListener,
   });
 }

@@ -5,6 +5,9 @@
 //  - a transaction can run on one reserved connection whose running query is cancelled on the
 //    server (a CancelRequest, as psql's Ctrl-C) when the caller's signal aborts, so a call cut by
 //    its deadline, its client or shutdown stops holding locks and a pool slot, and never commits;
+//  - every transaction starts with its statement timeout (`begin; set local statement_timeout`,
+//    one round trip): a pooler in transaction mode (PgBouncer) keeps no session setting, and
+//    refuses it as a startup parameter;
 //  - a pool that is merely exhausted (every connection busy) is told apart from a database that
 //    does not answer;
 //  - once a probe finds the database unreachable (refused, or silent: frozen, partitioned), calls
@@ -47,7 +50,10 @@ class TrackedClient {
 
   async query(text: string, values: ReadonlyArray<unknown>): Promise<pg.QueryResult> {
     try {
-      return await this.client.query(text, values as unknown[]);
+      // Kysely opens every transaction with a plain `begin` (no parameters: the simple protocol,
+      // which takes two statements at once).
+      const sent = text === "begin" ? this.owner.transactionStart : text;
+      return await this.client.query(sent, values as unknown[]);
     } catch (error) {
       const { kind } = classifyError(error);
       if (kind === "connection_lost" || kind === "unavailable") this.broken = true;
@@ -75,6 +81,8 @@ class TrackedClient {
 export interface StorePoolOptions {
   /** How the probe connects (the pool's own settings). */
   readonly connection: pg.ClientConfig;
+  /** Each transaction's statement_timeout. */
+  readonly statementTimeoutMs: number;
   /** Told when a probe finds the database unreachable, and when it answers again. */
   readonly onReachability?: (reachable: boolean, cause?: unknown) => void;
 }
@@ -82,6 +90,8 @@ export interface StorePoolOptions {
 export class StorePool {
   /** What Kysely's PostgresDialect gets as its pool. */
   readonly forKysely: PostgresPool;
+  /** What is sent for Kysely's `begin`. */
+  readonly transactionStart: string;
   readonly #pool: pg.Pool;
   readonly #max: number;
   readonly #options: StorePoolOptions;
@@ -102,6 +112,7 @@ export class StorePool {
     this.#pool = pool;
     this.#max = max;
     this.#options = options;
+    this.transactionStart = `begin; set local statement_timeout = ${Math.trunc(options.statementTimeoutMs)}`;
     this.forKysely = {
       connect: () => this.#connect() as Promise<unknown> as Promise<PostgresPoolClient>,
       end: () => this.#end(),

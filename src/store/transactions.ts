@@ -3,7 +3,7 @@
 // cut short, and on SQLite never let a failed ROLLBACK hide the error that caused it.
 
 import { setTimeout as sleep } from "node:timers/promises";
-import { CompiledQuery, type Kysely, sql } from "kysely";
+import { type Kysely, sql } from "kysely";
 import { classifyError, translateError } from "./errors.js";
 import type { StorePool } from "./pg-pool.js";
 import type { Database } from "./schema.js";
@@ -15,8 +15,6 @@ export interface TransactionsOptions {
   readonly pool?: StorePool;
   /** SQLite: whether a transaction is open (SQLite rolls some back by itself, e.g. on a full disk). */
   readonly inTransaction?: () => boolean;
-  /** PostgreSQL: each write transaction's statement_timeout (SET LOCAL: a pooler keeps no session state). */
-  readonly statementTimeoutMs?: number;
   /** Called after every write commits. */
   readonly committed: () => void;
 }
@@ -26,14 +24,10 @@ export class Transactions {
   readonly #pool: StorePool | undefined;
   readonly #inTransaction: (() => boolean) | undefined;
   readonly #committed: () => void;
-  readonly #setStatementTimeout: CompiledQuery | undefined;
 
   constructor(db: Kysely<Database>, options: TransactionsOptions) {
     this.#db = db;
     this.#pool = options.pool;
-    const timeoutMs = options.statementTimeoutMs;
-    this.#setStatementTimeout =
-      timeoutMs === undefined ? undefined : CompiledQuery.raw(`set local statement_timeout = ${Math.trunc(timeoutMs)}`);
     this.#inTransaction = options.inTransaction;
     this.#committed = options.committed;
   }
@@ -70,12 +64,7 @@ export class Transactions {
         signal?.throwIfAborted();
         const result = await (this.#pool === undefined
           ? this.#sqliteTransaction(workThenCheck)
-          : this.#pool.reserve(signal, (db) =>
-              db.transaction().execute(async (trx) => {
-                if (this.#setStatementTimeout !== undefined) await trx.executeQuery(this.#setStatementTimeout);
-                return workThenCheck(trx);
-              }),
-            ));
+          : this.#pool.reserve(signal, (db) => db.transaction().execute(workThenCheck)));
         this.#committed();
         return result;
       } catch (error) {
