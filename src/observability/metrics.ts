@@ -154,6 +154,8 @@ export class Metrics implements RpcObserver, ReloadObserver {
   private readonly rpcs: RpcMetrics;
   private readonly reloadSuccess: Gauge<"source">;
   private readonly reloadFailures: Counter<"source">;
+  private readonly idempotencyReplays: Counter<"method">;
+  private readonly idempotencyPruned: Counter;
 
   constructor(database: DatabaseGauges | undefined) {
     collectDefaultMetrics({ register: this.registry });
@@ -178,6 +180,17 @@ export class Metrics implements RpcObserver, ReloadObserver {
     })
       .labels(packageVersion(), process.version)
       .set(1);
+    this.idempotencyReplays = new Counter({
+      name: "connections_idempotency_replays_total",
+      help: "Writes answered from the record of an earlier call with the same request_id (retries), by method.",
+      labelNames: ["method"],
+      registers: [this.registry],
+    });
+    this.idempotencyPruned = new Counter({
+      name: "connections_idempotency_records_pruned_total",
+      help: "Idempotency records deleted because they outlived IDEMPOTENCY_RETENTION.",
+      registers: [this.registry],
+    });
     if (database !== undefined) {
       const registry = this.registry;
       for (const [field, name, help] of [
@@ -249,6 +262,15 @@ export class Metrics implements RpcObserver, ReloadObserver {
   /** connections_watchers: the WatchConnectionEvents streams open on this replica. */
   countWatchers(count: () => number): void {
     scrapedGauge(this.registry, "connections_watchers", "WatchConnectionEvents streams open on this replica.", count);
+  }
+
+  /** A write answered by replaying its first call's answer. */
+  countIdempotencyReplay(method: string): void {
+    this.idempotencyReplays.labels(method).inc();
+  }
+
+  countIdempotencyPruned(count: number): void {
+    this.idempotencyPruned.inc(count);
   }
 
   /** `labels` come from the registered methods, or are "unknown": the label sets stay bounded. */

@@ -24,23 +24,25 @@ import {
   toDate,
   toEvent,
   toEventRow,
+  toIdempotencyRecord,
+  toIdempotencyRow,
   toPage,
   withParameters,
 } from "./rows.js";
 import type { Database, SqlDialect } from "./schema.js";
 import { readSchemaStatus } from "./schema-version.js";
-import {
-  AlreadyExistsError,
-  type ConnectionRecord,
-  type EventRecord,
-  type FeedEntry,
-  type FeedQuery,
-  type ListConnectionsQuery,
-  type ListEventsQuery,
-  type OrganizationRecord,
-  type Page,
-  type PoolStats,
-  type Store,
+import type {
+  ConnectionRecord,
+  EventRecord,
+  FeedEntry,
+  FeedQuery,
+  IdempotencyRecord,
+  ListConnectionsQuery,
+  ListEventsQuery,
+  OrganizationRecord,
+  Page,
+  PoolStats,
+  Store,
 } from "./store.js";
 import { Transactions } from "./transactions.js";
 
@@ -114,17 +116,22 @@ export class KyselyStore implements Store {
     }
   }
 
-  async createOrganization(organization: OrganizationRecord, signal?: AbortSignal): Promise<OrganizationRecord> {
-    await this.#transactions.write(signal, (trx) =>
-      trx
+  async createOrganization(
+    organization: OrganizationRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<OrganizationRecord> {
+    await this.#transactions.write(signal, async (trx) => {
+      await trx
         .insertInto("organizations")
         .values({
           id: organization.id,
           name: organization.name,
           create_time: organization.createTime.toISOString(),
         })
-        .execute(),
-    );
+        .execute();
+      await saveAnswer(trx, answer);
+    });
     this.#knownOrganizations.set(organization.id, true);
     return organization;
   }
@@ -152,15 +159,17 @@ export class KyselyStore implements Store {
     return true;
   }
 
-  async createConnection(connection: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<void> {
-    try {
-      await this.#transactions.write(signal, async (trx) => {
-        await trx.insertInto("connections").values(toConnectionRow(connection)).execute();
-        await trx.insertInto("connection_events").values(toEventRow(event)).execute();
-      });
-    } catch (error) {
-      throw await this.#requestIdFirst(error, connection);
-    }
+  async createConnection(
+    connection: ConnectionRecord,
+    event: EventRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<void> {
+    await this.#transactions.write(signal, async (trx) => {
+      await trx.insertInto("connections").values(toConnectionRow(connection)).execute();
+      await trx.insertInto("connection_events").values(toEventRow(event)).execute();
+      await saveAnswer(trx, answer);
+    });
     this.#checks.written(connection);
   }
 
@@ -172,31 +181,16 @@ export class KyselyStore implements Store {
     return row === undefined ? undefined : toConnection(row);
   }
 
-  findConnectionByPair(
+  async findConnectionByPair(
     sourceOrganizationId: string,
     destinationOrganizationId: string,
-  ): Promise<ConnectionRecord | undefined> {
-    return this.#findBySource(sourceOrganizationId, "destination_organization_id", destinationOrganizationId);
-  }
-
-  findConnectionByRequestId(sourceOrganizationId: string, requestId: string): Promise<ConnectionRecord | undefined> {
-    // "" is how a Connection made without a request id is stored, not a key.
-    if (requestId === "") return Promise.resolve(undefined);
-    return this.#findBySource(sourceOrganizationId, "create_request_id", requestId);
-  }
-
-  /** The source's Connection whose `column` is `value`: both lookups are unique per source. */
-  async #findBySource(
-    sourceOrganizationId: string,
-    column: "destination_organization_id" | "create_request_id",
-    value: string,
   ): Promise<ConnectionRecord | undefined> {
     const row = await this.#transactions.read(() =>
       this.#db
         .selectFrom("connections")
         .select(CONNECTION_COLUMNS)
         .where("source_organization_id", "=", sourceOrganizationId)
-        .where(column, "=", value)
+        .where("destination_organization_id", "=", destinationOrganizationId)
         .executeTakeFirst(),
     );
     return row === undefined ? undefined : toConnection(row);
@@ -241,7 +235,12 @@ export class KyselyStore implements Store {
     return toPage(rows, query.limit, toConnection, connectionCursor);
   }
 
-  async saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean> {
+  async saveTransition(
+    next: ConnectionRecord,
+    event: EventRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<boolean> {
     const saved = await this.#transactions.write(signal, async (trx) => {
       const result = await trx
         .updateTable("connections")
@@ -259,6 +258,7 @@ export class KyselyStore implements Store {
         .executeTakeFirst();
       if (result.numUpdatedRows === 0n) return false;
       await trx.insertInto("connection_events").values(toEventRow(event)).execute();
+      await saveAnswer(trx, answer);
       return true;
     });
     if (saved) this.#checks.written(next);
@@ -279,6 +279,45 @@ export class KyselyStore implements Store {
         .execute();
     });
     return toPage(rows, query.limit, toEvent, (row) => String(row.seq));
+  }
+
+  async findIdempotencyRecord(scope: string, requestId: string): Promise<IdempotencyRecord | undefined> {
+    const row = await this.#transactions.read(() =>
+      this.#db
+        .selectFrom("idempotency_records")
+        .selectAll()
+        .where("scope", "=", scope)
+        .where("request_id", "=", requestId)
+        .executeTakeFirst(),
+    );
+    return row === undefined ? undefined : toIdempotencyRecord(row);
+  }
+
+  async saveIdempotencyRecord(record: IdempotencyRecord, signal?: AbortSignal): Promise<void> {
+    await this.#transactions.write(signal, (trx) => saveAnswer(trx, record));
+  }
+
+  async pruneIdempotencyRecords(before: Date, limit: number): Promise<number> {
+    // One short statement per batch, by primary key, so that no write waits on a long delete.
+    const result = await this.#transactions.write(undefined, (trx) =>
+      trx
+        .deleteFrom("idempotency_records")
+        .where((eb) =>
+          eb(
+            eb.refTuple("scope", "request_id"),
+            "in",
+            eb
+              .selectFrom("idempotency_records")
+              .select(["scope", "request_id"])
+              .where("create_time", "<", before.toISOString())
+              .orderBy("create_time")
+              .limit(limit)
+              .$asTuple("scope", "request_id"),
+          ),
+        )
+        .executeTakeFirst(),
+    );
+    return Number(result.numDeletedRows);
   }
 
   async feedId(): Promise<string> {
@@ -378,17 +417,9 @@ export class KyselyStore implements Store {
     await this.#feedListener?.close();
     await this.#db.destroy();
   }
+}
 
-  /**
-   * A create that repeats both the pair and the request id is a retry: report the request id
-   * whichever unique index the database happened to check first (SQLite and PostgreSQL differ).
-   */
-  async #requestIdFirst(error: unknown, connection: ConnectionRecord): Promise<unknown> {
-    if (!(error instanceof AlreadyExistsError) || error.conflict !== "pair") return error;
-    const earlier = await this.findConnectionByRequestId(connection.sourceOrganizationId, connection.createRequestId);
-    if (earlier === undefined) return error;
-    const sentinel = new AlreadyExistsError("request_id");
-    sentinel.cause = error.cause;
-    return sentinel;
-  }
+/** Saves the answer of an idempotent write in the write's own transaction. */
+async function saveAnswer(trx: Kysely<Database>, answer: IdempotencyRecord | undefined): Promise<void> {
+  if (answer !== undefined) await trx.insertInto("idempotency_records").values(toIdempotencyRow(answer)).execute();
 }

@@ -17,7 +17,7 @@ import type { SqlDialect } from "./schema.js";
 export const CONSTRAINTS = {
   organizationId: "organizations_pkey",
   pair: "connections_pair_key",
-  requestId: "connections_request_id_key",
+  idempotencyKey: "idempotency_records_pkey",
 } as const;
 
 interface ColumnTypes {
@@ -78,7 +78,7 @@ function initial(dialect: SqlDialect): Migration {
         .addUniqueConstraint(CONSTRAINTS.pair, ["source_organization_id", "destination_organization_id"])
         .execute();
       await db.schema
-        .createIndex(CONSTRAINTS.requestId)
+        .createIndex("connections_request_id_key")
         .on("connections")
         .columns(["source_organization_id", "create_request_id"])
         .unique()
@@ -230,11 +230,46 @@ function feedPositions(dialect: SqlDialect): Migration {
   };
 }
 
+/**
+ * Every write is idempotent through its request_id: the first answer (the response message, or a
+ * final error) is kept per (scope, request_id), written in the same transaction as the write it
+ * answers, so that a crash can never leave a write without its answer or an answer without its
+ * write. It replaces the unique index on connections.create_request_id, which could only say that
+ * a create happened, not what it answered; the column itself stays (who created it, and what a
+ * replica of the previous version reads during a rolling deploy).
+ */
+function idempotencyRecords(dialect: SqlDialect): Migration {
+  const types = columnTypes(dialect);
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable("idempotency_records")
+        .addColumn("scope", "text", (col) => col.notNull())
+        .addColumn("request_id", "text", (col) => col.notNull())
+        .addColumn("method", "text", (col) => col.notNull())
+        .addColumn("fingerprint", "text", (col) => col.notNull())
+        .addColumn("response", "text")
+        .addColumn("error", "text")
+        .addColumn("create_time", types.timestamp, (col) => col.notNull())
+        .addPrimaryKeyConstraint(CONSTRAINTS.idempotencyKey, ["scope", "request_id"])
+        .execute();
+      // Pruning walks the oldest records first.
+      await db.schema
+        .createIndex("idempotency_records_create_time_idx")
+        .on("idempotency_records")
+        .column("create_time")
+        .execute();
+      await db.schema.dropIndex("connections_request_id_key").execute();
+    },
+  };
+}
+
 export function migrationProvider(dialect: SqlDialect): MigrationProvider {
   const migrations: Record<string, Migration> = {
     "0001_initial": initial(dialect),
     "0002_event_parties_and_scopes": eventPartiesAndScopes(),
     "0003_feed_positions": feedPositions(dialect),
+    "0004_idempotency": idempotencyRecords(dialect),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }

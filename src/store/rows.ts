@@ -4,8 +4,14 @@
 
 import type { CompiledQuery, Insertable, Selectable } from "kysely";
 import type { EventType, State } from "../domain/connection.js";
-import type { ConnectionEventsTable, ConnectionsTable } from "./schema.js";
-import { type ConnectionRecord, type EventRecord, InvalidCursorError, type Page } from "./store.js";
+import type { ConnectionEventsTable, ConnectionsTable, IdempotencyRecordsTable } from "./schema.js";
+import {
+  type ConnectionRecord,
+  type EventRecord,
+  type IdempotencyRecord,
+  InvalidCursorError,
+  type Page,
+} from "./store.js";
 
 export const CONNECTION_COLUMNS = [
   "seq",
@@ -157,5 +163,32 @@ export function toEvent(row: EventRow): EventRecord {
     destinationOrganizationId: row.destination_organization_id,
     scopes: JSON.parse(row.scopes) as string[],
     previousScopes: JSON.parse(row.previous_scopes) as string[],
+  };
+}
+
+export function toIdempotencyRow(record: IdempotencyRecord): Insertable<IdempotencyRecordsTable> {
+  const { outcome } = record;
+  return {
+    scope: record.scope,
+    request_id: record.requestId,
+    method: record.method,
+    fingerprint: record.fingerprint,
+    response: "response" in outcome ? Buffer.from(outcome.response).toString("base64") : null,
+    error: "error" in outcome ? JSON.stringify(outcome.error) : null,
+    create_time: record.createTime.toISOString(),
+  };
+}
+
+export function toIdempotencyRecord(row: Selectable<IdempotencyRecordsTable>): IdempotencyRecord {
+  return {
+    scope: row.scope,
+    requestId: row.request_id,
+    method: row.method,
+    fingerprint: row.fingerprint,
+    outcome:
+      row.response !== null
+        ? { response: new Uint8Array(Buffer.from(row.response, "base64")) }
+        : { error: JSON.parse(row.error ?? "{}") },
+    createTime: toDate(row.create_time),
   };
 }

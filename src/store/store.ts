@@ -26,7 +26,7 @@ export interface ConnectionRecord {
   readonly deactivateTime: Date | undefined;
   /** The x-actor of the creating request, or "". */
   readonly creator: string;
-  /** The CreateConnection request_id that made it, or "" (idempotency key, per source). */
+  /** The CreateConnection request_id that made it, or "" (kept for the record; replays use IdempotencyRecord). */
   readonly createRequestId: string;
   /** Starts at 1 and grows by one with every transition: the etag and the optimistic lock. */
   readonly version: number;
@@ -52,6 +52,33 @@ export interface EventRecord {
   readonly requestId: string;
   readonly createTime: Date;
 }
+
+/**
+ * The first answer to an idempotent write, kept per (scope, requestId) and replayed to its
+ * retries. Saved in the same transaction as the write it answers.
+ */
+export interface IdempotencyRecord {
+  /** Whose key it is: "organization:<id>" for Connection writes, "caller:<name>" for provisioning. */
+  readonly scope: string;
+  readonly requestId: string;
+  /** The RPC's name: the same key with another RPC is a misuse. */
+  readonly method: string;
+  /** A digest of the request's parameters: the same key with other parameters is a misuse. */
+  readonly fingerprint: string;
+  readonly outcome: IdempotentOutcome;
+  readonly createTime: Date;
+}
+
+/** The response message as it was sent (protobuf binary), or the final error. */
+export type IdempotentOutcome =
+  | { readonly response: Uint8Array }
+  | {
+      readonly error: {
+        readonly reason: string;
+        readonly message: string;
+        readonly metadata: Readonly<Record<string, string>>;
+      };
+    };
 
 export type Direction = "BOTH" | "OUTBOUND" | "INBOUND";
 
@@ -115,24 +142,33 @@ export interface Store {
   /**
    * Throws AlreadyExistsError when the id is taken. Every write takes the call's signal: once it
    * aborts, a transaction that has not committed rolls back and the write rejects with its reason.
+   * Every write also takes the IdempotencyRecord that answers it, if any, and saves it in the same
+   * transaction (AlreadyExistsError `conflict: "request_id"` when its key is taken: nothing is written).
    */
-  createOrganization(organization: OrganizationRecord, signal?: AbortSignal): Promise<OrganizationRecord>;
+  createOrganization(
+    organization: OrganizationRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<OrganizationRecord>;
   getOrganization(id: string): Promise<OrganizationRecord | undefined>;
   /** Organizations are never deleted, so a positive answer may be remembered. */
   organizationExists(id: string): Promise<boolean>;
 
   /**
    * Inserts a Connection and its CREATED event in one transaction. Throws AlreadyExistsError
-   * (with `conflict: "pair"` or `conflict: "request_id"`) when the ordered pair already has a
-   * Connection or the source already used the request id.
+   * (`conflict: "pair"`) when the ordered pair already has a Connection.
    */
-  createConnection(connection: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<void>;
+  createConnection(
+    connection: ConnectionRecord,
+    event: EventRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<void>;
   getConnection(id: string): Promise<ConnectionRecord | undefined>;
   findConnectionByPair(
     sourceOrganizationId: string,
     destinationOrganizationId: string,
   ): Promise<ConnectionRecord | undefined>;
-  findConnectionByRequestId(sourceOrganizationId: string, requestId: string): Promise<ConnectionRecord | undefined>;
   listConnections(query: ListConnectionsQuery): Promise<Page<ConnectionRecord>>;
 
   /**
@@ -140,7 +176,12 @@ export interface Store {
    * transaction: every transition and every update. Returns false, changing nothing, when the
    * stored version is no longer `next.version - 1` (someone else won).
    */
-  saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean>;
+  saveTransition(
+    next: ConnectionRecord,
+    event: EventRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<boolean>;
   listEvents(query: ListEventsQuery): Promise<Page<EventRecord>>;
 
   /**
@@ -153,6 +194,13 @@ export interface Store {
    * on PostgreSQL. Answers in the order of `ids`, undefined where there is no such Connection.
    */
   getConnectionsForCheck(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]>;
+
+  /** The answer recorded for a key, if any. */
+  findIdempotencyRecord(scope: string, requestId: string): Promise<IdempotencyRecord | undefined>;
+  /** Saves an answer that no other write carries (a final error, an update that changed nothing). */
+  saveIdempotencyRecord(record: IdempotencyRecord, signal?: AbortSignal): Promise<void>;
+  /** Deletes at most `limit` of the records made before `before`, oldest first; returns how many. */
+  pruneIdempotencyRecords(before: Date, limit: number): Promise<number>;
 
   /** The random identity of this database's change feed (fixed by its migration; read once). */
   feedId(): Promise<string>;
@@ -186,7 +234,7 @@ export interface Store {
   close(): Promise<void>;
 }
 
-/** A unique constraint was violated. */
+/** A unique constraint was violated: an organization id, a pair, or an idempotency key ("request_id"). */
 export class AlreadyExistsError extends Error {
   constructor(readonly conflict: "organization" | "pair" | "request_id") {
     super(`already exists: ${conflict}`);
