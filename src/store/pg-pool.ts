@@ -177,10 +177,13 @@ export class StorePool {
     let timer: NodeJS.Timeout | undefined;
     try {
       if (client === undefined) {
+        if (this.#closed) throw new UnavailableError();
         client = new pg.Client({ ...this.#options.connection, connectionTimeoutMillis: PROBE_TIMEOUT_MS });
         client.on("error", () => {});
         this.#probeClient = client;
         await client.connect();
+        // Closed while connecting: this connection must not outlive the pool.
+        if (this.#closed) throw new UnavailableError();
       }
       const silent = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error("Query read timeout (probe)")), PROBE_TIMEOUT_MS);
