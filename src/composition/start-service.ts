@@ -1,6 +1,8 @@
 // The composition root: configuration in, a running service out. Tests start it exactly as
 // main.ts does, on ephemeral ports.
 
+import { mkdir, stat } from "node:fs/promises";
+import { join } from "node:path";
 import type { Logger } from "pino";
 import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
 import { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
@@ -19,6 +21,7 @@ import { ConfigReloader } from "../config/reload.js";
 import { Metrics, startAdminServer } from "../observability/metrics.js";
 import type { Tracing } from "../observability/tracing.js";
 import { openStore } from "../store/open.js";
+import type { Store } from "../store/store.js";
 import { type RunningServer, serve } from "../transport/server.js";
 import { readTlsCredentials } from "../transport/tls.js";
 
@@ -32,6 +35,8 @@ export interface RunningService {
   readonly adminPort: number | undefined;
   /** Reads the callers file and TLS credentials again (SIGHUP); a bad file keeps the previous one. */
   reload(): void;
+  /** SQLite: writes an online backup into BACKUP_DIR (SIGUSR2) and logs where, or why it failed. */
+  backup(): Promise<void>;
   /** Drains in-flight RPCs (up to the configured grace), then closes the database. */
   close(): Promise<void>;
 }
@@ -60,6 +65,10 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     poolSize: config.databasePoolSize,
     statementTimeoutMs: config.databaseStatementTimeoutMs,
     checkCacheEntries: config.checkCacheEntries,
+    migrate: config.migrateOnStart,
+    schemaAheadLimit: config.schemaAheadLimit,
+    migrationUrl: config.databaseMigrationUrl,
+    listenUrl: config.databaseListenUrl,
     logger,
   });
   let tracing: Tracing | undefined;
@@ -70,6 +79,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       tracing = (await import("../observability/tracing.js")).Tracing.start(config.tracing, logger);
     const dbSystem = config.databaseUrl.startsWith("sqlite:") ? "sqlite" : "postgresql";
     const store = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
+    const schema = await SchemaGate.start(store, logger);
     const organizations = new Organizations(store);
     const metrics = new Metrics(store);
     const pipeline = new RpcPipeline({
@@ -90,6 +100,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
     );
     metrics.countWatchers(() => feed.watcherCount);
+    metrics.observeFeed(feed);
     const idempotency = new Idempotency(store);
     const writes = new IdempotentWrites(idempotency, (method) => metrics.countIdempotencyReplay(method));
     pipeline.register(ConnectionService, {
@@ -114,7 +125,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       limits: config.limits,
       readiness: () =>
         store.ping().then(
-          () => true,
+          () => schema.current(),
           () => false,
         ),
     });
@@ -129,6 +140,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       port: running.port,
       adminPort: admin?.port,
       reload: () => reloader.reload("SIGHUP"),
+      backup: () => backUp(store, config.backupDir, logger),
       async close() {
         reloader.close();
         // Watch streams never finish by themselves: end them with UNAVAILABLE (and a cursor
@@ -153,6 +165,53 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     await openedStore.close();
     await tracing?.shutdown();
     throw error;
+  }
+}
+
+async function backUp(store: Store, directory: string | undefined, logger: Logger): Promise<void> {
+  if (directory === undefined) {
+    logger.error("backup refused: only an SQLite file is backed up this way (PostgreSQL: pg_dump, pg_basebackup)");
+    return;
+  }
+  const path = join(directory, `connections-${new Date().toISOString().replace(/[:.]/g, "-")}.db`);
+  try {
+    await mkdir(directory, { recursive: true });
+    await store.backup(path);
+    logger.info({ path, bytes: (await stat(path)).size }, "backup written");
+  } catch (error) {
+    logger.error({ err: error, path }, "backup failed");
+  }
+}
+
+/**
+ * Serving needs every migration this build ships. One that is missing (MIGRATE_ON_START=false and
+ * the `migrate` step has not run yet) keeps the replica NOT_SERVING, says so, and is looked for
+ * again on every readiness poll until the step has run.
+ */
+class SchemaGate {
+  private constructor(
+    private readonly store: Store,
+    private readonly logger: Logger,
+    private pending: readonly string[],
+  ) {}
+
+  static async start(store: Store, logger: Logger): Promise<SchemaGate> {
+    const gate = new SchemaGate(store, logger, await store.pendingMigrations());
+    if (gate.pending.length > 0) {
+      logger.warn(
+        { pendingMigrations: gate.pending },
+        "the database schema is behind this release: NOT_SERVING until you run migrate " +
+          "(node dist/src/main.js migrate, or npm run migrate)",
+      );
+    }
+    return gate;
+  }
+
+  async current(): Promise<boolean> {
+    if (this.pending.length === 0) return true;
+    this.pending = await this.store.pendingMigrations().catch(() => this.pending);
+    if (this.pending.length === 0) this.logger.info("the database schema is now at this release's migrations");
+    return this.pending.length === 0;
   }
 }
 

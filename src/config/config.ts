@@ -1,7 +1,9 @@
 // Configuration from the environment, validated in one place so that a mistake stops the
 // service at start with every problem named, instead of surfacing later as odd behaviour.
 
+import { dirname, join } from "node:path";
 import { DEFAULT_CHECK_CACHE_ENTRIES } from "../store/check-reader.js";
+import { DEFAULT_SCHEMA_AHEAD_LIMIT } from "../store/schema-version.js";
 import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "../transport/limits.js";
 
 export interface Config {
@@ -12,6 +14,16 @@ export interface Config {
   readonly databaseUrl: string;
   readonly databasePoolSize: number;
   readonly databaseStatementTimeoutMs: number;
+  /** PostgreSQL: where migrations run (e.g. straight to PostgreSQL when DATABASE_URL is PgBouncer). */
+  readonly databaseMigrationUrl: string | undefined;
+  /** PostgreSQL: a session connection for LISTEN (the change feed's wake-ups). */
+  readonly databaseListenUrl: string | undefined;
+  /** Whether starting to serve applies pending migrations (else they are a separate `migrate` step). */
+  readonly migrateOnStart: boolean;
+  /** How many migrations unknown to this release the schema may be ahead by (a rolling deploy's window). */
+  readonly schemaAheadLimit: number;
+  /** SQLite: where SIGUSR2 writes an online backup; undefined for PostgreSQL and in-memory SQLite. */
+  readonly backupDir: string | undefined;
   readonly callersFile: string | undefined;
   /** The OTEL_* variables when traces are to be exported; undefined means no tracing at all. */
   readonly tracing: Readonly<Record<string, string>> | undefined;
@@ -52,7 +64,11 @@ export class ConfigError extends Error {
   }
 }
 
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+/**
+ * `serving: false` is for the subcommands (migrate) that only touch the database: they need no
+ * callers file, even in production.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, { serving = true } = {}): Config {
   const problems: string[] = [];
 
   const integer = (name: string, fallback: number, min: number, max: number): number => {
@@ -70,11 +86,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!/^(sqlite:.+|postgres(ql)?:\/\/.+)$/.test(databaseUrl)) {
     problems.push("DATABASE_URL: expected sqlite:<path>, sqlite::memory: or postgres://...");
   }
+  const postgresUrl = (name: string): string | undefined => {
+    const url = env[name] || undefined;
+    if (url !== undefined && !/^postgres(ql)?:\/\/.+$/.test(url)) problems.push(`${name}: expected postgres://...`);
+    if (url !== undefined && databaseUrl.startsWith("sqlite:")) problems.push(`${name} is for PostgreSQL only`);
+    return url;
+  };
   const logLevel = env.LOG_LEVEL || "info";
   if (!LOG_LEVELS.includes(logLevel)) problems.push(`LOG_LEVEL=${logLevel}: expected one of ${LOG_LEVELS.join(", ")}`);
   const production = env.NODE_ENV === "production";
   const callersFile = env.CALLERS_FILE || undefined;
-  if (production && callersFile === undefined) {
+  if (serving && production && callersFile === undefined) {
     problems.push("CALLERS_FILE is required when NODE_ENV=production (dev tokens are refused there)");
   }
 
@@ -87,6 +109,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (clientCaFile !== undefined && certFile === undefined) {
     problems.push("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE (mTLS is TLS with client certificates)");
   }
+
+  const migrateOnStartRaw = env.MIGRATE_ON_START || undefined;
+  if (migrateOnStartRaw !== undefined && !["true", "false"].includes(migrateOnStartRaw)) {
+    problems.push(`MIGRATE_ON_START=${migrateOnStartRaw}: expected true or false`);
+  }
+  // SQLite has one process per file and dev has one replica: migrating on start is safe there.
+  const migrateOnStart =
+    migrateOnStartRaw === undefined ? databaseUrl.startsWith("sqlite:") || !production : migrateOnStartRaw === "true";
 
   const tracing = tracingEnv(env);
   const otlpEndpoint = tracing?.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || tracing?.OTEL_EXPORTER_OTLP_ENDPOINT;
@@ -101,6 +131,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl,
     databasePoolSize: integer("DATABASE_POOL_SIZE", 10, 1, 1000),
     databaseStatementTimeoutMs: integer("DATABASE_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
+    databaseMigrationUrl: postgresUrl("DATABASE_MIGRATION_URL"),
+    databaseListenUrl: postgresUrl("DATABASE_LISTEN_URL"),
+    migrateOnStart,
+    schemaAheadLimit: integer("SCHEMA_AHEAD_LIMIT", DEFAULT_SCHEMA_AHEAD_LIMIT, 0, 1000),
+    backupDir: backupDir(env, databaseUrl, problems),
     callersFile,
     tracing,
     tls: certFile !== undefined && keyFile !== undefined ? { certFile, keyFile, clientCaFile } : undefined,
@@ -141,6 +176,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** BACKUP_DIR, or `backups/` beside an SQLite file; PostgreSQL has its own tools. */
+function backupDir(env: NodeJS.ProcessEnv, databaseUrl: string, problems: string[]): string | undefined {
+  const sqlitePath = databaseUrl.startsWith("sqlite:") ? databaseUrl.slice("sqlite:".length) : undefined;
+  if (env.BACKUP_DIR) {
+    if (sqlitePath === undefined)
+      problems.push("BACKUP_DIR is for SQLite (back PostgreSQL up with pg_dump or pg_basebackup)");
+    return env.BACKUP_DIR;
+  }
+  return sqlitePath === undefined || sqlitePath === ":memory:" ? undefined : join(dirname(sqlitePath), "backups");
 }
 
 const HOUR_MS = 3_600_000;

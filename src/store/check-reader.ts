@@ -24,6 +24,18 @@ export interface CheckReader {
   getMany(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]>;
   /** Called after a write of `record` committed and before the write returns. */
   written(record: ConnectionRecord): void;
+  /** The cache's counters since start; undefined for a reader without a cache. */
+  cacheStats(): CheckCacheStats | undefined;
+}
+
+export interface CheckCacheStats {
+  /** Checks answered from the cache. */
+  readonly hits: number;
+  /** Checks that read the database. */
+  readonly misses: number;
+  /** Connections that left the cache to make room. */
+  readonly evictions: number;
+  readonly entries: number;
 }
 
 const NONE = -1;
@@ -181,9 +193,15 @@ class ConnectionTable {
   #times = new Float64Array(0);
   /** name NUL creator NUL createRequestId, or a JSON array when one of them holds a NUL. */
   #text: string[] = [];
+  /** Connections that left the table to make room for others, since start. */
+  evictions = 0;
 
   constructor(readonly capacity: number) {
     this.#slots = new SlotList(capacity);
+  }
+
+  get size(): number {
+    return this.#slots.size;
   }
 
   /** The cached version, without counting as a use. */
@@ -227,7 +245,9 @@ class ConnectionTable {
   #set(record: ConnectionRecord): void {
     // Organizations are interned; past twice the capacity most of them belong to evicted entries.
     if (this.#organizations.length > 2 * this.capacity + 2) this.#clear();
+    const evicting = this.#slots.size >= this.#slots.capacity && this.#slots.peek(record.id) === undefined;
     const slot = this.#slots.claim(record.id);
+    if (evicting) this.evictions++;
     if (slot >= this.#version.length) this.#grow();
     this.#source[slot] = this.#organization(record.sourceOrganizationId);
     this.#destination[slot] = this.#organization(record.destinationOrganizationId);
@@ -315,9 +335,16 @@ export class CachingCheckReader implements CheckReader {
     this.#entries = new ConnectionTable(capacity);
   }
 
+  #hits = 0;
+  #misses = 0;
+
   get(id: string): Promise<ConnectionRecord | undefined> {
     const cached = this.#entries.get(id);
-    if (cached !== undefined) return Promise.resolve(cached);
+    if (cached !== undefined) {
+      this.#hits++;
+      return Promise.resolve(cached);
+    }
+    this.#misses++;
     return this.#read(() => this.#fillOne(id));
   }
 
@@ -330,6 +357,8 @@ export class CachingCheckReader implements CheckReader {
       if (cached === undefined) missing.add(id);
       else answers[index] = cached;
     }
+    this.#hits += ids.length - missing.size;
+    this.#misses += missing.size;
     if (missing.size === 0) return Promise.resolve(answers);
     const fill = () => {
       const read = new Map<string, ConnectionRecord>();
@@ -343,6 +372,10 @@ export class CachingCheckReader implements CheckReader {
       return answers;
     };
     return this.#read(fill);
+  }
+
+  cacheStats(): CheckCacheStats {
+    return { hits: this.#hits, misses: this.#misses, evictions: this.#entries.evictions, entries: this.#entries.size };
   }
 
   written(record: ConnectionRecord): void {
@@ -401,6 +434,10 @@ export class BatchingCheckReader implements CheckReader {
   }
 
   written(): void {}
+
+  cacheStats(): undefined {
+    return undefined;
+  }
 
   #flush(): void {
     this.#flushScheduled = false;

@@ -4,7 +4,13 @@
 
 import type SqliteDatabase from "better-sqlite3";
 import { type CompiledQuery, type Insertable, type Kysely, type RawBuilder, sql } from "kysely";
-import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
+import {
+  BatchingCheckReader,
+  CachingCheckReader,
+  type CheckCacheStats,
+  type CheckReader,
+  LruMap,
+} from "./check-reader.js";
 import type { FeedListener } from "./feed-notifications.js";
 import { FEED_HORIZON } from "./migrations.js";
 import type { StorePool } from "./pg-pool.js";
@@ -29,6 +35,7 @@ import {
   withParameters,
 } from "./rows.js";
 import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
+import { readSchemaStatus } from "./schema-version.js";
 import { SqliteCheckSource } from "./sqlite-check-source.js";
 import {
   type ConnectionRecord,
@@ -94,8 +101,10 @@ export interface KyselyStoreOptions {
   readonly sqlite?: SqliteDatabase.Database;
   /** SQLite: how many Connections the check cache holds (least recently used go first). */
   readonly checkCacheEntries?: number;
-  /** PostgreSQL: notifications of events committed by other processes. */
+  /** PostgreSQL: notifications of events committed by other processes; none when the feed only polls. */
   readonly feedListener?: FeedListener;
+  /** SQLite: copies the database to a file while it stays in use (better-sqlite3's online backup). */
+  readonly backup?: (destination: string) => Promise<unknown>;
 }
 
 /** SQLite has one connection and no pool; better-sqlite3 runs each statement synchronously. */
@@ -103,6 +112,8 @@ const SQLITE_POOL_STATS: PoolStats = { total: 1, idle: 1, waiting: 0, exhausted:
 
 export class KyselyStore implements Store {
   readonly #db: Kysely<Database>;
+  readonly #dialect: SqlDialect;
+  readonly #backup: ((destination: string) => Promise<unknown>) | undefined;
   readonly #checks: CheckReader;
   readonly #pool: StorePool | undefined;
   readonly #transactions: Transactions;
@@ -116,7 +127,6 @@ export class KyselyStore implements Store {
   readonly #updateConnection: (values: Readonly<Record<(typeof TRANSITION_COLUMNS)[number], unknown>>) => CompiledQuery;
   readonly #connectionByPair: (values: { source: string; destination: string }) => CompiledQuery<ConnectionRow>;
   readonly #feedListener: FeedListener | undefined;
-  readonly #dialect: SqlDialect;
   /** Told after every write of this process commits: it may have appended events. */
   readonly #feedAppended = new Set<() => void>();
   #feedId: string | undefined;
@@ -124,6 +134,7 @@ export class KyselyStore implements Store {
   constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
     this.#db = db;
     this.#dialect = options.dialect;
+    this.#backup = options.backup;
     this.#pool = options.pool;
     this.#transactions = new Transactions(db, {
       pool: options.pool,
@@ -484,12 +495,30 @@ export class KyselyStore implements Store {
     return this.#checks.getMany(ids);
   }
 
+  checkCacheStats(): CheckCacheStats | undefined {
+    return this.#checks.cacheStats();
+  }
+
   poolStats(): PoolStats {
     return this.#pool?.stats() ?? SQLITE_POOL_STATS;
   }
 
   async ping(): Promise<void> {
+    // PostgreSQL: the pool's probe, which also decides whether calls fail at once.
+    if (this.#pool !== undefined) return this.#pool.probe();
     await this.#transactions.read(() => sql`select 1`.execute(this.#db));
+  }
+
+  async backup(destination: string): Promise<void> {
+    if (this.#backup === undefined) {
+      throw new Error("PostgreSQL is backed up with its own tools (pg_dump, pg_basebackup); see docs/operations.md");
+    }
+    await this.#backup(destination);
+  }
+
+  async pendingMigrations(): Promise<readonly string[]> {
+    const status = await this.#transactions.read(() => readSchemaStatus(this.#db as Kysely<unknown>, this.#dialect));
+    return status.pending;
   }
 
   async close(): Promise<void> {

@@ -25,6 +25,7 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import type { RpcPipeline } from "../api/rpc.js";
 import { ConnectEdge } from "./connect-edge.js";
 import { ABANDON_REQUEST, CONNECTION_AGING, routePipeline } from "./connect-routes.js";
+import { closeGracefully } from "./goaway.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";
 import { HealthController, routeHealth } from "./health.js";
 import { DEFAULT_TRANSPORT_LIMITS, ReadDeadlines, type TransportLimits } from "./limits.js";
@@ -276,7 +277,7 @@ class MultiProtocolServer implements RunningServer {
     }, limits.http2KeepaliveIntervalMs).unref();
     const idle = setInterval(
       () => {
-        if (open() && Date.now() - clock.lastStreamAt >= limits.http2IdleTimeoutMs) session.close();
+        if (open() && Date.now() - clock.lastStreamAt >= limits.http2IdleTimeoutMs) closeGracefully(session);
       },
       Math.max(10, Math.min(limits.http2IdleTimeoutMs / 4, 1_000)),
     ).unref();
@@ -285,7 +286,7 @@ class MultiProtocolServer implements RunningServer {
       () => {
         if (!open()) return;
         clock.aging.abort();
-        session.close();
+        closeGracefully(session);
         grace = setTimeout(() => session.destroy(), limits.maxConnectionAgeGraceMs).unref();
       },
       limits.maxConnectionAgeMs * (0.9 + Math.random() * 0.2),
@@ -329,8 +330,9 @@ class MultiProtocolServer implements RunningServer {
     this.draining = true;
     const allClosed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const socket of this.undecidedSockets) socket.destroy();
-    // GOAWAY: streams already started run to completion, new ones are refused.
-    for (const session of this.http2Sessions) session.close();
+    // GOAWAY (in two steps, so that none already on the wire is refused): streams already started
+    // run to completion, new ones are refused.
+    for (const session of this.http2Sessions) closeGracefully(session);
     this.http1Server.closeIdleConnections();
     const sweep = setInterval(() => this.http1Server.closeIdleConnections(), IDLE_SWEEP_INTERVAL_MS);
     try {
