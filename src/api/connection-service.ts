@@ -15,7 +15,7 @@ import type { Actor, CheckRequest, CheckResult, Connections } from "../app/conne
 import { invalidArgument } from "../app/errors.js";
 import type { Transition } from "../domain/connection.js";
 import { connectionToProto, eventToProto, stateToProto } from "./convert.js";
-import type { Call, ServiceHandlers } from "./rpc.js";
+import type { Call, ServiceHandlers } from "./rpc/types.js";
 import * as validate from "./validate.js";
 
 /** The change feed's handler lives in feed-service.ts. */

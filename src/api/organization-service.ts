@@ -3,7 +3,7 @@
 import type { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
 import type { Organizations } from "../app/organizations.js";
 import { organizationToProto } from "./convert.js";
-import type { ServiceHandlers } from "./rpc.js";
+import type { ServiceHandlers } from "./rpc/types.js";
 import * as validate from "./validate.js";
 
 export function organizationServiceHandlers(

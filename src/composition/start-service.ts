@@ -8,7 +8,7 @@ import { CallerAuthenticator, CallerTable } from "../api/callers.js";
 import { connectionServiceHandlers } from "../api/connection-service.js";
 import { watchConnectionEventsHandler } from "../api/feed-service.js";
 import { organizationServiceHandlers } from "../api/organization-service.js";
-import { RpcPipeline } from "../api/rpc.js";
+import { RpcPipeline } from "../api/rpc/pipeline.js";
 import { Connections } from "../app/connections.js";
 import { Feed } from "../app/feed.js";
 import { Organizations } from "../app/organizations.js";

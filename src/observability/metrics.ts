@@ -4,8 +4,8 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
-import type { RpcLabels, RpcObserver } from "../api/rpc.js";
-import { codeName } from "../api/rpc.js";
+import { codeName } from "../api/rpc/pipeline.js";
+import type { RpcLabels, RpcObserver } from "../api/rpc/types.js";
 import type { ReloadObserver } from "../config/reload.js";
 
 export interface DatabaseGauges {

@@ -26,7 +26,7 @@ import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol
 import { compressionGzip, universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import type { Logger } from "pino";
 import { requestIdFor } from "../api/request-id.js";
-import type { RpcPipeline } from "../api/rpc.js";
+import type { RpcPipeline } from "../api/rpc/pipeline.js";
 import type { RpcStatus } from "../api/status.js";
 import type { ReadDeadlines, TransportLimits } from "./limits.js";
 import {

@@ -6,7 +6,8 @@
 
 import type { DescMethodServerStreaming, DescMethodUnary } from "@bufbuild/protobuf";
 import { type ConnectRouter, createContextKey, type HandlerContext } from "@connectrpc/connect";
-import { type RequestMeta, type RpcPipeline, RpcStreamError } from "../api/rpc.js";
+import { type RpcPipeline, RpcStreamError } from "../api/rpc/pipeline.js";
+import type { RequestMeta } from "../api/rpc/types.js";
 import { REQUEST_DEADLINE } from "./connect-edge.js";
 import { toConnectError } from "./refusals.js";
 import { PEER_SPIFFE_ID_KEY } from "./tls.js";

@@ -22,7 +22,7 @@ import { createContextValues } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
-import type { RpcPipeline } from "../api/rpc.js";
+import type { RpcPipeline } from "../api/rpc/pipeline.js";
 import { ConnectEdge } from "./connect-edge.js";
 import { ABANDON_REQUEST, CONNECTION_AGING, routePipeline } from "./connect-routes.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";

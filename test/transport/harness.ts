@@ -31,7 +31,8 @@ import { OrganizationService } from "../../gen/connections/v1/organization_servi
 import { type ErrorInfo, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { CallerAuthenticator } from "../../src/api/callers.js";
-import { type RpcLabels, RpcPipeline } from "../../src/api/rpc.js";
+import { RpcPipeline } from "../../src/api/rpc/pipeline.js";
+import type { RpcLabels } from "../../src/api/rpc/types.js";
 import { ServiceError } from "../../src/app/errors.js";
 import type { Organizations } from "../../src/app/organizations.js";
 import type { TransportLimits } from "../../src/transport/limits.js";
