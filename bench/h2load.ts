@@ -20,6 +20,8 @@ export interface H2loadOptions {
   readonly seconds: number;
   /** Where h2load writes one line per request (start us, HTTP status, duration us). */
   readonly logPath: string;
+  /** The RPC's path; CheckConnection when left out. */
+  readonly path?: string;
 }
 
 export interface H2loadResult {
@@ -75,7 +77,7 @@ export async function runH2load(binary: string, options: H2loadOptions): Promise
     "-Hcontent-type: application/grpc",
     "-Hte: trailers",
     ...Object.entries(options.headers).map(([name, value]) => `-H${name}: ${value}`),
-    `${options.url}/connections.v1.ConnectionService/CheckConnection`,
+    `${options.url}${options.path ?? "/connections.v1.ConnectionService/CheckConnection"}`,
   ];
   const output = await new Promise<string>((resolve, reject) => {
     const child = spawn(binary, args, { stdio: ["ignore", "pipe", "pipe"] });

@@ -8,6 +8,8 @@ import { CallerAuthenticator, CallerTable } from "../api/callers.js";
 import { connectionServiceHandlers } from "../api/connection-service.js";
 import { watchConnectionEventsHandler } from "../api/feed-service.js";
 import { organizationServiceHandlers } from "../api/organization-service.js";
+import { AdmissionController } from "../api/rpc/admission.js";
+import { adaptToEventLoopDelay } from "../api/rpc/admission-clock.js";
 import { RpcPipeline } from "../api/rpc/pipeline.js";
 import { Connections } from "../app/connections.js";
 import { Feed } from "../app/feed.js";
@@ -59,6 +61,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     logger,
   });
   let tracing: Tracing | undefined;
+  let stopAdmission: (() => void) | undefined;
   try {
     // Loaded only when asked for: without an OTLP endpoint no OpenTelemetry code is even imported.
     if (config.tracing !== undefined)
@@ -67,6 +70,11 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     const store = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
     const organizations = new Organizations(store);
     const metrics = new Metrics(store);
+    const admission = config.admission === undefined ? undefined : new AdmissionController(config.admission);
+    if (admission !== undefined) {
+      metrics.watchAdmission(admission);
+      stopAdmission = adaptToEventLoopDelay(admission);
+    }
     const pipeline = new RpcPipeline({
       authenticator,
       organizations,
@@ -74,6 +82,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       observer: metrics,
       maxDeadlineMs: config.maxDeadlineMs,
       tracing,
+      admission: admission === undefined ? undefined : { controller: admission, observer: metrics },
     });
     const feed = new Feed(
       store,
@@ -131,9 +140,11 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
         ]);
         if (!closed) logger.warn({ timeoutMs: STORE_CLOSE_TIMEOUT_MS }, "database did not close in time; leaving it");
         await tracing?.shutdown();
+        stopAdmission?.();
       },
     };
   } catch (error) {
+    stopAdmission?.();
     reloader.close();
     await openedStore.close();
     await tracing?.shutdown();

@@ -1,6 +1,7 @@
 // Configuration from the environment, validated in one place so that a mistake stops the
 // service at start with every problem named, instead of surfacing later as odd behaviour.
 
+import { type AdmissionSettings, DEFAULT_ADMISSION_SETTINGS } from "../api/rpc/admission.js";
 import { DEFAULT_CHECK_CACHE_ENTRIES } from "../store/check-reader.js";
 import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "../transport/limits.js";
 
@@ -26,6 +27,8 @@ export interface Config {
   readonly limits: TransportLimits;
   /** SQLite: Connections the CheckConnection cache holds (least recently checked leave first). */
   readonly checkCacheEntries: number;
+  /** Admission control of unary calls; undefined when ADMISSION_MAX_IN_FLIGHT is 0 (off). */
+  readonly admission: AdmissionSettings | undefined;
   /** WatchConnectionEvents streams per replica. */
   readonly maxWatchers: number;
   /** The longest a watch stream goes without a message (a heartbeat with the cursor). */
@@ -128,6 +131,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxHealthWatchers: integer("MAX_HEALTH_WATCHERS", LIMITS.maxHealthWatchers, 0, 1_000_000),
     },
     checkCacheEntries: integer("CHECK_CACHE_ENTRIES", DEFAULT_CHECK_CACHE_ENTRIES, 1, 100_000_000),
+    admission: admissionSettings(integer),
     maxWatchers: integer("MAX_WATCHERS", 1000, 0, 1_000_000),
     watchHeartbeatMs: integer("WATCH_HEARTBEAT_MS", 15_000, 10, 15_000),
     watchPollIntervalMs: integer("WATCH_POLL_INTERVAL_MS", 1000, 10, 60_000),
@@ -136,8 +140,27 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (limits.http1HeadersTimeoutMs > limits.http1RequestTimeoutMs) {
     problems.push("HTTP1_HEADERS_TIMEOUT_MS must not be larger than HTTP1_REQUEST_TIMEOUT_MS");
   }
+  const { admission } = config;
+  if (admission !== undefined && admission.minInFlight > admission.maxInFlight) {
+    problems.push("ADMISSION_MIN_IN_FLIGHT must not be larger than ADMISSION_MAX_IN_FLIGHT");
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+type IntegerReader = (name: string, fallback: number, min: number, max: number) => number;
+
+function admissionSettings(integer: IntegerReader): AdmissionSettings | undefined {
+  const defaults = DEFAULT_ADMISSION_SETTINGS;
+  const maxInFlight = integer("ADMISSION_MAX_IN_FLIGHT", defaults.maxInFlight, 0, 1_000_000);
+  const settings: AdmissionSettings = {
+    maxInFlight,
+    minInFlight: integer("ADMISSION_MIN_IN_FLIGHT", defaults.minInFlight, 1, 1_000_000),
+    targetDelayMs: integer("ADMISSION_TARGET_DELAY_MS", defaults.targetDelayMs, 1, 60_000),
+    callerIdleMs: integer("ADMISSION_CALLER_IDLE_MS", defaults.callerIdleMs, 10, 3_600_000),
+    pushbackMs: integer("ADMISSION_PUSHBACK_MS", defaults.pushbackMs, 0, 600_000),
+  };
+  return maxInFlight === 0 ? undefined : settings;
 }
 
 /** The OTEL_* variables, when they ask for traces (an OTLP endpoint, and the SDK not disabled). */

@@ -8,7 +8,7 @@ import type { DescMethodServerStreaming, DescMethodUnary } from "@bufbuild/proto
 import { type ConnectRouter, createContextKey, type HandlerContext } from "@connectrpc/connect";
 import { type RpcPipeline, RpcStreamError } from "../api/rpc/pipeline.js";
 import type { RequestMeta } from "../api/rpc/types.js";
-import { REQUEST_DEADLINE } from "./connect-edge.js";
+import { ADMISSION_TICKET, REQUEST_DEADLINE } from "./connect-edge.js";
 import { toConnectError } from "./refusals.js";
 import { PEER_SPIFFE_ID_KEY } from "./tls.js";
 
@@ -42,7 +42,8 @@ export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): voi
       continue;
     }
     router.rpc(registered.method as DescMethodUnary, async (request, context) => {
-      const result = await pipeline.invoke(registered, request, new HandlerContextMeta(context));
+      const meta = new HandlerContextMeta(context);
+      const result = await pipeline.invoke(registered, request, meta, context.values.get(ADMISSION_TICKET));
       context.responseHeader.set("x-request-id", result.requestId);
       if (result.ok) return result.response;
       throw toConnectError(result.status);

@@ -13,11 +13,14 @@ import { Code } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { invalidArgument, ServiceError } from "../../app/errors.js";
 import { isOrganizationId } from "../../app/ids.js";
+import type { CallerName } from "../callers.js";
 import { requestIdFor } from "../request-id.js";
 import { type RpcStatus, toRpcStatus } from "../status.js";
+import { AdmissionTicket, keyOf } from "./admission.js";
 import { CallScope, shuttingDownError } from "./call-scope.js";
 import { methodsOf } from "./methods.js";
 import type {
+  AdmissionMeta,
   Call,
   RegisteredMethod,
   RequestMeta,
@@ -31,6 +34,13 @@ import type {
   StreamingMethod,
   UnaryMethod,
 } from "./types.js";
+
+/** A call that admission refused, carried to the end of `run` like any failure. */
+class RefusedError extends Error {
+  constructor(readonly status: RpcStatus) {
+    super(status.message);
+  }
+}
 
 /** How a stream that the pipeline ran ended with an error, for the transport to send. */
 export class RpcStreamError extends Error {
@@ -61,8 +71,21 @@ export class RpcPipeline {
    */
   private readonly rpcLog: Logger;
 
+  /** The one answer to every call that admission refuses. */
+  private readonly overloaded: RpcStatus;
+
   constructor(private readonly options: RpcPipelineOptions) {
     this.rpcLog = options.logger.child({}, { redact: [] });
+    const pushbackMs = options.admission?.controller.settings.pushbackMs ?? 0;
+    this.overloaded = {
+      ...toRpcStatus(
+        new ServiceError(
+          "OVERLOADED",
+          `the service is at capacity for this caller: retry after ${pushbackMs} ms (grpc-retry-pushback-ms)`,
+        ),
+      ).status,
+      retryPushbackMs: pushbackMs,
+    };
   }
 
   register<T extends GenServiceMethods>(service: GenService<T>, handlers: ServiceHandlers<T>): void {
@@ -86,17 +109,37 @@ export class RpcPipeline {
     for (const scope of this.inFlight) scope.abort(shuttingDownError());
   }
 
-  /** Runs one RPC through authentication, the caller table, the organization check and its handler. */
-  invoke(method: UnaryMethod, request: Message, meta: RequestMeta): Promise<RpcResult> {
+  /**
+   * Admission control for a unary call, before its body is read: authenticates the caller (once:
+   * the ticket carries it on to `invoke`) and asks the limiter for room. Returns the ticket to pass
+   * to `invoke` (the transport abandons it if the call ends before that), or the RESOURCE_EXHAUSTED
+   * OVERLOADED status to answer at once, without reading the body.
+   */
+  enter(meta: AdmissionMeta): AdmissionTicket | RpcStatus {
+    const caller = this.authenticate(meta);
+    const admission = this.options.admission;
+    if (admission === undefined) return new AdmissionTicket(undefined, caller);
+    const refusal = admission.controller.tryAdmit(keyOf(caller), performance.now());
+    if (refusal === undefined) return new AdmissionTicket(admission.controller, caller);
+    admission.observer?.admissionRefused(keyOf(caller), refusal);
+    return this.overloaded;
+  }
+
+  /**
+   * Runs one RPC through authentication, the caller table, the organization check and its handler.
+   * `ticket` is what `enter` gave the transport; without one, admission happens here.
+   */
+  invoke(method: UnaryMethod, request: Message, meta: RequestMeta, ticket?: AdmissionTicket): Promise<RpcResult> {
     const tracing = this.options.tracing;
-    if (tracing === undefined) return this.run(method, request, meta, undefined);
-    return tracing.serve(method.path, meta, (span) => this.run(method, request, meta, span));
+    if (tracing === undefined) return this.run(method, request, meta, ticket, undefined);
+    return tracing.serve(method.path, meta, (span) => this.run(method, request, meta, ticket, span));
   }
 
   private async run(
     method: UnaryMethod,
     request: Message,
     meta: RequestMeta,
+    given: AdmissionTicket | undefined,
     span: RpcSpan | undefined,
   ): Promise<RpcResult> {
     const started = performance.now();
@@ -106,12 +149,21 @@ export class RpcPipeline {
     const scope = new CallScope(meta, deadline);
     this.inFlight.add(scope);
     if (this.shuttingDown) scope.abort(shuttingDownError());
+    const ticket = given ?? this.enter(meta);
     let result: RpcResult;
     try {
-      const response = await scope.race(this.authorizeAndHandle(method, request, meta, requestId, scope));
+      if (!(ticket instanceof AdmissionTicket)) throw new RefusedError(ticket);
+      ticket.claim();
+      const work = this.authorizeAndHandle(method, request, meta, requestId, scope, ticket.caller);
+      // The hold on the limit lasts as long as the work does, even when the call is answered
+      // early (deadline, cancellation) and its store calls are still rolling back.
+      const release = () => ticket.release();
+      work.then(release, release);
+      const response = await scope.race(work);
       result = { ok: true, response: create(method.method.output, response), requestId };
     } catch (error) {
-      const { status, internalCause } = toRpcStatus(error);
+      const { status, internalCause } =
+        error instanceof RefusedError ? { status: error.status, internalCause: undefined } : toRpcStatus(error);
       if (internalCause !== undefined) {
         this.options.logger.error({ err: internalCause, requestId, method: method.path }, "rpc failed");
       }
@@ -189,7 +241,7 @@ export class RpcPipeline {
     let failure: RpcStatus | undefined = CANCELLED;
     try {
       if (this.shuttingDown) throw shuttingDownError();
-      const call = await this.admit(method, meta, requestId, scope);
+      const call = await this.admit(method, meta, requestId, scope, this.authenticate(meta));
       for await (const response of method.stream(request, call, { ...transport, deadline: meta.deadline })) {
         yield create(method.method.output, response);
       }
@@ -216,7 +268,9 @@ export class RpcPipeline {
    */
   refused(labels: RpcLabels, protocol: string, status: RpcStatus, requestId: string, seconds: number): void {
     this.options.observer?.observe(labels, status.code, seconds);
-    this.rpcLog.info(
+    // Admission's refusals are counted by caller and reason (connections_admission_refused_total);
+    // under a storm a log line each would cost more than the refusals themselves.
+    this.rpcLog[status.reason === "OVERLOADED" ? "debug" : "info"](
       {
         method: labels.path,
         protocol,
@@ -235,13 +289,24 @@ export class RpcPipeline {
     meta: RequestMeta,
     requestId: string,
     scope: CallScope,
+    caller: CallerName | undefined,
   ): Promise<MessageInitShape<DescMessage>> {
-    return method.handle(request, await this.admit(method, meta, requestId, scope));
+    return method.handle(request, await this.admit(method, meta, requestId, scope, caller));
   }
 
-  /** Authentication, the caller table, x-actor and the acting organization: the Call, or a throw. */
-  private async admit(method: RegisteredMethod, meta: RequestMeta, requestId: string, scope: CallScope): Promise<Call> {
-    const caller = this.options.authenticator.authenticate(meta.header("authorization"), meta.peerSpiffeId?.());
+  /** The caller that the token and/or client certificate name; undefined when they name none. */
+  private authenticate(meta: AdmissionMeta): CallerName | undefined {
+    return this.options.authenticator.authenticate(meta.header("authorization"), meta.peerSpiffeId?.());
+  }
+
+  /** The caller table, x-actor and the acting organization for an authenticated caller: the Call, or a throw. */
+  private async admit(
+    method: RegisteredMethod,
+    meta: RequestMeta,
+    requestId: string,
+    scope: CallScope,
+    caller: CallerName | undefined,
+  ): Promise<Call> {
     if (caller === undefined) {
       throw new ServiceError(
         "CALLER_UNAUTHENTICATED",

@@ -9,6 +9,7 @@ import type { Logger } from "pino";
 import type { Organizations } from "../../app/organizations.js";
 import type { CallerAuthenticator, CallerName } from "../callers.js";
 import type { RpcStatus } from "../status.js";
+import type { AdmissionController, AdmissionRefusal } from "./admission.js";
 
 /** What a transport knows about an incoming request besides its message. */
 export interface RequestMeta {
@@ -154,4 +155,19 @@ export interface RpcPipelineOptions {
   /** The longest any RPC may run, whatever deadline the client sent. */
   readonly maxDeadlineMs: number;
   readonly tracing?: RpcTracing | undefined;
+  /** Admission control for unary calls; absent, every call is admitted. */
+  readonly admission?: AdmissionOptions | undefined;
 }
+
+export interface AdmissionOptions {
+  readonly controller: AdmissionController;
+  readonly observer?: AdmissionObserver;
+}
+
+/** Counts admission's refusals (src/observability/metrics.ts). */
+export interface AdmissionObserver {
+  admissionRefused(caller: string, reason: AdmissionRefusal): void;
+}
+
+/** What admission reads of a request: its headers and, over mTLS, the client's SPIFFE ID. */
+export type AdmissionMeta = Pick<RequestMeta, "header" | "peerSpiffeId">;
