@@ -253,6 +253,7 @@ class MultiProtocolServer implements RunningServer {
     session.on("error", (error) => this.logger.debug({ err: error }, "HTTP/2 session error"));
     const clock: SessionClock = { lastStreamAt: Date.now(), aging: new AbortController() };
     (session as ClockedSession)[SESSION_CLOCK] = clock;
+    this.capConnections();
     const open = () => !session.closed && !session.destroyed;
 
     // One PING in flight at a time.
@@ -298,6 +299,24 @@ class MultiProtocolServer implements RunningServer {
       clearTimeout(age);
       clearTimeout(grace);
     });
+  }
+
+  /** Past MAX_HTTP2_CONNECTIONS, the connection that has gone longest without a new stream gets GOAWAY. */
+  private capConnections(): void {
+    let open = 0;
+    let idlest: http2.ServerHttp2Session | undefined;
+    let idlestSince = Number.POSITIVE_INFINITY;
+    for (const session of this.http2Sessions) {
+      if (session.closed || session.destroyed) continue;
+      open++;
+      const since = (session as ClockedSession)[SESSION_CLOCK]?.lastStreamAt ?? 0;
+      if (since < idlestSince) {
+        idlest = session;
+        idlestSince = since;
+      }
+    }
+    // GOAWAY lets the streams it still runs finish; the client opens a new connection for more.
+    if (open > this.limits.maxHttp2Connections) idlest?.close();
   }
 
   get port(): number {
