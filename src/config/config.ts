@@ -129,6 +129,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ),
       maxHeaderListBytes: integer("MAX_HEADER_LIST_BYTES", LIMITS.maxHeaderListBytes, 1024, 1_048_576),
       maxHealthWatchers: integer("MAX_HEALTH_WATCHERS", LIMITS.maxHealthWatchers, 0, 1_000_000),
+      maxReflectionStreams: integer("MAX_REFLECTION_STREAMS", LIMITS.maxReflectionStreams, 0, 1_000_000),
+      reflectionIdleTimeoutMs: integer("REFLECTION_IDLE_TIMEOUT_MS", LIMITS.reflectionIdleTimeoutMs, 10, 3_600_000),
       maxHttp2Connections: integer("MAX_HTTP2_CONNECTIONS", LIMITS.maxHttp2Connections, 1, 1_000_000),
     },
     checkCacheEntries: integer("CHECK_CACHE_ENTRIES", DEFAULT_CHECK_CACHE_ENTRIES, 1, 100_000_000),

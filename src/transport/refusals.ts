@@ -70,6 +70,11 @@ export function toConnectError(status: RpcStatus): ConnectError {
   ]);
 }
 
+/** A ServiceError as connect-node throws it from a handler outside the pipeline (health, reflection). */
+export function serviceFailure(reason: ErrorReason, message: string): ConnectError {
+  return toConnectError(toRpcStatus(new ServiceError(reason, message)).status);
+}
+
 /** grpc-retry-pushback-ms when the status asks the client to wait before it retries; else nothing. */
 export function retryPushbackHeader(status: RpcStatus): Record<string, string> {
   return status.retryPushbackMs === undefined ? {} : { "grpc-retry-pushback-ms": String(status.retryPushbackMs) };

@@ -108,7 +108,10 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     routes(router) {
       routePipeline(router, pipeline);
       routeHealth(router, health);
-      routeReflection(router, reflection);
+      routeReflection(router, reflection, {
+        maxStreams: limits.maxReflectionStreams,
+        idleTimeoutMs: limits.reflectionIdleTimeoutMs,
+      });
     },
   });
   await health.start();
