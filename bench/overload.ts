@@ -33,6 +33,8 @@ const CANARY_DEADLINE_MS = 5_000;
 const RECOVERY_MS = 1_000;
 /** How long the canaries and the RSS sampling go on after the storm. */
 const AFTER_MS = 5_000;
+/** Quiet before the idle RSS is read and before each scenario, so that one run's backlog is not the next one's load. */
+const SETTLE_MS = 5_000;
 
 const GOALS = {
   goodputVsCapacity: 0.9,
@@ -214,7 +216,7 @@ function percentile(values: readonly number[], fraction: number): number {
 
 /** OK answers in an h2load run: refusals are trailers-only, so every DATA byte belongs to an OK answer. */
 function okAnswers(result: H2loadResult, okAnswerBytes: number): number {
-  return (result.dataBytesPerAnswer * (result.done - result.non2xx)) / okAnswerBytes;
+  return (result.dataBytesPerAnswer * result.answers2xx) / okAnswerBytes;
 }
 
 export async function runOverload(
@@ -233,6 +235,7 @@ export async function runOverload(
     verdicts.push(`${met ? "MET" : "NOT MET"}: ${label} ${value.toFixed(2)} (goal ${atMost ? "<=" : ">="} ${goal})`);
   };
   for (const scenario of inputs.scenarios) {
+    await sleep(SETTLE_MS);
     const { storm } = scenario;
     const title = `${storm.name} storm, ${scenario.canaries.map((canary) => canary.name).join(" and ")} canar${scenario.canaries.length > 1 ? "ies" : "y"}`;
     const path = bodyFile(storm);
@@ -251,7 +254,7 @@ export async function runOverload(
       logPath: join(inputs.workDir, `overload-capacity-${storm.name}.log`),
     });
     const capacity = okAnswers(capacityRun, stormAnswerBytes) / inputs.capacitySeconds;
-    await sleep(2_000);
+    await sleep(SETTLE_MS);
     const idleRss = statusMiB(inputs.pid, "VmRSS");
 
     progress(`overload: ${title}: ${STORM_CLIENTS * STORM_STREAMS} calls in flight for ${inputs.seconds} s`);
@@ -284,8 +287,9 @@ export async function runOverload(
     log();
     log(`Overload: ${title}`);
     log(
-      `  capacity ${capacity.toFixed(0)} OK/s; storm ${stormRun.requestsPerSecond.toFixed(0)} answers/s of which ` +
-        `${goodput.toFixed(0)} OK/s (goodput ${(goodput / capacity).toFixed(2)}x capacity), h2load failures ${stormRun.failed}`,
+      `  capacity ${capacity.toFixed(0)} OK/s; storm: ${(stormRun.answers2xx / inputs.seconds).toFixed(0)} answers/s, ` +
+        `${goodput.toFixed(0)} of them OK (goodput ${(goodput / capacity).toFixed(2)}x capacity), the rest refused; ` +
+        `${stormRun.failed} streams failed without an answer (reset, or open when h2load stopped)`,
     );
     log(
       `  service RSS: idle ${idleRss.toFixed(0)} MiB, peak during ${peakRss.toFixed(0)} MiB (${(peakRss / idleRss).toFixed(2)}x), ` +

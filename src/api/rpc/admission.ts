@@ -5,9 +5,11 @@
 // adaptive concurrency, which adapt to measured delay rather than trust a fixed number): in Node the
 // queue that hurts is the one in front of the event loop, where a storm's requests wait to be
 // parsed and the answers to be written, and the loop's delay is what a caller waits on top of its
-// call. Each window the loop's delay is compared with a target: above it the limit shrinks by a
-// fifth; at or below it, while demand pressed on the limit, it grows by its square root. It never
-// leaves [minInFlight, maxInFlight].
+// call. Each window the loop's delay is compared with a target: above it the limit shrinks by at
+// least a fifth, and in proportion when the delay is many times the target (a saturated loop runs
+// the window's timer late, so one window may stand for seconds); at or below it, while demand
+// pressed on the limit, it grows by its square root. It stays between minInFlight and 90% of
+// maxInFlight: the rest of the ceiling is room for callers within their guaranteed part.
 //
 // The shares are max-min fair (Google SRE, "Handling Overload"): every caller active in the last
 // window is guaranteed an equal part of the limit, and one caller may borrow beyond its part only
@@ -41,8 +43,10 @@ export const DEFAULT_ADMISSION_SETTINGS: AdmissionSettings = {
   pushbackMs: 200,
 };
 
-/** What a window of delay above the target leaves of the limit. */
+/** What a window of delay above the target leaves of the limit, at most. */
 const DECREASE = 0.8;
+/** The part of the ceiling the adaptive limit may reach; the rest is kept for guaranteed parts. */
+const BORROWABLE = 0.9;
 
 interface CallerState {
   inFlight: number;
@@ -103,7 +107,12 @@ export class AdmissionController {
     if (settings.minInFlight < 1 || settings.minInFlight > settings.maxInFlight) {
       throw new RangeError("admission: minInFlight must be from 1 to maxInFlight");
     }
-    this.limitValue = settings.maxInFlight;
+    this.limitValue = this.highest;
+  }
+
+  /** The highest the adaptive limit goes. */
+  private get highest(): number {
+    return Math.max(this.settings.minInFlight, this.settings.maxInFlight * BORROWABLE);
   }
 
   get limit(): number {
@@ -138,9 +147,12 @@ export class AdmissionController {
 
   /** The end of a window: the event loop's delay over it (ms) moves the limit. */
   adapt(delayMs: number): void {
-    const { minInFlight, maxInFlight, targetDelayMs } = this.settings;
-    if (delayMs > targetDelayMs) this.limitValue = Math.max(minInFlight, this.limitValue * DECREASE);
-    else if (this.pressed) this.limitValue = Math.min(maxInFlight, this.limitValue + Math.sqrt(this.limitValue));
+    const { minInFlight, targetDelayMs } = this.settings;
+    if (delayMs > targetDelayMs) {
+      this.limitValue = Math.max(minInFlight, this.limitValue * Math.min(DECREASE, targetDelayMs / delayMs));
+    } else if (this.pressed) {
+      this.limitValue = Math.min(this.highest, this.limitValue + Math.sqrt(this.limitValue));
+    }
     this.pressed = false;
   }
 
