@@ -13,12 +13,11 @@
 // Prints figures and returns the goal verdicts; asserts nothing itself.
 
 import { writeFileSync } from "node:fs";
-import http2 from "node:http2";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { GetConnectionRequestSchema } from "../gen/connections/v1/connection_service_pb.js";
-import { frame } from "./grpc-client.js";
+import { type Answer, type Channel, Errors, failureOf, frame, type Headers, openChannel } from "./grpc-client.js";
 import { type H2loadResult, runH2load } from "./h2load.js";
 import { statusMiB } from "./processes.js";
 import { CHECK_PATH } from "./workload.js";
@@ -42,8 +41,6 @@ const GOALS = {
   rssDuringVsIdle: 1.5,
   rssAfterVsIdle: 1.1,
 } as const;
-
-export type Headers = Readonly<Record<string, string>>;
 
 /** A caller's calls: the headers that name it, the RPC and the framed request. */
 export interface CallerCalls {
@@ -106,35 +103,15 @@ export function overloadScenarios(
 
 /** One call's DATA bytes (an OK answer's size, to count OK answers in h2load's byte totals); throws unless OK. */
 async function okAnswerBytes(url: string, calls: CallerCalls): Promise<number> {
-  const session = http2.connect(url);
-  session.on("error", () => {});
+  const errors = new Errors();
+  const channel = await openChannel({ url, path: calls.path, sessions: 1 }, errors);
   try {
-    return await new Promise<number>((resolve, reject) => {
-      let status: string | undefined;
-      let bytes = 0;
-      const stream = session.request({
-        ":method": "POST",
-        ":path": calls.path,
-        "content-type": "application/grpc",
-        te: "trailers",
-        ...calls.headers,
-      });
-      const read = (fields: http2.IncomingHttpHeaders) => {
-        if (fields["grpc-status"] !== undefined) status = String(fields["grpc-status"]);
-      };
-      stream.on("response", read);
-      stream.on("trailers", read);
-      stream.on("data", (chunk: Buffer) => {
-        bytes += chunk.length;
-      });
-      stream.on("error", reject);
-      stream.on("close", () =>
-        status === "0" ? resolve(bytes) : reject(new Error(`${calls.name} ${calls.path}: grpc-status ${status}`)),
-      );
-      stream.end(calls.body);
-    });
+    const answer = await new Promise<Answer>((resolve) => channel.call(0, calls.headers, calls.body, resolve));
+    const failure = failureOf(answer) ?? Object.keys(errors.counts)[0];
+    if (failure !== undefined) throw new Error(`${calls.name} ${calls.path}: ${failure}`);
+    return answer.body.length;
   } finally {
-    session.close();
+    channel.close();
   }
 }
 
@@ -147,64 +124,61 @@ interface CanaryCall {
 /** GetConnection (or any unary call) every CANARY_INTERVAL_MS on a connection of its own. */
 class Canary {
   readonly calls: CanaryCall[] = [];
-  /** Why connections were lost (GOAWAY codes, errors), by description. */
-  readonly lost = new Map<string, number>();
-  private session: http2.ClientHttp2Session;
+  /** Connection failures (session errors, GOAWAY codes), by description. */
+  readonly errors = new Errors();
+  private channel: Channel | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private readonly headers: Headers;
+  /** When each call still unanswered started: at the end they count as failed. */
+  private readonly pending = new Set<number>();
 
   constructor(
     private readonly url: string,
     readonly caller: CallerCalls,
   ) {
-    this.session = this.connect();
+    this.headers = { ...caller.headers, "grpc-timeout": `${CANARY_DEADLINE_MS}m` };
   }
 
-  start(): void {
+  async start(): Promise<void> {
+    this.channel = await this.connect();
     this.timer = setInterval(() => this.callOnce(), CANARY_INTERVAL_MS);
   }
 
   stop(): void {
     clearInterval(this.timer);
-    this.session.close();
+    this.channel?.close();
+    for (const startedAt of this.pending) {
+      this.calls.push({ startedAt, ms: Number.POSITIVE_INFINITY, failure: "no answer" });
+    }
+    this.pending.clear();
   }
 
-  private connect(): http2.ClientHttp2Session {
-    const session = http2.connect(this.url);
-    const lost = (why: string) => this.lost.set(why, (this.lost.get(why) ?? 0) + 1);
-    session.on("error", (error: Error) => lost(`session error: ${error.message}`));
-    session.on("goaway", (code: number) => lost(`GOAWAY ${code}`));
-    return session;
+  private connect(): Promise<Channel> {
+    return openChannel({ url: this.url, path: this.caller.path, sessions: 1 }, this.errors);
   }
 
-  /** One call now; its latency and failure are recorded when it closes. */
   private callOnce(): void {
-    // A lost connection is replaced, as a client's channel would; the loss is reported.
-    if (this.session.closed || this.session.destroyed) this.session = this.connect();
     const startedAt = performance.now();
-    let status: string | undefined;
-    let failure: string | undefined;
-    const stream = this.session.request({
-      ":method": "POST",
-      ":path": this.caller.path,
-      "content-type": "application/grpc",
-      te: "trailers",
-      "grpc-timeout": `${CANARY_DEADLINE_MS}m`,
-      ...this.caller.headers,
-    });
-    const read = (fields: http2.IncomingHttpHeaders) => {
-      if (fields["grpc-status"] !== undefined) status = String(fields["grpc-status"]);
-    };
-    stream.on("response", read);
-    stream.on("trailers", read);
-    stream.on("data", () => {});
-    stream.on("error", (error: Error) => {
-      failure = error.message;
-    });
-    stream.on("close", () => {
-      if (failure === undefined && status !== "0") failure = `grpc-status ${status ?? "none"}`;
+    this.pending.add(startedAt);
+    const record = (failure: string | undefined) => {
+      if (!this.pending.delete(startedAt)) return;
       this.calls.push({ startedAt, ms: performance.now() - startedAt, failure });
-    });
-    stream.end(this.caller.body);
+    };
+    const channel = this.channel;
+    if (channel === undefined) {
+      record("no connection");
+      return;
+    }
+    try {
+      channel.call(0, this.headers, this.caller.body, (answer) => record(failureOf(answer)));
+    } catch (error) {
+      // The connection was lost: replaced, as a client's channel would; the loss counts as a failure.
+      record(`connection lost: ${(error as Error).message}`);
+      this.channel = undefined;
+      void this.connect().then((replacement) => {
+        this.channel = replacement;
+      });
+    }
   }
 }
 
@@ -259,7 +233,7 @@ export async function runOverload(
 
     progress(`overload: ${title}: ${STORM_CLIENTS * STORM_STREAMS} calls in flight for ${inputs.seconds} s`);
     const canaries = scenario.canaries.map((calls) => new Canary(inputs.url, calls));
-    for (const canary of canaries) canary.start();
+    for (const canary of canaries) await canary.start();
     await sleep(1_000);
     let peakRss = 0;
     const sampler = setInterval(() => {
@@ -315,9 +289,11 @@ export async function runOverload(
         ).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${Math.max(...during.map((call) => call.ms)).toFixed(1)} ms, ` +
           `${failures.length} failed${failures[0] === undefined ? "" : ` (first: ${failures[0].failure})`}; ` +
           `from ${RECOVERY_MS / 1000} s after: ${after.length} calls, worst ${afterWorst.toFixed(1)} ms, ${afterFailures} failed` +
-          (canary.lost.size === 0
+          (Object.keys(canary.errors.counts).length === 0
             ? ""
-            : `; connections lost: ${[...canary.lost].map(([why, n]) => `${why} x${n}`).join(", ")}`),
+            : `; connection failures: ${Object.entries(canary.errors.counts)
+                .map(([why, count]) => `${why} x${count}`)
+                .join(", ")}`),
       );
       verdict(`${title}: ${canary.caller.name} canary p99 ms`, p99, GOALS.canaryP99Ms, true);
       verdict(`${title}: ${canary.caller.name} canary failures during`, failures.length, 0, true);

@@ -37,7 +37,7 @@ export interface AdmissionSettings {
 
 export const DEFAULT_ADMISSION_SETTINGS: AdmissionSettings = {
   maxInFlight: 1000,
-  minInFlight: 16,
+  minInFlight: 256,
   targetDelayMs: 50,
   callerIdleMs: 5_000,
   pushbackMs: 200,
