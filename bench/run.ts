@@ -43,6 +43,7 @@ import {
   statusMiB,
 } from "./processes.js";
 import { summariseProfile } from "./profile.js";
+import { runScale } from "./scale.js";
 import { type SeedReport, seedDatabase } from "./seed.js";
 import {
   CHECK_PATH,
@@ -56,6 +57,7 @@ import {
   type LoadResult,
   type RequestItem,
 } from "./workload.js";
+import { runWritesBench } from "./writes.js";
 
 function integer(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -99,7 +101,9 @@ const config = {
     seconds: integer("BENCH_OVERLOAD_SECONDS", 20),
     capacitySeconds: integer("BENCH_OVERLOAD_CAPACITY_SECONDS", 5),
   },
-  targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres").split(",")),
+  targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres,scale").split(",")),
+  /** The writes section (bench/writes.ts); BENCH_TARGETS=none with BENCH_WRITES=on runs it alone. */
+  writes: process.env.BENCH_WRITES !== "off",
 };
 
 /** The issue's goals, as ratios of figures taken in the same round. */
@@ -1050,6 +1054,19 @@ async function main(): Promise<void> {
     verdicts.push(...(await runOverload({ ...inputs, scenarios, ...config.overloadSeconds }, log, progress)));
   }
   for (const target of targets) await target.server.stop();
+  // Its own services and data set, after the others have stopped (bench/scale.ts).
+  if (config.targets.has("scale")) {
+    verdicts.push(
+      ...(await runScale({
+        workDir,
+        callersFile: credentials.path,
+        headers: credentials.tokenService,
+        log,
+        progress,
+        integer,
+      })),
+    );
+  }
 
   if (headline !== undefined) verdicts.push(...printHeadline(targets, headline));
   if (config.ownClient) verdicts.push(...printDistinct(targets, distinct), ...printBatches(targets, distinct, batches));
@@ -1082,6 +1099,11 @@ async function main(): Promise<void> {
       log(`CPU profile of the ${target.label} service over its ${runs}`);
       for (const line of lines) log(`  ${line}`);
     }
+  }
+  if (config.writes) {
+    if (!targets.some((target) => target.service !== undefined)) buildService();
+    const { logLevel, postgresAdminUrl, seconds, cpuProfileDir } = config;
+    await runWritesBench({ workDir, postgresAdminUrl, logLevel, seconds, log, progress, cpuProfileDir });
   }
   log();
   log("Goals");

@@ -1,8 +1,9 @@
 // Entry point: configuration from the environment, start, and one clean stop on SIGTERM/SIGINT or
 // on a crash. Production runs this file built (`node dist/src/main.js`), with nothing between the
-// signal and node.
+// signal and node. `node dist/src/main.js check-database` runs the full integrity check instead.
 
 import type { Logger } from "pino";
+import { checkDatabase } from "./bin/check-database.js";
 import { type RunningService, startService } from "./composition/start-service.js";
 import { ConfigError, loadConfig } from "./config/config.js";
 import { createLogger, endLogs } from "./observability/log.js";
@@ -16,15 +17,19 @@ const REPEATED_SIGNAL_WINDOW_MS = 1_000;
 /** How long past the grace period a drain may take (closing the database) before we exit anyway. */
 const DRAIN_OVERRUN_MS = 5_000;
 
-async function main(): Promise<void> {
-  let config: ReturnType<typeof loadConfig>;
+/** The configuration, or exit 2 with what is wrong with it. */
+function configOrExit(): ReturnType<typeof loadConfig> {
   try {
-    config = loadConfig();
+    return loadConfig();
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     process.stderr.write(`connections: ${error.message}\n`);
     process.exit(2);
   }
+}
+
+async function main(): Promise<void> {
+  const config = configOrExit();
   const logger = createLogger(config.logLevel);
   const lifecycle = new Lifecycle(logger, config.shutdownGraceMs);
   process.on("uncaughtException", (error) => lifecycle.crash(error, "uncaughtException"));
@@ -140,4 +145,8 @@ function redactUrl(url: string): string {
   return url.replace(/\/\/([^:/@]+):[^@]*@/, "//$1:***@");
 }
 
-await main();
+if (process.argv[2] === "check-database") {
+  process.exitCode = checkDatabase(configOrExit().databaseUrl, (line) => process.stdout.write(`${line}\n`));
+} else {
+  await main();
+}

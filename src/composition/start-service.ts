@@ -7,12 +7,14 @@ import { OrganizationService } from "../../gen/connections/v1/organization_servi
 import { CallerAuthenticator, CallerTable } from "../api/callers.js";
 import { connectionServiceHandlers } from "../api/connection-service.js";
 import { watchConnectionEventsHandler } from "../api/feed-service.js";
+import { IdempotentWrites } from "../api/idempotency.js";
 import { organizationServiceHandlers } from "../api/organization-service.js";
 import { AdmissionController } from "../api/rpc/admission.js";
 import { adaptToEventLoopDelay } from "../api/rpc/admission-clock.js";
 import { RpcPipeline } from "../api/rpc/pipeline.js";
 import { Connections } from "../app/connections.js";
 import { Feed } from "../app/feed.js";
+import { Idempotency, startPruning } from "../app/idempotency.js";
 import { Organizations } from "../app/organizations.js";
 import type { Config } from "../config/config.js";
 import { ConfigReloader } from "../config/reload.js";
@@ -23,6 +25,8 @@ import { type RunningServer, serve } from "../transport/server.js";
 import { readTlsCredentials } from "../transport/tls.js";
 
 const STORE_CLOSE_TIMEOUT_MS = 2_000;
+/** How often records past IDEMPOTENCY_RETENTION are deleted (a batch at a time). */
+const IDEMPOTENCY_PRUNE_INTERVAL_MS = 10 * 60_000;
 
 export interface RunningService {
   readonly port: number;
@@ -62,6 +66,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
   });
   let tracing: Tracing | undefined;
   let stopAdmission: (() => void) | undefined;
+  let stopPruning: (() => Promise<void>) | undefined;
   try {
     // Loaded only when asked for: without an OTLP endpoint no OpenTelemetry code is even imported.
     if (config.tracing !== undefined)
@@ -94,11 +99,19 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
     );
     metrics.countWatchers(() => feed.watcherCount);
+    const idempotency = new Idempotency(store);
+    const writes = new IdempotentWrites(idempotency, (method) => metrics.countIdempotencyReplay(method));
     pipeline.register(ConnectionService, {
-      ...connectionServiceHandlers(new Connections(store)),
+      ...connectionServiceHandlers(new Connections(store), writes),
       watchConnectionEvents: watchConnectionEventsHandler(feed),
     });
-    pipeline.register(OrganizationService, organizationServiceHandlers(organizations));
+    pipeline.register(OrganizationService, organizationServiceHandlers(organizations, writes));
+    stopPruning = startPruning(idempotency, {
+      retentionMs: config.idempotencyRetentionMs,
+      intervalMs: IDEMPOTENCY_PRUNE_INTERVAL_MS,
+      logger,
+      onPruned: (count) => metrics.countIdempotencyPruned(count),
+    });
 
     server = await serve({
       pipeline,
@@ -131,6 +144,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
         // already sent) so that the drain below is not spent waiting for them.
         feed.shutDown();
         await running.close(config.shutdownGraceMs);
+        await stopPruning?.();
         await admin?.close();
         // A query that outlived the grace period (say, waiting on a lock) must not hold the exit:
         // when the process ends, the database rolls its transaction back.
@@ -146,6 +160,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
   } catch (error) {
     stopAdmission?.();
     reloader.close();
+    await stopPruning?.();
     await openedStore.close();
     await tracing?.shutdown();
     throw error;

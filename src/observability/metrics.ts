@@ -111,6 +111,8 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver {
   private readonly rpcs: RpcMetrics;
   private readonly reloadSuccess: Gauge<"source">;
   private readonly reloadFailures: Counter<"source">;
+  private readonly idempotencyReplays: Counter<"method">;
+  private readonly idempotencyPruned: Counter;
 
   constructor(database: DatabaseGauges | undefined) {
     collectDefaultMetrics({ register: this.registry });
@@ -125,6 +127,17 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver {
       name: "connections_config_reload_failures_total",
       help: "Reloads refused because a file did not read, parse or validate (the previous one stayed in force), by source.",
       labelNames: ["source"],
+      registers: [this.registry],
+    });
+    this.idempotencyReplays = new Counter({
+      name: "connections_idempotency_replays_total",
+      help: "Writes answered from the record of an earlier call with the same request_id (retries), by method.",
+      labelNames: ["method"],
+      registers: [this.registry],
+    });
+    this.idempotencyPruned = new Counter({
+      name: "connections_idempotency_records_pruned_total",
+      help: "Idempotency records deleted because they outlived IDEMPOTENCY_RETENTION.",
       registers: [this.registry],
     });
     if (database !== undefined) {
@@ -208,6 +221,15 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver {
       this.admissionRefusals.set(caller, byReason);
     }
     byReason.set(reason, (byReason.get(reason) ?? 0) + 1);
+  }
+
+  /** A write answered by replaying its first call's answer. */
+  countIdempotencyReplay(method: string): void {
+    this.idempotencyReplays.labels(method).inc();
+  }
+
+  countIdempotencyPruned(count: number): void {
+    this.idempotencyPruned.inc(count);
   }
 
   /** `labels` come from the registered methods, or are "unknown": the label sets stay bounded. */

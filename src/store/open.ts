@@ -6,6 +6,7 @@ import SqliteDatabase from "better-sqlite3";
 import { Kysely, type MigrationResult, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import type { Logger } from "pino";
+import { DEFAULT_CHECK_CACHE_ENTRIES } from "./check-reader.js";
 import { translateError } from "./errors.js";
 import { FeedListener } from "./feed-notifications.js";
 import { KyselyStore } from "./kysely-store.js";
@@ -13,6 +14,7 @@ import { migrateToLatest } from "./migrations.js";
 import { StorePool } from "./pg-pool.js";
 import type { Database, SqlDialect } from "./schema.js";
 import { EventLoopFriendlySqliteDialect } from "./sqlite-dialect.js";
+import { checkAtStart } from "./sqlite-integrity.js";
 import type { Store } from "./store.js";
 
 export interface OpenStoreOptions {
@@ -21,7 +23,7 @@ export interface OpenStoreOptions {
   readonly poolSize?: number;
   /** PostgreSQL statement_timeout (default 5000 ms). */
   readonly statementTimeoutMs?: number;
-  /** SQLite: the CheckConnection cache's bound, in Connections (default 200,000). */
+  /** SQLite: the CheckConnection cache's bound, in Connections (DEFAULT_CHECK_CACHE_ENTRIES). */
   readonly checkCacheEntries?: number;
   readonly logger?: Logger;
 }
@@ -36,6 +38,8 @@ const SQLITE_LOCK_WAIT_MS = 1000;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
 /** Checkpoint the WAL after this many pages (SQLite's default is 1000, about 4 MB). */
 const SQLITE_WAL_PAGES = 256;
+/** SQLite's page cache, in KiB. */
+const SQLITE_CACHE_KIB = 32 * 1024;
 /** After a checkpoint the WAL file is truncated to at most this. */
 const SQLITE_WAL_BYTES = 1024 * 1024;
 const PG_CONNECT_TIMEOUT_MS = 2000;
@@ -66,44 +70,75 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
 }
 
 async function openSqlite(path: string, options: OpenStoreOptions): Promise<Store> {
-  let database: SqliteDatabase.Database | undefined;
-  try {
-    if (path !== SQLITE_MEMORY) mkdirSync(dirname(resolve(path)), { recursive: true });
-    database = new SqliteDatabase(path, { timeout: SQLITE_LOCK_WAIT_MS });
-    // Held until close: no other process may write (or read) the file behind the check cache.
-    database.pragma("locking_mode = EXCLUSIVE");
-    database.pragma("journal_mode = WAL");
-    database.exec("BEGIN EXCLUSIVE; COMMIT");
-    // Every page's structure, not only the ones read at start: a damaged file is refused here
-    // rather than answering INTERNAL (and being written further) once serving.
-    const check = database.pragma("quick_check", { simple: true });
-    if (check !== "ok") throw new DamagedDatabaseError(String(check));
-  } catch (error) {
-    database?.close();
-    throw sqliteStartError(path, error);
-  }
+  const database = lockSqlite(path, (locked) => {
+    // Bounded whatever the file's size (see sqlite-integrity.ts); `check-database` reads it all.
+    const started = performance.now();
+    const checked = checkAtStart(locked);
+    options.logger?.debug({ checked, ms: Math.round(performance.now() - started) }, "start-up integrity check");
+  });
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
-  database.pragma("synchronous = NORMAL");
+  // FULL: the WAL is flushed at every COMMIT, so an acknowledged write survives a power cut or a
+  // kernel crash, not only a killed process (transactions.ts groups writes to share the flush).
+  database.pragma("synchronous = FULL");
   database.pragma("foreign_keys = ON");
+  // Writes touch every index of a Connection and its event at random keys: SQLite's default page
+  // cache (2 MB) soon misses on each of them.
+  database.pragma(`cache_size = -${SQLITE_CACHE_KIB}`);
   // A bounded WAL: checkpoint every SQLITE_WAL_PAGES pages and truncate the file back to
   // SQLITE_WAL_BYTES afterwards, so that a small volume that filled up once has room again.
   database.pragma(`wal_autocheckpoint = ${SQLITE_WAL_PAGES}`);
   database.pragma(`journal_size_limit = ${SQLITE_WAL_BYTES}`);
   const db = new Kysely<Database>({ dialect: new EventLoopFriendlySqliteDialect({ database }) });
   await migrate(db, "sqlite", options.logger);
+  warnWhenCacheTooSmall(database, options);
   const sqlite = database;
   return new KyselyStore(db, {
     dialect: "sqlite",
     inTransaction: () => sqlite.inTransaction,
+    sqlite,
     checkCacheEntries: options.checkCacheEntries,
   });
 }
 
-/** quick_check found damage. */
-class DamagedDatabaseError extends Error {
-  constructor(readonly findings: string) {
-    super(`quick_check: ${findings}`);
-    this.name = "DamagedDatabaseError";
+/** Checks of Connections the cache cannot hold read the database: say so at start, with the numbers. */
+function warnWhenCacheTooSmall(database: SqliteDatabase.Database, options: OpenStoreOptions): void {
+  const checkCacheEntries = options.checkCacheEntries ?? DEFAULT_CHECK_CACHE_ENTRIES;
+  // seq only grows (autoincrement) and Connections are never deleted: its largest value is the
+  // count, read from the end of the table instead of counting every row.
+  const { connections } = database
+    .prepare<[], { connections: number }>("select coalesce(max(seq), 0) as connections from connections")
+    .get() as { connections: number };
+  if (connections <= checkCacheEntries) return;
+  options.logger?.warn(
+    { connections, checkCacheEntries },
+    "CHECK_CACHE_ENTRIES is smaller than the number of Connections: checks of the least recently checked ones " +
+      "read the database, which costs more CPU per check. Raise it if memory allows (its cost per entry is in " +
+      "docs/performance.md)",
+  );
+}
+
+/**
+ * Opens the SQLite file at `path` for this process alone (held until it is closed) and runs
+ * `check` on it; failures become errors that say what is wrong and what to do.
+ */
+export function lockSqlite(
+  path: string,
+  check: (database: SqliteDatabase.Database) => void,
+  options: SqliteDatabase.Options = {},
+): SqliteDatabase.Database {
+  let database: SqliteDatabase.Database | undefined;
+  try {
+    if (path !== SQLITE_MEMORY) mkdirSync(dirname(resolve(path)), { recursive: true });
+    database = new SqliteDatabase(path, { timeout: SQLITE_LOCK_WAIT_MS, ...options });
+    // Held until close: no other process may write (or read) the file behind the check cache.
+    database.pragma("locking_mode = EXCLUSIVE");
+    database.pragma("journal_mode = WAL");
+    database.exec("BEGIN EXCLUSIVE; COMMIT");
+    check(database);
+    return database;
+  } catch (error) {
+    database?.close();
+    throw sqliteStartError(path, error);
   }
 }
 
@@ -113,7 +148,7 @@ function sqliteStartError(path: string, error: unknown): Error {
   const where = `SQLite database ${path}`;
   const user = `the service's user (uid ${process.getuid?.() ?? "?"})`;
   let explanation: string;
-  if (error instanceof DamagedDatabaseError || code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB") {
+  if (code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB") {
     explanation =
       "is damaged or not an SQLite database (integrity check failed). Restore it from a backup, or move it " +
       "(and its -wal file) away to start with an empty database; do not let the service write into it";

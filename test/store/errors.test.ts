@@ -32,8 +32,8 @@ describe("translateError", () => {
       "pair",
     ],
     [
-      "UNIQUE constraint failed: connections.source_organization_id, connections.create_request_id",
-      { code: "SQLITE_CONSTRAINT_UNIQUE" },
+      "UNIQUE constraint failed: idempotency_records.scope, idempotency_records.request_id",
+      { code: "SQLITE_CONSTRAINT_PRIMARYKEY" },
       "request_id",
     ],
     [
@@ -42,7 +42,7 @@ describe("translateError", () => {
       "organization",
     ],
     ["duplicate key value", { code: "23505", constraint: "connections_pair_key" }, "pair"],
-    ["duplicate key value", { code: "23505", constraint: "connections_request_id_key" }, "request_id"],
+    ["duplicate key value", { code: "23505", constraint: "idempotency_records_pkey" }, "request_id"],
   ])("maps %j to AlreadyExistsError", (message, fields, conflict) => {
     const error = driverError(message, fields);
     const sentinel = translateError(error);
@@ -133,12 +133,13 @@ describe("KyselyStore retries", () => {
   });
 
   async function storeWith(plugin: FailingPlugin): Promise<KyselyStore> {
+    const sqlite = new SqliteDatabase(":memory:");
     db = new Kysely<Database>({
-      dialect: new SqliteDialect({ database: new SqliteDatabase(":memory:") }),
+      dialect: new SqliteDialect({ database: sqlite }),
       plugins: [plugin],
     });
     await migrateToLatest(db as Kysely<unknown>, "sqlite");
-    return new KyselyStore(db, { dialect: "sqlite" });
+    return new KyselyStore(db, { dialect: "sqlite", sqlite });
   }
 
   const organization = () => ({ id: "org_a", name: "A", createTime: new Date() });
@@ -201,7 +202,7 @@ describe("KyselyStore retries", () => {
       error: driverError("canceling statement", { code: "57014" }),
       times: 2,
     };
-    await expect(store.getConnectionForCheck("cxn_x")).rejects.toBeInstanceOf(UnavailableError);
+    await expect(store.getConnection("cxn_x")).rejects.toBeInstanceOf(UnavailableError);
     expect(plugin.thrown).toBe(1);
   });
 });
