@@ -28,6 +28,7 @@ import {
 import { BATCH_CHECK_PATH, batchCheckRequests, verifyBatches } from "./batch-check.js";
 import { checkReason, Errors, failureOf, frame, openChannel } from "./grpc-client.js";
 import { ensureH2load, type H2loadResult, runH2load } from "./h2load.js";
+import { overloadScenarios, runOverload } from "./overload.js";
 import {
   buildService,
   type Child,
@@ -95,6 +96,11 @@ const config = {
   randomSeed: integer("BENCH_RANDOM_SEED", 20_260_101),
   /** Another checkout of the service (with node_modules) to run on a copy of the SQLite data set, for before/after. */
   compareRoot: process.env.BENCH_COMPARE_ROOT || undefined,
+  overload: process.env.BENCH_OVERLOAD !== "off",
+  overloadSeconds: {
+    seconds: integer("BENCH_OVERLOAD_SECONDS", 20),
+    capacitySeconds: integer("BENCH_OVERLOAD_CAPACITY_SECONDS", 5),
+  },
   targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres,scale").split(",")),
   /** The writes section (bench/writes.ts); BENCH_TARGETS=none with BENCH_WRITES=on runs it alone. */
   writes: process.env.BENCH_WRITES !== "off",
@@ -144,6 +150,7 @@ interface Credentials {
   readonly path: string;
   readonly tokenService: Record<string, string>;
   readonly apiGateway: Record<string, string>;
+  readonly dashboard: Record<string, string>;
 }
 
 /** A production callers file: sha256 digests of fresh random tokens, never the dev tokens. */
@@ -151,6 +158,7 @@ function writeCallersFile(): Credentials {
   const tokens = {
     "token-service": randomBytes(32).toString("base64url"),
     "api-gateway": randomBytes(32).toString("base64url"),
+    "dashboard-bff": randomBytes(32).toString("base64url"),
   };
   const digests = Object.fromEntries(
     Object.entries(tokens).map(([caller, token]) => [
@@ -164,6 +172,7 @@ function writeCallersFile(): Credentials {
     path,
     tokenService: { authorization: `Bearer ${tokens["token-service"]}` },
     apiGateway: { authorization: `Bearer ${tokens["api-gateway"]}`, "x-actor": "api-key:api_bench" },
+    dashboard: { authorization: `Bearer ${tokens["dashboard-bff"]}`, "x-actor": "user:bench" },
   };
 }
 
@@ -1033,6 +1042,17 @@ async function main(): Promise<void> {
     }
   }
   const peakRss = targets.map((target) => [target.label, statusMiB(target.server.pid, "VmHWM")] as const);
+  const overloaded = targets.find((target) => target.name === "sqlite");
+  if (config.overload && overloaded?.service !== undefined) {
+    const { checks, seed } = overloaded.service;
+    const allowed = checks.find((check) => check.expectReason === CheckConnectionResponse_Reason.ALLOWED);
+    const connection = seed.dataset.connections.find((candidate) => candidate.state === "ACTIVE");
+    if (allowed === undefined || connection === undefined)
+      throw new Error("overload: the data set has no ACTIVE Connection");
+    const scenarios = overloadScenarios(credentials, frame(Buffer.from(allowed.body, "base64")), connection);
+    const inputs = { url: overloaded.url, pid: overloaded.server.pid, h2load: ensureH2load(progress), workDir };
+    verdicts.push(...(await runOverload({ ...inputs, scenarios, ...config.overloadSeconds }, log, progress)));
+  }
   for (const target of targets) await target.server.stop();
   // Its own services and data set, after the others have stopped (bench/scale.ts).
   if (config.targets.has("scale")) {

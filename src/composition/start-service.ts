@@ -11,7 +11,9 @@ import { connectionServiceHandlers } from "../api/connection-service.js";
 import { watchConnectionEventsHandler } from "../api/feed-service.js";
 import { IdempotentWrites } from "../api/idempotency.js";
 import { organizationServiceHandlers } from "../api/organization-service.js";
-import { RpcPipeline } from "../api/rpc.js";
+import { AdmissionController } from "../api/rpc/admission.js";
+import { adaptToEventLoopDelay } from "../api/rpc/admission-clock.js";
+import { RpcPipeline } from "../api/rpc/pipeline.js";
 import { Connections } from "../app/connections.js";
 import { Feed } from "../app/feed.js";
 import { Idempotency, startPruning } from "../app/idempotency.js";
@@ -72,6 +74,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     logger,
   });
   let tracing: Tracing | undefined;
+  let stopAdmission: (() => void) | undefined;
   let stopPruning: (() => Promise<void>) | undefined;
   try {
     // Loaded only when asked for: without an OTLP endpoint no OpenTelemetry code is even imported.
@@ -82,6 +85,11 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     const schema = await SchemaGate.start(store, logger);
     const organizations = new Organizations(store);
     const metrics = new Metrics(store);
+    const admission = config.admission === undefined ? undefined : new AdmissionController(config.admission);
+    if (admission !== undefined) {
+      metrics.watchAdmission(admission);
+      stopAdmission = adaptToEventLoopDelay(admission);
+    }
     const pipeline = new RpcPipeline({
       authenticator,
       organizations,
@@ -89,6 +97,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       observer: metrics,
       maxDeadlineMs: config.maxDeadlineMs,
       tracing,
+      admission: admission === undefined ? undefined : { controller: admission, observer: metrics },
     });
     const feed = new Feed(
       store,
@@ -157,9 +166,11 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
         ]);
         if (!closed) logger.warn({ timeoutMs: STORE_CLOSE_TIMEOUT_MS }, "database did not close in time; leaving it");
         await tracing?.shutdown();
+        stopAdmission?.();
       },
     };
   } catch (error) {
+    stopAdmission?.();
     reloader.close();
     await stopPruning?.();
     await openedStore.close();

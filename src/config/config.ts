@@ -2,6 +2,7 @@
 // service at start with every problem named, instead of surfacing later as odd behaviour.
 
 import { dirname, join } from "node:path";
+import { type AdmissionSettings, DEFAULT_ADMISSION_SETTINGS } from "../api/rpc/admission.js";
 import { DEFAULT_CHECK_CACHE_ENTRIES } from "../store/check-reader.js";
 import { DEFAULT_SCHEMA_AHEAD_LIMIT } from "../store/schema-version.js";
 import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "../transport/limits.js";
@@ -38,6 +39,8 @@ export interface Config {
   readonly limits: TransportLimits;
   /** SQLite: Connections the CheckConnection cache holds (least recently checked leave first). */
   readonly checkCacheEntries: number;
+  /** Admission control of unary calls; undefined when ADMISSION_MAX_IN_FLIGHT is 0 (off). */
+  readonly admission: AdmissionSettings | undefined;
   /** WatchConnectionEvents streams per replica. */
   readonly maxWatchers: number;
   /** The longest a watch stream goes without a message (a heartbeat with the cursor). */
@@ -163,8 +166,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, { serving = tru
       ),
       maxHeaderListBytes: integer("MAX_HEADER_LIST_BYTES", LIMITS.maxHeaderListBytes, 1024, 1_048_576),
       maxHealthWatchers: integer("MAX_HEALTH_WATCHERS", LIMITS.maxHealthWatchers, 0, 1_000_000),
+      maxReflectionStreams: integer("MAX_REFLECTION_STREAMS", LIMITS.maxReflectionStreams, 0, 1_000_000),
+      reflectionIdleTimeoutMs: integer("REFLECTION_IDLE_TIMEOUT_MS", LIMITS.reflectionIdleTimeoutMs, 10, 3_600_000),
+      maxHttp2Connections: integer("MAX_HTTP2_CONNECTIONS", LIMITS.maxHttp2Connections, 1, 1_000_000),
     },
     checkCacheEntries: integer("CHECK_CACHE_ENTRIES", DEFAULT_CHECK_CACHE_ENTRIES, 1, 100_000_000),
+    admission: admissionSettings(integer),
     maxWatchers: integer("MAX_WATCHERS", 1000, 0, 1_000_000),
     watchHeartbeatMs: integer("WATCH_HEARTBEAT_MS", 15_000, 10, 15_000),
     watchPollIntervalMs: integer("WATCH_POLL_INTERVAL_MS", 1000, 10, 60_000),
@@ -173,6 +180,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, { serving = tru
   const { limits } = config;
   if (limits.http1HeadersTimeoutMs > limits.http1RequestTimeoutMs) {
     problems.push("HTTP1_HEADERS_TIMEOUT_MS must not be larger than HTTP1_REQUEST_TIMEOUT_MS");
+  }
+  const { admission } = config;
+  if (admission !== undefined && admission.minInFlight > admission.maxInFlight) {
+    problems.push("ADMISSION_MIN_IN_FLIGHT must not be larger than ADMISSION_MAX_IN_FLIGHT");
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
@@ -187,6 +198,24 @@ function backupDir(env: NodeJS.ProcessEnv, databaseUrl: string, problems: string
     return env.BACKUP_DIR;
   }
   return sqlitePath === undefined || sqlitePath === ":memory:" ? undefined : join(dirname(sqlitePath), "backups");
+}
+
+type IntegerReader = (name: string, fallback: number, min: number, max: number) => number;
+
+function admissionSettings(integer: IntegerReader): AdmissionSettings | undefined {
+  const defaults = DEFAULT_ADMISSION_SETTINGS;
+  // Off unless set: against a storm that ignores grpc-retry-pushback-ms the queue forms inside
+  // node:http2 before admission runs, and refusing lowered goodput (docs/performance.md, Overload).
+  // defaults.maxInFlight is the ceiling to start from when turning it on.
+  const maxInFlight = integer("ADMISSION_MAX_IN_FLIGHT", 0, 0, 1_000_000);
+  const settings: AdmissionSettings = {
+    maxInFlight,
+    minInFlight: integer("ADMISSION_MIN_IN_FLIGHT", defaults.minInFlight, 1, 1_000_000),
+    targetDelayMs: integer("ADMISSION_TARGET_DELAY_MS", defaults.targetDelayMs, 1, 60_000),
+    callerIdleMs: integer("ADMISSION_CALLER_IDLE_MS", defaults.callerIdleMs, 10, 3_600_000),
+    pushbackMs: integer("ADMISSION_PUSHBACK_MS", defaults.pushbackMs, 0, 600_000),
+  };
+  return maxInFlight === 0 ? undefined : settings;
 }
 
 const HOUR_MS = 3_600_000;

@@ -5,8 +5,9 @@ import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
-import type { RpcLabels, RpcObserver } from "../api/rpc.js";
-import { codeName } from "../api/rpc.js";
+import type { AdmissionController, AdmissionRefusal } from "../api/rpc/admission.js";
+import { codeName } from "../api/rpc/pipeline.js";
+import type { AdmissionObserver, RpcLabels, RpcObserver } from "../api/rpc/types.js";
 import type { FeedStats } from "../app/feed.js";
 import type { ReloadObserver } from "../config/reload.js";
 import type { CheckCacheStats } from "../store/store.js";
@@ -149,8 +150,10 @@ function histogramValues(figures: MethodFigures): MetricValue[] {
   return values;
 }
 
-export class Metrics implements RpcObserver, ReloadObserver {
+export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver {
   readonly registry = new Registry();
+  /** Admission's refusals by caller, then reason: plain numbers, read when scraped (a storm refuses many a second). */
+  private readonly admissionRefusals = new Map<string, Map<AdmissionRefusal, number>>();
   private readonly rpcs: RpcMetrics;
   private readonly reloadSuccess: Gauge<"source">;
   private readonly reloadFailures: Counter<"source">;
@@ -262,6 +265,50 @@ export class Metrics implements RpcObserver, ReloadObserver {
   /** connections_watchers: the WatchConnectionEvents streams open on this replica. */
   countWatchers(count: () => number): void {
     scrapedGauge(this.registry, "connections_watchers", "WatchConnectionEvents streams open on this replica.", count);
+  }
+
+  /** connections_admission_*: the adaptive limit, the calls in flight by caller, and the refusals. */
+  watchAdmission(controller: AdmissionController): void {
+    const refusals = this.admissionRefusals;
+    new Gauge({
+      name: "connections_admission_limit",
+      help: "Unary calls that admission control lets be at work at once now (adaptive, at most ADMISSION_MAX_IN_FLIGHT).",
+      registers: [this.registry],
+      collect() {
+        this.set(controller.limit);
+      },
+    });
+    new Gauge({
+      name: "connections_admission_in_flight",
+      help: "Unary calls at work now, by caller.",
+      labelNames: ["caller"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [caller, count] of controller.snapshot().inFlightByCaller) this.labels(caller).set(count);
+      },
+    });
+    new Counter({
+      name: "connections_admission_refused_total",
+      help: "Calls refused with RESOURCE_EXHAUSTED OVERLOADED before any work, by caller and reason (limit: the replica was at its limit; share: the caller was over its fair share).",
+      labelNames: ["caller", "reason"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [caller, byReason] of refusals) {
+          for (const [reason, count] of byReason) this.labels(caller, reason).inc(count);
+        }
+      },
+    });
+  }
+
+  admissionRefused(caller: string, reason: AdmissionRefusal): void {
+    let byReason = this.admissionRefusals.get(caller);
+    if (byReason === undefined) {
+      byReason = new Map();
+      this.admissionRefusals.set(caller, byReason);
+    }
+    byReason.set(reason, (byReason.get(reason) ?? 0) + 1);
   }
 
   /** A write answered by replaying its first call's answer. */

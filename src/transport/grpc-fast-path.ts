@@ -19,7 +19,9 @@ import { gunzip } from "node:zlib";
 import type { Message } from "@bufbuild/protobuf";
 import type { Logger } from "pino";
 import { requestIdFor } from "../api/request-id.js";
-import type { RequestMeta, RpcPipeline, UnaryMethod } from "../api/rpc.js";
+import { AdmissionTicket } from "../api/rpc/admission.js";
+import type { RpcPipeline } from "../api/rpc/pipeline.js";
+import type { RequestMeta, UnaryMethod } from "../api/rpc/types.js";
 import { type RpcStatus, toRpcStatus } from "../api/status.js";
 import { protocolOf } from "./connect-edge.js";
 import type { PendingRead, ReadDeadlines, TransportLimits } from "./limits.js";
@@ -72,6 +74,13 @@ export class GrpcFastPath {
       this.refuse(stream, headers, method, error.status, 0);
       return;
     }
+    // Admission control, once the headers name the caller and before any of the body is read.
+    const ticket = this.pipeline.enter(call);
+    if (!(ticket instanceof AdmissionTicket)) {
+      this.refuse(stream, headers, method, ticket, 0);
+      return;
+    }
+    call.admitted(ticket);
     (stream as CallStream)[CALL] = call;
     stream.on("data", onRequestData);
     stream.on("end", onRequestEnd);
@@ -135,6 +144,7 @@ class UnaryCall implements RequestMeta, PendingRead {
   private nextPrefixAt = 0;
   private messages = 0;
   private refused = false;
+  private ticket: AdmissionTicket | undefined;
 
   constructor(
     private readonly fastPath: GrpcFastPath,
@@ -155,7 +165,12 @@ class UnaryCall implements RequestMeta, PendingRead {
       this.deadline ?? Number.POSITIVE_INFINITY,
       this.receivedAt + fastPath.limits.bodyReadTimeoutMs,
     );
-    fastPath.readDeadlines.add(this);
+  }
+
+  /** Past admission: the body is read from now on. */
+  admitted(ticket: AdmissionTicket): void {
+    this.ticket = ticket;
+    this.fastPath.readDeadlines.add(this);
   }
 
   header(name: string): string | undefined {
@@ -172,6 +187,7 @@ class UnaryCall implements RequestMeta, PendingRead {
   }
 
   streamClosed(): void {
+    this.ticket?.abandon();
     if (this.answered) return;
     this.closedUnanswered = true;
     this.clientGone?.();
@@ -212,7 +228,7 @@ class UnaryCall implements RequestMeta, PendingRead {
         this.refuseNow(error);
         return;
       }
-      const result = await this.fastPath.pipeline.invoke(this.method, request, this);
+      const result = await this.fastPath.pipeline.invoke(this.method, request, this, this.ticket);
       this.answered = true;
       if (result.ok) {
         respondWithMessage(this.stream, this.method.encode(result.response), result.requestId);
@@ -227,6 +243,7 @@ class UnaryCall implements RequestMeta, PendingRead {
   }
 
   private refuseNow(refusal: Refusal): void {
+    this.ticket?.abandon();
     this.refused = true;
     this.chunks = [];
     this.fastPath.readDeadlines.delete(this);
