@@ -88,6 +88,8 @@ const EVENTS_PER_MESSAGE = 100;
  * queue bound: a watcher that goes live with the whole ring queued still has room to fall behind.
  */
 const RING_SIZE = MAX_QUEUED_EVENTS / 2;
+/** The first look again after a wake-up whose poll found nothing; it doubles up to the poll interval. */
+const RECHECK_FIRST_MS = 20;
 /** The poller reads at most this many events per query (and loops while there are more). */
 const POLL_PAGE = 1000;
 /** Cursors since places carry transaction ids; "f1." cursors (a dense position) still resume. */
@@ -120,6 +122,9 @@ export class Feed {
   #polling: Promise<void> | undefined;
   #pollAgain = false;
   #pollTimer: NodeJS.Timeout | undefined;
+  /** After a wake-up whose poll found nothing: the next look, sooner than the periodic poll. */
+  #recheckMs: number | undefined;
+  #recheckTimer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
   #shuttingDown = false;
   #stats = { events: 0, deliveries: 0, pollFallbacks: 0, lagSeconds: 0 };
@@ -237,7 +242,7 @@ export class Feed {
         this.#head = head;
         this.#floor = head;
         this.#ring = [];
-        this.#unsubscribe = this.store.onFeedAppended(() => this.#poll());
+        this.#unsubscribe = this.store.onFeedAppended(() => this.#woken());
         this.#pollTimer = setInterval(() => this.#poll(true), this.options.pollIntervalMs);
         this.#pollTimer.unref();
         // Anything committed between the head read and the subscription.
@@ -253,11 +258,25 @@ export class Feed {
   #stop(): void {
     clearInterval(this.#pollTimer);
     this.#pollTimer = undefined;
+    clearTimeout(this.#recheckTimer);
+    this.#recheckTimer = undefined;
+    this.#recheckMs = undefined;
     this.#unsubscribe?.();
     this.#unsubscribe = undefined;
     this.#head = undefined;
     this.#ring = [];
     this.#floor = FEED_START;
+  }
+
+  /**
+   * Something committed (here, or on another replica). Its events may not be readable yet: on
+   * PostgreSQL they wait until every older transaction has ended, and one that ends elsewhere (a
+   * session outside the service) tells no one. So a wake-up whose poll finds nothing looks again
+   * soon, at growing intervals, until one finds something or the periodic poll takes over.
+   */
+  #woken(): void {
+    this.#recheckMs = RECHECK_FIRST_MS;
+    this.#poll();
   }
 
   /** One poll at a time; a wake-up during a poll runs one more afterwards. */
@@ -268,6 +287,7 @@ export class Feed {
       return;
     }
     this.#polling = this.#pollUntilCurrent(periodic)
+      .then((found) => this.#recheck(found))
       .catch((error: unknown) => this.onPollError(error))
       .finally(() => {
         this.#polling = undefined;
@@ -278,10 +298,25 @@ export class Feed {
       });
   }
 
-  async #pollUntilCurrent(periodic: boolean): Promise<void> {
+  #recheck(found: boolean): void {
+    clearTimeout(this.#recheckTimer);
+    this.#recheckTimer = undefined;
+    const delay = this.#recheckMs;
+    if (found || delay === undefined || delay >= this.options.pollIntervalMs || this.#head === undefined) {
+      this.#recheckMs = undefined;
+      return;
+    }
+    this.#recheckMs = delay * 2;
+    this.#recheckTimer = setTimeout(() => this.#poll(), delay);
+    this.#recheckTimer.unref();
+  }
+
+  /** Reads until current; whether it found any event. */
+  async #pollUntilCurrent(periodic: boolean): Promise<boolean> {
+    let found = false;
     for (let page = 0; ; page++) {
       const head = this.#head;
-      if (head === undefined) return;
+      if (head === undefined) return found;
       const entries = await this.store.readFeed({
         after: head,
         through: undefined,
@@ -289,10 +324,11 @@ export class Feed {
         limit: POLL_PAGE,
       });
       // Stopped (no watcher left) or restarted while the query ran: its result belongs to no one.
-      if (this.#head !== head || entries.length === 0) return;
+      if (this.#head !== head || entries.length === 0) return found;
       if (periodic && page === 0) this.#stats.pollFallbacks++;
+      found = true;
       this.#append(entries);
-      if (entries.length < POLL_PAGE) return;
+      if (entries.length < POLL_PAGE) return found;
     }
   }
 

@@ -115,8 +115,8 @@ describeEachDatabase("Store change feed", (database) => {
   });
 
   /** A watcher of every event from `start`, polling often (notifications do not come from raw sessions). */
-  async function watchFrom(start: FeedPosition) {
-    const feed = new Feed(store, { maxWatchers: 10, heartbeatMs: 10_000, pollIntervalMs: 50 }, (error) => {
+  async function watchFrom(start: FeedPosition, pollIntervalMs = 50) {
+    const feed = new Feed(store, { maxWatchers: 10, heartbeatMs: 10_000, pollIntervalMs }, (error) => {
       throw error;
     });
     const abort = new AbortController();
@@ -125,12 +125,16 @@ describeEachDatabase("Store change feed", (database) => {
       { startAfter: encodeCursor(await store.feedId(), start), startAtNow: false },
       { signal: abort.signal, deadline: undefined },
     );
+    // Started now (a generator runs only when asked): its first message is taken with the rest.
+    let first: Promise<IteratorResult<FeedBatch, void>> | undefined = batches.next();
+    await first;
     return {
       /** The events of the next messages, until at least `count` came. */
       async take(count: number): Promise<string[]> {
         const delivered: string[] = [];
         while (delivered.length < count) {
-          const batch = (await batches.next()).value as FeedBatch;
+          const batch = (await (first ?? batches.next())).value as FeedBatch;
+          first = undefined;
           delivered.push(...batch.events.map((e) => e.id));
         }
         return delivered;
@@ -189,6 +193,24 @@ describeEachDatabase("Store change feed", (database) => {
       const entries = await store.readFeed({ after: start, through: undefined, organizationId: undefined, limit: 10 });
       expect(entries.map((entry) => entry.event.id)).toEqual([heldWriter.id, event.id]);
       expect(await store.feedHead()).toBe(entries[1]?.position);
+      await watcher.stop();
+    },
+  );
+
+  it.runIf(database.dialect === "postgres")(
+    "looks again soon after a wake-up found its event held back by a transaction outside the service",
+    async () => {
+      const [held, other] = [await newConnection(), await newConnection()];
+      // No periodic poll within the test's time: only the looks after the wake-up can deliver.
+      const watcher = await watchFrom(await store.feedHead(), 60_000);
+      const older = await openWriter(held);
+      const { next, event } = transition(other, "ACTIVE");
+      // Wakes the poller, which finds the younger event held back by the open transaction.
+      expect(await store.saveTransition(next, event)).toBe(true);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      // A session outside the service: its commit is announced to no one.
+      await older.commit();
+      expect(await watcher.take(2)).toEqual([older.id, event.id]);
       await watcher.stop();
     },
   );
