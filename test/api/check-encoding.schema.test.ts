@@ -3,7 +3,15 @@
 // of each field's type, compared with protobuf-es's toBinary and fromBinary. A field added to one
 // of these messages is filled here too, so the codec fails this test until it handles the field.
 
-import { create, type DescMessage, fromBinary, isFieldSet, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import {
+  create,
+  type DescMessage,
+  fromBinary,
+  isFieldSet,
+  type MessageInitShape,
+  type MessageShape,
+  toBinary,
+} from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { ConnectionSchema } from "../../gen/connections/v1/connection_pb.js";
 import {
@@ -27,7 +35,9 @@ const SEED = 21;
 /** `SAMPLES` random messages of `schema`, and a check that every field of it was set in one of them. */
 function samples<Desc extends DescMessage>(schema: Desc): MessageShape<Desc>[] {
   const random = new Random(SEED);
-  const messages = Array.from({ length: SAMPLES }, () => create(schema, randomInit(random, schema)));
+  const messages = Array.from({ length: SAMPLES }, () =>
+    create(schema, randomInit(random, schema) as MessageInitShape<Desc>),
+  );
   const neverSet = schema.fields
     .filter((field) => !messages.some((message) => isFieldSet(message, field)))
     .map((field) => field.name);
