@@ -9,7 +9,7 @@
 // Recency: both LRU structures keep their order in a Map's insertion order, and a read moves the key
 // to the young end (delete, then set). V8 leaves a deleted entry in its hash bucket's chain until
 // the next rehash, so moving one hot key on every read makes that key's chain, and every lookup of
-// it, grow with the reads (one id checked over and over cost hundreds of microseconds per read).
+// it, grow with the reads (one id checked over and over cost more with every read).
 // So a read moves a key only when it is no longer among the youngest quarter of the capacity: an
 // entry read within the last three quarters of the capacity's insertions is still never evicted,
 // and a hot key moves at most a few times between rehashes.
@@ -85,7 +85,7 @@ const INITIAL_SLOTS = 1024;
  * The cached Connections in columns: typed arrays for the numbers (organization and status
  * indexes, version, the four times), one string per entry for name, creator and request id, and
  * a Map from id to slot whose insertion order is the recency order. No object per entry: about a
- * fifth of the heap of ConnectionRecords (bench/check-cache-footprint.ts; figures in the README).
+ * fifth of the heap of ConnectionRecords (bench/check-cache-footprint.ts; figures in docs/performance.md).
  */
 class ConnectionTable {
   readonly #slots = new Map<string, number>();
