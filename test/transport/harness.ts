@@ -108,10 +108,8 @@ export interface TestServer {
   waitForObserved(path: string, code: number): Promise<void>;
 }
 
-/** `limits`: transport limits to use instead of the production defaults (short timeouts in tests). */
-export async function startTestServer(limits: Partial<TransportLimits> = {}): Promise<TestServer> {
-  const observed: Observed[] = [];
-  const stubs = new Stubs();
+/** The real pipeline (dev tokens, only org_a registered) over the stub handlers; `observed` hears every RPC. */
+export function createTestPipeline(stubs: Stubs, observed: Observed[] = []): RpcPipeline {
   const organizations = { isRegistered: async (id: string) => id === "org_a" } as unknown as Organizations;
   const pipeline = new RpcPipeline({
     authenticator: CallerAuthenticator.dev(),
@@ -121,6 +119,14 @@ export async function startTestServer(limits: Partial<TransportLimits> = {}): Pr
     observer: { observe: (labels: RpcLabels, code: number) => observed.push({ path: labels.path, code }) },
   });
   stubs.register(pipeline);
+  return pipeline;
+}
+
+/** `limits`: transport limits to use instead of the production defaults (short timeouts in tests). */
+export async function startTestServer(limits: Partial<TransportLimits> = {}): Promise<TestServer> {
+  const observed: Observed[] = [];
+  const stubs = new Stubs();
+  const pipeline = createTestPipeline(stubs, observed);
   let ready = true;
   const running = await serve({
     pipeline,
