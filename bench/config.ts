@@ -40,6 +40,8 @@ export const config = {
   /** Another checkout of the service (with node_modules) to run on a copy of the SQLite data set, for before/after. */
   compareRoot: process.env.BENCH_COMPARE_ROOT || undefined,
   targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres").split(",")),
+  /** The writes section (bench/writes.ts); BENCH_TARGETS=none with BENCH_WRITES=on runs it alone. */
+  writes: process.env.BENCH_WRITES !== "off",
 };
 
 /** A goal on a ratio of figures taken in the same run: met when the ratio is at least, or at most, this. */

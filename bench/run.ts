@@ -30,7 +30,7 @@ import {
   type ServiceExtras,
 } from "./clients.js";
 import { config } from "./config.js";
-import { cleanUp, onCleanUp, statusMiB } from "./processes.js";
+import { buildService, cleanUp, onCleanUp, statusMiB } from "./processes.js";
 import {
   count,
   log,
@@ -47,6 +47,7 @@ import {
 } from "./report.js";
 import type { Bench, Section, SectionOutcome } from "./section.js";
 import { startTargets, writeCallersFile } from "./servers.js";
+import { runWritesBench } from "./writes.js";
 
 /**
  * Sections run after the check measurements, on the same servers, in this order; each is one file
@@ -114,6 +115,11 @@ async function main(): Promise<void> {
   printCpu(targets, headline, distinct, batches);
   printMemory(targets, peakRss);
   printProfiles(targets, headline, distinct);
+  if (config.writes) {
+    if (!targets.some((target) => target.service !== undefined)) buildService();
+    const { logLevel, postgresAdminUrl, seconds, cpuProfileDir } = config;
+    await runWritesBench({ workDir, postgresAdminUrl, logLevel, seconds, log, progress, cpuProfileDir });
+  }
   printGoals(
     verdicts,
     [...(headline?.runs.values() ?? []), ...distinct.values(), ...[...batches.values()].map((batch) => batch.runs)]

@@ -4,12 +4,19 @@
 // the service answers ABORTED ETAG_MISMATCH and changes nothing, and the BFF shows the new state
 // instead of consenting to something the user never saw. Connect JSON over HTTP/1.1, as a
 // browser-facing backend usually speaks it.
+//
+// Every write carries a request_id made once per user action, and the client retries UNAVAILABLE
+// with the service config's policy (../retry-policy.ts): if a replica restarts while the user
+// clicks "activate", the retry answers what the first attempt did (the activation, not
+// FAILED_PRECONDITION "already active"), and nothing is activated twice.
 
+import { randomUUID } from "node:crypto";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { type Connection, Connection_State } from "../../gen/connections/v1/connection_pb.js";
 import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { retrying } from "../retry-policy.js";
 
 export interface DashboardClientOptions {
   readonly baseUrl: string;
@@ -29,7 +36,7 @@ export function reasonOf(error: ConnectError): string {
 export function createDashboardClient(options: DashboardClientOptions) {
   const client = createClient(
     ConnectionService,
-    createConnectTransport({ baseUrl: options.baseUrl, httpVersion: "1.1" }),
+    createConnectTransport({ baseUrl: options.baseUrl, httpVersion: "1.1", interceptors: [retrying()] }),
   );
   const callOptions = (organizationId: string, actor: string) => ({
     headers: { authorization: `Bearer ${options.token}`, "x-organization-id": organizationId, "x-actor": actor },
@@ -48,7 +55,7 @@ export function createDashboardClient(options: DashboardClientOptions) {
     async activate(organizationId: string, actor: string, seen: Connection): Promise<ActivationOutcome> {
       try {
         const { connection } = await client.activateConnection(
-          { id: seen.id, etag: seen.etag },
+          { id: seen.id, etag: seen.etag, requestId: randomUUID() },
           callOptions(organizationId, actor),
         );
         if (connection?.state !== Connection_State.ACTIVE) throw new Error("activation returned no ACTIVE connection");

@@ -1,19 +1,20 @@
 // How the token service calls CheckConnection: over the gRPC protocol with connect-es
-// (createGrpcTransport), a deadline on every call, and retries with exponential backoff and jitter
-// when the service is UNAVAILABLE (a replica restarting or draining, the database briefly down).
-// Only UNAVAILABLE is retried: a check is a read, so retrying it is always safe, and every other
-// error is an answer that a retry would not change. The retries share the call's deadline.
+// (createGrpcTransport), a deadline on every call, and the service config's retry policy
+// (../retry-policy.ts): UNAVAILABLE (a replica restarting or draining, the database briefly down)
+// is retried with exponential backoff and jitter. A check is a read, so retrying it is always safe,
+// and every other error is an answer that a retry would not change. The retries share the call's
+// deadline.
 //
 // Following the change feed to revoke share tokens at once is feed.ts.
 
-import { setTimeout as sleep } from "node:timers/promises";
-import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { type ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
   CheckConnectionRequest_Action,
   CheckConnectionResponse_Reason,
   ConnectionService,
 } from "../../gen/connections/v1/connection_service_pb.js";
+import { type RetryPolicy, retrying, retryPolicy } from "../retry-policy.js";
 
 export interface TokenServiceClientOptions {
   /** e.g. http://connections:8080 (h2c) or https://connections:8443 */
@@ -22,7 +23,7 @@ export interface TokenServiceClientOptions {
   readonly token: string;
   /** Deadline of one check, retries included. */
   readonly deadlineMs?: number;
-  /** Attempts in all, the first included. */
+  /** Overrides of the service config's retry policy: attempts in all, the first included. */
   readonly maxAttempts?: number;
   readonly initialBackoffMs?: number;
   readonly maxBackoffMs?: number;
@@ -36,40 +37,10 @@ export interface Decision {
   readonly reason: string;
 }
 
-/** Retries unary calls that fail UNAVAILABLE, with full-jitter exponential backoff, within the deadline. */
-export function retryUnavailable(
-  maxAttempts: number,
-  initialBackoffMs: number,
-  maxBackoffMs: number,
-  onRetry: (attempt: number, error: ConnectError) => void = () => {},
-): Interceptor {
-  return (next) => async (request) => {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await next(request);
-      } catch (error) {
-        const failure = ConnectError.from(error);
-        if (request.stream || failure.code !== Code.Unavailable || attempt >= maxAttempts) throw failure;
-        onRetry(attempt, failure);
-        const ceiling = Math.min(maxBackoffMs, initialBackoffMs * 2 ** (attempt - 1));
-        // Aborts (and so throws) when the call's deadline passes during the wait.
-        await sleep(Math.random() * ceiling, undefined, { signal: request.signal });
-      }
-    }
-  };
-}
-
 export function createTokenServiceClient(options: TokenServiceClientOptions) {
   const transport = createGrpcTransport({
     baseUrl: options.baseUrl,
-    interceptors: [
-      retryUnavailable(
-        options.maxAttempts ?? 5,
-        options.initialBackoffMs ?? 50,
-        options.maxBackoffMs ?? 1_000,
-        options.onRetry,
-      ),
-    ],
+    interceptors: [retrying({ ...retryPolicy(), ...definedOnly(options) }, options.onRetry)],
   });
   const client = createClient(ConnectionService, transport);
   const headers = { authorization: `Bearer ${options.token}` };
@@ -96,4 +67,12 @@ export function createTokenServiceClient(options: TokenServiceClientOptions) {
     mayRedeem: (connectionId: string, organizationId: string, scope: string) =>
       check(CheckConnectionRequest_Action.REDEEM_SHARE_TOKEN, connectionId, organizationId, scope),
   };
+}
+
+/** The retry policy fields that `options` sets. */
+function definedOnly(options: TokenServiceClientOptions): Partial<RetryPolicy> {
+  const { maxAttempts, initialBackoffMs, maxBackoffMs } = options;
+  return Object.fromEntries(
+    Object.entries({ maxAttempts, initialBackoffMs, maxBackoffMs }).filter(([, value]) => value !== undefined),
+  );
 }

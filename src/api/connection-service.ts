@@ -1,22 +1,40 @@
 // Thin handlers of connections.v1.ConnectionService: validate the wire request, call the use case,
 // map the result. Callers and the acting organization were established by the pipeline.
 
+import {
+  create,
+  type DescMessage,
+  type DescMethodUnary,
+  type MessageInitShape,
+  type MessageShape,
+} from "@bufbuild/protobuf";
 import { Connection_State } from "../../gen/connections/v1/connection_pb.js";
 import {
+  type ActivateConnectionRequestSchema,
   type CheckConnectionRequest,
   CheckConnectionRequest_Action,
   type CheckConnectionResponse,
   CheckConnectionResponse_Reason,
   CheckConnectionResponseSchema,
-  type ConnectionService,
+  ConnectionService,
+  type DeactivateConnectionRequestSchema,
   ListConnectionsRequest_Direction,
+  type ReactivateConnectionRequestSchema,
 } from "../../gen/connections/v1/connection_service_pb.js";
 import type { Actor, CheckRequest, CheckResult, Connections } from "../app/connections.js";
 import { invalidArgument } from "../app/errors.js";
 import type { Transition } from "../domain/connection.js";
+import type { ConnectionRecord } from "../store/store.js";
 import { connectionToProto, eventToProto, stateToProto } from "./convert.js";
+import type { AnswerFor, IdempotentWrites } from "./idempotency.js";
 import type { Call, ServiceHandlers } from "./rpc.js";
 import * as validate from "./validate.js";
+
+/** The requests of the three transitions: an id, an optional etag, and (deactivation) a reason. */
+type TransitionRequestSchema =
+  | typeof ActivateConnectionRequestSchema
+  | typeof DeactivateConnectionRequestSchema
+  | typeof ReactivateConnectionRequestSchema;
 
 /** The change feed's handler lives in feed-service.ts. */
 type Handlers = Omit<ServiceHandlers<(typeof ConnectionService)["method"]>, "watchConnectionEvents">;
@@ -27,14 +45,26 @@ export const MAX_BATCH_CHECKS = 100;
 /** The fields of a Connection that UpdateConnection may change (its update_mask paths). */
 const MUTABLE_FIELDS = ["name", "scopes"] as const;
 
-function actorOf(call: Call): Actor {
+function actorOf(call: Call, answerFor?: AnswerFor<ConnectionRecord>): Actor {
   return {
     organizationId: call.organizationId,
     caller: call.caller,
     actor: call.actor,
     requestId: call.requestId,
     signal: call.signal,
+    answerFor,
   };
+}
+
+/** Request ids of Connection writes belong to the acting organization, whichever caller sends them. */
+function scopeOf(call: Call): string {
+  return `organization:${call.organizationId}`;
+}
+
+/** The response of a write: every Connection write answers `{ connection }`. */
+function connectionResponse<O extends DescMessage>(schema: O) {
+  return (connection: ConnectionRecord): MessageShape<O> =>
+    create(schema, { connection: connectionToProto(connection) } as unknown as MessageInitShape<O>);
 }
 
 /** A CheckConnectionRequest, alone or inside a batch (`prefix` "checks[3]." names its fields there). */
@@ -61,29 +91,36 @@ function checkResponse({ decision, connection }: CheckResult): CheckConnectionRe
   };
 }
 
-export function connectionServiceHandlers(connections: Connections): Handlers {
+export function connectionServiceHandlers(connections: Connections, writes: IdempotentWrites): Handlers {
+  const methods = ConnectionService.method;
   const transition =
-    (kind: Transition) => async (request: { id: string; etag: string; reason?: string }, call: Call) => {
-      const connection = await connections.transition(actorOf(call), validate.connectionId("id", request.id), kind, {
-        etag: validate.etag(request.etag),
-        reason: validate.reason(request.reason ?? ""),
-      });
-      return { connection: connectionToProto(connection) };
-    };
+    <I extends TransitionRequestSchema, O extends DescMessage>(kind: Transition, method: DescMethodUnary<I, O>) =>
+    (request: MessageShape<I>, call: Call) =>
+      writes.run(method, scopeOf(call), request, connectionResponse(method.output), (answerFor) =>
+        connections.transition(actorOf(call, answerFor), validate.connectionId("id", request.id), kind, {
+          etag: validate.etag(request.etag),
+          reason: validate.reason("reason" in request ? request.reason : ""),
+        }),
+      );
 
   return {
-    async createConnection(request, call) {
-      const connection = await connections.create(actorOf(call), {
-        destinationOrganizationId: validate.organizationId(
-          "destination_organization_id",
-          request.destinationOrganizationId,
-        ),
-        scopes: request.scopes,
-        name: validate.name(request.name),
-        requestId: validate.requestId(request.requestId),
-      });
-      return { connection: connectionToProto(connection) };
-    },
+    createConnection: (request, call) =>
+      writes.run(
+        methods.createConnection,
+        scopeOf(call),
+        request,
+        connectionResponse(methods.createConnection.output),
+        (answerFor) =>
+          connections.create(actorOf(call, answerFor), {
+            destinationOrganizationId: validate.organizationId(
+              "destination_organization_id",
+              request.destinationOrganizationId,
+            ),
+            scopes: request.scopes,
+            name: validate.name(request.name),
+            requestId: request.requestId,
+          }),
+      ),
 
     async getConnection(request, call) {
       const connection = await connections.get(call.organizationId, validate.connectionId("id", request.id));
@@ -109,9 +146,9 @@ export function connectionServiceHandlers(connections: Connections): Handlers {
       return { connections: page.connections.map(connectionToProto), nextPageToken: page.nextPageToken };
     },
 
-    activateConnection: transition("ACTIVATE"),
-    deactivateConnection: transition("DEACTIVATE"),
-    reactivateConnection: transition("REACTIVATE"),
+    activateConnection: transition("ACTIVATE", methods.activateConnection),
+    deactivateConnection: transition("DEACTIVATE", methods.deactivateConnection),
+    reactivateConnection: transition("REACTIVATE", methods.reactivateConnection),
 
     async listConnectionEvents(request, call) {
       const page = await connections.listEvents(
@@ -126,24 +163,30 @@ export function connectionServiceHandlers(connections: Connections): Handlers {
       return checkResponse(await connections.check(checkRequest(request, "")));
     },
 
-    async updateConnection(request, call) {
-      const wanted = request.connection;
-      if (wanted === undefined) {
-        throw invalidArgument("connection", "connection is required: its id and the fields named in update_mask");
-      }
-      const id = validate.connectionId("connection.id", wanted.id);
-      const mask = validate.updateMask("update_mask", request.updateMask?.paths ?? [], MUTABLE_FIELDS);
-      const connection = await connections.update(
-        actorOf(call),
-        id,
-        {
-          ...(mask.has("name") ? { name: validate.name(wanted.name, "connection.name") } : {}),
-          ...(mask.has("scopes") ? { scopes: wanted.scopes } : {}),
+    updateConnection: (request, call) =>
+      writes.run(
+        methods.updateConnection,
+        scopeOf(call),
+        request,
+        connectionResponse(methods.updateConnection.output),
+        (answerFor) => {
+          const wanted = request.connection;
+          if (wanted === undefined) {
+            throw invalidArgument("connection", "connection is required: its id and the fields named in update_mask");
+          }
+          const id = validate.connectionId("connection.id", wanted.id);
+          const mask = validate.updateMask("update_mask", request.updateMask?.paths ?? [], MUTABLE_FIELDS);
+          return connections.update(
+            actorOf(call, answerFor),
+            id,
+            {
+              ...(mask.has("name") ? { name: validate.name(wanted.name, "connection.name") } : {}),
+              ...(mask.has("scopes") ? { scopes: wanted.scopes } : {}),
+            },
+            validate.etag(wanted.etag, "connection.etag"),
+          );
         },
-        validate.etag(wanted.etag, "connection.etag"),
-      );
-      return { connection: connectionToProto(connection) };
-    },
+      ),
 
     async batchCheckConnection(request) {
       const count = request.checks.length;

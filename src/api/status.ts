@@ -28,6 +28,7 @@ const CODE_BY_REASON: Readonly<Record<ErrorReason, Code>> = {
   ORGANIZATION_ALREADY_EXISTS: Code.AlreadyExists,
   INVALID_STATE_TRANSITION: Code.FailedPrecondition,
   ETAG_MISMATCH: Code.Aborted,
+  REQUEST_IN_PROGRESS: Code.Aborted,
   MALFORMED_REQUEST: Code.InvalidArgument,
   WATCHER_TOO_SLOW: Code.ResourceExhausted,
   TOO_MANY_WATCHERS: Code.ResourceExhausted,

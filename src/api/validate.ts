@@ -6,7 +6,6 @@ import { isConnectionId, isOrganizationId } from "../app/ids.js";
 import { SCOPE_CATALOGUE, type State } from "../domain/connection.js";
 
 const MAX_NAME_LENGTH = 200;
-const MAX_REQUEST_ID_LENGTH = 100;
 const MAX_REASON_LENGTH = 500;
 const MAX_ETAG_LENGTH = 64;
 
@@ -30,7 +29,6 @@ export function boundedText(field: string, value: string, maxLength: number): st
 }
 
 export const name = (value: string, field = "name"): string => boundedText(field, value, MAX_NAME_LENGTH);
-export const requestId = (value: string): string => boundedText("request_id", value, MAX_REQUEST_ID_LENGTH);
 export const reason = (value: string): string => boundedText("reason", value, MAX_REASON_LENGTH);
 export const etag = (value: string, field = "etag"): string => boundedText(field, value, MAX_ETAG_LENGTH);
 

@@ -21,6 +21,7 @@ import {
   type ConnectionRecord,
   type Direction,
   type EventRecord,
+  type IdempotencyRecord,
   type Store,
 } from "../store/store.js";
 import { invalidArgument, ServiceError, unknownScope } from "./errors.js";
@@ -36,13 +37,18 @@ export interface Actor {
   readonly requestId: string;
   /** The call's cancellation: writes made for this actor roll back once it aborts. */
   readonly signal?: AbortSignal;
+  /**
+   * For a write with a request_id: the record that answers it with the Connection it returns,
+   * saved in the write's own transaction (src/api/idempotency.ts replays it to retries).
+   */
+  readonly answerFor?: (connection: ConnectionRecord) => IdempotencyRecord;
 }
 
 export interface NewConnection {
   readonly destinationOrganizationId: string;
   readonly scopes: readonly string[];
   readonly name: string;
-  /** Idempotency key, or "". */
+  /** The request_id it was created with, or "" (kept on the Connection for the record). */
   readonly requestId: string;
 }
 
@@ -113,11 +119,6 @@ export class Connections {
       });
     }
     const scopes = normalizedScopes("scopes", input.scopes);
-    const wanted = { ...input, scopes };
-    if (input.requestId !== "") {
-      const earlier = await this.store.findConnectionByRequestId(source, input.requestId);
-      if (earlier !== undefined) return replay(earlier, wanted);
-    }
     if (!(await this.store.organizationExists(input.destinationOrganizationId))) {
       throw new ServiceError(
         "ORGANIZATION_NOT_FOUND",
@@ -147,15 +148,11 @@ export class Connections {
         connection,
         this.event(actor, undefined, connection, "CREATED", ""),
         actor.signal,
+        actor.answerFor?.(connection),
       );
       return connection;
     } catch (error) {
-      if (!(error instanceof AlreadyExistsError)) throw error;
-      // A concurrent create won the race: answer as if it had come first.
-      if (error.conflict === "request_id") {
-        const earlier = await this.store.findConnectionByRequestId(source, input.requestId);
-        if (earlier !== undefined) return replay(earlier, wanted);
-      }
+      if (!(error instanceof AlreadyExistsError) || error.conflict !== "pair") throw error;
       const existing = await this.store.findConnectionByPair(source, input.destinationOrganizationId);
       throw new ServiceError(
         "CONNECTION_ALREADY_EXISTS",
@@ -251,7 +248,11 @@ export class Connections {
       if (decided instanceof ServiceError && decided.reason !== "INVALID_STATE_TRANSITION") throw decided;
       if (etag !== "" && etag !== etagOf(current)) throw etagMismatch(id);
       if (decided instanceof ServiceError) throw decided;
-      if (decided === "UNCHANGED") return current;
+      if (decided === "UNCHANGED") {
+        const answer = actor.answerFor?.(current);
+        if (answer !== undefined) await this.store.saveIdempotencyRecord(answer, actor.signal);
+        return current;
+      }
 
       const now = this.now();
       const entered = (state: State) => decided.state === state && current.state !== state;
@@ -266,7 +267,7 @@ export class Connections {
         version: current.version + 1,
       };
       const event = this.event(actor, current, next, decided.type, decided.reason);
-      if (await this.store.saveTransition(next, event, actor.signal)) return next;
+      if (await this.store.saveTransition(next, event, actor.signal, actor.answerFor?.(next))) return next;
       // Someone else changed it between our read and our write.
       if (etag !== "") throw etagMismatch(id);
       if (attempt === WRITE_ATTEMPTS) {
@@ -337,24 +338,6 @@ function normalizedScopes(field: string, scopes: readonly string[]): string[] {
   if (normalized.ok) return normalized.scopes;
   if (normalized.refusal === "NO_SCOPES") throw invalidArgument(field, `${field}: name at least one scope`);
   throw unknownScope(field, normalized.scope ?? "");
-}
-
-function replay(
-  earlier: ConnectionRecord,
-  wanted: { destinationOrganizationId: string; scopes: readonly string[]; name: string; requestId: string },
-): ConnectionRecord {
-  const same =
-    earlier.destinationOrganizationId === wanted.destinationOrganizationId &&
-    earlier.name === wanted.name &&
-    earlier.scopes.join(" ") === wanted.scopes.join(" ");
-  if (!same) {
-    throw new ServiceError(
-      "REQUEST_ID_REUSED",
-      `request_id "${wanted.requestId}" was already used with other parameters`,
-      { field: "request_id" },
-    );
-  }
-  return earlier;
 }
 
 function connectionNotFound(id: string): ServiceError {

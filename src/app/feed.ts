@@ -1,11 +1,12 @@
 // The change feed behind WatchConnectionEvents: every ConnectionEvent in commit order, from any
 // cursor, exactly once and without gaps, on one replica or many.
 //
-// Order and completeness come from the database: each event has a `feed position`, dense and
-// assigned in commit order (see feedPositions in src/store/migrations.ts), so "every event after
-// position p" is a plain range read and a reader that has seen position N can never later find
-// an event below N. A cursor is (feed identity, position): the position up to which the watcher
-// has been given every event it may see, so resuming reads from there.
+// Order and completeness come from the database: each event has a place in the feed (a
+// FeedPosition: its transaction id and a position, see feedTransactionOrder in
+// src/store/migrations.ts), and the store reads only places that no running transaction can come
+// before, so "every event after place p" is a plain range read and a reader that has seen place P
+// can never later find an event before P. A cursor is (feed identity, place): the place up to
+// which the watcher has been given every event it may see, so resuming reads from there.
 //
 // Cost: one shared poller per process (not one query loop per watcher) reads the new events of
 // every Connection once, keeps the most recent ones in a ring, and hands each live watcher the ones
@@ -21,7 +22,16 @@
 // ended with WATCHER_TOO_SLOW instead of holding memory. Catching up reads one page at a time, only
 // when the transport asks for more. Shutdown ends every stream with UNAVAILABLE.
 
-import type { EventRecord, FeedEntry, Store } from "../store/store.js";
+import {
+  type EventRecord,
+  FEED_START,
+  type FeedEntry,
+  type FeedPosition,
+  feedPosition,
+  feedPositionParts,
+  laterFeedPosition,
+  type Store,
+} from "../store/store.js";
 import { invalidArgument, ServiceError } from "./errors.js";
 
 export interface FeedOptions {
@@ -80,18 +90,20 @@ const EVENTS_PER_MESSAGE = 100;
 const RING_SIZE = MAX_QUEUED_EVENTS / 2;
 /** The poller reads at most this many events per query (and loops while there are more). */
 const POLL_PAGE = 1000;
-const CURSOR_PREFIX = "f1.";
+/** Cursors since places carry transaction ids; "f1." cursors (a dense position) still resume. */
+const CURSOR_PREFIX = "f2.";
+const CURSOR_PREFIX_V1 = "f1.";
 /** Heartbeat intervals that a stream which must end waits for its client to read, before a reset. */
 const ABANDON_AFTER_HEARTBEATS = 4;
 
 export class Feed {
   readonly #watchers = new Set<Watcher>();
   readonly #live = new Set<Watcher>();
-  /** Recent entries: exactly the positions (#floor, #head], in order. */
+  /** Recent entries: exactly the places (#floor, #head], in order. */
   #ring: FeedEntry[] = [];
-  #floor = 0;
+  #floor: FeedPosition = FEED_START;
   /** Every event up to here is committed and has been read; undefined while nobody watches. */
-  #head: number | undefined;
+  #head: FeedPosition | undefined;
   #starting: Promise<void> | undefined;
   #polling: Promise<void> | undefined;
   #pollAgain = false;
@@ -143,14 +155,15 @@ export class Feed {
     for (const watcher of this.#watchers) watcher.end(shuttingDown());
   }
 
-  async #startPosition(start: WatchStart, feedId: string): Promise<number> {
+  async #startPosition(start: WatchStart, feedId: string): Promise<FeedPosition> {
     if (start.startAtNow) {
       if (start.startAfter !== "") throw invalidArgument("start_after", "set start_after or start_at_now, not both");
       return this.store.feedHead();
     }
-    if (start.startAfter === "") return 0;
+    if (start.startAfter === "") return FEED_START;
     const position = decodeCursor(start.startAfter, feedId);
-    if (position > (await this.store.feedHead())) throw invalidCursor();
+    // Every cursor this feed issues names an event's place (or the start).
+    if (position !== FEED_START && !(await this.store.feedContains(position))) throw invalidCursor();
     return position;
   }
 
@@ -163,12 +176,12 @@ export class Feed {
       if (watcher.position >= this.#floor) {
         // Synchronous from here to the add: no poll can slip in between.
         for (const entry of this.#ring) if (entry.position > watcher.position) watcher.offer(entry);
-        watcher.position = Math.max(watcher.position, this.#head ?? 0);
+        watcher.position = laterFeedPosition(watcher.position, this.#head ?? FEED_START);
         this.#live.add(watcher);
         if (!announced) yield watcher.take(feedId);
         return;
       }
-      const through = this.#head ?? 0;
+      const through = this.#head ?? FEED_START;
       const entries = await this.store.readFeed({
         after: watcher.position,
         through,
@@ -227,7 +240,7 @@ export class Feed {
     this.#unsubscribe = undefined;
     this.#head = undefined;
     this.#ring = [];
-    this.#floor = 0;
+    this.#floor = FEED_START;
   }
 
   /** One poll at a time; a wake-up during a poll runs one more afterwards. */
@@ -266,7 +279,7 @@ export class Feed {
   }
 
   #append(entries: readonly FeedEntry[]): void {
-    const head = entries.at(-1)?.position ?? 0;
+    const head = entries.at(-1)?.position ?? FEED_START;
     this.#ring.push(...entries);
     const excess = this.#ring.length - RING_SIZE;
     if (excess > 0) {
@@ -284,7 +297,7 @@ export class Feed {
 /** One stream's state: where it stands, what waits for it, and why it must end. */
 class Watcher {
   /** Every event it may see up to here has been queued or sent. */
-  position = 0;
+  position: FeedPosition = FEED_START;
   readonly #queue: FeedEntry[] = [];
   #ended: ServiceError | undefined;
   #wake: (() => void) | undefined;
@@ -343,8 +356,8 @@ class Watcher {
     this.#notify();
   }
 
-  advanceTo(position: number): void {
-    this.position = Math.max(this.position, position);
+  advanceTo(position: FeedPosition): void {
+    this.position = laterFeedPosition(this.position, position);
   }
 
   end(reason: ServiceError): void {
@@ -425,19 +438,36 @@ function invalidCursor(): ServiceError {
   return invalidArgument("start_after", "start_after is not a cursor of this feed");
 }
 
-/** Opaque to clients: the feed's identity (a cursor of another database is refused) and the position. */
-export function encodeCursor(feedId: string, position: number): string {
-  return Buffer.from(`${CURSOR_PREFIX}${feedId}.${position}`).toString("base64url");
+/** Opaque to clients: the feed's identity (a cursor of another database is refused) and the place. */
+export function encodeCursor(feedId: string, position: FeedPosition): string {
+  const parts = feedPositionParts(position);
+  if (parts === undefined) throw new Error(`not a feed position: ${position}`);
+  return Buffer.from(`${CURSOR_PREFIX}${feedId}.${parts.transaction}.${parts.position}`).toString("base64url");
 }
 
-function decodeCursor(cursor: string, feedId: string): number {
+/**
+ * The place a cursor carries. A cursor issued before places carried transaction ids ("f1.", a
+ * dense position N) names the event at position N, which kept its position with transaction id 0.
+ */
+function decodeCursor(cursor: string, feedId: string): FeedPosition {
   const text = Buffer.from(cursor, "base64url").toString("utf8");
-  const expected = `${CURSOR_PREFIX}${feedId}.`;
-  if (!text.startsWith(expected)) throw invalidCursor();
-  const digits = text.slice(expected.length);
-  const position = Number(digits);
-  if (!/^\d{1,15}$/.test(digits) || !Number.isSafeInteger(position)) throw invalidCursor();
-  // base64url decoding ignores stray characters: accept only the exact text this feed issued.
-  if (encodeCursor(feedId, position) !== cursor) throw invalidCursor();
+  let position: FeedPosition;
+  let canonical: string;
+  if (text.startsWith(`${CURSOR_PREFIX}${feedId}.`)) {
+    const [transaction = "", number = "", ...rest] = text.slice(`${CURSOR_PREFIX}${feedId}.`.length).split(".");
+    if (rest.length > 0 || !/^\d{1,20}$/.test(transaction) || !/^\d{1,15}$/.test(number)) throw invalidCursor();
+    position = feedPosition(transaction, number);
+    canonical = encodeCursor(feedId, position);
+  } else if (text.startsWith(`${CURSOR_PREFIX_V1}${feedId}.`)) {
+    const digits = text.slice(`${CURSOR_PREFIX_V1}${feedId}.`.length);
+    if (!/^\d{1,15}$/.test(digits) || !Number.isSafeInteger(Number(digits))) throw invalidCursor();
+    position = feedPosition(0, digits);
+    canonical = Buffer.from(`${CURSOR_PREFIX_V1}${feedId}.${Number(digits)}`).toString("base64url");
+  } else {
+    throw invalidCursor();
+  }
+  // base64url decoding ignores stray characters, and digits may carry leading zeros: accept only
+  // the exact text this feed issued.
+  if (feedPositionParts(position) === undefined || canonical !== cursor) throw invalidCursor();
   return position;
 }

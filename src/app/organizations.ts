@@ -1,4 +1,6 @@
-import { AlreadyExistsError, type OrganizationRecord, type Store } from "../store/store.js";
+// Use cases of organizations: registering them (the provisioning job) and reading them.
+
+import { AlreadyExistsError, type IdempotencyRecord, type OrganizationRecord, type Store } from "../store/store.js";
 import { ServiceError } from "./errors.js";
 import { newId } from "./ids.js";
 
@@ -8,13 +10,21 @@ export class Organizations {
     private readonly now: () => Date = () => new Date(),
   ) {}
 
-  /** Registers an organization; `id` "" means generate one. Nothing is written once `signal` aborts. */
-  async create(id: string, name: string, signal?: AbortSignal): Promise<OrganizationRecord> {
+  /**
+   * Registers an organization; `id` "" means generate one. Nothing is written once `signal` aborts.
+   * `answerFor` makes the idempotency record saved with it (see Actor.answerFor).
+   */
+  async create(
+    id: string,
+    name: string,
+    signal?: AbortSignal,
+    answerFor?: (organization: OrganizationRecord) => IdempotencyRecord,
+  ): Promise<OrganizationRecord> {
     const organization = { id: id === "" ? newId("org") : id, name, createTime: this.now() };
     try {
-      return await this.store.createOrganization(organization, signal);
+      return await this.store.createOrganization(organization, signal, answerFor?.(organization));
     } catch (error) {
-      if (error instanceof AlreadyExistsError) {
+      if (error instanceof AlreadyExistsError && error.conflict === "organization") {
         throw new ServiceError("ORGANIZATION_ALREADY_EXISTS", `organization "${organization.id}" already exists`, {
           field: "id",
         });

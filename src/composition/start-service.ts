@@ -7,10 +7,12 @@ import { OrganizationService } from "../../gen/connections/v1/organization_servi
 import { CallerAuthenticator, CallerTable } from "../api/callers.js";
 import { connectionServiceHandlers } from "../api/connection-service.js";
 import { watchConnectionEventsHandler } from "../api/feed-service.js";
+import { IdempotentWrites } from "../api/idempotency.js";
 import { organizationServiceHandlers } from "../api/organization-service.js";
 import { RpcPipeline } from "../api/rpc.js";
 import { Connections } from "../app/connections.js";
 import { Feed } from "../app/feed.js";
+import { Idempotency, startPruning } from "../app/idempotency.js";
 import { Organizations } from "../app/organizations.js";
 import type { Config } from "../config/config.js";
 import { ConfigReloader } from "../config/reload.js";
@@ -21,6 +23,8 @@ import { type RunningServer, serve } from "../transport/server.js";
 import { readTlsCredentials } from "../transport/tls.js";
 
 const STORE_CLOSE_TIMEOUT_MS = 2_000;
+/** How often records past IDEMPOTENCY_RETENTION are deleted (a batch at a time). */
+const IDEMPOTENCY_PRUNE_INTERVAL_MS = 10 * 60_000;
 
 export interface RunningService {
   readonly port: number;
@@ -59,6 +63,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     logger,
   });
   let tracing: Tracing | undefined;
+  let stopPruning: (() => Promise<void>) | undefined;
   try {
     // Loaded only when asked for: without an OTLP endpoint no OpenTelemetry code is even imported.
     if (config.tracing !== undefined)
@@ -85,11 +90,19 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
     );
     metrics.countWatchers(() => feed.watcherCount);
+    const idempotency = new Idempotency(store);
+    const writes = new IdempotentWrites(idempotency, (method) => metrics.countIdempotencyReplay(method));
     pipeline.register(ConnectionService, {
-      ...connectionServiceHandlers(new Connections(store)),
+      ...connectionServiceHandlers(new Connections(store), writes),
       watchConnectionEvents: watchConnectionEventsHandler(feed),
     });
-    pipeline.register(OrganizationService, organizationServiceHandlers(organizations));
+    pipeline.register(OrganizationService, organizationServiceHandlers(organizations, writes));
+    stopPruning = startPruning(idempotency, {
+      retentionMs: config.idempotencyRetentionMs,
+      intervalMs: IDEMPOTENCY_PRUNE_INTERVAL_MS,
+      logger,
+      onPruned: (count) => metrics.countIdempotencyPruned(count),
+    });
 
     server = await serve({
       pipeline,
@@ -122,6 +135,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
         // already sent) so that the drain below is not spent waiting for them.
         feed.shutDown();
         await running.close(config.shutdownGraceMs);
+        await stopPruning?.();
         await admin?.close();
         // A query that outlived the grace period (say, waiting on a lock) must not hold the exit:
         // when the process ends, the database rolls its transaction back.
@@ -135,6 +149,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     };
   } catch (error) {
     reloader.close();
+    await stopPruning?.();
     await openedStore.close();
     await tracing?.shutdown();
     throw error;

@@ -32,6 +32,8 @@ export interface Config {
   readonly watchHeartbeatMs: number;
   /** How often the change feed polls the database besides being woken by writes and NOTIFY. */
   readonly watchPollIntervalMs: number;
+  /** How long the answers of idempotent writes are kept for replay (IDEMPOTENCY_RETENTION). */
+  readonly idempotencyRetentionMs: number;
 }
 
 export interface TlsFiles {
@@ -131,6 +133,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxWatchers: integer("MAX_WATCHERS", 1000, 0, 1_000_000),
     watchHeartbeatMs: integer("WATCH_HEARTBEAT_MS", 15_000, 10, 15_000),
     watchPollIntervalMs: integer("WATCH_POLL_INTERVAL_MS", 1000, 10, 60_000),
+    idempotencyRetentionMs: idempotencyRetention(env.IDEMPOTENCY_RETENTION, problems),
   };
   const { limits } = config;
   if (limits.http1HeadersTimeoutMs > limits.http1RequestTimeoutMs) {
@@ -138,6 +141,27 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+const HOUR_MS = 3_600_000;
+const DAY_MS = 24 * HOUR_MS;
+const DURATION_UNITS_MS: Readonly<Record<string, number>> = { s: 1000, m: 60_000, h: HOUR_MS, d: DAY_MS };
+/** The contract promises replays for at least a day. */
+const MIN_IDEMPOTENCY_RETENTION_MS = DAY_MS;
+
+/** IDEMPOTENCY_RETENTION: a whole number and a unit (s, m, h, d), default 7d, at least 24h. */
+function idempotencyRetention(raw: string | undefined, problems: string[]): number {
+  const fallback = 7 * DAY_MS;
+  if (raw === undefined || raw === "") return fallback;
+  const match = /^(\d{1,9})([smhd])$/.exec(raw);
+  const ms = match === null ? Number.NaN : Number(match[1]) * (DURATION_UNITS_MS[match[2] ?? ""] ?? Number.NaN);
+  if (!(ms >= MIN_IDEMPOTENCY_RETENTION_MS)) {
+    problems.push(
+      `IDEMPOTENCY_RETENTION=${raw}: expected a duration of at least 24h, such as 24h, 36h or 7d (retries must replay for a day)`,
+    );
+    return fallback;
+  }
+  return ms;
 }
 
 /** The OTEL_* variables, when they ask for traces (an OTLP endpoint, and the SDK not disabled). */

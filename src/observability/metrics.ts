@@ -108,6 +108,8 @@ export class Metrics implements RpcObserver, ReloadObserver {
   private readonly rpcs: RpcMetrics;
   private readonly reloadSuccess: Gauge<"source">;
   private readonly reloadFailures: Counter<"source">;
+  private readonly idempotencyReplays: Counter<"method">;
+  private readonly idempotencyPruned: Counter;
 
   constructor(database: DatabaseGauges | undefined) {
     collectDefaultMetrics({ register: this.registry });
@@ -122,6 +124,17 @@ export class Metrics implements RpcObserver, ReloadObserver {
       name: "connections_config_reload_failures_total",
       help: "Reloads refused because a file did not read, parse or validate (the previous one stayed in force), by source.",
       labelNames: ["source"],
+      registers: [this.registry],
+    });
+    this.idempotencyReplays = new Counter({
+      name: "connections_idempotency_replays_total",
+      help: "Writes answered from the record of an earlier call with the same request_id (retries), by method.",
+      labelNames: ["method"],
+      registers: [this.registry],
+    });
+    this.idempotencyPruned = new Counter({
+      name: "connections_idempotency_records_pruned_total",
+      help: "Idempotency records deleted because they outlived IDEMPOTENCY_RETENTION.",
       registers: [this.registry],
     });
     if (database !== undefined) {
@@ -161,6 +174,15 @@ export class Metrics implements RpcObserver, ReloadObserver {
         this.set(count());
       },
     });
+  }
+
+  /** A write answered by replaying its first call's answer. */
+  countIdempotencyReplay(method: string): void {
+    this.idempotencyReplays.labels(method).inc();
+  }
+
+  countIdempotencyPruned(count: number): void {
+    this.idempotencyPruned.inc(count);
   }
 
   /** `labels` come from the registered methods, or are "unknown": the label sets stay bounded. */

@@ -24,14 +24,14 @@ const OTHER: Failure = { kind: "other" };
 const PG_CONFLICTS: ReadonlyMap<string, Conflict> = new Map<string, Conflict>([
   [CONSTRAINTS.organizationId, "organization"],
   [CONSTRAINTS.pair, "pair"],
-  [CONSTRAINTS.requestId, "request_id"],
+  [CONSTRAINTS.idempotencyKey, "request_id"],
 ]);
 
 /** SQLite names the columns of the violated unique index, not the index. */
 const SQLITE_CONFLICTS: ReadonlyMap<string, Conflict> = new Map<string, Conflict>([
   ["organizations.id", "organization"],
   ["connections.source_organization_id, connections.destination_organization_id", "pair"],
-  ["connections.source_organization_id, connections.create_request_id", "request_id"],
+  ["idempotency_records.scope, idempotency_records.request_id", "request_id"],
 ]);
 
 const SQLITE_UNIQUE_PREFIX = "UNIQUE constraint failed: ";

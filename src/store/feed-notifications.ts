@@ -1,8 +1,11 @@
-// Wakes this process's change-feed readers when another replica commits an event: a dedicated
-// PostgreSQL connection (not one of the pool's, which must stay free for RPCs) LISTENs on the
-// channel that the event trigger NOTIFYs at commit. Notifications are a latency hint, never the
-// source of truth: one lost while the connection was down only delays delivery until the feed's
-// next periodic poll, and every (re)connection wakes the readers so that they look at once.
+// Wakes this process's change-feed readers when another replica commits an event, and tells the
+// other replicas when this one did: a dedicated PostgreSQL connection (not one of the pool's, which
+// must stay free for RPCs) LISTENs on the feed's channel and sends the NOTIFY that announces this
+// process's commits. The NOTIFY goes out after the commit, one for every write committed while the
+// previous one was on its way: inside the writing transaction it would make every commit of every
+// replica queue for PostgreSQL's notify lock. Notifications are a latency hint, never the source of
+// truth: one lost while the connection was down only delays delivery until the feed's next periodic
+// poll, and every (re)connection wakes the readers so that they look at once.
 
 import pg from "pg";
 import type { Logger } from "pino";
@@ -18,6 +21,10 @@ export class FeedListener {
   #retryMs = FIRST_RETRY_MS;
   #retryTimer: NodeJS.Timeout | undefined;
   #closed = false;
+  /** A NOTIFY is on its way; `#announceAgain` asks for one more after it. */
+  #announcing = false;
+  #announceAgain = false;
+  #connecting = false;
 
   constructor(
     private readonly url: string,
@@ -27,8 +34,28 @@ export class FeedListener {
   /** Calls `listener` on every notification and after every (re)connection. */
   subscribe(listener: () => void): () => void {
     this.#listeners.add(listener);
-    if (this.#client === undefined && this.#retryTimer === undefined) void this.#connect();
+    if (this.#client === undefined && this.#retryTimer === undefined && !this.#connecting) void this.#connect();
     return () => this.#listeners.delete(listener);
+  }
+
+  /** Tells every replica that this process committed a write (coalesced; connects if need be). */
+  announce(): void {
+    if (this.#closed) return;
+    const client = this.#client;
+    if (this.#announcing || client === undefined) {
+      this.#announceAgain = true;
+      if (client === undefined && this.#retryTimer === undefined && !this.#connecting) void this.#connect();
+      return;
+    }
+    this.#announcing = true;
+    this.#announceAgain = false;
+    client
+      .query(`notify ${FEED_CHANNEL}`)
+      .catch((error: unknown) => this.logger?.debug({ err: error }, "change feed notification not sent"))
+      .finally(() => {
+        this.#announcing = false;
+        if (this.#announceAgain) this.announce();
+      });
   }
 
   /** True while the LISTEN connection is up (for tests and health of the feed). */
@@ -50,6 +77,15 @@ export class FeedListener {
   }
 
   async #connect(): Promise<void> {
+    this.#connecting = true;
+    try {
+      await this.#connectOnce();
+    } finally {
+      this.#connecting = false;
+    }
+  }
+
+  async #connectOnce(): Promise<void> {
     const client = new pg.Client({
       connectionString: this.url,
       connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
@@ -73,7 +109,10 @@ export class FeedListener {
     };
     client.on("error", fail);
     client.on("end", () => fail(new Error("connection ended")));
-    client.on("notification", () => this.#wake());
+    // Not its own NOTIFYs: this process's readers were told of its writes when they committed.
+    client.on("notification", (message) => {
+      if (message.processId !== (client as unknown as { processID?: number }).processID) this.#wake();
+    });
     try {
       await client.connect();
       await client.query(`listen ${FEED_CHANNEL}`);
@@ -87,8 +126,10 @@ export class FeedListener {
     }
     this.#client = client;
     this.#retryMs = FIRST_RETRY_MS;
-    // Anything committed while no one listened is read now rather than at the next poll.
+    // Anything committed while no one listened is read now rather than at the next poll, and
+    // announced if it was committed here.
     this.#wake();
+    if (this.#announceAgain) this.announce();
   }
 
   #wake(): void {

@@ -2,32 +2,44 @@
 // here; row mapping is in rows.ts, the transaction and retry policy in transactions.ts, and dialect
 // differences in the migrations (column types) and in how checks read (check-reader.ts).
 
-import { type CompiledQuery, type Kysely, sql } from "kysely";
+import { type CompiledQuery, type Insertable, type Kysely, type RawBuilder, sql } from "kysely";
 import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
 import type { FeedListener } from "./feed-notifications.js";
+import { FEED_HORIZON } from "./migrations.js";
 import type { StorePool } from "./pg-pool.js";
 import {
   CONNECTION_COLUMNS,
+  CONNECTION_WRITE_COLUMNS,
   type ConnectionRow,
   connectionCursor,
   EVENT_COLUMNS,
+  EVENT_WRITE_COLUMNS,
   parseConnectionCursor,
   parseCursor,
+  preparedQuery,
   toConnection,
   toConnectionRow,
   toDate,
   toEvent,
   toEventRow,
+  toIdempotencyRecord,
+  toIdempotencyRow,
   toPage,
   withParameters,
 } from "./rows.js";
-import type { Database, SqlDialect } from "./schema.js";
+import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
 import {
   AlreadyExistsError,
   type ConnectionRecord,
   type EventRecord,
+  FEED_START,
   type FeedEntry,
+  type FeedPosition,
   type FeedQuery,
+  feedPosition,
+  feedPositionParts,
+  type IdempotencyRecord,
+  InvalidCursorError,
   type ListConnectionsQuery,
   type ListEventsQuery,
   type OrganizationRecord,
@@ -38,6 +50,36 @@ import {
 import { Transactions } from "./transactions.js";
 
 const KNOWN_ORGANIZATIONS = 100_000;
+
+/** The values of a transition's UPDATE. */
+const TRANSITION_COLUMNS = [
+  "id",
+  "name",
+  "scopes",
+  "state",
+  "update_time",
+  "activate_time",
+  "deactivate_time",
+  "version",
+  "previous_version",
+] as const;
+
+/**
+ * The change feed on each dialect (see feedTransactionOrder in migrations.ts): an event's place
+ * (its transaction id, as text, and its position), and the condition that only events no running
+ * transaction can come before are read. SQLite's one connection shows committed writes only and
+ * commits one transaction after the other, so there the transaction id is 0 and every event counts.
+ */
+const FEED = {
+  postgres: {
+    transaction: sql<string>`connection_events.feed_xid::text`.as("feed_transaction"),
+    visible: sql<boolean>`connection_events.feed_xid < ${FEED_HORIZON}`,
+  },
+  sqlite: {
+    transaction: sql<string>`'0'`.as("feed_transaction"),
+    visible: sql<boolean>`true`,
+  },
+} as const;
 
 export interface KyselyStoreOptions {
   readonly dialect: SqlDialect;
@@ -63,25 +105,59 @@ export class KyselyStore implements Store {
   readonly #transactions: Transactions;
   /** Organizations are never deleted: a positive answer stays true on every replica. */
   readonly #knownOrganizations = new LruMap<string, true>(KNOWN_ORGANIZATIONS);
-  /** Compiled once: the check path and point reads skip Kysely's query building. */
+  /** Compiled once: the check path, point reads and writes skip Kysely's query building. */
   readonly #connectionById: CompiledQuery<ConnectionRow>;
+  readonly #insertConnection: (row: Insertable<ConnectionsTable>) => CompiledQuery;
+  readonly #insertEvent: (row: Insertable<ConnectionEventsTable>) => CompiledQuery;
+
+  readonly #updateConnection: (values: Readonly<Record<(typeof TRANSITION_COLUMNS)[number], unknown>>) => CompiledQuery;
+  readonly #connectionByPair: (values: { source: string; destination: string }) => CompiledQuery<ConnectionRow>;
   readonly #feedListener: FeedListener | undefined;
+  readonly #dialect: SqlDialect;
   /** Told after every write of this process commits: it may have appended events. */
   readonly #feedAppended = new Set<() => void>();
   #feedId: string | undefined;
 
   constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
     this.#db = db;
+    this.#dialect = options.dialect;
     this.#pool = options.pool;
     this.#transactions = new Transactions(db, {
       pool: options.pool,
       inTransaction: options.inTransaction,
-      committed: () => {
-        for (const listener of this.#feedAppended) listener();
+      ended: (committed) => {
+        if (committed) for (const listener of this.#feedAppended) listener();
+        // Other replicas learn of it after the commit (or the rollback, which may have held their
+        // feed back), in one notification for many writes.
+        this.#feedListener?.announce();
       },
     });
     this.#feedListener = options.feedListener;
     this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
+    this.#insertConnection = preparedQuery(CONNECTION_WRITE_COLUMNS, (row) => db.insertInto("connections").values(row));
+    this.#insertEvent = preparedQuery(EVENT_WRITE_COLUMNS, (row) => db.insertInto("connection_events").values(row));
+    this.#updateConnection = preparedQuery(TRANSITION_COLUMNS, (values) =>
+      db
+        .updateTable("connections")
+        .set({
+          name: values.name,
+          scopes: values.scopes,
+          state: values.state,
+          update_time: values.update_time,
+          activate_time: values.activate_time,
+          deactivate_time: values.deactivate_time,
+          version: values.version,
+        })
+        .where("id", "=", values.id)
+        .where("version", "=", values.previous_version),
+    );
+    this.#connectionByPair = preparedQuery(["source", "destination"], (values) =>
+      db
+        .selectFrom("connections")
+        .select(CONNECTION_COLUMNS)
+        .where("source_organization_id", "=", values.source)
+        .where("destination_organization_id", "=", values.destination),
+    );
     if (options.dialect === "postgres") {
       const connectionsByIds = db
         .selectFrom("connections")
@@ -101,17 +177,22 @@ export class KyselyStore implements Store {
     }
   }
 
-  async createOrganization(organization: OrganizationRecord, signal?: AbortSignal): Promise<OrganizationRecord> {
-    await this.#transactions.write(signal, (trx) =>
-      trx
+  async createOrganization(
+    organization: OrganizationRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<OrganizationRecord> {
+    await this.#transactions.write(signal, async (trx) => {
+      await trx
         .insertInto("organizations")
         .values({
           id: organization.id,
           name: organization.name,
           create_time: organization.createTime.toISOString(),
         })
-        .execute(),
-    );
+        .execute();
+      await saveAnswer(trx, answer);
+    });
     this.#knownOrganizations.set(organization.id, true);
     return organization;
   }
@@ -139,15 +220,17 @@ export class KyselyStore implements Store {
     return true;
   }
 
-  async createConnection(connection: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<void> {
-    try {
-      await this.#transactions.write(signal, async (trx) => {
-        await trx.insertInto("connections").values(toConnectionRow(connection)).execute();
-        await trx.insertInto("connection_events").values(toEventRow(event)).execute();
-      });
-    } catch (error) {
-      throw await this.#requestIdFirst(error, connection);
-    }
+  async createConnection(
+    connection: ConnectionRecord,
+    event: EventRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<void> {
+    await this.#transactions.write(signal, async (trx) => {
+      await trx.executeQuery(this.#insertConnection(toConnectionRow(connection)));
+      await trx.executeQuery(this.#insertEvent(toEventRow(event)));
+      await saveAnswer(trx, answer);
+    });
     this.#checks.written(connection);
   }
 
@@ -159,33 +242,16 @@ export class KyselyStore implements Store {
     return row === undefined ? undefined : toConnection(row);
   }
 
-  findConnectionByPair(
+  async findConnectionByPair(
     sourceOrganizationId: string,
     destinationOrganizationId: string,
   ): Promise<ConnectionRecord | undefined> {
-    return this.#findBySource(sourceOrganizationId, "destination_organization_id", destinationOrganizationId);
-  }
-
-  findConnectionByRequestId(sourceOrganizationId: string, requestId: string): Promise<ConnectionRecord | undefined> {
-    // "" is how a Connection made without a request id is stored, not a key.
-    if (requestId === "") return Promise.resolve(undefined);
-    return this.#findBySource(sourceOrganizationId, "create_request_id", requestId);
-  }
-
-  /** The source's Connection whose `column` is `value`: both lookups are unique per source. */
-  async #findBySource(
-    sourceOrganizationId: string,
-    column: "destination_organization_id" | "create_request_id",
-    value: string,
-  ): Promise<ConnectionRecord | undefined> {
-    const row = await this.#transactions.read(() =>
-      this.#db
-        .selectFrom("connections")
-        .select(CONNECTION_COLUMNS)
-        .where("source_organization_id", "=", sourceOrganizationId)
-        .where(column, "=", value)
-        .executeTakeFirst(),
+    const result = await this.#transactions.read(() =>
+      this.#db.executeQuery(
+        this.#connectionByPair({ source: sourceOrganizationId, destination: destinationOrganizationId }),
+      ),
     );
+    const row = result.rows[0];
     return row === undefined ? undefined : toConnection(row);
   }
 
@@ -228,11 +294,16 @@ export class KyselyStore implements Store {
     return toPage(rows, query.limit, toConnection, connectionCursor);
   }
 
-  async saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean> {
+  async saveTransition(
+    next: ConnectionRecord,
+    event: EventRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<boolean> {
     const saved = await this.#transactions.write(signal, async (trx) => {
-      const result = await trx
-        .updateTable("connections")
-        .set({
+      const result = await trx.executeQuery(
+        this.#updateConnection({
+          id: next.id,
           name: next.name,
           scopes: JSON.stringify(next.scopes),
           state: next.state,
@@ -240,12 +311,12 @@ export class KyselyStore implements Store {
           activate_time: next.activateTime?.toISOString() ?? null,
           deactivate_time: next.deactivateTime?.toISOString() ?? null,
           version: next.version,
-        })
-        .where("id", "=", next.id)
-        .where("version", "=", next.version - 1)
-        .executeTakeFirst();
-      if (result.numUpdatedRows === 0n) return false;
-      await trx.insertInto("connection_events").values(toEventRow(event)).execute();
+          previous_version: next.version - 1,
+        }),
+      );
+      if (result.numAffectedRows === 0n) return false;
+      await trx.executeQuery(this.#insertEvent(toEventRow(event)));
+      await saveAnswer(trx, answer);
       return true;
     });
     if (saved) this.#checks.written(next);
@@ -268,6 +339,45 @@ export class KyselyStore implements Store {
     return toPage(rows, query.limit, toEvent, (row) => String(row.seq));
   }
 
+  async findIdempotencyRecord(scope: string, requestId: string): Promise<IdempotencyRecord | undefined> {
+    const row = await this.#transactions.read(() =>
+      this.#db
+        .selectFrom("idempotency_records")
+        .selectAll()
+        .where("scope", "=", scope)
+        .where("request_id", "=", requestId)
+        .executeTakeFirst(),
+    );
+    return row === undefined ? undefined : toIdempotencyRecord(row);
+  }
+
+  async saveIdempotencyRecord(record: IdempotencyRecord, signal?: AbortSignal): Promise<void> {
+    await this.#transactions.write(signal, (trx) => saveAnswer(trx, record));
+  }
+
+  async pruneIdempotencyRecords(before: Date, limit: number): Promise<number> {
+    // One short statement per batch, by primary key, so that no write waits on a long delete.
+    const result = await this.#transactions.write(undefined, (trx) =>
+      trx
+        .deleteFrom("idempotency_records")
+        .where((eb) =>
+          eb(
+            eb.refTuple("scope", "request_id"),
+            "in",
+            eb
+              .selectFrom("idempotency_records")
+              .select(["scope", "request_id"])
+              .where("create_time", "<", before.toISOString())
+              .orderBy("create_time")
+              .limit(limit)
+              .$asTuple("scope", "request_id"),
+          ),
+        )
+        .executeTakeFirst(),
+    );
+    return Number(result.numDeletedRows);
+  }
+
   async feedId(): Promise<string> {
     this.#feedId ??= (
       await this.#transactions.read(() => this.#db.selectFrom("feed").select("id").executeTakeFirstOrThrow())
@@ -275,29 +385,50 @@ export class KyselyStore implements Store {
     return this.#feedId;
   }
 
-  async feedHead(): Promise<number> {
-    const row = await this.#transactions.read(() =>
-      this.#db
+  async feedHead(): Promise<FeedPosition> {
+    const feed = FEED[this.#dialect];
+    const row = await this.#transactions.read(() => {
+      let select = this.#db
         .selectFrom("connection_events")
-        .select((eb) => eb.fn.max("feed_position").as("head"))
-        .executeTakeFirst(),
-    );
-    return row?.head == null ? 0 : Number(row.head);
+        .select(["feed_position", feed.transaction])
+        .where(feed.visible);
+      if (this.#dialect === "postgres") select = select.orderBy(sql`connection_events.feed_xid`, "desc");
+      return select.orderBy("feed_position", "desc").limit(1).executeTakeFirst();
+    });
+    return row === undefined ? FEED_START : feedPosition(row.feed_transaction, row.feed_position);
+  }
+
+  async feedContains(position: FeedPosition): Promise<boolean> {
+    const parts = feedPositionParts(position);
+    if (parts === undefined || (this.#dialect === "sqlite" && parts.transaction !== "0")) return false;
+    const row = await this.#transactions.read(() => {
+      const select = this.#db
+        .selectFrom("connection_events")
+        .select("seq")
+        .where("feed_position", "=", Number(parts.position));
+      return (
+        this.#dialect === "postgres" ? select.where(sql<boolean>`feed_xid = ${parts.transaction}::xid8`) : select
+      ).executeTakeFirst();
+    });
+    return row !== undefined;
   }
 
   async readFeed(query: FeedQuery): Promise<FeedEntry[]> {
+    const feed = FEED[this.#dialect];
     const rows = await this.#transactions.read(() => {
       // Every event column that ListConnectionEvents reads (toEvent), whatever migrations add.
       let select = this.#db
         .selectFrom("connection_events")
         .innerJoin("connections", "connections.id", "connection_events.connection_id")
         .selectAll("connection_events")
+        .select(feed.transaction)
+        .where(feed.visible)
         .select([
           "connections.source_organization_id as feed_source_organization_id",
           "connections.destination_organization_id as feed_destination_organization_id",
         ])
-        .where("connection_events.feed_position", ">", query.after);
-      if (query.through !== undefined) select = select.where("connection_events.feed_position", "<=", query.through);
+        .where(this.#feedCompare(">", query.after));
+      if (query.through !== undefined) select = select.where(this.#feedCompare("<=", query.through));
       const organizationId = query.organizationId;
       if (organizationId !== undefined) {
         select = select.where((eb) =>
@@ -307,14 +438,27 @@ export class KyselyStore implements Store {
           ]),
         );
       }
-      return select.orderBy("connection_events.feed_position", "asc").limit(query.limit).execute();
+      if (this.#dialect === "postgres") select = select.orderBy(sql`connection_events.feed_xid`);
+      return select.orderBy("connection_events.feed_position").limit(query.limit).execute();
     });
     return rows.map((row) => ({
-      position: Number(row.feed_position),
+      position: feedPosition(row.feed_transaction, row.feed_position),
       event: toEvent(row),
       sourceOrganizationId: row.feed_source_organization_id,
       destinationOrganizationId: row.feed_destination_organization_id,
     }));
+  }
+
+  /** An event's place compared with `position`, in the feed's order. */
+  #feedCompare(operator: ">" | "<=", position: FeedPosition): RawBuilder<boolean> {
+    const parts = feedPositionParts(position);
+    if (parts === undefined) throw new InvalidCursorError();
+    if (this.#dialect === "sqlite") {
+      // Transaction ids are all 0 on SQLite: past any place with another one, or before it.
+      if (parts.transaction !== "0") return sql<boolean>`${sql.lit(operator === "<=")}`;
+      return sql<boolean>`connection_events.feed_position ${sql.raw(operator)} ${Number(parts.position)}`;
+    }
+    return sql<boolean>`(connection_events.feed_xid, connection_events.feed_position) ${sql.raw(operator)} (${parts.transaction}::xid8, ${parts.position}::bigint)`;
   }
 
   onFeedAppended(listener: () => void): () => void {
@@ -347,17 +491,9 @@ export class KyselyStore implements Store {
     await this.#feedListener?.close();
     await this.#db.destroy();
   }
+}
 
-  /**
-   * A create that repeats both the pair and the request id is a retry: report the request id
-   * whichever unique index the database happened to check first (SQLite and PostgreSQL differ).
-   */
-  async #requestIdFirst(error: unknown, connection: ConnectionRecord): Promise<unknown> {
-    if (!(error instanceof AlreadyExistsError) || error.conflict !== "pair") return error;
-    const earlier = await this.findConnectionByRequestId(connection.sourceOrganizationId, connection.createRequestId);
-    if (earlier === undefined) return error;
-    const sentinel = new AlreadyExistsError("request_id");
-    sentinel.cause = error.cause;
-    return sentinel;
-  }
+/** Saves the answer of an idempotent write in the write's own transaction. */
+async function saveAnswer(trx: Kysely<Database>, answer: IdempotencyRecord | undefined): Promise<void> {
+  if (answer !== undefined) await trx.insertInto("idempotency_records").values(toIdempotencyRow(answer)).execute();
 }

@@ -17,7 +17,7 @@ import type { SqlDialect } from "./schema.js";
 export const CONSTRAINTS = {
   organizationId: "organizations_pkey",
   pair: "connections_pair_key",
-  requestId: "connections_request_id_key",
+  idempotencyKey: "idempotency_records_pkey",
 } as const;
 
 interface ColumnTypes {
@@ -78,7 +78,7 @@ function initial(dialect: SqlDialect): Migration {
         .addUniqueConstraint(CONSTRAINTS.pair, ["source_organization_id", "destination_organization_id"])
         .execute();
       await db.schema
-        .createIndex(CONSTRAINTS.requestId)
+        .createIndex("connections_request_id_key")
         .on("connections")
         .columns(["source_organization_id", "create_request_id"])
         .unique()
@@ -163,7 +163,7 @@ function eventPartiesAndScopes(): Migration {
   };
 }
 
-/** PostgreSQL NOTIFY channel on which every committed event is announced (see feedPositions). */
+/** PostgreSQL NOTIFY channel on which committed events are announced (see feedTransactionOrder). */
 export const FEED_CHANNEL = "connections_feed";
 
 /**
@@ -185,6 +185,8 @@ export const FEED_CHANNEL = "connections_feed";
  *
  * `feed.id` is a random identity of this database's feed, carried in every cursor so that a
  * cursor from another deployment is refused rather than misread.
+ *
+ * On PostgreSQL, migration 0005 (feedTransactionOrder) replaces the trigger and the counter.
  */
 function feedPositions(dialect: SqlDialect): Migration {
   return {
@@ -230,11 +232,121 @@ function feedPositions(dialect: SqlDialect): Migration {
   };
 }
 
+/**
+ * Every write is idempotent through its request_id: the first answer (the response message, or a
+ * final error) is kept per (scope, request_id), written in the same transaction as the write it
+ * answers, so that a crash can never leave a write without its answer or an answer without its
+ * write. It replaces the unique index on connections.create_request_id, which could only say that
+ * a create happened, not what it answered; the column itself stays (who created it, and what a
+ * replica of the previous version reads during a rolling deploy).
+ */
+function idempotencyRecords(dialect: SqlDialect): Migration {
+  const types = columnTypes(dialect);
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable("idempotency_records")
+        .addColumn("scope", "text", (col) => col.notNull())
+        .addColumn("request_id", "text", (col) => col.notNull())
+        .addColumn("method", "text", (col) => col.notNull())
+        .addColumn("fingerprint", "text", (col) => col.notNull())
+        .addColumn("response", "text")
+        .addColumn("error", "text")
+        .addColumn("create_time", types.timestamp, (col) => col.notNull())
+        .addPrimaryKeyConstraint(CONSTRAINTS.idempotencyKey, ["scope", "request_id"])
+        .execute();
+      // Pruning walks the oldest records first.
+      await db.schema
+        .createIndex("idempotency_records_create_time_idx")
+        .on("idempotency_records")
+        .column("create_time")
+        .execute();
+      await db.schema.dropIndex("connections_request_id_key").execute();
+    },
+  };
+}
+
+/**
+ * PostgreSQL: the change feed without a lock that every writer holds until it commits (migration
+ * 0003's one-row counter made every event-writing transaction of every replica wait for the one
+ * before it to commit, and its pg_notify inside the transaction queued them on the notify lock).
+ *
+ * Each event records the id of its transaction (`feed_xid`, `pg_current_xact_id()` by default)
+ * and a position from a sequence (`feed_position`; nextval holds no lock). The feed's order is
+ * (feed_xid, feed_position), and a reader returns only events whose transaction id is below the
+ * HORIZON: the oldest transaction id that may still be running in this database as of the query's
+ * snapshot. Every transaction below it has ended (committed, and so visible to the query, or rolled
+ * back), and every transaction that starts later gets a larger id, so no event can ever appear
+ * below the horizon after a read: whatever a reader has passed is final. Gap-free and exactly once
+ * follow: a cursor is a place (feed_xid, feed_position); resuming reads the places after it, and
+ * an event that commits later lies after every place handed out before it committed. Writers that
+ * commit out of id order are handled the same way: the younger one's events wait, unread, until
+ * the older one has ended.
+ *
+ * Order within a Connection: its events are written by transactions that each saw the previous
+ * one's commit (a transition updates the version it read), and writes run at REPEATABLE READ
+ * (transactions.ts), where a transaction sees only what committed before its first statement, and
+ * so before it got its id: the later event has the larger transaction id whatever a write's
+ * statements are. Across Connections the order is the order of transaction ids, which is the order
+ * of commits wherever one transaction could have seen the other.
+ *
+ * The horizon ignores only transactions that pg_stat_activity shows running in another database of
+ * the cluster (transaction ids are cluster-wide; those cannot write here); anything it cannot place
+ * (a session it may not see, a prepared transaction) holds the horizon back, which delays the feed
+ * but never skips an event. A long transaction in this database delays the feed the same way, for
+ * as long as it runs (statement_timeout bounds the service's own).
+ *
+ * Events recorded before this migration keep their dense positions with transaction id 0, so a
+ * cursor issued then (position N) still names its event. NOTIFY moves out of the writing
+ * transaction: the writing process announces commits afterwards, many in one notification
+ * (feed-notifications.ts). No row is updated per write: nothing here grows dead rows.
+ */
+function feedTransactionOrder(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await sql`drop trigger connection_events_feed_position on connection_events`.execute(db);
+      await sql`drop function connection_events_feed_position()`.execute(db);
+      await sql`alter table feed drop column last_position`.execute(db);
+      // A constant default for the rows already there (no table rewrite), then every new row's own.
+      await sql`alter table connection_events add column feed_xid xid8 not null default '0'`.execute(db);
+      await sql`alter table connection_events alter column feed_xid set default pg_current_xact_id()`.execute(db);
+      await sql`create sequence connection_events_feed_position_seq owned by connection_events.feed_position`.execute(
+        db,
+      );
+      await sql`select setval('connection_events_feed_position_seq', coalesce(max(feed_position), 0) + 1, false)
+        from connection_events`.execute(db);
+      await sql`alter table connection_events
+        alter column feed_position set default nextval('connection_events_feed_position_seq')`.execute(db);
+      await sql`drop index connection_events_feed_position_key`.execute(db);
+      await sql`create unique index connection_events_feed_order_key on connection_events (feed_xid, feed_position)`.execute(
+        db,
+      );
+    },
+  };
+}
+
+/**
+ * The feed's horizon (see feedTransactionOrder), evaluated in the snapshot of the query that uses
+ * it: the smallest transaction id still running then, unless pg_stat_activity places it in another
+ * database; with none, the snapshot's xmax (the next id to be assigned).
+ */
+export const FEED_HORIZON = sql<string>`(
+  select coalesce(min(running.xid), pg_snapshot_xmax(pg_current_snapshot()))
+  from pg_snapshot_xip(pg_current_snapshot()) as running(xid)
+  where not exists (
+    select 1 from pg_stat_activity as other
+    where other.backend_xid = running.xid::xid and other.datname is distinct from current_database()
+  )
+)`;
+
 export function migrationProvider(dialect: SqlDialect): MigrationProvider {
   const migrations: Record<string, Migration> = {
     "0001_initial": initial(dialect),
     "0002_event_parties_and_scopes": eventPartiesAndScopes(),
     "0003_feed_positions": feedPositions(dialect),
+    "0004_idempotency": idempotencyRecords(dialect),
+    // SQLite's one connection already commits in position order.
+    ...(dialect === "postgres" ? { "0005_feed_transaction_order": feedTransactionOrder() } : {}),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }

@@ -36,6 +36,8 @@ const SQLITE_LOCK_WAIT_MS = 1000;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
 /** Checkpoint the WAL after this many pages (SQLite's default is 1000, about 4 MB). */
 const SQLITE_WAL_PAGES = 256;
+/** SQLite's page cache, in KiB. */
+const SQLITE_CACHE_KIB = 32 * 1024;
 /** After a checkpoint the WAL file is truncated to at most this. */
 const SQLITE_WAL_BYTES = 1024 * 1024;
 const PG_CONNECT_TIMEOUT_MS = 2000;
@@ -83,8 +85,13 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
     throw sqliteStartError(path, error);
   }
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
-  database.pragma("synchronous = NORMAL");
+  // FULL: the WAL is flushed at every COMMIT, so an acknowledged write survives a power cut or a
+  // kernel crash, not only a killed process (transactions.ts groups writes to share the flush).
+  database.pragma("synchronous = FULL");
   database.pragma("foreign_keys = ON");
+  // Writes touch every index of a Connection and its event at random keys: SQLite's default page
+  // cache (2 MB) soon misses on each of them.
+  database.pragma(`cache_size = -${SQLITE_CACHE_KIB}`);
   // A bounded WAL: checkpoint every SQLITE_WAL_PAGES pages and truncate the file back to
   // SQLITE_WAL_BYTES afterwards, so that a small volume that filled up once has room again.
   database.pragma(`wal_autocheckpoint = ${SQLITE_WAL_PAGES}`);

@@ -56,6 +56,22 @@ export interface ConnectionEventsTable {
   feed_position: Seq;
 }
 
+/** The first answer to each idempotent write (migration 0004): replayed to retries of its request_id. */
+export interface IdempotencyRecordsTable {
+  /** Whose key it is: "organization:<id>" or "caller:<name>". */
+  scope: string;
+  request_id: string;
+  /** The RPC's name, e.g. "ActivateConnection". */
+  method: string;
+  /** A digest of the request's parameters (request_id aside). */
+  fingerprint: string;
+  /** The response message, protobuf binary in base64; null when the call failed. */
+  response: string | null;
+  /** The final error as JSON ({reason, message, metadata}); null when the call succeeded. */
+  error: string | null;
+  create_time: Timestamp;
+}
+
 /** One row: the identity of this database's change feed. */
 export interface FeedTable {
   id: string;
@@ -66,4 +82,5 @@ export interface Database {
   connections: ConnectionsTable;
   connection_events: ConnectionEventsTable;
   feed: FeedTable;
+  idempotency_records: IdempotencyRecordsTable;
 }

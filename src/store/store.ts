@@ -23,7 +23,7 @@ export interface ConnectionRecord {
   readonly deactivateTime: Date | undefined;
   /** The x-actor of the creating request, or "". */
   readonly creator: string;
-  /** The CreateConnection request_id that made it, or "" (idempotency key, per source). */
+  /** The CreateConnection request_id that made it, or "" (kept for the record; replays use IdempotencyRecord). */
   readonly createRequestId: string;
   /** Starts at 1 and grows by one with every transition: the etag and the optimistic lock. */
   readonly version: number;
@@ -49,6 +49,33 @@ export interface EventRecord {
   readonly requestId: string;
   readonly createTime: Date;
 }
+
+/**
+ * The first answer to an idempotent write, kept per (scope, requestId) and replayed to its
+ * retries. Saved in the same transaction as the write it answers.
+ */
+export interface IdempotencyRecord {
+  /** Whose key it is: "organization:<id>" for Connection writes, "caller:<name>" for provisioning. */
+  readonly scope: string;
+  readonly requestId: string;
+  /** The RPC's name: the same key with another RPC is a misuse. */
+  readonly method: string;
+  /** A digest of the request's parameters: the same key with other parameters is a misuse. */
+  readonly fingerprint: string;
+  readonly outcome: IdempotentOutcome;
+  readonly createTime: Date;
+}
+
+/** The response message as it was sent (protobuf binary), or the final error. */
+export type IdempotentOutcome =
+  | { readonly response: Uint8Array }
+  | {
+      readonly error: {
+        readonly reason: string;
+        readonly message: string;
+        readonly metadata: Readonly<Record<string, string>>;
+      };
+    };
 
 export type Direction = "BOTH" | "OUTBOUND" | "INBOUND";
 
@@ -77,10 +104,41 @@ export interface Page<T> {
   readonly nextCursor: string | undefined;
 }
 
+/**
+ * A place in the change feed: (transaction id, position), written as one fixed-width string so that
+ * `<` and `>` compare places. Transaction ids order the feed on PostgreSQL (see migrations.ts,
+ * feedTransactionOrder); on SQLite, whose one connection commits one transaction after the other,
+ * the transaction id is 0 and the position alone is commit order.
+ */
+export type FeedPosition = string;
+
+const TRANSACTION_DIGITS = 20; // xid8 < 2^64
+const POSITION_DIGITS = 16; // a safe integer
+
+export function feedPosition(transaction: string | number, position: string | number): FeedPosition {
+  return `${String(transaction).padStart(TRANSACTION_DIGITS, "0")}:${String(position).padStart(POSITION_DIGITS, "0")}`;
+}
+
+/** Before every event: where a feed read from the beginning starts. */
+export const FEED_START: FeedPosition = feedPosition(0, 0);
+
+/** The parts of a well-formed position (decimal strings without leading zeros), or undefined. */
+export function feedPositionParts(position: string): { transaction: string; position: string } | undefined {
+  const match = /^(\d{20}):(\d{16})$/.exec(position);
+  if (match === null) return undefined;
+  const strip = (digits: string) => digits.replace(/^0+(?=\d)/, "");
+  return { transaction: strip(match[1] as string), position: strip(match[2] as string) };
+}
+
+/** The later of two places. */
+export function laterFeedPosition(a: FeedPosition, b: FeedPosition): FeedPosition {
+  return a > b ? a : b;
+}
+
 /** An event in the change feed, with the parties of its Connection (for visibility). */
 export interface FeedEntry {
-  /** Commit order: dense, one per event, growing (see migrations.ts, feedPositions). */
-  readonly position: number;
+  /** Its place: every event that will ever come before it is committed (see FeedPosition). */
+  readonly position: FeedPosition;
   readonly event: EventRecord;
   readonly sourceOrganizationId: string;
   readonly destinationOrganizationId: string;
@@ -88,9 +146,9 @@ export interface FeedEntry {
 
 export interface FeedQuery {
   /** Exclusive lower bound. */
-  readonly after: number;
+  readonly after: FeedPosition;
   /** Inclusive upper bound, or none. */
-  readonly through: number | undefined;
+  readonly through: FeedPosition | undefined;
   /** Only events of Connections this organization is a party to; undefined for every event. */
   readonly organizationId: string | undefined;
   readonly limit: number;
@@ -112,24 +170,33 @@ export interface Store {
   /**
    * Throws AlreadyExistsError when the id is taken. Every write takes the call's signal: once it
    * aborts, a transaction that has not committed rolls back and the write rejects with its reason.
+   * Every write also takes the IdempotencyRecord that answers it, if any, and saves it in the same
+   * transaction (AlreadyExistsError `conflict: "request_id"` when its key is taken: nothing is written).
    */
-  createOrganization(organization: OrganizationRecord, signal?: AbortSignal): Promise<OrganizationRecord>;
+  createOrganization(
+    organization: OrganizationRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<OrganizationRecord>;
   getOrganization(id: string): Promise<OrganizationRecord | undefined>;
   /** Organizations are never deleted, so a positive answer may be remembered. */
   organizationExists(id: string): Promise<boolean>;
 
   /**
    * Inserts a Connection and its CREATED event in one transaction. Throws AlreadyExistsError
-   * (with `conflict: "pair"` or `conflict: "request_id"`) when the ordered pair already has a
-   * Connection or the source already used the request id.
+   * (`conflict: "pair"`) when the ordered pair already has a Connection.
    */
-  createConnection(connection: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<void>;
+  createConnection(
+    connection: ConnectionRecord,
+    event: EventRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<void>;
   getConnection(id: string): Promise<ConnectionRecord | undefined>;
   findConnectionByPair(
     sourceOrganizationId: string,
     destinationOrganizationId: string,
   ): Promise<ConnectionRecord | undefined>;
-  findConnectionByRequestId(sourceOrganizationId: string, requestId: string): Promise<ConnectionRecord | undefined>;
   listConnections(query: ListConnectionsQuery): Promise<Page<ConnectionRecord>>;
 
   /**
@@ -137,7 +204,12 @@ export interface Store {
    * transaction: every transition and every update. Returns false, changing nothing, when the
    * stored version is no longer `next.version - 1` (someone else won).
    */
-  saveTransition(next: ConnectionRecord, event: EventRecord, signal?: AbortSignal): Promise<boolean>;
+  saveTransition(
+    next: ConnectionRecord,
+    event: EventRecord,
+    signal?: AbortSignal,
+    answer?: IdempotencyRecord,
+  ): Promise<boolean>;
   listEvents(query: ListEventsQuery): Promise<Page<EventRecord>>;
 
   /**
@@ -151,11 +223,26 @@ export interface Store {
    */
   getConnectionsForCheck(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]>;
 
+  /** The answer recorded for a key, if any. */
+  findIdempotencyRecord(scope: string, requestId: string): Promise<IdempotencyRecord | undefined>;
+  /** Saves an answer that no other write carries (a final error, an update that changed nothing). */
+  saveIdempotencyRecord(record: IdempotencyRecord, signal?: AbortSignal): Promise<void>;
+  /** Deletes at most `limit` of the records made before `before`, oldest first; returns how many. */
+  pruneIdempotencyRecords(before: Date, limit: number): Promise<number>;
+
   /** The random identity of this database's change feed (fixed by its migration; read once). */
   feedId(): Promise<string>;
-  /** The position of the last committed event (0 when there is none); every lower one is committed too. */
-  feedHead(): Promise<number>;
-  /** Feed entries in position order. */
+  /**
+   * The place of the last event that readFeed can return now (FEED_START when there is none):
+   * every event that will ever come before it is committed.
+   */
+  feedHead(): Promise<FeedPosition>;
+  /** Whether `position` is the place of an event (so a cursor that carries it is one this feed issued). */
+  feedContains(position: FeedPosition): Promise<boolean>;
+  /**
+   * Feed entries in position order, only those that no transaction still running can come before:
+   * a place returned here never gets an event before it later.
+   */
   readFeed(query: FeedQuery): Promise<FeedEntry[]>;
   /**
    * Calls `listener` whenever events may have been appended: at once after a write of this process,
@@ -173,7 +260,7 @@ export interface Store {
   close(): Promise<void>;
 }
 
-/** A unique constraint was violated. */
+/** A unique constraint was violated: an organization id, a pair, or an idempotency key ("request_id"). */
 export class AlreadyExistsError extends Error {
   constructor(readonly conflict: "organization" | "pair" | "request_id") {
     super(`already exists: ${conflict}`);

@@ -1,35 +1,54 @@
 // How the store talks to its database: reads that survive one broken connection, and writes as
 // transactions that retry a lost race a bounded number of times, stop committing once the call is
 // cut short, and on SQLite never let a failed ROLLBACK hide the error that caused it.
+//
+// On SQLite every acknowledged write is on the disk (`synchronous = FULL`, see open.ts), and a
+// disk flush costs far more than a write's statements. So writes are committed in groups: the
+// writes that arrive while a group is committing form the next group, which runs as ONE
+// transaction (one flush) with each write in its own SAVEPOINT, so a write that fails rolls back
+// alone and the others commit. A group holds at most MAX_GROUP writes, so no write waits longer
+// than the group in front of it and its own. PostgreSQL groups concurrent commits by itself.
 
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Kysely, sql } from "kysely";
+import { CompiledQuery, type Kysely } from "kysely";
 import { classifyError, translateError } from "./errors.js";
 import type { StorePool } from "./pg-pool.js";
 import type { Database } from "./schema.js";
 
 const MAX_WRITE_ATTEMPTS = 5;
+/** Writes per SQLite transaction: bounds how long a write waits for the group in front of it. */
+const MAX_GROUP = 100;
+
+const BEGIN = CompiledQuery.raw("begin immediate");
+const COMMIT = CompiledQuery.raw("commit");
+const ROLLBACK = CompiledQuery.raw("rollback");
+const SAVEPOINT = CompiledQuery.raw("savepoint write");
+const RELEASE = CompiledQuery.raw("release write");
+const ROLLBACK_TO = CompiledQuery.raw("rollback to write");
 
 export interface TransactionsOptions {
   /** PostgreSQL: the pool behind `db`, whose connections writes reserve so that they can be cancelled. */
   readonly pool?: StorePool;
   /** SQLite: whether a transaction is open (SQLite rolls some back by itself, e.g. on a full disk). */
   readonly inTransaction?: () => boolean;
-  /** Called after every write commits. */
-  readonly committed: () => void;
+  /**
+   * Called after every write commits, and (`false`) after one whose transaction ended without
+   * committing: on PostgreSQL the change feed's readers may have been waiting for it to end.
+   */
+  readonly ended: (committed: boolean) => void;
 }
 
+type Work<T> = (trx: Kysely<Database>) => Promise<T>;
+
 export class Transactions {
-  readonly #db: Kysely<Database>;
   readonly #pool: StorePool | undefined;
-  readonly #inTransaction: (() => boolean) | undefined;
-  readonly #committed: () => void;
+  readonly #groups: GroupCommit | undefined;
+  readonly #ended: (committed: boolean) => void;
 
   constructor(db: Kysely<Database>, options: TransactionsOptions) {
-    this.#db = db;
     this.#pool = options.pool;
-    this.#inTransaction = options.inTransaction;
-    this.#committed = options.committed;
+    this.#groups = options.pool === undefined ? new GroupCommit(db, options.inTransaction) : undefined;
+    this.#ended = options.ended;
   }
 
   /** Runs a read, once more when the connection broke under it (e.g. after a database restart). */
@@ -50,9 +69,10 @@ export class Transactions {
   /**
    * Runs `work` in a transaction, again (a bounded number of times) when it lost a race. Once
    * `signal` aborts, nothing more commits: the transaction rolls back (on PostgreSQL the running
-   * query is cancelled on the server) and the write rejects with the signal's reason.
+   * query is cancelled on the server; on SQLite the write's savepoint, or its group, rolls back)
+   * and the write rejects with the signal's reason.
    */
-  async write<T>(signal: AbortSignal | undefined, work: (trx: Kysely<Database>) => Promise<T>): Promise<T> {
+  async write<T>(signal: AbortSignal | undefined, work: Work<T>): Promise<T> {
     const workThenCheck = async (trx: Kysely<Database>) => {
       const result = await work(trx);
       // The last moment before COMMIT: a call that was cut short must not change anything.
@@ -62,12 +82,17 @@ export class Transactions {
     for (let attempt = 1; ; attempt++) {
       try {
         signal?.throwIfAborted();
-        const result = await (this.#pool === undefined
-          ? this.#sqliteTransaction(workThenCheck)
-          : this.#pool.reserve(signal, (db) => db.transaction().execute(workThenCheck)));
-        this.#committed();
+        const result = await (this.#groups !== undefined
+          ? this.#groups.run(signal, workThenCheck)
+          : (this.#pool as StorePool).reserve(signal, (db) =>
+              // REPEATABLE READ: the change feed's order within a Connection relies on it (see
+              // feedTransactionOrder in migrations.ts); a write that lost a race retries.
+              db.transaction().setIsolationLevel("repeatable read").execute(workThenCheck),
+            ));
+        this.#ended(true);
         return result;
       } catch (error) {
+        this.#ended(false);
         if (signal?.aborted) throw signal.reason;
         const failure = classifyError(error);
         if (failure.kind !== "retryable" || attempt >= MAX_WRITE_ATTEMPTS) throw translateError(error, failure);
@@ -75,23 +100,125 @@ export class Transactions {
       }
     }
   }
+}
 
-  /**
-   * BEGIN IMMEDIATE ... COMMIT on SQLite's one connection. When SQLite has already rolled back by
-   * itself (a full disk, some I/O errors), ROLLBACK would fail with "no transaction is active" and
-   * hide the real error; it is sent only while a transaction is open, and the first error wins.
-   */
-  #sqliteTransaction<T>(work: (trx: Kysely<Database>) => Promise<T>): Promise<T> {
-    return this.#db.connection().execute(async (connection) => {
-      await sql`begin immediate`.execute(connection);
-      try {
-        const result = await work(connection);
-        await sql`commit`.execute(connection);
-        return result;
-      } catch (error) {
-        if (this.#inTransaction?.() ?? true) await sql`rollback`.execute(connection).catch(() => {});
-        throw error;
+/** A write waiting for, or running in, a group. */
+interface Member {
+  readonly signal: AbortSignal | undefined;
+  readonly work: Work<unknown>;
+  readonly resolve: (result: unknown) => void;
+  readonly reject: (error: unknown) => void;
+  result?: unknown;
+}
+
+/** SQLite's group commit on its one connection (see the top of this file). */
+class GroupCommit {
+  readonly #db: Kysely<Database>;
+  readonly #inTransaction: () => boolean;
+  #queue: Member[] = [];
+  #draining = false;
+
+  constructor(db: Kysely<Database>, inTransaction: (() => boolean) | undefined) {
+    this.#db = db;
+    this.#inTransaction = inTransaction ?? (() => true);
+  }
+
+  /** Resolves once `work` has committed; rejects with its own error, or the group's COMMIT's. */
+  run<T>(signal: AbortSignal | undefined, work: Work<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.#queue.push({ signal, work, resolve: resolve as (result: unknown) => void, reject });
+      if (!this.#draining) {
+        this.#draining = true;
+        void this.#drain();
       }
     });
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#queue.length > 0) {
+      // The group is taken once the connection is ours: writes that arrived while the previous
+      // group (or a read) held it join this one.
+      await this.#db
+        .connection()
+        .execute((connection) => this.#commitGroup(connection, this.#queue.splice(0, MAX_GROUP)))
+        .catch((error: unknown) => {
+          for (const member of this.#queue.splice(0)) member.reject(error);
+        });
+    }
+    this.#draining = false;
+  }
+
+  /**
+   * BEGIN IMMEDIATE, each write in its savepoint, COMMIT; never throws: every member is settled.
+   * When SQLite has already rolled back by itself (a full disk, some I/O errors), ROLLBACK would
+   * fail with "no transaction is active" and hide the real error: rollbacks are sent only while a
+   * transaction is open, the failing write gets its own error, and the writes that had succeeded
+   * in that transaction run again in a new one (as do they when a member's call was cut short
+   * after its savepoint was released: it must not commit with them).
+   */
+  async #commitGroup(connection: Kysely<Database>, group: Member[]): Promise<void> {
+    let pending = group;
+    while (pending.length > 0) {
+      try {
+        await connection.executeQuery(BEGIN);
+      } catch (error) {
+        for (const member of pending) member.reject(error);
+        return;
+      }
+      const succeeded: Member[] = [];
+      let again: Member[] | undefined;
+      for (const [index, member] of pending.entries()) {
+        if (member.signal?.aborted) {
+          member.reject(member.signal.reason);
+          continue;
+        }
+        try {
+          await connection.executeQuery(SAVEPOINT);
+          member.result = await member.work(connection);
+          await connection.executeQuery(RELEASE);
+          succeeded.push(member);
+        } catch (error) {
+          member.reject(error);
+          if (!(await this.#undoWrite(connection))) {
+            again = [...succeeded, ...pending.slice(index + 1)];
+            break;
+          }
+        }
+      }
+      if (again === undefined && succeeded.some((member) => member.signal?.aborted)) {
+        await this.#rollBackAll(connection);
+        again = succeeded;
+      }
+      if (again !== undefined) {
+        pending = again;
+        continue;
+      }
+      try {
+        await connection.executeQuery(COMMIT);
+      } catch (error) {
+        await this.#rollBackAll(connection);
+        for (const member of succeeded) member.reject(error);
+        return;
+      }
+      for (const member of succeeded) member.resolve(member.result);
+      return;
+    }
+  }
+
+  /** Rolls back the write's savepoint; false when that failed and the whole transaction is gone. */
+  async #undoWrite(connection: Kysely<Database>): Promise<boolean> {
+    if (!this.#inTransaction()) return false;
+    try {
+      await connection.executeQuery(ROLLBACK_TO);
+      await connection.executeQuery(RELEASE);
+      return true;
+    } catch {
+      await this.#rollBackAll(connection);
+      return false;
+    }
+  }
+
+  async #rollBackAll(connection: Kysely<Database>): Promise<void> {
+    if (this.#inTransaction()) await connection.executeQuery(ROLLBACK).catch(() => {});
   }
 }

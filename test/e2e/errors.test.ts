@@ -178,7 +178,7 @@ describeE2E("errors", (e2e) => {
       "name",
     );
     await expectInvalidArgument(
-      bff.createConnection({ destinationOrganizationId: other, scopes: ["account.read"], requestId: "r".repeat(101) }),
+      bff.createConnection({ destinationOrganizationId: other, scopes: ["account.read"], requestId: "r".repeat(129) }),
       "request_id",
     );
     await expectInvalidArgument(bff.createConnection({ destinationOrganizationId: other, scopes: [] }), "scopes");
@@ -223,7 +223,7 @@ describeE2E("errors", (e2e) => {
           destinationOrganizationId: other,
           scopes: ["account.read"],
           name: "n".repeat(200),
-          requestId: "r".repeat(100),
+          requestId: "r".repeat(128),
         })
       ).connection,
     );

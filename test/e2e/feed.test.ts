@@ -12,6 +12,7 @@ import {
   WatchConnectionEventsResponseSchema,
 } from "../../gen/connections/v1/connection_service_pb.js";
 import { encodeCursor } from "../../src/app/feed.js";
+import { feedPosition } from "../../src/store/store.js";
 import { describeEachDatabase } from "../support/databases.js";
 import { connect, present } from "../support/fixtures.js";
 import { type RpcClient, registerOrganizations, startTestService, type TestService } from "../support/service.js";
@@ -135,13 +136,14 @@ describeEachDatabase("WatchConnectionEvents", (database) => {
     const stream = watcher("grpc-js").watch({ startAtNow: true }, { caller: "token-service" });
     const { cursor } = await stream.next();
     stream.cancel();
-    const position = Number(Buffer.from(cursor, "base64url").toString().split(".").at(-1));
-    const feedId = Buffer.from(cursor, "base64url").toString().split(".")[1] ?? "";
+    // f2.<feed id>.<transaction id>.<position>
+    const [, feedId = "", transaction = "", position = ""] = Buffer.from(cursor, "base64url").toString().split(".");
+    const beyond = Buffer.from(`f2.${feedId}.${transaction}.${Number(position) + 1_000_000}`).toString("base64url");
     for (const startAfter of [
       "garbage",
       "",
-      encodeCursor("someOtherFeed", position),
-      encodeCursor(feedId, position + 1_000_000),
+      encodeCursor("someOtherFeed", feedPosition(transaction, position)),
+      beyond,
       `${cursor}x`,
     ]) {
       const request = startAfter === "" ? { startAfter: cursor, startAtNow: true } : { startAfter };

@@ -1,5 +1,5 @@
-// Idempotent CreateConnection through request_id, and the one-Connection-per-pair rule under
-// concurrency: many creates for one pair at once make exactly one Connection.
+// Idempotent writes through request_id (every write RPC), and the one-Connection-per-pair rule
+// under concurrency: many creates for one pair at once make exactly one Connection.
 
 import { expect, it } from "vitest";
 import { Connection_State, ConnectionEvent_Type } from "../../gen/connections/v1/connection_pb.js";
@@ -7,7 +7,7 @@ import { connectionFixture, present } from "../support/fixtures.js";
 import { Code, describeE2E, expectRpcError, RpcError, registerOrganizations, uniqueId } from "../support/service.js";
 
 describeE2E("idempotent create", (e2e) => {
-  it("returns the first call's connection for a retry, also after it changed state", async () => {
+  it("returns the first call's answer for a retry, as it was then, also after the connection changed", async () => {
     const client = e2e.client();
     const [source = "", destination = ""] = await registerOrganizations(client, 2, "org_idem");
     const requestId = uniqueId("rid");
@@ -33,19 +33,21 @@ describeE2E("idempotent create", (e2e) => {
     expect(viaGateway.connection?.id).toBe(first.id);
     expect(viaGateway.connection?.creator).toBe("user:first");
 
-    // After it was activated and deactivated, the retry still answers with it (as it is now).
+    // After its scopes were narrowed, it was activated and deactivated, the retry still answers
+    // what the first call answered: the Connection as it was created.
+    await bff.updateConnection({
+      connection: { id: first.id, scopes: ["account.read"] },
+      updateMask: { paths: ["scopes"] },
+    });
     await e2e.as("dashboard-bff", destination).activateConnection({ id: first.id });
     await e2e.as("dashboard-bff", destination).deactivateConnection({ id: first.id });
-    const retried = present((await bff.createConnection(request)).connection);
-    expect(retried.id).toBe(first.id);
-    expect(retried.createTime).toEqual(first.createTime);
-    expect(retried.sourceOrganizationId).toBe(source);
+    expect((await bff.createConnection(request)).connection).toEqual(first);
 
     // Only one Connection and one CREATED event exist.
     expect((await bff.listConnections({})).connections.map((connection) => connection.id)).toEqual([first.id]);
     const events = (await bff.listConnectionEvents({ connectionId: first.id })).events;
     expect(events.filter((event) => event.type === ConnectionEvent_Type.CREATED)).toHaveLength(1);
-    expect(events).toHaveLength(3);
+    expect(events).toHaveLength(4);
   });
 
   it("refuses the same request_id with other parameters, before the one-per-pair rule", async () => {
@@ -220,26 +222,21 @@ describeE2E("idempotent create", (e2e) => {
     }
   });
 
-  it("lets a request_id whose first use failed be used again", async () => {
-    const [source = "", destination = ""] = await registerOrganizations(e2e.client(), 2, "org_idem");
+  it("replays a final error, even once the same call would now succeed", async () => {
+    const [source = ""] = await registerOrganizations(e2e.client(), 1, "org_idem");
     const bff = e2e.as("dashboard-bff", source);
     const requestId = uniqueId("rid");
-    await expectRpcError(
-      bff.createConnection({ destinationOrganizationId: uniqueId("org_missing"), scopes: ["account.read"], requestId }),
-      Code.NotFound,
-      "ORGANIZATION_NOT_FOUND",
-    );
-    await expectRpcError(
-      bff.createConnection({ destinationOrganizationId: destination, scopes: ["bogus.read"], requestId }),
-      Code.InvalidArgument,
-      "UNKNOWN_SCOPE",
-    );
-    const created = await bff.createConnection({
-      destinationOrganizationId: destination,
-      scopes: ["account.read"],
-      requestId,
-    });
-    expect(created.connection?.state).toBe(Connection_State.PENDING);
+    const missing = uniqueId("org_later");
+    const request = { destinationOrganizationId: missing, scopes: ["account.read"], requestId };
+    const first = await expectRpcError(bff.createConnection(request), Code.NotFound, "ORGANIZATION_NOT_FOUND");
+    await e2e.as("provisioning").createOrganization({ id: missing, name: "Registered later" });
+    const replayed = await expectRpcError(bff.createConnection(request), Code.NotFound, "ORGANIZATION_NOT_FOUND");
+    expect(replayed.metadata).toEqual(first.metadata);
+    expect(replayed.rawMessage).toBe(first.rawMessage);
+    expect((await bff.listConnections({})).connections).toEqual([]);
+    // The key is spent on that request; a new key makes the Connection.
+    const created = await bff.createConnection({ ...request, requestId: uniqueId("rid") });
+    expect(created.connection?.destinationOrganizationId).toBe(missing);
   });
 
   it("registers an organization once when 20 registrations of one id race", async () => {

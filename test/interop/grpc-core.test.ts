@@ -20,6 +20,7 @@ import { join, relative } from "node:path";
 import { promisify } from "node:util";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SERVICE_CONFIG } from "../../examples/retry-policy.js";
 import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
 import { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
 import { testDatabases } from "../support/databases.js";
@@ -297,6 +298,45 @@ for (const database of databases) {
       );
       expect(observed.reflectedMethods).toEqual(observed.generatedMethods);
       expect(observed.unknownSymbol).toBe(Code.NotFound);
+    });
+
+    it("replay: writes with a request_id, retried across forced GOAWAYs, answer what they answered first", async () => {
+      const connectionAgeMs = 400;
+      const aging = await startTestService(database, {
+        MAX_CONNECTION_AGE_MS: String(connectionAgeMs),
+        MAX_CONNECTION_AGE_GRACE_MS: "5000",
+      });
+      const tap = await H2FrameTap.start(aging.port);
+      try {
+        const observed = await scenario<{ replayed: string[]; events: string[]; createdScopes: string[] }>(
+          "replay",
+          tap.address,
+          generated,
+          [`--service-config=${JSON.stringify(SERVICE_CONFIG)}`, `--connection-age-ms=${connectionAgeMs}`],
+        );
+        expect(observed.replayed).toEqual([
+          "ActivateConnection",
+          "CreateConnection",
+          "CreateOrganization",
+          "DeactivateConnection",
+          "ReactivateConnection",
+          "UpdateConnection",
+        ]);
+        // One event per write, none per replay; the create's answer kept the scopes it had then.
+        expect(observed.events).toEqual([
+          "TYPE_CREATED",
+          "TYPE_ACTIVATED",
+          "TYPE_UPDATED",
+          "TYPE_DEACTIVATED",
+          "TYPE_REACTIVATED",
+        ]);
+        expect(observed.createdScopes).toEqual(["account.read", "inquiry.read"]);
+        expect(tap.fromService.goaways.length, "GOAWAYs the service sent").toBeGreaterThanOrEqual(2);
+        expect(tap.connections, "connections the client had to open").toBeGreaterThanOrEqual(3);
+      } finally {
+        await tap.close();
+        await aging.close();
+      }
     });
 
     it.runIf(everything)("keepalive: a pinging client is answered and never sent away", async () => {

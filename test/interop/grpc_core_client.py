@@ -783,7 +783,56 @@ def scenario_reflection(protos, args):
     }
 
 
+def scenario_replay(protos, args):
+    """Every write carries a request_id, on a channel with the documented service config (retries on
+    UNAVAILABLE), against a service that sends every connection away (GOAWAY) after a short age. Each
+    write is sent again with its request_id after its connection was sent away, as a client does when
+    it lost the answer: the replay answers the same bytes, and changes nothing."""
+    options = [("grpc.service_config", args.service_config), ("grpc.enable_retries", 1)]
+    client = Client(protos, grpc.insecure_channel(args.target, options=options))
+    source, destination = client.organizations(2, "org_replay")
+    crossing = 2.5 * args.connection_age_ms / 1000
+    answers = {}
+
+    def write_twice(rpc, fields, caller, organization=None):
+        fields = dict(fields, request_id=unique("rid"))
+        first = client.ok(rpc, fields, caller, organization)
+        time.sleep(crossing)
+        again = client.ok(rpc, fields, caller, organization)
+        check(
+            again.SerializeToString() == first.SerializeToString(),
+            "%s replayed after a GOAWAY answered %s, first %s" % (rpc, again, first),
+        )
+        answers[rpc] = first
+        return first
+
+    created = write_twice(
+        "CreateConnection",
+        {"destination_organization_id": destination, "scopes": ["account.read", "inquiry.read"], "name": "Replayed"},
+        "api-gateway",
+        source,
+    )
+    cxn = created.connection.id
+    write_twice("ActivateConnection", {"id": cxn}, "dashboard-bff", destination)
+    write_twice(
+        "UpdateConnection",
+        {"connection": {"id": cxn, "scopes": ["account.read"]}, "update_mask": {"paths": ["scopes"]}},
+        "api-gateway",
+        source,
+    )
+    write_twice("DeactivateConnection", {"id": cxn, "reason": "replayed"}, "api-gateway", destination)
+    write_twice("ReactivateConnection", {"id": cxn}, "api-gateway", source)
+    write_twice("CreateOrganization", {"name": "Replayed organization"}, "provisioning")
+    events = client.ok("ListConnectionEvents", {"connection_id": cxn}, "api-gateway", source).events
+    return {
+        "replayed": sorted(answers),
+        "events": [protos.connection.ConnectionEvent.Type.Name(event.type) for event in events],
+        "createdScopes": list(answers["CreateConnection"].connection.scopes),
+    }
+
+
 SCENARIOS = {
+    "replay": scenario_replay,
     "rpcs": scenario_rpcs,
     "errors": scenario_errors,
     "gzip": scenario_gzip,
@@ -808,6 +857,8 @@ def main():
     parser.add_argument("--calls-timeout", type=float, default=120, help="concurrency: seconds for every call to end")
     parser.add_argument("--keepalive-ms", type=int, default=1000, help="keepalive: grpc.keepalive_time_ms")
     parser.add_argument("--keepalive-seconds", type=float, default=3, help="keepalive: how long to keep calling")
+    parser.add_argument("--service-config", default="{}", help="replay: the channel's gRPC service config (JSON)")
+    parser.add_argument("--connection-age-ms", type=int, default=500, help="replay: the service's MAX_CONNECTION_AGE_MS")
     args = parser.parse_args()
     report = {"scenario": args.scenario, "grpc": grpc.__version__, "ok": False, "error": None, "observed": None}
     try:

@@ -59,6 +59,56 @@ describePostgres(`${REPLICAS} replicas on one PostgreSQL`, () => {
     return events;
   }
 
+  it("writes once when 50 calls with one request_id race across replicas, for every write RPC", async () => {
+    const [source, destination] = await twoOrganizations();
+    /** 50 calls spread over the replicas; every answer is the same, or ABORTED REQUEST_IN_PROGRESS. */
+    async function race<T>(call: (index: number) => Promise<T>): Promise<T> {
+      const outcomes = await Promise.allSettled(Array.from({ length: 50 }, (_, index) => call(index)));
+      const answers = outcomes.flatMap((outcome) => (outcome.status === "fulfilled" ? [outcome.value] : []));
+      for (const outcome of outcomes) {
+        if (outcome.status === "rejected") {
+          expect(outcome.reason).toMatchObject({ code: Code.Aborted, reason: "REQUEST_IN_PROGRESS" });
+        }
+      }
+      expect(answers.length).toBeGreaterThan(0);
+      for (const answer of answers) expect(answer).toEqual(answers[0]);
+      return answers[0] as T;
+    }
+    const as = (index: number, organizationId: string) => client(index).as({ caller: "dashboard-bff", organizationId });
+    const created = await race((index) =>
+      as(index, source).createConnection({
+        destinationOrganizationId: destination,
+        scopes: ["account.read", "inquiry.read"],
+        requestId: "replicas-create",
+      }),
+    );
+    const id = created.connection?.id ?? "";
+    await race((index) => as(index, destination).activateConnection({ id, requestId: "replicas-activate" }));
+    await race((index) =>
+      as(index, source).updateConnection({
+        connection: { id, scopes: ["account.read"] },
+        updateMask: { paths: ["scopes"] },
+        requestId: "replicas-update",
+      }),
+    );
+    await race((index) => as(index, destination).deactivateConnection({ id, requestId: "replicas-deactivate" }));
+    await race((index) => as(index, source).reactivateConnection({ id, requestId: "replicas-reactivate" }));
+    const registration = { name: "Raced across replicas", requestId: uniqueId("rid") };
+    await race((index) => client(index).as({ caller: "provisioning" }).createOrganization(registration));
+
+    const events = await allEvents(id, source);
+    expect(events.map((event) => event.type)).toHaveLength(5);
+    // A replay long after, on every replica, answers what the first call answered.
+    for (let index = 0; index < REPLICAS; index++) {
+      const replayed = await as(index, source).createConnection({
+        destinationOrganizationId: destination,
+        scopes: ["inquiry.read", "account.read"],
+        requestId: "replicas-create",
+      });
+      expect(replayed).toEqual(created);
+    }
+  });
+
   it("lets exactly one of many concurrent creates for one pair win, across replicas", async () => {
     const [source, destination] = await twoOrganizations();
     const outcomes = await Promise.allSettled(

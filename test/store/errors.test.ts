@@ -32,8 +32,8 @@ describe("translateError", () => {
       "pair",
     ],
     [
-      "UNIQUE constraint failed: connections.source_organization_id, connections.create_request_id",
-      { code: "SQLITE_CONSTRAINT_UNIQUE" },
+      "UNIQUE constraint failed: idempotency_records.scope, idempotency_records.request_id",
+      { code: "SQLITE_CONSTRAINT_PRIMARYKEY" },
       "request_id",
     ],
     [
@@ -42,7 +42,7 @@ describe("translateError", () => {
       "organization",
     ],
     ["duplicate key value", { code: "23505", constraint: "connections_pair_key" }, "pair"],
-    ["duplicate key value", { code: "23505", constraint: "connections_request_id_key" }, "request_id"],
+    ["duplicate key value", { code: "23505", constraint: "idempotency_records_pkey" }, "request_id"],
   ])("maps %j to AlreadyExistsError", (message, fields, conflict) => {
     const error = driverError(message, fields);
     const sentinel = translateError(error);

@@ -1,13 +1,30 @@
-// The change feed's storage contract on every database: positions dense and in commit order,
-// range reads with visibility, and (PostgreSQL) the case that sequence ids get wrong: a
-// transaction that recorded an event stays open while others try to commit theirs. A watcher
-// resumed from a cursor taken before must still get every event exactly once, in commit order.
+// The change feed's storage contract on every database: places growing with every event, range
+// reads with visibility, and (PostgreSQL) the cases that sequence ids get wrong: a transaction
+// that recorded an event stays open while a younger one commits its own, or two writers commit out
+// of transaction id order. A watcher resumed from a cursor taken before must still get every event
+// exactly once, in the feed's order; and a cursor issued before places carried transaction ids
+// (a dense position) still resumes after the upgrade.
 
+import { Kysely, Migrator, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { encodeCursor, Feed, type FeedBatch } from "../../src/app/feed.js";
-import type { Store } from "../../src/store/store.js";
-import { createTestStore, describeEachDatabase, type TestStore } from "../support/databases.js";
+import { migrationProvider } from "../../src/store/migrations.js";
+import { openStore } from "../../src/store/open.js";
+import {
+  type ConnectionRecord,
+  FEED_START,
+  type FeedPosition,
+  feedPosition,
+  type Store,
+} from "../../src/store/store.js";
+import {
+  createTestStore,
+  describeEachDatabase,
+  postgresAdminUrl,
+  provisionPostgres,
+  type TestStore,
+} from "../support/databases.js";
 import { connectionRecord, createdEvent, newOrganization, transition, uniqueId } from "./fixtures.js";
 
 describeEachDatabase("Store change feed", (database) => {
@@ -32,27 +49,34 @@ describeEachDatabase("Store change feed", (database) => {
     return connection;
   }
 
-  it("numbers events 1, 2, 3 ... and reads ranges with the parties, filtered by organization", async () => {
-    expect(await store.feedHead()).toBe(0);
+  it("places events in order, one after the other, and reads ranges with the parties, filtered by organization", async () => {
+    expect(await store.feedHead()).toBe(FEED_START);
     const [a, b, c] = [await newOrganization(store), await newOrganization(store), await newOrganization(store)];
     const ab = await newConnection(a, b);
     const bc = await newConnection(b, c);
     const { next, event } = transition(ab, "ACTIVE");
     expect(await store.saveTransition(next, event)).toBe(true);
-    expect(await store.feedHead()).toBe(3);
 
-    const all = await store.readFeed({ after: 0, through: undefined, organizationId: undefined, limit: 10 });
-    expect(all.map((entry) => [entry.position, entry.event.connectionId, entry.event.type])).toEqual([
-      [1, ab.id, "CREATED"],
-      [2, bc.id, "CREATED"],
-      [3, ab.id, "ACTIVATED"],
+    const all = await store.readFeed({ after: FEED_START, through: undefined, organizationId: undefined, limit: 10 });
+    expect(all.map((entry) => [entry.event.connectionId, entry.event.type])).toEqual([
+      [ab.id, "CREATED"],
+      [bc.id, "CREATED"],
+      [ab.id, "ACTIVATED"],
     ]);
+    const [first, second, third] = all.map((entry) => entry.position) as [string, string, string];
+    expect(first > FEED_START && second > first && third > second).toBe(true);
+    expect(await store.feedHead()).toBe(third);
     expect(all[2]).toMatchObject({ sourceOrganizationId: a, destinationOrganizationId: b, event });
-    const ofC = await store.readFeed({ after: 0, through: undefined, organizationId: c, limit: 10 });
-    expect(ofC.map((entry) => entry.position)).toEqual([2]);
-    const window = await store.readFeed({ after: 1, through: 2, organizationId: undefined, limit: 10 });
-    expect(window.map((entry) => entry.position)).toEqual([2]);
-    expect(await store.readFeed({ after: 0, through: undefined, organizationId: undefined, limit: 1 })).toHaveLength(1);
+    const ofC = await store.readFeed({ after: FEED_START, through: undefined, organizationId: c, limit: 10 });
+    expect(ofC.map((entry) => entry.position)).toEqual([second]);
+    const window = await store.readFeed({ after: first, through: second, organizationId: undefined, limit: 10 });
+    expect(window.map((entry) => entry.position)).toEqual([second]);
+    expect(
+      await store.readFeed({ after: FEED_START, through: undefined, organizationId: undefined, limit: 1 }),
+    ).toHaveLength(1);
+    expect(await store.feedContains(second)).toBe(true);
+    expect(await store.feedContains(feedPosition(0, 1_000_000))).toBe(false);
+    expect(await store.feedContains("garbage")).toBe(false);
   });
 
   it("has a stable identity and tells its subscribers about its own writes", async () => {
@@ -90,80 +114,173 @@ describeEachDatabase("Store change feed", (database) => {
     expect(feed.watcherCount).toBe(0);
   });
 
+  /** A watcher of every event from `start`, polling often (notifications do not come from raw sessions). */
+  async function watchFrom(start: FeedPosition) {
+    const feed = new Feed(store, { maxWatchers: 10, heartbeatMs: 10_000, pollIntervalMs: 50 }, (error) => {
+      throw error;
+    });
+    const abort = new AbortController();
+    const batches = feed.watch(
+      { organizationId: undefined },
+      { startAfter: encodeCursor(await store.feedId(), start), startAtNow: false },
+      { signal: abort.signal, deadline: undefined },
+    );
+    return {
+      /** The events of the next messages, until at least `count` came. */
+      async take(count: number): Promise<string[]> {
+        const delivered: string[] = [];
+        while (delivered.length < count) {
+          const batch = (await batches.next()).value as FeedBatch;
+          delivered.push(...batch.events.map((e) => e.id));
+        }
+        return delivered;
+      },
+      async stop() {
+        abort.abort();
+        await batches.return();
+      },
+    };
+  }
+
+  /** A raw session that records an event for `connection` in a transaction it leaves open. */
+  async function openWriter(connection: ConnectionRecord) {
+    const raw = new pg.Client({ connectionString: testStore.url });
+    await raw.connect();
+    const id = uniqueId("evt_raw");
+    await raw.query("begin");
+    await raw.query(
+      `insert into connection_events (id, connection_id, type, from_state, to_state, actor_organization_id,
+         caller, actor, reason, request_id, create_time)
+       values ($1, $2, 'DEACTIVATED', 'PENDING', 'INACTIVE', $3, 'dashboard-bff', '', '', '', now())`,
+      [id, connection.id, connection.sourceOrganizationId],
+    );
+    return {
+      id,
+      async commit() {
+        await raw.query("commit");
+        await raw.end();
+      },
+    };
+  }
+
   it.runIf(database.dialect === "postgres")(
-    "delivers an event whose transaction was held open while others wrote, exactly once and in commit order",
+    "delivers an event whose transaction was held open while a younger one committed, exactly once and in order",
     async () => {
       const held = await newConnection();
       const other = await newConnection();
       const start = await store.feedHead();
-      const feed = new Feed(store, { maxWatchers: 10, heartbeatMs: 10_000, pollIntervalMs: 50 }, (error) => {
-        throw error;
-      });
-      const abort = new AbortController();
-      const batches = feed.watch(
-        { organizationId: undefined },
-        { startAfter: encodeCursor(await store.feedId(), start), startAtNow: false },
-        { signal: abort.signal, deadline: undefined },
-      );
-      expect((await batches.next()).value).toMatchObject({ events: [] });
+      const watcher = await watchFrom(start);
 
-      // The held transaction records its event (taking its sequence id and feed position) and waits.
-      const raw = new pg.Client({ connectionString: testStore.url });
-      await raw.connect();
-      const heldEvent = createdEvent(held);
-      const heldEventId = uniqueId("evt_held");
-      await raw.query("begin");
-      await raw.query(
-        `insert into connection_events (id, connection_id, type, from_state, to_state, actor_organization_id,
-           caller, actor, reason, request_id, create_time)
-         values ($1, $2, 'DEACTIVATED', 'PENDING', 'INACTIVE', $3, 'dashboard-bff', '', '', '', now())`,
-        [heldEventId, heldEvent.connectionId, held.sourceOrganizationId],
-      );
-
-      // Meanwhile another transition commits as far as it can (its event insert waits behind the
-      // held transaction) and an organization, which records no event, commits freely.
+      // The held transaction records its event (taking the older transaction id) and stays open.
+      const heldWriter = await openWriter(held);
+      // Meanwhile a transition commits: nothing makes it wait (no lock that every writer takes).
       const { next, event } = transition(other, "ACTIVE");
-      const otherSaved = store.saveTransition(next, event);
+      expect(await store.saveTransition(next, event)).toBe(true);
       await newOrganization(store);
-      await waitForLockWaiter(raw);
+      // The younger event is committed but is not read while the older transaction may still add
+      // an event before it.
       expect(await store.feedHead()).toBe(start);
       expect(await store.readFeed({ after: start, through: undefined, organizationId: undefined, limit: 10 })).toEqual(
         [],
       );
 
-      await raw.query("commit");
-      await raw.end();
-      expect(await otherSaved).toBe(true);
+      await heldWriter.commit();
+      expect(await watcher.take(2)).toEqual([heldWriter.id, event.id]);
+      const entries = await store.readFeed({ after: start, through: undefined, organizationId: undefined, limit: 10 });
+      expect(entries.map((entry) => entry.event.id)).toEqual([heldWriter.id, event.id]);
+      expect(await store.feedHead()).toBe(entries[1]?.position);
+      await watcher.stop();
+    },
+  );
 
-      const delivered: string[] = [];
-      while (delivered.length < 2) {
-        const batch = (await batches.next()).value as FeedBatch;
-        delivered.push(...batch.events.map((e) => e.id));
-      }
-      expect(delivered).toEqual([heldEventId, event.id]);
-      const positions = await store.readFeed({
-        after: start,
-        through: undefined,
-        organizationId: undefined,
-        limit: 10,
-      });
-      expect(positions.map((entry) => [entry.position, entry.event.id])).toEqual([
-        [start + 1, heldEventId],
-        [start + 2, event.id],
-      ]);
-      abort.abort();
-      await batches.return();
+  it.runIf(database.dialect === "postgres")(
+    "delivers two writers that commit out of transaction id order exactly once, older id first, to a resumed cursor",
+    async () => {
+      const [one, two] = [await newConnection(), await newConnection()];
+      const start = await store.feedHead();
+      const older = await openWriter(one);
+      const younger = await openWriter(two);
+      await younger.commit();
+      const watcher = await watchFrom(start);
+      await older.commit();
+      expect(await watcher.take(2)).toEqual([older.id, younger.id]);
+      await watcher.stop();
+      // A cursor taken between the two (after the older one) resumes with the younger one only.
+      const [first] = await store.readFeed({ after: start, through: undefined, organizationId: undefined, limit: 1 });
+      const resumed = await watchFrom(first?.position ?? start);
+      expect(await resumed.take(1)).toEqual([younger.id]);
+      await resumed.stop();
     },
   );
 });
 
-/** Resolves once some other session waits for a lock that `holder`'s transaction holds. */
-async function waitForLockWaiter(holder: pg.Client): Promise<void> {
-  const pid = (await holder.query<{ pid: number }>("select pg_backend_pid() as pid")).rows[0]?.pid;
-  for (let attempt = 0; attempt < 400; attempt++) {
-    const { rows } = await holder.query("select 1 from pg_stat_activity where $1 = any(pg_blocking_pids(pid))", [pid]);
-    if (rows.length > 0) return;
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-  throw new Error("no session ever waited for the held transaction");
-}
+it.runIf(postgresAdminUrl !== undefined)(
+  "resumes a cursor issued before places carried transaction ids, after the upgrade, exactly once",
+  async () => {
+    const database = await provisionPostgres();
+    const db = new Kysely<unknown>({
+      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: database.url }) }),
+    });
+    let store: Store | undefined;
+    try {
+      // The schema as it was: dense positions from the one-row counter.
+      const migrator = new Migrator({ db, provider: migrationProvider("postgres") });
+      const { error } = await migrator.migrateTo("0003_feed_positions");
+      if (error !== undefined) throw error;
+      for (const id of ["org_a", "org_b"]) {
+        await sql`insert into organizations (id, name, create_time) values (${id}, ${id}, now())`.execute(db);
+      }
+      const insertConnection = (id: string, source: string, destination: string) =>
+        sql`insert into connections (id, source_organization_id, destination_organization_id, name, scopes, state,
+              create_time, update_time, creator, create_request_id, version)
+            values (${id}, ${source}, ${destination}, 'x', '[]', 'PENDING', now(), now(), '', '', 1)`.execute(db);
+      const insertEvent = (id: string, connection: string) =>
+        sql`insert into connection_events (id, connection_id, type, to_state, actor_organization_id, caller, actor,
+              reason, request_id, create_time)
+            values (${id}, ${connection}, 'CREATED', 'PENDING', 'org_a', 'dashboard-bff', '', '', '', now())`.execute(
+          db,
+        );
+      await insertConnection("cxn_before_1", "org_a", "org_b");
+      await insertEvent("evt_before_1", "cxn_before_1");
+      await insertConnection("cxn_before_2", "org_b", "org_a");
+      await insertEvent("evt_before_2", "cxn_before_2");
+      const feedId = (await sql<{ id: string }>`select id from feed`.execute(db)).rows[0]?.id ?? "";
+      // What a watcher held after the first event: position 1.
+      const oldCursor = Buffer.from(`f1.${feedId}.1`).toString("base64url");
+
+      store = await openStore({ databaseUrl: database.url });
+      const connection = connectionRecord("org_a", await newOrganization(store));
+      const created = createdEvent(connection);
+      await store.createConnection(connection, created);
+      const feed = new Feed(store, { maxWatchers: 10, heartbeatMs: 10_000, pollIntervalMs: 50 }, (failure) => {
+        throw failure;
+      });
+      const abort = new AbortController();
+      const batches = feed.watch(
+        { organizationId: undefined },
+        { startAfter: oldCursor, startAtNow: false },
+        { signal: abort.signal, deadline: undefined },
+      );
+      const delivered: string[] = [];
+      while (delivered.length < 2)
+        delivered.push(...((await batches.next()).value as FeedBatch).events.map((e) => e.id));
+      expect(delivered).toEqual(["evt_before_2", created.id]);
+      abort.abort();
+      await batches.return();
+      // A cursor beyond the old positions, or of the old format but another feed, is refused.
+      for (const cursor of [`f1.${feedId}.99`, `f1.otherFeed.1`]) {
+        const refused = feed.watch(
+          { organizationId: undefined },
+          { startAfter: Buffer.from(cursor).toString("base64url"), startAtNow: false },
+          { signal: new AbortController().signal, deadline: undefined },
+        );
+        await expect(refused.next()).rejects.toMatchObject({ reason: "INVALID_ARGUMENT" });
+      }
+    } finally {
+      await store?.close();
+      await db.destroy();
+      await database.drop();
+    }
+  },
+  30_000,
+);

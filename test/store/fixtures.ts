@@ -2,7 +2,7 @@
 
 import { randomBytes } from "node:crypto";
 import type { EventType, State } from "../../src/domain/connection.js";
-import type { ConnectionRecord, EventRecord, Store } from "../../src/store/store.js";
+import type { ConnectionRecord, EventRecord, IdempotencyRecord, Store } from "../../src/store/store.js";
 
 export function uniqueId(prefix: string): string {
   return `${prefix}_${randomBytes(8).toString("hex")}`;
@@ -83,4 +83,17 @@ export function transition(
     version: connection.version + 1,
   };
   return { next, event: eventFor(next, EVENT_OF[to], connection.state) };
+}
+
+/** An idempotency record answering with `response` bytes (or the given outcome). */
+export function answerRecord(overrides: Partial<IdempotencyRecord> = {}): IdempotencyRecord {
+  return {
+    scope: `organization:${uniqueId("org")}`,
+    requestId: uniqueId("rid"),
+    method: "CreateConnection",
+    fingerprint: randomBytes(16).toString("base64url"),
+    outcome: { response: new Uint8Array(randomBytes(40)) },
+    createTime: new Date(),
+    ...overrides,
+  };
 }

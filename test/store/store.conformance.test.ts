@@ -4,7 +4,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { State } from "../../src/domain/connection.js";
 import { AlreadyExistsError, type ConnectionRecord, type Direction, type Store } from "../../src/store/store.js";
 import { createTestStore, describeEachDatabase, type TestStore } from "../support/databases.js";
-import { connectionRecord, createdEvent, eventFor, newOrganization, transition, uniqueId } from "./fixtures.js";
+import {
+  answerRecord,
+  connectionRecord,
+  createdEvent,
+  eventFor,
+  newOrganization,
+  transition,
+  uniqueId,
+} from "./fixtures.js";
 
 async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
   try {
@@ -81,14 +89,12 @@ describeEachDatabase("Store", (database) => {
   });
 
   describe("connections", () => {
-    it("creates a connection and finds it by id, pair and request id", async () => {
+    it("creates a connection and finds it by id and pair", async () => {
       const [source, destination] = [await newOrganization(store), await newOrganization(store)];
       const connection = await create(connectionRecord(source, destination, { createRequestId: uniqueId("req") }));
       expect(await store.getConnection(connection.id)).toEqual(connection);
       expect(await store.findConnectionByPair(source, destination)).toEqual(connection);
       expect(await store.findConnectionByPair(destination, source)).toBeUndefined();
-      expect(await store.findConnectionByRequestId(source, connection.createRequestId)).toEqual(connection);
-      expect(await store.findConnectionByRequestId(destination, connection.createRequestId)).toBeUndefined();
       expect(await store.getConnection(uniqueId("cxn"))).toBeUndefined();
     });
 
@@ -128,27 +134,14 @@ describeEachDatabase("Store", (database) => {
       await create(connectionRecord(destination, source));
     });
 
-    it("refuses a request id that the source already used, and allows many without one", async () => {
+    it("keeps the create_request_id it was given, which is no longer a key: answers are", async () => {
       const source = await newOrganization(store);
       const requestId = uniqueId("req");
-      await create(connectionRecord(source, await newOrganization(store), { createRequestId: requestId }));
-      const reuse = connectionRecord(source, await newOrganization(store), { createRequestId: requestId });
-      await expectAlreadyExists(store.createConnection(reuse, createdEvent(reuse)), "request_id");
-
-      // Another source may use the same request id; "" means none and may repeat.
-      await create(
-        connectionRecord(await newOrganization(store), await newOrganization(store), { createRequestId: requestId }),
+      const first = await create(
+        connectionRecord(source, await newOrganization(store), { createRequestId: requestId }),
       );
-      await create(connectionRecord(source, await newOrganization(store)));
-      await create(connectionRecord(source, await newOrganization(store)));
-    });
-
-    it("reports request_id when a retry repeats both the pair and the request id", async () => {
-      const [source, destination] = [await newOrganization(store), await newOrganization(store)];
-      const requestId = uniqueId("req");
-      await create(connectionRecord(source, destination, { createRequestId: requestId }));
-      const retry = connectionRecord(source, destination, { createRequestId: requestId });
-      await expectAlreadyExists(store.createConnection(retry, createdEvent(retry)), "request_id");
+      await create(connectionRecord(source, await newOrganization(store), { createRequestId: requestId }));
+      expect((await store.getConnection(first.id))?.createRequestId).toBe(requestId);
     });
 
     it("lets exactly one of 50 concurrent creates for one pair succeed", async () => {
@@ -166,24 +159,105 @@ describeEachDatabase("Store", (database) => {
       expect((await store.findConnectionByPair(source, destination))?.id).toBe(winners[0]?.id);
     });
 
-    it("lets exactly one of concurrent creates with one request id succeed, the others told request_id", async () => {
-      const [source, destination] = [await newOrganization(store), await newOrganization(store)];
-      const requestId = uniqueId("req");
-      const attempts = Array.from({ length: 20 }, () =>
-        connectionRecord(source, destination, { createRequestId: requestId }),
-      );
-      const results = await Promise.allSettled(attempts.map((c) => store.createConnection(c, createdEvent(c))));
-      expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
-      for (const result of results) {
-        if (result.status === "rejected") expect((result.reason as AlreadyExistsError).conflict).toBe("request_id");
-      }
-    });
-
     it("refuses a connection to an unregistered organization without calling it a duplicate", async () => {
       const connection = connectionRecord(await newOrganization(store), uniqueId("org"));
       const error = await rejectionOf(store.createConnection(connection, createdEvent(connection)));
       expect(error).not.toBeInstanceOf(AlreadyExistsError);
       expect(await store.getConnection(connection.id)).toBeUndefined();
+    });
+  });
+
+  describe("idempotency records", () => {
+    it("saves a write's answer in the write's transaction, and finds it by scope and request id", async () => {
+      const [source, destination] = [await newOrganization(store), await newOrganization(store)];
+      const connection = connectionRecord(source, destination);
+      const answer = answerRecord({ scope: `organization:${source}` });
+      await store.createConnection(connection, createdEvent(connection), undefined, answer);
+      expect(await store.findIdempotencyRecord(answer.scope, answer.requestId)).toEqual(answer);
+      expect(await store.findIdempotencyRecord(`organization:${destination}`, answer.requestId)).toBeUndefined();
+
+      const { next, event } = transition(connection, "ACTIVE");
+      const activated = answerRecord({ scope: `organization:${destination}`, method: "ActivateConnection" });
+      expect(await store.saveTransition(next, event, undefined, activated)).toBe(true);
+      expect(await store.findIdempotencyRecord(activated.scope, activated.requestId)).toEqual(activated);
+
+      const organization = { id: uniqueId("org"), name: "Answered", createTime: new Date() };
+      const registered = answerRecord({ scope: "caller:provisioning", method: "CreateOrganization" });
+      await store.createOrganization(organization, undefined, registered);
+      expect(await store.findIdempotencyRecord(registered.scope, registered.requestId)).toEqual(registered);
+    });
+
+    it("keeps a final error as it was given", async () => {
+      const answer = answerRecord({
+        outcome: {
+          error: { reason: "INVALID_STATE_TRANSITION", message: "cannot do that", metadata: { state: "STATE_ACTIVE" } },
+        },
+      });
+      await store.saveIdempotencyRecord(answer);
+      expect(await store.findIdempotencyRecord(answer.scope, answer.requestId)).toEqual(answer);
+    });
+
+    it("refuses a taken key and writes nothing of the write it came with", async () => {
+      const source = await newOrganization(store);
+      const taken = answerRecord({ scope: `organization:${source}` });
+      await store.saveIdempotencyRecord(taken);
+      const again = { ...answerRecord(), scope: taken.scope, requestId: taken.requestId };
+      await expectAlreadyExists(store.saveIdempotencyRecord(again), "request_id");
+
+      const connection = connectionRecord(source, await newOrganization(store));
+      await expectAlreadyExists(
+        store.createConnection(connection, createdEvent(connection), undefined, again),
+        "request_id",
+      );
+      expect(await store.getConnection(connection.id)).toBeUndefined();
+      expect((await store.listEvents({ connectionId: connection.id, after: undefined, limit: 10 })).items).toEqual([]);
+
+      const existing = await create(connectionRecord(source, await newOrganization(store)));
+      const { next, event } = transition(existing, "INACTIVE");
+      await expectAlreadyExists(store.saveTransition(next, event, undefined, again), "request_id");
+      expect(await store.getConnection(existing.id)).toEqual(existing);
+      expect((await store.listEvents({ connectionId: existing.id, after: undefined, limit: 10 })).items).toHaveLength(
+        1,
+      );
+
+      const organization = { id: uniqueId("org"), name: "Not registered", createTime: new Date() };
+      await expectAlreadyExists(store.createOrganization(organization, undefined, again), "request_id");
+      expect(await store.getOrganization(organization.id)).toBeUndefined();
+      expect(await store.findIdempotencyRecord(taken.scope, taken.requestId)).toEqual(taken);
+    });
+
+    it("lets exactly one of 20 concurrent writes with one key commit", async () => {
+      const source = await newOrganization(store);
+      const key = { scope: `organization:${source}`, requestId: uniqueId("rid") };
+      const attempts = await Promise.all(
+        Array.from({ length: 20 }, async () => connectionRecord(source, await newOrganization(store))),
+      );
+      const results = await Promise.allSettled(
+        attempts.map((c) => store.createConnection(c, createdEvent(c), undefined, answerRecord(key))),
+      );
+      expect(results.filter((result) => result.status === "fulfilled")).toHaveLength(1);
+      for (const result of results) {
+        if (result.status === "rejected") expect((result.reason as AlreadyExistsError).conflict).toBe("request_id");
+      }
+      const created = await Promise.all(attempts.map((c) => store.getConnection(c.id)));
+      expect(created.filter((c) => c !== undefined)).toHaveLength(1);
+    });
+
+    it("prunes the records made before a time, oldest first, at most a batch at a time", async () => {
+      const base = Date.now() + 365 * 24 * 3_600_000;
+      const at = (minutes: number) => new Date(base + minutes * 60_000);
+      const old = Array.from({ length: 5 }, (_, i) => answerRecord({ createTime: at(i) }));
+      const kept = answerRecord({ createTime: at(10) });
+      for (const record of [...old, kept]) await store.saveIdempotencyRecord(record);
+      // Everything this suite made before is older too: prune it first, then count exactly.
+      while ((await store.pruneIdempotencyRecords(at(-1), 1000)) > 0);
+
+      expect(await store.pruneIdempotencyRecords(at(5), 3)).toBe(3);
+      const left = await Promise.all(old.map((r) => store.findIdempotencyRecord(r.scope, r.requestId)));
+      expect(left.map((r) => r !== undefined)).toEqual([false, false, false, true, true]);
+      expect(await store.pruneIdempotencyRecords(at(5), 3)).toBe(2);
+      expect(await store.pruneIdempotencyRecords(at(5), 3)).toBe(0);
+      expect(await store.findIdempotencyRecord(kept.scope, kept.requestId)).toEqual(kept);
     });
   });
 

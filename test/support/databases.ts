@@ -9,7 +9,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
-import { describe } from "vitest";
+import { afterAll, beforeAll, describe } from "vitest";
 import { type OpenStoreOptions, openStore } from "../../src/store/open.js";
 import type { Store } from "../../src/store/store.js";
 
@@ -141,5 +141,20 @@ export async function createTestStore(
       await store.close();
       await provisioned.drop();
     },
+  };
+}
+
+/** A store on a new database for the enclosing describe block (beforeAll), disposed of afterAll. */
+export function useTestStore(database: TestDatabase): () => Store {
+  let testStore: TestStore | undefined;
+  beforeAll(async () => {
+    testStore = await createTestStore(database);
+  }, 30_000);
+  afterAll(async () => {
+    await testStore?.dispose();
+  });
+  return () => {
+    if (testStore === undefined) throw new Error("the test store is not open (outside a test?)");
+    return testStore.store;
   };
 }

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file connections/v1/organization_service.proto.
  */
 export const file_connections_v1_organization_service: GenFile = /*@__PURE__*/
-  fileDesc("Ciljb25uZWN0aW9ucy92MS9vcmdhbml6YXRpb25fc2VydmljZS5wcm90bxIOY29ubmVjdGlvbnMudjEiWQoMT3JnYW5pemF0aW9uEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjUKGUNyZWF0ZU9yZ2FuaXphdGlvblJlcXVlc3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCSJQChpDcmVhdGVPcmdhbml6YXRpb25SZXNwb25zZRIyCgxvcmdhbml6YXRpb24YASABKAsyHC5jb25uZWN0aW9ucy52MS5Pcmdhbml6YXRpb24iJAoWR2V0T3JnYW5pemF0aW9uUmVxdWVzdBIKCgJpZBgBIAEoCSJNChdHZXRPcmdhbml6YXRpb25SZXNwb25zZRIyCgxvcmdhbml6YXRpb24YASABKAsyHC5jb25uZWN0aW9ucy52MS5Pcmdhbml6YXRpb24y5gEKE09yZ2FuaXphdGlvblNlcnZpY2USawoSQ3JlYXRlT3JnYW5pemF0aW9uEikuY29ubmVjdGlvbnMudjEuQ3JlYXRlT3JnYW5pemF0aW9uUmVxdWVzdBoqLmNvbm5lY3Rpb25zLnYxLkNyZWF0ZU9yZ2FuaXphdGlvblJlc3BvbnNlEmIKD0dldE9yZ2FuaXphdGlvbhImLmNvbm5lY3Rpb25zLnYxLkdldE9yZ2FuaXphdGlvblJlcXVlc3QaJy5jb25uZWN0aW9ucy52MS5HZXRPcmdhbml6YXRpb25SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Ciljb25uZWN0aW9ucy92MS9vcmdhbml6YXRpb25fc2VydmljZS5wcm90bxIOY29ubmVjdGlvbnMudjEiWQoMT3JnYW5pemF0aW9uEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKGUNyZWF0ZU9yZ2FuaXphdGlvblJlcXVlc3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIlAKGkNyZWF0ZU9yZ2FuaXphdGlvblJlc3BvbnNlEjIKDG9yZ2FuaXphdGlvbhgBIAEoCzIcLmNvbm5lY3Rpb25zLnYxLk9yZ2FuaXphdGlvbiIkChZHZXRPcmdhbml6YXRpb25SZXF1ZXN0EgoKAmlkGAEgASgJIk0KF0dldE9yZ2FuaXphdGlvblJlc3BvbnNlEjIKDG9yZ2FuaXphdGlvbhgBIAEoCzIcLmNvbm5lY3Rpb25zLnYxLk9yZ2FuaXphdGlvbjLmAQoTT3JnYW5pemF0aW9uU2VydmljZRJrChJDcmVhdGVPcmdhbml6YXRpb24SKS5jb25uZWN0aW9ucy52MS5DcmVhdGVPcmdhbml6YXRpb25SZXF1ZXN0GiouY29ubmVjdGlvbnMudjEuQ3JlYXRlT3JnYW5pemF0aW9uUmVzcG9uc2USYgoPR2V0T3JnYW5pemF0aW9uEiYuY29ubmVjdGlvbnMudjEuR2V0T3JnYW5pemF0aW9uUmVxdWVzdBonLmNvbm5lY3Rpb25zLnYxLkdldE9yZ2FuaXphdGlvblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * An organization that may create or receive Connections.
@@ -69,6 +69,16 @@ export type CreateOrganizationRequest = Message<"connections.v1.CreateOrganizati
    * @generated from field: string name = 2;
    */
   name: string;
+
+  /**
+   * Optional idempotency key: 1 to 128 printable ASCII characters. A retry
+   * with the same key by the same caller answers what the first call answered
+   * (its response, or its final error) for at least 24 hours; the same key
+   * with other parameters is INVALID_ARGUMENT REQUEST_ID_REUSED.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**

@@ -1,0 +1,532 @@
+// The writes section of `npm run bench`: CreateConnection with unique pairs, then Activate and
+// Deactivate transitions of what was created, with CheckConnection from the same client in the
+// same run, on SQLite (one service, every write fsynced) and, when a PostgreSQL server is named, on
+// PostgreSQL with three replicas (the client spreads its calls over them). 64 calls in flight;
+// every answer is decoded and checked (the Connection's parties and state, the check's reason).
+// Last, creates at half the measured rate, sent on a schedule (open loop), for their p99: latency
+// counts from when a call was due, so a stalled server cannot hide its queue.
+//
+// Prints figures; asserts nothing about time. Throws when a call failed or an answer was wrong.
+
+import { createHash, randomBytes } from "node:crypto";
+import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { create, type DescMessage, fromBinary, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import pg from "pg";
+import { Connection_State } from "../gen/connections/v1/connection_pb.js";
+import {
+  ActivateConnectionRequestSchema,
+  ActivateConnectionResponseSchema,
+  CheckConnectionRequest_Action,
+  CheckConnectionRequestSchema,
+  CheckConnectionResponse_Reason,
+  CheckConnectionResponseSchema,
+  CreateConnectionRequestSchema,
+  CreateConnectionResponseSchema,
+  DeactivateConnectionRequestSchema,
+  DeactivateConnectionResponseSchema,
+} from "../gen/connections/v1/connection_service_pb.js";
+import {
+  CreateOrganizationRequestSchema,
+  CreateOrganizationResponseSchema,
+} from "../gen/connections/v1/organization_service_pb.js";
+import { type Channel, Errors, failureOf, frame, openChannel } from "./grpc-client.js";
+import { type Child, onCleanUp, processCpuSeconds, startService } from "./processes.js";
+import { summariseProfile } from "./profile.js";
+
+export interface WritesOptions {
+  /** A private directory for the callers file, databases and logs. */
+  readonly workDir: string;
+  /** Names a PostgreSQL server where a database may be created; undefined skips PostgreSQL. */
+  readonly postgresAdminUrl: string | undefined;
+  readonly logLevel: string | undefined;
+  /** Measured seconds per phase. */
+  readonly seconds: number;
+  readonly log: (line?: string) => void;
+  readonly progress: (line: string) => void;
+  /** When set, the services run with --cpu-prof; the first one's profile over the creates is summarised. */
+  readonly cpuProfileDir: string | undefined;
+}
+
+const IN_FLIGHT = 64;
+const ORGANIZATIONS = 400;
+const POSTGRES_REPLICAS = 3;
+const SESSIONS_PER_REPLICA = 2;
+const SCOPE = "account.read";
+const GOALS = { sqliteCreates: 3000, postgresCreates: 2000, createsVsChecks: 0.25, p99HalfLoadMs: 20 } as const;
+
+const SERVICE = "/connections.v1.ConnectionService/";
+const PATHS = {
+  createOrganization: "/connections.v1.OrganizationService/CreateOrganization",
+  create: `${SERVICE}CreateConnection`,
+  activate: `${SERVICE}ActivateConnection`,
+  deactivate: `${SERVICE}DeactivateConnection`,
+  check: `${SERVICE}CheckConnection`,
+} as const;
+type PathName = keyof typeof PATHS;
+
+type Tokens = Record<"provisioning" | "dashboard-bff" | "api-gateway" | "token-service", string>;
+
+/** A production callers file (sha256 digests of fresh tokens) and the tokens. */
+function writeCallers(workDir: string): { path: string; tokens: Tokens } {
+  const tokens: Tokens = {
+    provisioning: randomBytes(32).toString("base64url"),
+    "dashboard-bff": randomBytes(32).toString("base64url"),
+    "api-gateway": randomBytes(32).toString("base64url"),
+    "token-service": randomBytes(32).toString("base64url"),
+  };
+  const digests = Object.fromEntries(
+    Object.entries(tokens).map(([caller, token]) => [
+      caller,
+      [`sha256:${createHash("sha256").update(token).digest("hex")}`],
+    ]),
+  );
+  const path = join(workDir, "writes-callers.json");
+  writeFileSync(path, JSON.stringify(digests), { mode: 0o600 });
+  return { path, tokens };
+}
+
+/** Calls spread over every replica, one channel per (replica, RPC). */
+class Client {
+  #next = 0;
+
+  private constructor(
+    private readonly channels: ReadonlyMap<PathName, readonly Channel[]>,
+    readonly errors: Errors,
+  ) {}
+
+  static async open(urls: readonly string[]): Promise<Client> {
+    const errors = new Errors();
+    const channels = new Map<PathName, Channel[]>();
+    for (const name of Object.keys(PATHS) as PathName[]) {
+      channels.set(
+        name,
+        await Promise.all(
+          urls.map((url) => openChannel({ url, path: PATHS[name], sessions: SESSIONS_PER_REPLICA }, errors)),
+        ),
+      );
+    }
+    return new Client(channels, errors);
+  }
+
+  /** One call; resolves with the decoded answer, rejects with what was wrong. */
+  call<O extends DescMessage>(
+    name: PathName,
+    headers: Record<string, string>,
+    body: Uint8Array,
+    answer: O,
+  ): Promise<MessageShape<O>> {
+    const channels = this.channels.get(name) as readonly Channel[];
+    const slot = this.#next++;
+    const channel = channels[slot % channels.length] as Channel;
+    return new Promise((resolve, reject) =>
+      channel.call(Math.floor(slot / channels.length), headers, frame(body), (received) => {
+        const failure = failureOf(received);
+        if (failure === undefined) resolve(fromBinary(answer, received.body.subarray(5)));
+        else reject(new Error(`${name}: ${failure}`));
+      }),
+    );
+  }
+
+  close(): void {
+    for (const list of this.channels.values()) for (const channel of list) channel.close();
+  }
+}
+
+interface PhaseResult {
+  readonly done: number;
+  readonly seconds: number;
+  readonly perSecond: number;
+  readonly p99Ms: number;
+  /** The services' CPU time (every replica, not the database) per call, in microseconds. */
+  cpuUsPerCall?: number;
+}
+
+/** Runs a phase and puts the services' CPU time per call on its result. */
+async function withCpu(pids: readonly number[], phase: () => Promise<PhaseResult>): Promise<PhaseResult> {
+  const cpu = () => pids.reduce((sum, pid) => sum + processCpuSeconds(pid), 0);
+  const before = cpu();
+  const result = await phase();
+  result.cpuUsPerCall = ((cpu() - before) / result.done) * 1e6;
+  return result;
+}
+
+function p99(latencies: number[]): number {
+  latencies.sort((a, b) => a - b);
+  return latencies[Math.min(latencies.length - 1, Math.ceil(latencies.length * 0.99) - 1)] ?? Number.NaN;
+}
+
+/** `IN_FLIGHT` calls at all times, over `items` in order, until they run out or `seconds` pass. */
+async function closedLoop<T>(
+  items: readonly T[],
+  seconds: number,
+  call: (item: T) => Promise<void>,
+): Promise<PhaseResult> {
+  const started = performance.now();
+  const until = started + seconds * 1000;
+  const latencies: number[] = [];
+  let index = 0;
+  await Promise.all(
+    Array.from({ length: IN_FLIGHT }, async () => {
+      while (index < items.length && performance.now() < until) {
+        const item = items[index++] as T;
+        const sent = performance.now();
+        await call(item);
+        latencies.push(performance.now() - sent);
+      }
+    }),
+  );
+  const elapsed = (performance.now() - started) / 1000;
+  return { done: latencies.length, seconds: elapsed, perSecond: latencies.length / elapsed, p99Ms: p99(latencies) };
+}
+
+/** `rate` calls a second on a schedule (not waiting for answers), for `seconds`. */
+async function openLoop<T>(
+  items: readonly T[],
+  rate: number,
+  seconds: number,
+  call: (item: T) => Promise<void>,
+): Promise<PhaseResult> {
+  const started = performance.now();
+  const total = Math.min(items.length, Math.floor(rate * seconds));
+  const latencies: number[] = [];
+  const calls: Promise<void>[] = [];
+  let sent = 0;
+  while (sent < total) {
+    const due = Math.min(total, Math.floor(((performance.now() - started) / 1000) * rate) + 1);
+    for (; sent < due; sent++) {
+      const dueAt = started + (sent / rate) * 1000;
+      calls.push(call(items[sent] as T).then(() => void latencies.push(performance.now() - dueAt)));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  await Promise.all(calls);
+  const elapsed = (performance.now() - started) / 1000;
+  return { done: latencies.length, seconds: elapsed, perSecond: latencies.length / elapsed, p99Ms: p99(latencies) };
+}
+
+interface Pair {
+  readonly source: string;
+  readonly destination: string;
+}
+
+interface Created extends Pair {
+  readonly id: string;
+}
+
+/** Every ordered pair of the organizations, shuffled: each CreateConnection gets one never used. */
+function pairs(organizations: readonly string[]): Pair[] {
+  const all: Pair[] = [];
+  for (const source of organizations) {
+    for (const destination of organizations) if (source !== destination) all.push({ source, destination });
+  }
+  for (let index = all.length - 1; index > 0; index--) {
+    const other = Math.floor(Math.random() * (index + 1));
+    [all[index], all[other]] = [all[other] as Pair, all[index] as Pair];
+  }
+  return all;
+}
+
+const nowUs = () => Number(process.hrtime.bigint() / 1000n);
+
+interface WriteFigures {
+  readonly label: string;
+  /** The summary of the first service's CPU profile over the measured creates, when profiled. */
+  readonly profile: readonly string[];
+  readonly creates: PhaseResult;
+  readonly transitions: PhaseResult;
+  readonly checks: PhaseResult;
+  readonly halfLoad: PhaseResult;
+  readonly createGoal: number;
+}
+
+/** The phases against one deployment (its replicas' URLs). */
+async function measure(
+  label: string,
+  urls: readonly string[],
+  pids: readonly number[],
+  tokens: Tokens,
+  options: WritesOptions,
+) {
+  const client = await Client.open(urls);
+  const as = (caller: keyof Tokens, organizationId?: string, actor = "user:usr_bench") => ({
+    authorization: `Bearer ${tokens[caller]}`,
+    "x-actor": actor,
+    ...(organizationId === undefined ? {} : { "x-organization-id": organizationId }),
+  });
+  try {
+    const run = randomBytes(3).toString("hex");
+    const organizations = Array.from({ length: ORGANIZATIONS }, (_, index) => `org_w${run}_${index}`);
+    options.progress(`  ${label}: registering ${ORGANIZATIONS} organizations`);
+    await closedLoop(organizations, 600, async (id) => {
+      const body = toBinary(CreateOrganizationRequestSchema, create(CreateOrganizationRequestSchema, { id, name: id }));
+      const answer = await client.call(
+        "createOrganization",
+        as("provisioning"),
+        body,
+        CreateOrganizationResponseSchema,
+      );
+      if (answer.organization?.id !== id) throw new Error(`CreateOrganization answered ${answer.organization?.id}`);
+    });
+    const free = pairs(organizations);
+    const createCall = async (pair: Pair): Promise<Created> => {
+      const request = create(CreateConnectionRequestSchema, {
+        destinationOrganizationId: pair.destination,
+        scopes: [SCOPE],
+        name: "Bench write",
+        requestId: `w-${pair.source}-${pair.destination}`,
+      });
+      const { connection } = await client.call(
+        "create",
+        as("api-gateway", pair.source),
+        toBinary(CreateConnectionRequestSchema, request),
+        CreateConnectionResponseSchema,
+      );
+      if (
+        connection?.state !== Connection_State.PENDING ||
+        connection.sourceOrganizationId !== pair.source ||
+        connection.destinationOrganizationId !== pair.destination
+      ) {
+        throw new Error(`CreateConnection answered a wrong Connection for ${pair.source} -> ${pair.destination}`);
+      }
+      return { ...pair, id: connection.id };
+    };
+
+    // Warm-up, unmeasured: the JIT and the database's caches see writes before the first figure.
+    options.progress(`  ${label}: CreateConnection`);
+    let used = 0;
+    const take = (count: number) => {
+      const taken = free.slice(used, used + count);
+      used += taken.length;
+      return taken;
+    };
+    await closedLoop(take(2000), 2, async (pair) => void (await createCall(pair)));
+    const created: Created[] = [];
+    const creatable = take(60_000);
+    const createsFrom = nowUs();
+    const creates = await withCpu(pids, () =>
+      closedLoop(creatable, options.seconds, async (pair) => {
+        created.push(await createCall(pair));
+      }),
+    );
+    const createsWindow = [createsFrom, nowUs()] as const;
+    used -= creatable.length - creates.done;
+
+    options.progress(`  ${label}: Activate, then Deactivate, what was created`);
+    const transition = async (kind: "activate" | "deactivate", connection: Created) => {
+      const answer =
+        kind === "activate"
+          ? await client.call(
+              "activate",
+              as("dashboard-bff", connection.destination),
+              toBinary(ActivateConnectionRequestSchema, create(ActivateConnectionRequestSchema, { id: connection.id })),
+              ActivateConnectionResponseSchema,
+            )
+          : await client.call(
+              "deactivate",
+              as("api-gateway", connection.source),
+              toBinary(
+                DeactivateConnectionRequestSchema,
+                create(DeactivateConnectionRequestSchema, { id: connection.id, reason: "bench" }),
+              ),
+              DeactivateConnectionResponseSchema,
+            );
+      const expected = kind === "activate" ? Connection_State.ACTIVE : Connection_State.INACTIVE;
+      if (answer.connection?.id !== connection.id || answer.connection.state !== expected) {
+        throw new Error(`${kind} of ${connection.id} answered state ${answer.connection?.state}`);
+      }
+    };
+    const activations = await closedLoop(created, options.seconds, (connection) => transition("activate", connection));
+    const active = created.slice(0, activations.done);
+
+    options.progress(`  ${label}: CheckConnection of the active ones`);
+    const check = async (connection: Created) => {
+      const request = create(CheckConnectionRequestSchema, {
+        connectionId: connection.id,
+        organizationId: connection.source,
+        action: CheckConnectionRequest_Action.ISSUE_SHARE_TOKEN,
+        scope: SCOPE,
+      });
+      const answer = await client.call(
+        "check",
+        as("token-service"),
+        toBinary(CheckConnectionRequestSchema, request),
+        CheckConnectionResponseSchema,
+      );
+      if (answer.reason !== CheckConnectionResponse_Reason.ALLOWED) {
+        throw new Error(`CheckConnection of ${connection.id} answered reason ${answer.reason}`);
+      }
+    };
+    // As many checks as the pool allows, over and over: a check changes nothing.
+    const checkItems = Array.from({ length: 2_000_000 }, (_, index) => active[index % active.length] as Created);
+    const checks = await withCpu(pids, () => closedLoop(checkItems, options.seconds, check));
+
+    const deactivations = await closedLoop(active, options.seconds, (connection) =>
+      transition("deactivate", connection),
+    );
+    const transitions: PhaseResult = {
+      done: activations.done + deactivations.done,
+      seconds: activations.seconds + deactivations.seconds,
+      perSecond: (activations.done + deactivations.done) / (activations.seconds + deactivations.seconds),
+      p99Ms: Math.max(activations.p99Ms, deactivations.p99Ms),
+    };
+
+    options.progress(`  ${label}: CreateConnection at half that rate, on a schedule`);
+    const halfLoad = await openLoop(
+      take(Math.ceil(creates.perSecond * options.seconds)),
+      creates.perSecond / 2,
+      options.seconds,
+      async (pair) => void (await createCall(pair)),
+    );
+    const failures = Object.entries(client.errors.counts);
+    if (failures.length > 0) throw new Error(`${label}: transport failures ${JSON.stringify(failures)}`);
+    return { creates, transitions, checks, halfLoad, createsWindow };
+  } finally {
+    client.close();
+  }
+}
+
+async function postgresDatabase(adminUrl: string): Promise<string> {
+  const name = `connections_bench_writes_${randomBytes(6).toString("hex")}`;
+  const admin = async (statement: string) => {
+    const client = new pg.Client({ connectionString: adminUrl });
+    await client.connect();
+    try {
+      await client.query(statement);
+    } finally {
+      await client.end();
+    }
+  };
+  await admin(`CREATE DATABASE ${name}`);
+  onCleanUp(`database ${name}`, () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** Runs the section and prints its table. The service must be built (dist/). */
+export async function runWritesBench(options: WritesOptions): Promise<void> {
+  const callers = writeCallers(options.workDir);
+  const profileDir = (name: string) => {
+    if (options.cpuProfileDir === undefined) return undefined;
+    const dir = join(options.cpuProfileDir, `writes-${name}`);
+    mkdirSync(dir, { recursive: true });
+    return dir;
+  };
+  const start = (name: string, databaseUrl: string) =>
+    startService({
+      databaseUrl,
+      logLevel: options.logLevel,
+      callersFile: callers.path,
+      logPath: join(options.workDir, `service-writes-${name}.log`),
+      cpuProfileDir: profileDir(name),
+    });
+  const figures: WriteFigures[] = [];
+  const deploy = async (
+    name: string,
+    label: string,
+    createGoal: number,
+    replicas: () => Promise<(Child & { readonly port: number })[]>,
+  ) => {
+    options.progress(`writes: ${label}`);
+    const servers = await replicas();
+    let measured: Awaited<ReturnType<typeof measure>>;
+    try {
+      const urls = servers.map((server) => `http://127.0.0.1:${server.port}`);
+      const pids = servers.map((server) => server.pid);
+      measured = await measure(label, urls, pids, callers.tokens, options);
+    } finally {
+      for (const server of servers) await server.stop();
+    }
+    // The profile is written when the process exits.
+    const dir = options.cpuProfileDir === undefined ? undefined : join(options.cpuProfileDir, `writes-${name}`);
+    const file = dir === undefined ? undefined : readdirSync(dir).find((entry) => entry.endsWith(".cpuprofile"));
+    const profile =
+      dir === undefined || file === undefined ? [] : summariseProfile(join(dir, file), [measured.createsWindow]);
+    figures.push({ label, createGoal, profile, ...measured });
+  };
+  await deploy("sqlite", "SQLite, one service, synchronous = FULL", GOALS.sqliteCreates, async () => [
+    await start("sqlite", `sqlite:${join(options.workDir, "writes.db")}`),
+  ]);
+  if (options.postgresAdminUrl === undefined) {
+    options.progress("writes: PostgreSQL skipped (set BENCH_DATABASE_URL)");
+  } else {
+    const url = await postgresDatabase(options.postgresAdminUrl);
+    // The first replica migrates; the others start on the migrated database.
+    await deploy("postgres", `PostgreSQL, ${POSTGRES_REPLICAS} replicas`, GOALS.postgresCreates, async () => {
+      const first = await start("postgres", url);
+      const rest = await Promise.all(
+        Array.from({ length: POSTGRES_REPLICAS - 1 }, (_, index) => start(`postgres-${index + 1}`, url)),
+      );
+      return [first, ...rest];
+    });
+  }
+  print(figures, options);
+}
+
+function print(figures: readonly WriteFigures[], options: WritesOptions): void {
+  const { log } = options;
+  const count = (value: number) => Math.round(value).toLocaleString("en-US");
+  log();
+  log(
+    `Writes over gRPC by the bench's node:http2 client, ${IN_FLIGHT} in flight, ${options.seconds} s per phase, every ` +
+      "answer decoded and checked: CreateConnection of unique pairs (after a 2 s warm-up); Activate, then Deactivate, " +
+      "of the Connections created (transitions/s over both); CheckConnection of the active ones from the same client; " +
+      "then CreateConnection sent on a schedule at half the measured rate (p99 from when each call was due). " +
+      "'CPU us' is the services' CPU time per answer (every replica, not the database), from /proc; 'by CPU' is " +
+      "creates over checks by that cost (check CPU over create CPU), which holds when other work shares the machine",
+  );
+  const rows = figures.map((figure) => [
+    figure.label,
+    count(figure.creates.perSecond),
+    figure.creates.p99Ms.toFixed(1),
+    count(figure.transitions.perSecond),
+    count(figure.checks.perSecond),
+    `${(figure.creates.perSecond / figure.checks.perSecond).toFixed(2)}x`,
+    count(figure.creates.cpuUsPerCall ?? Number.NaN),
+    count(figure.checks.cpuUsPerCall ?? Number.NaN),
+    `${((figure.checks.cpuUsPerCall ?? Number.NaN) / (figure.creates.cpuUsPerCall ?? Number.NaN)).toFixed(2)}x`,
+    `${count(figure.halfLoad.perSecond)}/s`,
+    figure.halfLoad.p99Ms.toFixed(1),
+  ]);
+  const headers = [
+    "deployment",
+    "creates/s",
+    "create p99 ms",
+    "transitions/s",
+    "checks/s",
+    "creates/checks",
+    "CPU us/create",
+    "CPU us/check",
+    "by CPU",
+    "half load",
+    "half-load p99 ms",
+  ];
+  const widths = headers.map((header, column) =>
+    Math.max(header.length, ...rows.map((row) => (row[column] ?? "").length)),
+  );
+  const line = (cells: readonly string[]) =>
+    cells
+      .map((cell, column) => (column === 0 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0)))
+      .join("  ");
+  log(line(headers));
+  log(widths.map((width) => "-".repeat(width)).join("  "));
+  for (const row of rows) log(line(row));
+  for (const figure of figures) {
+    const met = (ok: boolean) => (ok ? "met" : "MISSED");
+    log(
+      `  ${figure.label}: creates ${count(figure.creates.perSecond)}/s (goal >= ${count(figure.createGoal)}): ` +
+        `${met(figure.creates.perSecond >= figure.createGoal)}; creates/checks ` +
+        `${(figure.creates.perSecond / figure.checks.perSecond).toFixed(2)}x (goal >= ${GOALS.createsVsChecks}x): ` +
+        `${met(figure.creates.perSecond / figure.checks.perSecond >= GOALS.createsVsChecks)}; p99 at half load ` +
+        `${figure.halfLoad.p99Ms.toFixed(1)} ms (goal <= ${GOALS.p99HalfLoadMs} ms): ` +
+        `${met(figure.halfLoad.p99Ms <= GOALS.p99HalfLoadMs)}`,
+    );
+  }
+  for (const figure of figures) {
+    if (figure.profile.length === 0) continue;
+    log();
+    log(`CPU profile of the ${figure.label} service (the first replica) over its measured creates`);
+    for (const line of figure.profile) log(`  ${line}`);
+  }
+}

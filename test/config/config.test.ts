@@ -1,0 +1,37 @@
+// Configuration from the environment: defaults, and refusals that name the variable and the fix.
+
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig } from "../../src/config/config.js";
+
+function problemsOf(env: NodeJS.ProcessEnv): readonly string[] {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    if (error instanceof ConfigError) return error.problems;
+    throw error;
+  }
+  return [];
+}
+
+describe("IDEMPOTENCY_RETENTION", () => {
+  it("keeps answers for 7 days by default", () => {
+    expect(loadConfig({}).idempotencyRetentionMs).toBe(7 * 24 * 3_600_000);
+  });
+
+  it.each([
+    ["24h", 24 * 3_600_000],
+    ["36h", 36 * 3_600_000],
+    ["2d", 2 * 24 * 3_600_000],
+    ["1440m", 24 * 3_600_000],
+    ["86400s", 24 * 3_600_000],
+  ])("reads %s", (raw, ms) => {
+    expect(loadConfig({ IDEMPOTENCY_RETENTION: raw }).idempotencyRetentionMs).toBe(ms);
+  });
+
+  it.each(["23h", "0d", "7", "7 days", "-1d", "1.5d", "1w"])("refuses %s, saying a day is the least", (raw) => {
+    const problems = problemsOf({ IDEMPOTENCY_RETENTION: raw });
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toContain(`IDEMPOTENCY_RETENTION=${raw}`);
+    expect(problems[0]).toContain("at least 24h");
+  });
+});

@@ -1,0 +1,88 @@
+// SQLite's group commit (src/store/transactions.ts): writes that arrive together share one
+// transaction, yet each succeeds or fails on its own, and a write whose call was cut short while
+// its group ran never commits with the others.
+
+import SqliteDatabase from "better-sqlite3";
+import { Kysely, type KyselyPlugin, SqliteDialect } from "kysely";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { KyselyStore } from "../../src/store/kysely-store.js";
+import { migrateToLatest } from "../../src/store/migrations.js";
+import type { Database } from "../../src/store/schema.js";
+import { AlreadyExistsError } from "../../src/store/store.js";
+import { connectionRecord, createdEvent, newOrganization, transition, uniqueId } from "./fixtures.js";
+
+const CUT = new Error("the call was cut short");
+
+/** Aborts `controller` once an UPDATE has run (a transition, inside the group's transaction). */
+class AbortOnUpdate implements KyselyPlugin {
+  controller: AbortController | undefined;
+  transformQuery: KyselyPlugin["transformQuery"] = (args) => args.node;
+  async transformResult(args: Parameters<KyselyPlugin["transformResult"]>[0]) {
+    if (args.result.numAffectedRows !== undefined) this.controller?.abort(CUT);
+    return args.result;
+  }
+}
+
+describe("SQLite group commit", () => {
+  let db: Kysely<Database>;
+  let store: KyselyStore;
+  let commits = 0;
+  const plugin = new AbortOnUpdate();
+
+  beforeAll(async () => {
+    const sqlite = new SqliteDatabase(":memory:");
+    db = new Kysely<Database>({
+      dialect: new SqliteDialect({ database: sqlite }),
+      plugins: [plugin],
+      log: (event) => {
+        if (event.query.sql === "commit") commits++;
+      },
+    });
+    await migrateToLatest(db as Kysely<unknown>, "sqlite");
+    store = new KyselyStore(db, { dialect: "sqlite", inTransaction: () => sqlite.inTransaction });
+  });
+  beforeEach(() => {
+    plugin.controller = undefined;
+  });
+  afterAll(async () => {
+    await db.destroy();
+  });
+
+  it("commits writes that arrive together in one transaction, and fails only the one that fails", async () => {
+    const source = await newOrganization(store);
+    const destinations = await Promise.all(Array.from({ length: 5 }, () => newOrganization(store)));
+    const connections = destinations.map((destination) => connectionRecord(source, destination));
+    const [first] = connections;
+    if (first === undefined) throw new Error("no connections");
+    // The same pair as the first: it fails, alone.
+    const duplicate = connectionRecord(source, first.destinationOrganizationId);
+    const before = commits;
+    const results = await Promise.allSettled(
+      [...connections, duplicate].map((connection) => store.createConnection(connection, createdEvent(connection))),
+    );
+    expect(commits - before).toBe(1);
+    expect(results.map((result) => result.status)).toEqual([...connections.map(() => "fulfilled"), "rejected"]);
+    expect((results.at(-1) as PromiseRejectedResult).reason).toBeInstanceOf(AlreadyExistsError);
+    for (const connection of connections) expect((await store.getConnection(connection.id))?.id).toBe(connection.id);
+    expect(await store.getConnection(duplicate.id)).toBeUndefined();
+    expect((await store.listEvents({ connectionId: first.id, after: undefined, limit: 10 })).items).toHaveLength(1);
+  });
+
+  it("does not commit a write cut short after its savepoint, while a later write of its group ran", async () => {
+    const connection = connectionRecord(await newOrganization(store), await newOrganization(store));
+    await store.createConnection(connection, createdEvent(connection));
+    const controller = new AbortController();
+    const organization = { id: uniqueId("org_cut"), name: "Cut", createTime: new Date() };
+    const { next, event } = transition(connection, "ACTIVE");
+    // The organization's write runs first in the group; the transition's UPDATE then cuts its call.
+    plugin.controller = controller;
+    const [cut, saved] = await Promise.allSettled([
+      store.createOrganization(organization, controller.signal),
+      store.saveTransition(next, event),
+    ]);
+    expect(cut).toEqual({ status: "rejected", reason: CUT });
+    expect(saved).toEqual({ status: "fulfilled", value: true });
+    expect(await store.getOrganization(organization.id)).toBeUndefined();
+    expect((await store.getConnection(connection.id))?.state).toBe("ACTIVE");
+  });
+});
