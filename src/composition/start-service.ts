@@ -1,5 +1,6 @@
 // The composition root: configuration in, a running service out. Tests start it exactly as
-// main.ts does, on ephemeral ports.
+// main.ts does, on ephemeral ports; `composeRpcs` alone (the services on a store, no port) is what
+// the in-memory tests call through connect's router transport.
 
 import type { Logger } from "pino";
 import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
@@ -19,12 +20,59 @@ import { ConfigReloader } from "../config/reload.js";
 import { Metrics, startAdminServer } from "../observability/metrics.js";
 import type { Tracing } from "../observability/tracing.js";
 import { openStore } from "../store/open.js";
+import type { Store } from "../store/store.js";
 import { type RunningServer, serve } from "../transport/server.js";
 import { readTlsCredentials } from "../transport/tls.js";
 
 const STORE_CLOSE_TIMEOUT_MS = 2_000;
 /** How often records past IDEMPOTENCY_RETENTION are deleted (a batch at a time). */
 const IDEMPOTENCY_PRUNE_INTERVAL_MS = 10 * 60_000;
+
+/** The RPCs of both services on a store, behind the pipeline: everything but the port. */
+export interface ComposedRpcs {
+  readonly pipeline: RpcPipeline;
+  readonly feed: Feed;
+  readonly metrics: Metrics;
+  /** The saved answers of idempotent writes, which the caller prunes. */
+  readonly idempotency: Idempotency;
+}
+
+export function composeRpcs(
+  store: Store,
+  authenticator: CallerAuthenticator,
+  config: Pick<Config, "maxDeadlineMs" | "maxWatchers" | "watchHeartbeatMs" | "watchPollIntervalMs">,
+  logger: Logger,
+  tracing?: Tracing,
+): ComposedRpcs {
+  const organizations = new Organizations(store);
+  const metrics = new Metrics(store);
+  const pipeline = new RpcPipeline({
+    authenticator,
+    organizations,
+    logger,
+    observer: metrics,
+    maxDeadlineMs: config.maxDeadlineMs,
+    tracing,
+  });
+  const feed = new Feed(
+    store,
+    {
+      maxWatchers: config.maxWatchers,
+      heartbeatMs: config.watchHeartbeatMs,
+      pollIntervalMs: config.watchPollIntervalMs,
+    },
+    (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
+  );
+  metrics.countWatchers(() => feed.watcherCount);
+  const idempotency = new Idempotency(store);
+  const writes = new IdempotentWrites(idempotency, (method) => metrics.countIdempotencyReplay(method));
+  pipeline.register(ConnectionService, {
+    ...connectionServiceHandlers(new Connections(store), writes),
+    watchConnectionEvents: watchConnectionEventsHandler(feed),
+  });
+  pipeline.register(OrganizationService, organizationServiceHandlers(organizations, writes));
+  return { pipeline, feed, metrics, idempotency };
+}
 
 export interface RunningService {
   readonly port: number;
@@ -70,33 +118,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       tracing = (await import("../observability/tracing.js")).Tracing.start(config.tracing, logger);
     const dbSystem = config.databaseUrl.startsWith("sqlite:") ? "sqlite" : "postgresql";
     const store = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
-    const organizations = new Organizations(store);
-    const metrics = new Metrics(store);
-    const pipeline = new RpcPipeline({
-      authenticator,
-      organizations,
-      logger,
-      observer: metrics,
-      maxDeadlineMs: config.maxDeadlineMs,
-      tracing,
-    });
-    const feed = new Feed(
-      store,
-      {
-        maxWatchers: config.maxWatchers,
-        heartbeatMs: config.watchHeartbeatMs,
-        pollIntervalMs: config.watchPollIntervalMs,
-      },
-      (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
-    );
-    metrics.countWatchers(() => feed.watcherCount);
-    const idempotency = new Idempotency(store);
-    const writes = new IdempotentWrites(idempotency, (method) => metrics.countIdempotencyReplay(method));
-    pipeline.register(ConnectionService, {
-      ...connectionServiceHandlers(new Connections(store), writes),
-      watchConnectionEvents: watchConnectionEventsHandler(feed),
-    });
-    pipeline.register(OrganizationService, organizationServiceHandlers(organizations, writes));
+    const { pipeline, feed, metrics, idempotency } = composeRpcs(store, authenticator, config, logger, tracing);
     stopPruning = startPruning(idempotency, {
       retentionMs: config.idempotencyRetentionMs,
       intervalMs: IDEMPOTENCY_PRUNE_INTERVAL_MS,
