@@ -6,8 +6,8 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/domain/**/*.test.ts", "test/api/**/*.test.ts", "test/app/**/*.test.ts", "test/store/**/*.test.ts"],
-    // Start-up against files, permissions and absent servers: the full suite's.
-    exclude: ["test/store/open.test.ts", "test/store/sqlite-faults.test.ts"],
+    // Start-up against files, permissions and absent servers, and fsync counting: the full suite's.
+    exclude: ["test/store/open.test.ts", "test/store/sqlite-faults.test.ts", "test/store/durability.test.ts"],
     env: { TEST_DATABASES: "sqlite-memory" },
     // Worker threads start faster than the full suite's processes, and nothing here needs a process.
     pool: "threads",
