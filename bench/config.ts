@@ -2,7 +2,8 @@
 // environment, and the goals as data. Both live here so a run's shape and what it is judged by are
 // read in one place; a new section adds its settings to `config` and its goals to `GOALS`.
 
-function integer(name: string, fallback: number): number {
+/** A whole-number BENCH_* setting, or `fallback` when it is not set. */
+export function integer(name: string, fallback: number): number {
   const raw = process.env[name];
   if (raw === undefined || raw === "") return fallback;
   const value = Number(raw);
@@ -39,7 +40,12 @@ export const config = {
   randomSeed: integer("BENCH_RANDOM_SEED", 20_260_101),
   /** Another checkout of the service (with node_modules) to run on a copy of the SQLite data set, for before/after. */
   compareRoot: process.env.BENCH_COMPARE_ROOT || undefined,
-  targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres").split(",")),
+  overload: process.env.BENCH_OVERLOAD !== "off",
+  overloadSeconds: {
+    seconds: integer("BENCH_OVERLOAD_SECONDS", 20),
+    capacitySeconds: integer("BENCH_OVERLOAD_CAPACITY_SECONDS", 5),
+  },
+  targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres,scale").split(",")),
   /** The writes section (bench/writes.ts); BENCH_TARGETS=none with BENCH_WRITES=on runs it alone. */
   writes: process.env.BENCH_WRITES !== "off",
 };

@@ -20,6 +20,8 @@ export interface H2loadOptions {
   readonly seconds: number;
   /** Where h2load writes one line per request (start us, HTTP status, duration us). */
   readonly logPath: string;
+  /** The RPC's path; CheckConnection when left out. */
+  readonly path?: string;
 }
 
 export interface H2loadResult {
@@ -29,6 +31,8 @@ export interface H2loadResult {
   readonly failed: number;
   /** Answers with an HTTP status other than 2xx. */
   readonly non2xx: number;
+  /** Answers with a 2xx HTTP status (a gRPC answer of any status). */
+  readonly answers2xx: number;
   /** Bytes of DATA frame payload received, per 2xx answer: every answer carries the same bytes when all are alike. */
   readonly dataBytesPerAnswer: number;
   /** From h2load's own summary ("time for request"). */
@@ -75,7 +79,7 @@ export async function runH2load(binary: string, options: H2loadOptions): Promise
     "-Hcontent-type: application/grpc",
     "-Hte: trailers",
     ...Object.entries(options.headers).map(([name, value]) => `-H${name}: ${value}`),
-    `${options.url}/connections.v1.ConnectionService/CheckConnection`,
+    `${options.url}${options.path ?? "/connections.v1.ConnectionService/CheckConnection"}`,
   ];
   const output = await new Promise<string>((resolve, reject) => {
     const child = spawn(binary, args, { stdio: ["ignore", "pipe", "pipe"] });
@@ -118,6 +122,7 @@ function parseSummary(output: string): Omit<H2loadResult, "p50Ms" | "p90Ms" | "p
     done: Number(requests[3]),
     failed: Number(requests[5]) + Number(requests[6]) + Number(requests[7]),
     non2xx: Number(status[2]) + Number(status[3]) + Number(status[4]),
+    answers2xx: answers,
     dataBytesPerAnswer: answers === 0 ? 0 : Number(data[1]) / answers,
     maxMs: ms(time[3], time[4]),
     meanMs: ms(time[5], time[6]),

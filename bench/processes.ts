@@ -130,6 +130,8 @@ export interface ServiceOptions {
   readonly root?: string;
   /** When set, the service runs with --cpu-prof and writes its profile here on exit. */
   readonly cpuProfileDir: string | undefined;
+  /** More environment (e.g. CHECK_CACHE_ENTRIES), over the defaults above. */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -154,6 +156,7 @@ export async function startService(options: ServiceOptions): Promise<Child & { r
     CALLERS_FILE: options.callersFile,
     // Metrics on, as deployed (a free port: nothing scrapes it here).
     ADMIN_PORT: "0",
+    ...options.env,
   };
   if (options.logLevel === undefined) delete env.LOG_LEVEL;
   else env.LOG_LEVEL = options.logLevel;

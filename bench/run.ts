@@ -19,6 +19,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { CheckConnectionResponse_Reason } from "../gen/connections/v1/connection_service_pb.js";
 import {
   type BatchRuns,
   type ClientRunFigures,
@@ -29,7 +30,10 @@ import {
   runServiceExtras,
   type ServiceExtras,
 } from "./clients.js";
-import { config } from "./config.js";
+import { config, integer } from "./config.js";
+import { frame } from "./grpc-client.js";
+import { ensureH2load } from "./h2load.js";
+import { overloadScenarios, runOverload } from "./overload.js";
 import { buildService, cleanUp, onCleanUp, statusMiB } from "./processes.js";
 import {
   count,
@@ -45,6 +49,7 @@ import {
   problems,
   progress,
 } from "./report.js";
+import { runScale } from "./scale.js";
 import type { Bench, Section, SectionOutcome } from "./section.js";
 import { startTargets, writeCallersFile } from "./servers.js";
 import { runWritesBench } from "./writes.js";
@@ -102,9 +107,33 @@ async function main(): Promise<void> {
     sections.push(await section.run(bench));
   }
   const peakRss = targets.map((target) => [target.label, statusMiB(target.server.pid, "VmHWM")] as const);
-  for (const target of targets) await target.server.stop();
-
   const verdicts: string[] = [];
+  const overloaded = targets.find((target) => target.name === "sqlite");
+  if (config.overload && overloaded?.service !== undefined) {
+    const { checks, seed } = overloaded.service;
+    const allowed = checks.find((check) => check.expectReason === CheckConnectionResponse_Reason.ALLOWED);
+    const connection = seed.dataset.connections.find((candidate) => candidate.state === "ACTIVE");
+    if (allowed === undefined || connection === undefined)
+      throw new Error("overload: the data set has no ACTIVE Connection");
+    const scenarios = overloadScenarios(credentials, frame(Buffer.from(allowed.body, "base64")), connection);
+    const inputs = { url: overloaded.url, pid: overloaded.server.pid, h2load: ensureH2load(progress), workDir };
+    verdicts.push(...(await runOverload({ ...inputs, scenarios, ...config.overloadSeconds }, log, progress)));
+  }
+  for (const target of targets) await target.server.stop();
+  // Its own services and data set, after the others have stopped (bench/scale.ts).
+  if (config.targets.has("scale")) {
+    verdicts.push(
+      ...(await runScale({
+        workDir,
+        callersFile: credentials.path,
+        headers: credentials.tokenService,
+        log,
+        progress,
+        integer,
+      })),
+    );
+  }
+
   if (headline !== undefined) verdicts.push(...printHeadline(targets, headline));
   if (config.ownClient) verdicts.push(...printDistinct(targets, distinct), ...printBatches(targets, distinct, batches));
   printExtras(targets, extras);

@@ -45,6 +45,7 @@ export interface Credentials {
   readonly path: string;
   readonly tokenService: Record<string, string>;
   readonly apiGateway: Record<string, string>;
+  readonly dashboard: Record<string, string>;
 }
 
 /** A production callers file: sha256 digests of fresh random tokens, never the dev tokens. */
@@ -52,6 +53,7 @@ export function writeCallersFile(workDir: string): Credentials {
   const tokens = {
     "token-service": randomBytes(32).toString("base64url"),
     "api-gateway": randomBytes(32).toString("base64url"),
+    "dashboard-bff": randomBytes(32).toString("base64url"),
   };
   const digests = Object.fromEntries(
     Object.entries(tokens).map(([caller, token]) => [
@@ -65,6 +67,7 @@ export function writeCallersFile(workDir: string): Credentials {
     path,
     tokenService: { authorization: `Bearer ${tokens["token-service"]}` },
     apiGateway: { authorization: `Bearer ${tokens["api-gateway"]}`, "x-actor": "api-key:api_bench" },
+    dashboard: { authorization: `Bearer ${tokens["dashboard-bff"]}`, "x-actor": "user:bench" },
   };
 }
 

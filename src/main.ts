@@ -1,11 +1,13 @@
 // Entry point: configuration from the environment, start, and one clean stop on SIGTERM/SIGINT or
 // on a crash. Production runs this file built (`node dist/src/main.js`), with nothing between the
-// signal and node.
+// signal and node. `node dist/src/main.js <command>` runs one of COMMANDS instead of serving.
 
 import type { Logger } from "pino";
+import { checkDatabase } from "./bin/check-database.js";
 import { type RunningService, startService } from "./composition/start-service.js";
-import { ConfigError, loadConfig } from "./config/config.js";
+import { type Config, ConfigError, loadConfig } from "./config/config.js";
 import { createLogger, endLogs } from "./observability/log.js";
+import { migrateDatabase } from "./store/open.js";
 
 /**
  * A repeat of the signal within this window is the same stop, not a second one: a process group
@@ -16,15 +18,55 @@ const REPEATED_SIGNAL_WINDOW_MS = 1_000;
 /** How long past the grace period a drain may take (closing the database) before we exit anyway. */
 const DRAIN_OVERRUN_MS = 5_000;
 
-async function main(): Promise<void> {
-  let config: ReturnType<typeof loadConfig>;
+/** Subcommands: each runs with the configuration and a logger and resolves with the exit code. */
+const COMMANDS: Readonly<Record<string, (config: Config, logger: Logger) => Promise<number>>> = {
+  /** Applies pending migrations and exits: the deploy step before replicas of a new release start. */
+  async migrate(config, logger) {
+    await migrateDatabase({
+      databaseUrl: config.databaseUrl,
+      migrationUrl: config.databaseMigrationUrl,
+      schemaAheadLimit: config.schemaAheadLimit,
+      logger,
+    });
+    logger.info({ database: redactUrl(config.databaseUrl) }, "migrated: the schema is at this release's migrations");
+    return 0;
+  },
+  /** SQLite: reads the whole file (integrity, foreign keys); exits 0 sound, 1 damaged, 2 not checked. */
+  async "check-database"(config) {
+    return checkDatabase(config.databaseUrl, (line) => process.stdout.write(`${line}\n`));
+  },
+};
+
+function configOrExit(serving: boolean): Config {
   try {
-    config = loadConfig();
+    return loadConfig(process.env, { serving });
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     process.stderr.write(`connections: ${error.message}\n`);
     process.exit(2);
   }
+}
+
+async function runCommand(name: string): Promise<void> {
+  const command = COMMANDS[name];
+  if (command === undefined) {
+    process.stderr.write(`connections: unknown command "${name}"; commands: ${Object.keys(COMMANDS).join(", ")}\n`);
+    process.exit(2);
+  }
+  const config = configOrExit(false);
+  const logger = createLogger(config.logLevel);
+  let code: number;
+  try {
+    code = await command(config, logger);
+  } catch (error) {
+    logger.fatal({ err: error }, `${name} failed`);
+    code = 1;
+  }
+  endLogs(logger, () => process.exit(code));
+}
+
+async function serve(): Promise<void> {
+  const config = configOrExit(true);
   const logger = createLogger(config.logLevel);
   const lifecycle = new Lifecycle(logger, config.shutdownGraceMs);
   process.on("uncaughtException", (error) => lifecycle.crash(error, "uncaughtException"));
@@ -53,6 +95,8 @@ async function main(): Promise<void> {
   lifecycle.started(service);
   // The callers file and TLS credentials are read again without a restart.
   process.on("SIGHUP", () => service.reload());
+  // An online backup of the SQLite file (which this process holds exclusively) into BACKUP_DIR.
+  process.on("SIGUSR2", () => void service.backup());
 }
 
 /** Start, serve, drain once, exit: whichever of a signal, a crash or a start-up failure comes first. */
@@ -140,4 +184,5 @@ function redactUrl(url: string): string {
   return url.replace(/\/\/([^:/@]+):[^@]*@/, "//$1:***@");
 }
 
-await main();
+const command = process.argv[2];
+await (command === undefined ? serve() : runCommand(command));

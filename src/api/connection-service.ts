@@ -27,7 +27,7 @@ import type { Transition } from "../domain/connection.js";
 import type { ConnectionRecord } from "../store/store.js";
 import { connectionToProto, eventToProto, stateToProto } from "./convert.js";
 import type { AnswerFor, IdempotentWrites } from "./idempotency.js";
-import type { Call, ServiceHandlers } from "./rpc.js";
+import type { Call, ServiceHandlers } from "./rpc/types.js";
 import * as validate from "./validate.js";
 
 /** The requests of the three transitions: an id, an optional etag, and (deactivation) a reason. */

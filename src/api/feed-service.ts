@@ -4,7 +4,7 @@
 import type { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
 import type { Feed, Viewer } from "../app/feed.js";
 import { eventToProto } from "./convert.js";
-import type { Call, ServiceHandlers } from "./rpc.js";
+import type { Call, ServiceHandlers } from "./rpc/types.js";
 
 type WatchHandler = ServiceHandlers<(typeof ConnectionService)["method"]>["watchConnectionEvents"];
 

@@ -9,7 +9,7 @@ import type { Organizations } from "../app/organizations.js";
 import type { OrganizationRecord } from "../store/store.js";
 import { organizationToProto } from "./convert.js";
 import type { IdempotentWrites } from "./idempotency.js";
-import type { ServiceHandlers } from "./rpc.js";
+import type { ServiceHandlers } from "./rpc/types.js";
 import * as validate from "./validate.js";
 
 export function organizationServiceHandlers(

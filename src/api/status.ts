@@ -35,6 +35,7 @@ const CODE_BY_REASON: Readonly<Record<ErrorReason, Code>> = {
   WRITE_CONFLICT: Code.Aborted,
   DATABASE_UNAVAILABLE: Code.Unavailable,
   REQUEST_TOO_LARGE: Code.ResourceExhausted,
+  OVERLOADED: Code.ResourceExhausted,
   DEADLINE_EXCEEDED: Code.DeadlineExceeded,
   UNKNOWN_METHOD: Code.Unimplemented,
   NOT_ONE_MESSAGE: Code.Unimplemented,
@@ -52,6 +53,8 @@ export interface RpcStatus {
   readonly message: string;
   readonly reason: ErrorReason;
   readonly metadata: Readonly<Record<string, string>>;
+  /** Sent as grpc-retry-pushback-ms: how long the client should wait before it retries. */
+  readonly retryPushbackMs?: number;
 }
 
 export interface MappedError {

@@ -29,6 +29,8 @@ export type ErrorReason =
   | "DATABASE_UNAVAILABLE"
   | "REQUEST_TOO_LARGE"
   | "DEADLINE_EXCEEDED"
+  // Admission control refused the call before any work: retry after grpc-retry-pushback-ms.
+  | "OVERLOADED"
   // Refusals where the gRPC protocol names the status: an unknown method, a unary call without
   // exactly one request message, a compression this server does not speak.
   | "UNKNOWN_METHOD"

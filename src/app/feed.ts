@@ -96,6 +96,18 @@ const CURSOR_PREFIX_V1 = "f1.";
 /** Heartbeat intervals that a stream which must end waits for its client to read, before a reset. */
 const ABANDON_AFTER_HEARTBEATS = 4;
 
+/** What the feed has done since start, for metrics. */
+export interface FeedStats {
+  /** Events the shared poller read. */
+  readonly events: number;
+  /** Events queued for a watcher (one event to three watchers counts three). */
+  readonly deliveries: number;
+  /** Periodic polls that found events no wake-up had announced (a lost NOTIFY, or polling only). */
+  readonly pollFallbacks: number;
+  /** Seconds from the newest event's creation to its being read, at the last read (0 before). */
+  readonly lagSeconds: number;
+}
+
 export class Feed {
   readonly #watchers = new Set<Watcher>();
   readonly #live = new Set<Watcher>();
@@ -110,6 +122,7 @@ export class Feed {
   #pollTimer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
   #shuttingDown = false;
+  #stats = { events: 0, deliveries: 0, pollFallbacks: 0, lagSeconds: 0 };
 
   constructor(
     private readonly store: Store,
@@ -119,6 +132,10 @@ export class Feed {
 
   get watcherCount(): number {
     return this.#watchers.size;
+  }
+
+  stats(): FeedStats {
+    return { ...this.#stats };
   }
 
   /**
@@ -175,7 +192,7 @@ export class Feed {
       if (watcher.control.signal.aborted) return;
       if (watcher.position >= this.#floor) {
         // Synchronous from here to the add: no poll can slip in between.
-        for (const entry of this.#ring) if (entry.position > watcher.position) watcher.offer(entry);
+        for (const entry of this.#ring) if (entry.position > watcher.position) this.#offer(watcher, entry);
         watcher.position = laterFeedPosition(watcher.position, this.#head ?? FEED_START);
         this.#live.add(watcher);
         if (!announced) yield watcher.take(feedId);
@@ -221,7 +238,7 @@ export class Feed {
         this.#floor = head;
         this.#ring = [];
         this.#unsubscribe = this.store.onFeedAppended(() => this.#poll());
-        this.#pollTimer = setInterval(() => this.#poll(), this.options.pollIntervalMs);
+        this.#pollTimer = setInterval(() => this.#poll(true), this.options.pollIntervalMs);
         this.#pollTimer.unref();
         // Anything committed between the head read and the subscription.
         this.#poll();
@@ -244,13 +261,13 @@ export class Feed {
   }
 
   /** One poll at a time; a wake-up during a poll runs one more afterwards. */
-  #poll(): void {
+  #poll(periodic = false): void {
     if (this.#head === undefined) return;
     if (this.#polling !== undefined) {
       this.#pollAgain = true;
       return;
     }
-    this.#polling = this.#pollUntilCurrent()
+    this.#polling = this.#pollUntilCurrent(periodic)
       .catch((error: unknown) => this.onPollError(error))
       .finally(() => {
         this.#polling = undefined;
@@ -261,8 +278,8 @@ export class Feed {
       });
   }
 
-  async #pollUntilCurrent(): Promise<void> {
-    for (;;) {
+  async #pollUntilCurrent(periodic: boolean): Promise<void> {
+    for (let page = 0; ; page++) {
       const head = this.#head;
       if (head === undefined) return;
       const entries = await this.store.readFeed({
@@ -273,13 +290,22 @@ export class Feed {
       });
       // Stopped (no watcher left) or restarted while the query ran: its result belongs to no one.
       if (this.#head !== head || entries.length === 0) return;
+      if (periodic && page === 0) this.#stats.pollFallbacks++;
       this.#append(entries);
       if (entries.length < POLL_PAGE) return;
     }
   }
 
+  #offer(watcher: Watcher, entry: FeedEntry): void {
+    this.#stats.deliveries++;
+    watcher.offer(entry);
+  }
+
   #append(entries: readonly FeedEntry[]): void {
-    const head = entries.at(-1)?.position ?? FEED_START;
+    const newest = entries.at(-1);
+    const head = newest?.position ?? FEED_START;
+    this.#stats.events += entries.length;
+    if (newest !== undefined) this.#stats.lagSeconds = (Date.now() - newest.event.createTime.getTime()) / 1000;
     this.#ring.push(...entries);
     const excess = this.#ring.length - RING_SIZE;
     if (excess > 0) {
@@ -288,7 +314,7 @@ export class Feed {
     }
     this.#head = head;
     for (const watcher of this.#live) {
-      for (const entry of entries) if (entry.position > watcher.position) watcher.offer(entry);
+      for (const entry of entries) if (entry.position > watcher.position) this.#offer(watcher, entry);
       watcher.advanceTo(head);
     }
   }

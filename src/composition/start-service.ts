@@ -2,6 +2,8 @@
 // main.ts does, on ephemeral ports; `composeRpcs` alone (the services on a store, no port) is what
 // the in-memory tests call through connect's router transport.
 
+import { mkdir, stat } from "node:fs/promises";
+import { join } from "node:path";
 import type { Logger } from "pino";
 import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
 import { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
@@ -10,7 +12,9 @@ import { connectionServiceHandlers } from "../api/connection-service.js";
 import { watchConnectionEventsHandler } from "../api/feed-service.js";
 import { IdempotentWrites } from "../api/idempotency.js";
 import { organizationServiceHandlers } from "../api/organization-service.js";
-import { RpcPipeline } from "../api/rpc.js";
+import { AdmissionController } from "../api/rpc/admission.js";
+import { adaptToEventLoopDelay } from "../api/rpc/admission-clock.js";
+import { RpcPipeline } from "../api/rpc/pipeline.js";
 import { Connections } from "../app/connections.js";
 import { Feed } from "../app/feed.js";
 import { Idempotency, startPruning } from "../app/idempotency.js";
@@ -42,10 +46,11 @@ export function composeRpcs(
   authenticator: CallerAuthenticator,
   config: Pick<Config, "maxDeadlineMs" | "maxWatchers" | "watchHeartbeatMs" | "watchPollIntervalMs">,
   logger: Logger,
-  tracing?: Tracing,
+  { tracing, admission }: { readonly tracing?: Tracing; readonly admission?: AdmissionController } = {},
 ): ComposedRpcs {
   const organizations = new Organizations(store);
   const metrics = new Metrics(store);
+  if (admission !== undefined) metrics.watchAdmission(admission);
   const pipeline = new RpcPipeline({
     authenticator,
     organizations,
@@ -53,6 +58,7 @@ export function composeRpcs(
     observer: metrics,
     maxDeadlineMs: config.maxDeadlineMs,
     tracing,
+    admission: admission === undefined ? undefined : { controller: admission, observer: metrics },
   });
   const feed = new Feed(
     store,
@@ -64,6 +70,7 @@ export function composeRpcs(
     (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
   );
   metrics.countWatchers(() => feed.watcherCount);
+  metrics.observeFeed(feed);
   const idempotency = new Idempotency(store);
   const writes = new IdempotentWrites(idempotency, (method) => metrics.countIdempotencyReplay(method));
   pipeline.register(ConnectionService, {
@@ -80,6 +87,8 @@ export interface RunningService {
   readonly adminPort: number | undefined;
   /** Reads the callers file and TLS credentials again (SIGHUP); a bad file keeps the previous one. */
   reload(): void;
+  /** SQLite: writes an online backup into BACKUP_DIR (SIGUSR2) and logs where, or why it failed. */
+  backup(): Promise<void>;
   /** Drains in-flight RPCs (up to the configured grace), then closes the database. */
   close(): Promise<void>;
 }
@@ -108,9 +117,14 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     poolSize: config.databasePoolSize,
     statementTimeoutMs: config.databaseStatementTimeoutMs,
     checkCacheEntries: config.checkCacheEntries,
+    migrate: config.migrateOnStart,
+    schemaAheadLimit: config.schemaAheadLimit,
+    migrationUrl: config.databaseMigrationUrl,
+    listenUrl: config.databaseListenUrl,
     logger,
   });
   let tracing: Tracing | undefined;
+  let stopAdmission: (() => void) | undefined;
   let stopPruning: (() => Promise<void>) | undefined;
   try {
     // Loaded only when asked for: without an OTLP endpoint no OpenTelemetry code is even imported.
@@ -118,7 +132,13 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       tracing = (await import("../observability/tracing.js")).Tracing.start(config.tracing, logger);
     const dbSystem = config.databaseUrl.startsWith("sqlite:") ? "sqlite" : "postgresql";
     const store = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
-    const { pipeline, feed, metrics, idempotency } = composeRpcs(store, authenticator, config, logger, tracing);
+    const schema = await SchemaGate.start(store, logger);
+    const admission = config.admission === undefined ? undefined : new AdmissionController(config.admission);
+    const { pipeline, feed, metrics, idempotency } = composeRpcs(store, authenticator, config, logger, {
+      tracing,
+      admission,
+    });
+    if (admission !== undefined) stopAdmission = adaptToEventLoopDelay(admission);
     stopPruning = startPruning(idempotency, {
       retentionMs: config.idempotencyRetentionMs,
       intervalMs: IDEMPOTENCY_PRUNE_INTERVAL_MS,
@@ -136,7 +156,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       limits: config.limits,
       readiness: () =>
         store.ping().then(
-          () => true,
+          () => schema.current(),
           () => false,
         ),
     });
@@ -151,6 +171,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       port: running.port,
       adminPort: admin?.port,
       reload: () => reloader.reload("SIGHUP"),
+      backup: () => backUp(store, config.backupDir, logger),
       async close() {
         reloader.close();
         // Watch streams never finish by themselves: end them with UNAVAILABLE (and a cursor
@@ -167,14 +188,63 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
         ]);
         if (!closed) logger.warn({ timeoutMs: STORE_CLOSE_TIMEOUT_MS }, "database did not close in time; leaving it");
         await tracing?.shutdown();
+        stopAdmission?.();
       },
     };
   } catch (error) {
+    stopAdmission?.();
     reloader.close();
     await stopPruning?.();
     await openedStore.close();
     await tracing?.shutdown();
     throw error;
+  }
+}
+
+async function backUp(store: Store, directory: string | undefined, logger: Logger): Promise<void> {
+  if (directory === undefined) {
+    logger.error("backup refused: only an SQLite file is backed up this way (PostgreSQL: pg_dump, pg_basebackup)");
+    return;
+  }
+  const path = join(directory, `connections-${new Date().toISOString().replace(/[:.]/g, "-")}.db`);
+  try {
+    await mkdir(directory, { recursive: true });
+    await store.backup(path);
+    logger.info({ path, bytes: (await stat(path)).size }, "backup written");
+  } catch (error) {
+    logger.error({ err: error, path }, "backup failed");
+  }
+}
+
+/**
+ * Serving needs every migration this build ships. One that is missing (MIGRATE_ON_START=false and
+ * the `migrate` step has not run yet) keeps the replica NOT_SERVING, says so, and is looked for
+ * again on every readiness poll until the step has run.
+ */
+class SchemaGate {
+  private constructor(
+    private readonly store: Store,
+    private readonly logger: Logger,
+    private pending: readonly string[],
+  ) {}
+
+  static async start(store: Store, logger: Logger): Promise<SchemaGate> {
+    const gate = new SchemaGate(store, logger, await store.pendingMigrations());
+    if (gate.pending.length > 0) {
+      logger.warn(
+        { pendingMigrations: gate.pending },
+        "the database schema is behind this release: NOT_SERVING until you run migrate " +
+          "(node dist/src/main.js migrate, or npm run migrate)",
+      );
+    }
+    return gate;
+  }
+
+  async current(): Promise<boolean> {
+    if (this.pending.length === 0) return true;
+    this.pending = await this.store.pendingMigrations().catch(() => this.pending);
+    if (this.pending.length === 0) this.logger.info("the database schema is now at this release's migrations");
+    return this.pending.length === 0;
   }
 }
 

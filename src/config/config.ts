@@ -1,7 +1,10 @@
 // Configuration from the environment, validated in one place so that a mistake stops the
 // service at start with every problem named, instead of surfacing later as odd behaviour.
 
+import { dirname, join } from "node:path";
+import { type AdmissionSettings, DEFAULT_ADMISSION_SETTINGS } from "../api/rpc/admission.js";
 import { DEFAULT_CHECK_CACHE_ENTRIES } from "../store/check-reader.js";
+import { DEFAULT_SCHEMA_AHEAD_LIMIT } from "../store/schema-version.js";
 import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "../transport/limits.js";
 
 export interface Config {
@@ -12,6 +15,16 @@ export interface Config {
   readonly databaseUrl: string;
   readonly databasePoolSize: number;
   readonly databaseStatementTimeoutMs: number;
+  /** PostgreSQL: where migrations run (e.g. straight to PostgreSQL when DATABASE_URL is PgBouncer). */
+  readonly databaseMigrationUrl: string | undefined;
+  /** PostgreSQL: a session connection for LISTEN (the change feed's wake-ups). */
+  readonly databaseListenUrl: string | undefined;
+  /** Whether starting to serve applies pending migrations (else they are a separate `migrate` step). */
+  readonly migrateOnStart: boolean;
+  /** How many migrations unknown to this release the schema may be ahead by (a rolling deploy's window). */
+  readonly schemaAheadLimit: number;
+  /** SQLite: where SIGUSR2 writes an online backup; undefined for PostgreSQL and in-memory SQLite. */
+  readonly backupDir: string | undefined;
   readonly callersFile: string | undefined;
   /** The OTEL_* variables when traces are to be exported; undefined means no tracing at all. */
   readonly tracing: Readonly<Record<string, string>> | undefined;
@@ -26,6 +39,8 @@ export interface Config {
   readonly limits: TransportLimits;
   /** SQLite: Connections the CheckConnection cache holds (least recently checked leave first). */
   readonly checkCacheEntries: number;
+  /** Admission control of unary calls; undefined when ADMISSION_MAX_IN_FLIGHT is 0 (off). */
+  readonly admission: AdmissionSettings | undefined;
   /** WatchConnectionEvents streams per replica. */
   readonly maxWatchers: number;
   /** The longest a watch stream goes without a message (a heartbeat with the cursor). */
@@ -52,7 +67,11 @@ export class ConfigError extends Error {
   }
 }
 
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+/**
+ * `serving: false` is for the subcommands (migrate) that only touch the database: they need no
+ * callers file, even in production.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, { serving = true } = {}): Config {
   const problems: string[] = [];
 
   const integer = (name: string, fallback: number, min: number, max: number): number => {
@@ -70,11 +89,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!/^(sqlite:.+|postgres(ql)?:\/\/.+)$/.test(databaseUrl)) {
     problems.push("DATABASE_URL: expected sqlite:<path>, sqlite::memory: or postgres://...");
   }
+  const postgresUrl = (name: string): string | undefined => {
+    const url = env[name] || undefined;
+    if (url !== undefined && !/^postgres(ql)?:\/\/.+$/.test(url)) problems.push(`${name}: expected postgres://...`);
+    if (url !== undefined && databaseUrl.startsWith("sqlite:")) problems.push(`${name} is for PostgreSQL only`);
+    return url;
+  };
   const logLevel = env.LOG_LEVEL || "info";
   if (!LOG_LEVELS.includes(logLevel)) problems.push(`LOG_LEVEL=${logLevel}: expected one of ${LOG_LEVELS.join(", ")}`);
   const production = env.NODE_ENV === "production";
   const callersFile = env.CALLERS_FILE || undefined;
-  if (production && callersFile === undefined) {
+  if (serving && production && callersFile === undefined) {
     problems.push("CALLERS_FILE is required when NODE_ENV=production (dev tokens are refused there)");
   }
 
@@ -87,6 +112,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (clientCaFile !== undefined && certFile === undefined) {
     problems.push("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE (mTLS is TLS with client certificates)");
   }
+
+  const migrateOnStartRaw = env.MIGRATE_ON_START || undefined;
+  if (migrateOnStartRaw !== undefined && !["true", "false"].includes(migrateOnStartRaw)) {
+    problems.push(`MIGRATE_ON_START=${migrateOnStartRaw}: expected true or false`);
+  }
+  // SQLite has one process per file and dev has one replica: migrating on start is safe there.
+  const migrateOnStart =
+    migrateOnStartRaw === undefined ? databaseUrl.startsWith("sqlite:") || !production : migrateOnStartRaw === "true";
 
   const tracing = tracingEnv(env);
   const otlpEndpoint = tracing?.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || tracing?.OTEL_EXPORTER_OTLP_ENDPOINT;
@@ -101,6 +134,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl,
     databasePoolSize: integer("DATABASE_POOL_SIZE", 10, 1, 1000),
     databaseStatementTimeoutMs: integer("DATABASE_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
+    databaseMigrationUrl: postgresUrl("DATABASE_MIGRATION_URL"),
+    databaseListenUrl: postgresUrl("DATABASE_LISTEN_URL"),
+    migrateOnStart,
+    schemaAheadLimit: integer("SCHEMA_AHEAD_LIMIT", DEFAULT_SCHEMA_AHEAD_LIMIT, 0, 1000),
+    backupDir: backupDir(env, databaseUrl, problems),
     callersFile,
     tracing,
     tls: certFile !== undefined && keyFile !== undefined ? { certFile, keyFile, clientCaFile } : undefined,
@@ -128,8 +166,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ),
       maxHeaderListBytes: integer("MAX_HEADER_LIST_BYTES", LIMITS.maxHeaderListBytes, 1024, 1_048_576),
       maxHealthWatchers: integer("MAX_HEALTH_WATCHERS", LIMITS.maxHealthWatchers, 0, 1_000_000),
+      maxReflectionStreams: integer("MAX_REFLECTION_STREAMS", LIMITS.maxReflectionStreams, 0, 1_000_000),
+      reflectionIdleTimeoutMs: integer("REFLECTION_IDLE_TIMEOUT_MS", LIMITS.reflectionIdleTimeoutMs, 10, 3_600_000),
+      maxHttp2Connections: integer("MAX_HTTP2_CONNECTIONS", LIMITS.maxHttp2Connections, 1, 1_000_000),
     },
     checkCacheEntries: integer("CHECK_CACHE_ENTRIES", DEFAULT_CHECK_CACHE_ENTRIES, 1, 100_000_000),
+    admission: admissionSettings(integer),
     maxWatchers: integer("MAX_WATCHERS", 1000, 0, 1_000_000),
     watchHeartbeatMs: integer("WATCH_HEARTBEAT_MS", 15_000, 10, 15_000),
     watchPollIntervalMs: integer("WATCH_POLL_INTERVAL_MS", 1000, 10, 60_000),
@@ -139,8 +181,41 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (limits.http1HeadersTimeoutMs > limits.http1RequestTimeoutMs) {
     problems.push("HTTP1_HEADERS_TIMEOUT_MS must not be larger than HTTP1_REQUEST_TIMEOUT_MS");
   }
+  const { admission } = config;
+  if (admission !== undefined && admission.minInFlight > admission.maxInFlight) {
+    problems.push("ADMISSION_MIN_IN_FLIGHT must not be larger than ADMISSION_MAX_IN_FLIGHT");
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** BACKUP_DIR, or `backups/` beside an SQLite file; PostgreSQL has its own tools. */
+function backupDir(env: NodeJS.ProcessEnv, databaseUrl: string, problems: string[]): string | undefined {
+  const sqlitePath = databaseUrl.startsWith("sqlite:") ? databaseUrl.slice("sqlite:".length) : undefined;
+  if (env.BACKUP_DIR) {
+    if (sqlitePath === undefined)
+      problems.push("BACKUP_DIR is for SQLite (back PostgreSQL up with pg_dump or pg_basebackup)");
+    return env.BACKUP_DIR;
+  }
+  return sqlitePath === undefined || sqlitePath === ":memory:" ? undefined : join(dirname(sqlitePath), "backups");
+}
+
+type IntegerReader = (name: string, fallback: number, min: number, max: number) => number;
+
+function admissionSettings(integer: IntegerReader): AdmissionSettings | undefined {
+  const defaults = DEFAULT_ADMISSION_SETTINGS;
+  // Off unless set: against a storm that ignores grpc-retry-pushback-ms the queue forms inside
+  // node:http2 before admission runs, and refusing lowered goodput (docs/performance.md, Overload).
+  // defaults.maxInFlight is the ceiling to start from when turning it on.
+  const maxInFlight = integer("ADMISSION_MAX_IN_FLIGHT", 0, 0, 1_000_000);
+  const settings: AdmissionSettings = {
+    maxInFlight,
+    minInFlight: integer("ADMISSION_MIN_IN_FLIGHT", defaults.minInFlight, 1, 1_000_000),
+    targetDelayMs: integer("ADMISSION_TARGET_DELAY_MS", defaults.targetDelayMs, 1, 60_000),
+    callerIdleMs: integer("ADMISSION_CALLER_IDLE_MS", defaults.callerIdleMs, 10, 3_600_000),
+    pushbackMs: integer("ADMISSION_PUSHBACK_MS", defaults.pushbackMs, 0, 600_000),
+  };
+  return maxInFlight === 0 ? undefined : settings;
 }
 
 const HOUR_MS = 3_600_000;

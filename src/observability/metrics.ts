@@ -1,16 +1,63 @@
 // Prometheus metrics, served on a separate admin port so that scraping needs no RPC credentials
 // and never competes with RPC traffic for the service port.
 
+import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
-import type { RpcLabels, RpcObserver } from "../api/rpc.js";
-import { codeName } from "../api/rpc.js";
+import type { AdmissionController, AdmissionRefusal } from "../api/rpc/admission.js";
+import { codeName } from "../api/rpc/pipeline.js";
+import type { AdmissionObserver, RpcLabels, RpcObserver } from "../api/rpc/types.js";
+import type { FeedStats } from "../app/feed.js";
 import type { ReloadObserver } from "../config/reload.js";
+import type { CheckCacheStats } from "../store/store.js";
 
 export interface DatabaseGauges {
   /** Connections open to the database, idle ones, and queries waiting for one. */
   poolStats(): { total: number; idle: number; waiting: number; exhausted: number };
+  /** The CheckConnection cache's counters, where there is one. */
+  checkCacheStats(): CheckCacheStats | undefined;
+}
+
+/** A counter whose value is read from `read()` at each scrape (the figure is kept elsewhere). */
+function scrapedCounter(registry: Registry, name: string, help: string, read: () => number): void {
+  new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(read());
+    },
+  });
+}
+
+/** A gauge whose value is read from `read()` at each scrape. */
+function scrapedGauge(registry: Registry, name: string, help: string, read: () => number): void {
+  new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.set(read());
+    },
+  });
+}
+
+/** This package's version: src/observability (run with tsx) or dist/src/observability (built). */
+function packageVersion(): string {
+  for (const path of ["../../package.json", "../../../package.json"]) {
+    try {
+      const manifest = JSON.parse(readFileSync(new URL(path, import.meta.url), "utf8")) as {
+        name?: string;
+        version?: string;
+      };
+      if (manifest.name === "connections" && manifest.version !== undefined) return manifest.version;
+    } catch {
+      // Not at this level: try the next one.
+    }
+  }
+  return "unknown";
 }
 
 /** Latency buckets in seconds, for connections_rpc_duration_seconds. */
@@ -103,8 +150,10 @@ function histogramValues(figures: MethodFigures): MetricValue[] {
   return values;
 }
 
-export class Metrics implements RpcObserver, ReloadObserver {
+export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver {
   readonly registry = new Registry();
+  /** Admission's refusals by caller, then reason: plain numbers, read when scraped (a storm refuses many a second). */
+  private readonly admissionRefusals = new Map<string, Map<AdmissionRefusal, number>>();
   private readonly rpcs: RpcMetrics;
   private readonly reloadSuccess: Gauge<"source">;
   private readonly reloadFailures: Counter<"source">;
@@ -126,6 +175,14 @@ export class Metrics implements RpcObserver, ReloadObserver {
       labelNames: ["source"],
       registers: [this.registry],
     });
+    new Gauge({
+      name: "connections_build_info",
+      help: "Always 1; the labels say which release and Node.js version this replica runs.",
+      labelNames: ["version", "nodejs"],
+      registers: [this.registry],
+    })
+      .labels(packageVersion(), process.version)
+      .set(1);
     this.idempotencyReplays = new Counter({
       name: "connections_idempotency_replays_total",
       help: "Writes answered from the record of an earlier call with the same request_id (retries), by method.",
@@ -138,42 +195,120 @@ export class Metrics implements RpcObserver, ReloadObserver {
       registers: [this.registry],
     });
     if (database !== undefined) {
-      for (const [field, help] of [
-        ["total", "Database connections open."],
-        ["idle", "Database connections idle."],
-        ["waiting", "Queries waiting for a database connection."],
+      const registry = this.registry;
+      for (const [field, name, help] of [
+        ["total", "connections_db_pool_connections", "Database connections open."],
+        ["idle", "connections_db_pool_idle_connections", "Database connections open and idle."],
+        ["waiting", "connections_db_pool_waiting_queries", "Queries waiting for a database connection."],
       ] as const) {
-        new Gauge({
-          name: `connections_db_pool_${field}`,
-          help,
-          registers: [this.registry],
-          collect() {
-            this.set(database.poolStats()[field]);
-          },
-        });
+        scrapedGauge(registry, name, help, () => database.poolStats()[field]);
       }
-      new Counter({
-        name: "connections_db_pool_exhausted_total",
-        help: "Calls refused because every database connection stayed busy (pool exhausted, not the database down).",
-        registers: [this.registry],
-        collect() {
-          this.reset();
-          this.inc(database.poolStats().exhausted);
-        },
-      });
+      scrapedCounter(
+        registry,
+        "connections_db_pool_exhausted_total",
+        "Calls refused because every database connection stayed busy (pool exhausted, not the database down).",
+        () => database.poolStats().exhausted,
+      );
+      // Only where checks are cached (SQLite): PostgreSQL reads every check from the database.
+      if (database.checkCacheStats() !== undefined) {
+        const cache = () => database.checkCacheStats() ?? { hits: 0, misses: 0, evictions: 0, entries: 0 };
+        for (const [field, name, help] of [
+          ["hits", "connections_check_cache_hits_total", "Checks answered from the check cache."],
+          ["misses", "connections_check_cache_misses_total", "Checks that read the database (not in the cache)."],
+          [
+            "evictions",
+            "connections_check_cache_evictions_total",
+            "Connections that left the check cache to make room.",
+          ],
+        ] as const) {
+          scrapedCounter(registry, name, help, () => cache()[field]);
+        }
+        scrapedGauge(
+          registry,
+          "connections_check_cache_entries",
+          "Connections in the check cache.",
+          () => cache().entries,
+        );
+      }
     }
+  }
+
+  /** The change feed's figures: events read, deliveries to watchers, poll fallbacks, lag. */
+  observeFeed(feed: { stats(): FeedStats }): void {
+    const registry = this.registry;
+    scrapedCounter(
+      registry,
+      "connections_feed_events_total",
+      "Events the change feed read.",
+      () => feed.stats().events,
+    );
+    scrapedCounter(
+      registry,
+      "connections_feed_deliveries_total",
+      "Events queued for WatchConnectionEvents streams (one event to three streams counts three).",
+      () => feed.stats().deliveries,
+    );
+    scrapedCounter(
+      registry,
+      "connections_feed_poll_fallbacks_total",
+      "Periodic polls that found events no notification had announced (a lost NOTIFY, or a feed that only polls).",
+      () => feed.stats().pollFallbacks,
+    );
+    scrapedGauge(
+      registry,
+      "connections_feed_lag_seconds",
+      "Seconds from the newest event's creation to the change feed reading it, at its last read.",
+      () => feed.stats().lagSeconds,
+    );
   }
 
   /** connections_watchers: the WatchConnectionEvents streams open on this replica. */
   countWatchers(count: () => number): void {
+    scrapedGauge(this.registry, "connections_watchers", "WatchConnectionEvents streams open on this replica.", count);
+  }
+
+  /** connections_admission_*: the adaptive limit, the calls in flight by caller, and the refusals. */
+  watchAdmission(controller: AdmissionController): void {
+    const refusals = this.admissionRefusals;
     new Gauge({
-      name: "connections_watchers",
-      help: "WatchConnectionEvents streams open on this replica.",
+      name: "connections_admission_limit",
+      help: "Unary calls that admission control lets be at work at once now (adaptive, at most ADMISSION_MAX_IN_FLIGHT).",
       registers: [this.registry],
       collect() {
-        this.set(count());
+        this.set(controller.limit);
       },
     });
+    new Gauge({
+      name: "connections_admission_in_flight",
+      help: "Unary calls at work now, by caller.",
+      labelNames: ["caller"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [caller, count] of controller.snapshot().inFlightByCaller) this.labels(caller).set(count);
+      },
+    });
+    new Counter({
+      name: "connections_admission_refused_total",
+      help: "Calls refused with RESOURCE_EXHAUSTED OVERLOADED before any work, by caller and reason (limit: the replica was at its limit; share: the caller was over its fair share).",
+      labelNames: ["caller", "reason"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [caller, byReason] of refusals) {
+          for (const [reason, count] of byReason) this.labels(caller, reason).inc(count);
+        }
+      },
+    });
+  }
+
+  admissionRefused(caller: string, reason: AdmissionRefusal): void {
+    let byReason = this.admissionRefusals.get(caller);
+    if (byReason === undefined) {
+      byReason = new Map();
+      this.admissionRefusals.set(caller, byReason);
+    }
+    byReason.set(reason, (byReason.get(reason) ?? 0) + 1);
   }
 
   /** A write answered by replaying its first call's answer. */

@@ -33,7 +33,7 @@ import {
   TraceIdRatioBasedSampler,
 } from "@opentelemetry/sdk-trace-base";
 import type { Logger } from "pino";
-import type { RequestMeta, RpcSpan, RpcTracing } from "../api/rpc.js";
+import type { RequestMeta, RpcSpan, RpcTracing } from "../api/rpc/types.js";
 
 const HEADER_GETTER: TextMapGetter<RequestMeta> = {
   get: (meta, key) => meta.header(key),

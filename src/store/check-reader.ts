@@ -2,74 +2,167 @@
 //
 // SQLite belongs to one process (the file is locked exclusively), so every write passes through
 // this process and a cache that every write updates before it returns is exact. The cache is
-// bounded (CHECK_CACHE_ENTRIES, least recently used out first) and keeps each entry compact.
+// bounded (CHECK_CACHE_ENTRIES, least recently used out first) and keeps each entry compact. A
+// miss reads the committed row synchronously through a prepared statement (CheckSource) and fills
+// the cache in the same step, so no write can land between the read and the fill; while a write's
+// transaction is open on the one connection, a read could see its uncommitted rows, so a miss then
+// waits for the connection instead.
 // PostgreSQL may have several replicas writing, so nothing is cached: concurrent checks are
 // coalesced into one query instead, each sent after all of its callers arrived.
 //
-// Recency: both LRU structures keep their order in a Map's insertion order, and a read moves the key
-// to the young end (delete, then set). V8 leaves a deleted entry in its hash bucket's chain until
-// the next rehash, so moving one hot key on every read makes that key's chain, and every lookup of
-// it, grow with the reads (one id checked over and over cost more with every read).
-// So a read moves a key only when it is no longer among the youngest quarter of the capacity: an
-// entry read within the last three quarters of the capacity's insertions is still never evicted,
-// and a hot key moves at most a few times between rehashes.
+// Recency: a doubly linked list of slots in typed arrays (SlotList). A read relinks two slots and
+// never touches the Map from key to slot, and eviction takes the list's tail. (Evicting by a Map's
+// insertion order instead, `keys().next()` on the oldest key, walks over every entry deleted
+// since the Map's last rehash: with a full cache that grew to a large fraction of a millisecond
+// per miss.)
 
 import type { ConnectionRecord } from "./store.js";
 
 export interface CheckReader {
   get(id: string): Promise<ConnectionRecord | undefined>;
+  /** Answers in the order of `ids`, undefined where there is no such Connection. */
+  getMany(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]>;
   /** Called after a write of `record` committed and before the write returns. */
   written(record: ConnectionRecord): void;
+  /** The cache's counters since start; undefined for a reader without a cache. */
+  cacheStats(): CheckCacheStats | undefined;
 }
 
-/** Insertions and moves a key may lag behind the young end before a read moves it again. */
-function settledAge(capacity: number): number {
-  return 1 + (capacity >> 2);
+export interface CheckCacheStats {
+  /** Checks answered from the cache. */
+  readonly hits: number;
+  /** Checks that read the database. */
+  readonly misses: number;
+  /** Connections that left the cache to make room. */
+  readonly evictions: number;
+  readonly entries: number;
 }
 
-interface LruEntry<V> {
-  readonly value: V;
-  /** The map's insertion count when this entry was last put at the young end. */
-  movedAt: number;
+const NONE = -1;
+const INITIAL_SLOTS = 1024;
+
+/** A copy of `old` with room for `length` elements. */
+function grown<T extends Int32Array | Uint16Array | Float64Array>(old: T, length: number): T {
+  const array = new (old.constructor as new (length: number) => T)(length);
+  array.set(old);
+  return array;
+}
+
+/** The next allocation: doubling, at least INITIAL_SLOTS, never past the capacity. */
+function nextAllocation(allocated: number, capacity: number): number {
+  return Math.min(Math.max(INITIAL_SLOTS, allocated * 2), capacity);
+}
+
+/**
+ * Keys in slots 0 .. capacity-1, in least-recently-used order: a Map from key to slot and a
+ * doubly linked list of slots in two typed arrays, so that a use is a few array writes and no
+ * object is made per key. Callers keep their values in arrays indexed by slot.
+ */
+class SlotList<K> {
+  readonly #slots = new Map<K, number>();
+  readonly #keys: K[] = [];
+  #previous = new Int32Array(0);
+  #next = new Int32Array(0);
+  /** The most recently used slot. */
+  #head = NONE;
+  /** The least recently used slot, the next to be reused. */
+  #tail = NONE;
+
+  constructor(readonly capacity: number) {}
+
+  get size(): number {
+    return this.#slots.size;
+  }
+
+  /** The key's slot, now the most recently used. */
+  use(key: K): number | undefined {
+    const slot = this.#slots.get(key);
+    if (slot !== undefined && slot !== this.#head) {
+      this.#unlink(slot);
+      this.#linkFirst(slot);
+    }
+    return slot;
+  }
+
+  /** The key's slot, without counting as a use. */
+  peek(key: K): number | undefined {
+    return this.#slots.get(key);
+  }
+
+  /** The key's slot, now the most recently used; when full, a new key takes the least recently used one's. */
+  claim(key: K): number {
+    const existing = this.use(key);
+    if (existing !== undefined) return existing;
+    let slot: number;
+    if (this.#slots.size >= this.capacity) {
+      slot = this.#tail;
+      this.#unlink(slot);
+      this.#slots.delete(this.#keys[slot] as K);
+    } else {
+      slot = this.#slots.size;
+      if (slot >= this.#next.length) {
+        const length = nextAllocation(this.#next.length, this.capacity);
+        this.#previous = grown(this.#previous, length);
+        this.#next = grown(this.#next, length);
+      }
+    }
+    this.#slots.set(key, slot);
+    this.#keys[slot] = key;
+    this.#linkFirst(slot);
+    return slot;
+  }
+
+  clear(): void {
+    this.#slots.clear();
+    this.#keys.length = 0;
+    this.#head = NONE;
+    this.#tail = NONE;
+  }
+
+  #unlink(slot: number): void {
+    const previous = this.#previous[slot] as number;
+    const next = this.#next[slot] as number;
+    if (previous === NONE) this.#head = next;
+    else this.#next[previous] = next;
+    if (next === NONE) this.#tail = previous;
+    else this.#previous[next] = previous;
+  }
+
+  #linkFirst(slot: number): void {
+    this.#previous[slot] = NONE;
+    this.#next[slot] = this.#head;
+    if (this.#head === NONE) this.#tail = slot;
+    else this.#previous[this.#head] = slot;
+    this.#head = slot;
+  }
 }
 
 /** A bounded map that forgets the least recently used entry first (a read counts as a use). */
 export class LruMap<K, V> {
-  readonly #entries = new Map<K, LruEntry<V>>();
-  readonly #settledAge: number;
-  #tick = 0;
+  readonly #order: SlotList<K>;
+  readonly #values: V[] = [];
 
   constructor(readonly capacity: number) {
-    this.#settledAge = settledAge(capacity);
+    this.#order = new SlotList(capacity);
   }
 
   get size(): number {
-    return this.#entries.size;
+    return this.#order.size;
   }
 
   get(key: K): V | undefined {
-    const entry = this.#entries.get(key);
-    if (entry === undefined) return undefined;
-    if (this.#tick - entry.movedAt > this.#settledAge) {
-      // A Map iterates in insertion order: re-inserting moves the key to the young end.
-      this.#entries.delete(key);
-      this.#entries.set(key, entry);
-      entry.movedAt = this.#tick++;
-    }
-    return entry.value;
+    const slot = this.#order.use(key);
+    return slot === undefined ? undefined : this.#values[slot];
   }
 
   /** Without counting as a use. */
   peek(key: K): V | undefined {
-    return this.#entries.get(key)?.value;
+    const slot = this.#order.peek(key);
+    return slot === undefined ? undefined : this.#values[slot];
   }
 
   set(key: K, value: V): void {
-    if (!this.#entries.delete(key) && this.#entries.size >= this.capacity) {
-      const oldest = this.#entries.keys().next();
-      if (oldest.done !== true) this.#entries.delete(oldest.value);
-    }
-    this.#entries.set(key, { value, movedAt: this.#tick++ });
+    this.#values[this.#order.claim(key)] = value;
   }
 }
 
@@ -79,16 +172,15 @@ interface Status {
 }
 
 const TEXT_SEPARATOR = "\u0000";
-const INITIAL_SLOTS = 1024;
 
 /**
  * The cached Connections in columns: typed arrays for the numbers (organization and status
  * indexes, version, the four times), one string per entry for name, creator and request id, and
- * a Map from id to slot whose insertion order is the recency order. No object per entry: about a
- * fifth of the heap of ConnectionRecords (bench/check-cache-footprint.ts; figures in docs/performance.md).
+ * a SlotList from id to slot. No object per entry: about a fifth of the heap of ConnectionRecords
+ * (bench/check-cache-footprint.ts; figures in docs/performance.md).
  */
 class ConnectionTable {
-  readonly #slots = new Map<string, number>();
+  readonly #slots: SlotList<string>;
   readonly #organizationIndex = new Map<string, number>();
   readonly #organizations: string[] = [];
   readonly #statusIndex = new Map<string, number>();
@@ -97,35 +189,30 @@ class ConnectionTable {
   #destination = new Int32Array(0);
   #status = new Uint16Array(0);
   #version = new Int32Array(0);
-  /** The insertion count when the slot's id was last put at the young end (see the file's comment). */
-  #movedAt = new Float64Array(0);
   /** create, update, activate, deactivate per slot, in ms; NaN when unset. */
   #times = new Float64Array(0);
   /** name NUL creator NUL createRequestId, or a JSON array when one of them holds a NUL. */
   #text: string[] = [];
-  #allocated = 0;
-  #tick = 0;
-  readonly #settledAge: number;
+  /** Connections that left the table to make room for others, since start. */
+  evictions = 0;
 
   constructor(readonly capacity: number) {
-    this.#settledAge = settledAge(capacity);
+    this.#slots = new SlotList(capacity);
+  }
+
+  get size(): number {
+    return this.#slots.size;
   }
 
   /** The cached version, without counting as a use. */
   version(id: string): number | undefined {
-    const slot = this.#slots.get(id);
+    const slot = this.#slots.peek(id);
     return slot === undefined ? undefined : (this.#version[slot] as number);
   }
 
   get(id: string): ConnectionRecord | undefined {
-    const slot = this.#slots.get(id);
+    const slot = this.#slots.use(id);
     if (slot === undefined) return undefined;
-    if (this.#tick - (this.#movedAt[slot] as number) > this.#settledAge) {
-      // A Map iterates in insertion order: re-inserting moves the id to the young end.
-      this.#slots.delete(id);
-      this.#slots.set(id, slot);
-      this.#movedAt[slot] = this.#tick++;
-    }
     const status = this.#statuses[this.#status[slot] as number] as Status;
     const [name = "", creator = "", createRequestId = ""] = unpackText(this.#text[slot] as string);
     const at = (field: number) => {
@@ -149,22 +236,19 @@ class ConnectionTable {
     };
   }
 
-  set(record: ConnectionRecord): void {
+  /** Keeps `record` unless a newer version of it is cached. */
+  keep(record: ConnectionRecord): void {
+    const cached = this.version(record.id);
+    if (cached === undefined || cached <= record.version) this.#set(record);
+  }
+
+  #set(record: ConnectionRecord): void {
     // Organizations are interned; past twice the capacity most of them belong to evicted entries.
     if (this.#organizations.length > 2 * this.capacity + 2) this.#clear();
-    let slot = this.#slots.get(record.id);
-    if (slot !== undefined) {
-      this.#slots.delete(record.id);
-    } else if (this.#slots.size >= this.capacity) {
-      const oldest = this.#slots.entries().next().value as [string, number];
-      this.#slots.delete(oldest[0]);
-      slot = oldest[1];
-    } else {
-      slot = this.#slots.size;
-      if (slot >= this.#allocated) this.#grow();
-    }
-    this.#slots.set(record.id, slot);
-    this.#movedAt[slot] = this.#tick++;
+    const evicting = this.#slots.size >= this.#slots.capacity && this.#slots.peek(record.id) === undefined;
+    const slot = this.#slots.claim(record.id);
+    if (evicting) this.evictions++;
+    if (slot >= this.#version.length) this.#grow();
     this.#source[slot] = this.#organization(record.sourceOrganizationId);
     this.#destination[slot] = this.#organization(record.destinationOrganizationId);
     this.#status[slot] = this.#statusOf(record.state, record.scopes);
@@ -196,19 +280,12 @@ class ConnectionTable {
   }
 
   #grow(): void {
-    const slots = Math.min(Math.max(INITIAL_SLOTS, this.#allocated * 2), this.capacity);
-    const grown = <T extends Int32Array | Uint16Array | Float64Array>(old: T, make: (n: number) => T, width = 1) => {
-      const array = make(slots * width);
-      array.set(old);
-      return array;
-    };
-    this.#source = grown(this.#source, (n) => new Int32Array(n));
-    this.#destination = grown(this.#destination, (n) => new Int32Array(n));
-    this.#status = grown(this.#status, (n) => new Uint16Array(n));
-    this.#version = grown(this.#version, (n) => new Int32Array(n));
-    this.#movedAt = grown(this.#movedAt, (n) => new Float64Array(n));
-    this.#times = grown(this.#times, (n) => new Float64Array(n), 4);
-    this.#allocated = slots;
+    const slots = nextAllocation(this.#version.length, this.capacity);
+    this.#source = grown(this.#source, slots);
+    this.#destination = grown(this.#destination, slots);
+    this.#status = grown(this.#status, slots);
+    this.#version = grown(this.#version, slots);
+    this.#times = grown(this.#times, slots * 4);
   }
 
   #clear(): void {
@@ -233,40 +310,92 @@ function unpackText(text: string): string[] {
   return text.startsWith(JSON_TEXT) ? (JSON.parse(text.slice(1)) as string[]) : text.split(TEXT_SEPARATOR);
 }
 
-export const DEFAULT_CHECK_CACHE_ENTRIES = 200_000;
+/** Chosen from the cache's measured cost per entry (docs/performance.md). */
+export const DEFAULT_CHECK_CACHE_ENTRIES = 500_000;
+
+/** Where the cache reads what it misses: committed rows, synchronously. */
+export interface CheckSource {
+  /** False while a transaction is open on the connection: a read now could see its uncommitted rows. */
+  idle(): boolean;
+  /** The Connection `id`: one primary-key read. */
+  one(id: string): ConnectionRecord | undefined;
+  /** The Connections among `ids` (distinct) that exist, in any order: one statement. */
+  many(ids: readonly string[]): ConnectionRecord[];
+  /** Runs `read` once no transaction is open on the connection. */
+  whenIdle<T>(read: () => T): Promise<T>;
+}
 
 export class CachingCheckReader implements CheckReader {
   readonly #entries: ConnectionTable;
-  /** Counts writes into the cache, so a fill can tell whether one raced with its read. */
-  #writeEpoch = 0;
 
   constructor(
-    private readonly load: (id: string) => Promise<ConnectionRecord | undefined>,
+    private readonly source: CheckSource,
     capacity = DEFAULT_CHECK_CACHE_ENTRIES,
   ) {
     this.#entries = new ConnectionTable(capacity);
   }
 
+  #hits = 0;
+  #misses = 0;
+
   get(id: string): Promise<ConnectionRecord | undefined> {
     const cached = this.#entries.get(id);
-    return cached === undefined ? this.#fill(id) : Promise.resolve(cached);
+    if (cached !== undefined) {
+      this.#hits++;
+      return Promise.resolve(cached);
+    }
+    this.#misses++;
+    return this.#read(() => this.#fillOne(id));
+  }
+
+  getMany(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]> {
+    const answers: (ConnectionRecord | undefined)[] = new Array(ids.length);
+    const missing = new Set<string>();
+    for (let index = 0; index < ids.length; index++) {
+      const id = ids[index] as string;
+      const cached = this.#entries.get(id);
+      if (cached === undefined) missing.add(id);
+      else answers[index] = cached;
+    }
+    this.#hits += ids.length - missing.size;
+    this.#misses += missing.size;
+    if (missing.size === 0) return Promise.resolve(answers);
+    const fill = () => {
+      const read = new Map<string, ConnectionRecord>();
+      for (const record of this.source.many([...missing])) {
+        this.#entries.keep(record);
+        read.set(record.id, record);
+      }
+      for (let index = 0; index < ids.length; index++) {
+        if (answers[index] === undefined) answers[index] = read.get(ids[index] as string);
+      }
+      return answers;
+    };
+    return this.#read(fill);
+  }
+
+  cacheStats(): CheckCacheStats {
+    return { hits: this.#hits, misses: this.#misses, evictions: this.#entries.evictions, entries: this.#entries.size };
   }
 
   written(record: ConnectionRecord): void {
-    this.#writeEpoch++;
-    const cached = this.#entries.version(record.id);
-    if (cached === undefined || cached <= record.version) this.#entries.set(record);
+    this.#entries.keep(record);
   }
 
-  async #fill(id: string): Promise<ConnectionRecord | undefined> {
-    const epoch = this.#writeEpoch;
-    const record = await this.load(id);
-    if (record === undefined) return undefined;
-    const cached = this.#entries.version(id);
-    // A write during the read may have cached a newer version, then lost it to eviction: with
-    // no entry to compare against, only a read that no write overlapped may fill.
-    const fresh = cached === undefined ? epoch === this.#writeEpoch : cached < record.version;
-    if (fresh) this.#entries.set(record);
+  /** Runs `read` now, or once no transaction is open; its failure rejects, never throws. */
+  #read<T>(read: () => T): Promise<T> {
+    if (!this.source.idle()) return this.source.whenIdle(read);
+    try {
+      return Promise.resolve(read());
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /** Read and kept in one synchronous step: no write can come between them. */
+  #fillOne(id: string): ConnectionRecord | undefined {
+    const record = this.source.one(id);
+    if (record !== undefined) this.#entries.keep(record);
     return record;
   }
 }
@@ -299,7 +428,16 @@ export class BatchingCheckReader implements CheckReader {
     });
   }
 
+  getMany(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]> {
+    // Asked in one turn of the event loop, so they share one query.
+    return Promise.all(ids.map((id) => this.get(id)));
+  }
+
   written(): void {}
+
+  cacheStats(): undefined {
+    return undefined;
+  }
 
   #flush(): void {
     this.#flushScheduled = false;

@@ -63,6 +63,26 @@ const PG_UNAVAILABLE_MESSAGES = [
   "Cannot use a pool after calling end on the pool",
 ];
 
+/** pg's words for a server that did not answer at all on the client's clock. */
+const PG_SILENT_MESSAGES = [
+  "timeout exceeded when trying to connect",
+  "Connection terminated due to connection timeout",
+  "timeout expired",
+  "Query read timeout",
+];
+
+/**
+ * Whether `error` suggests that the database cannot be reached at all (refused, unroutable, or
+ * silent past a client-side timeout), as opposed to one that answers with a refusal or a slow
+ * statement. A suggestion only: the pool confirms it with a probe before failing calls at once.
+ */
+export function suggestsUnreachable(error: unknown): boolean {
+  const code = codeOf(error);
+  if (code !== undefined && NET_UNAVAILABLE.has(code)) return true;
+  const message = error instanceof Error ? error.message : "";
+  return PG_SILENT_MESSAGES.some((m) => message.includes(m));
+}
+
 function codeOf(error: unknown): string | undefined {
   if (typeof error !== "object" || error === null) return undefined;
   const code = (error as { code?: unknown }).code;

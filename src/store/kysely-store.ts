@@ -2,14 +2,21 @@
 // here; row mapping is in rows.ts, the transaction and retry policy in transactions.ts, and dialect
 // differences in the migrations (column types) and in how checks read (check-reader.ts).
 
+import type SqliteDatabase from "better-sqlite3";
 import { type CompiledQuery, type Insertable, type Kysely, type RawBuilder, sql } from "kysely";
-import { BatchingCheckReader, CachingCheckReader, type CheckReader, LruMap } from "./check-reader.js";
+import {
+  BatchingCheckReader,
+  CachingCheckReader,
+  type CheckCacheStats,
+  type CheckReader,
+  LruMap,
+} from "./check-reader.js";
 import type { FeedListener } from "./feed-notifications.js";
 import { FEED_HORIZON } from "./migrations.js";
 import type { StorePool } from "./pg-pool.js";
 import {
   CONNECTION_COLUMNS,
-  CONNECTION_WRITE_COLUMNS,
+  CONNECTION_RECORD_COLUMNS,
   type ConnectionRow,
   connectionCursor,
   EVENT_COLUMNS,
@@ -28,8 +35,9 @@ import {
   withParameters,
 } from "./rows.js";
 import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
+import { readSchemaStatus } from "./schema-version.js";
+import { SqliteCheckSource } from "./sqlite-check-source.js";
 import {
-  AlreadyExistsError,
   type ConnectionRecord,
   type EventRecord,
   FEED_START,
@@ -89,10 +97,14 @@ export interface KyselyStoreOptions {
   readonly pool?: StorePool;
   /** SQLite: whether a transaction is open (SQLite rolls some back by itself, e.g. on a full disk). */
   readonly inTransaction?: () => boolean;
+  /** SQLite (required there): the database behind `db`, which check-cache misses read directly. */
+  readonly sqlite?: SqliteDatabase.Database;
   /** SQLite: how many Connections the check cache holds (least recently used go first). */
   readonly checkCacheEntries?: number;
-  /** PostgreSQL: notifications of events committed by other processes. */
+  /** PostgreSQL: notifications of events committed by other processes; none when the feed only polls. */
   readonly feedListener?: FeedListener;
+  /** SQLite: copies the database to a file while it stays in use (better-sqlite3's online backup). */
+  readonly backup?: (destination: string) => Promise<unknown>;
 }
 
 /** SQLite has one connection and no pool; better-sqlite3 runs each statement synchronously. */
@@ -100,6 +112,8 @@ const SQLITE_POOL_STATS: PoolStats = { total: 1, idle: 1, waiting: 0, exhausted:
 
 export class KyselyStore implements Store {
   readonly #db: Kysely<Database>;
+  readonly #dialect: SqlDialect;
+  readonly #backup: ((destination: string) => Promise<unknown>) | undefined;
   readonly #checks: CheckReader;
   readonly #pool: StorePool | undefined;
   readonly #transactions: Transactions;
@@ -113,7 +127,6 @@ export class KyselyStore implements Store {
   readonly #updateConnection: (values: Readonly<Record<(typeof TRANSITION_COLUMNS)[number], unknown>>) => CompiledQuery;
   readonly #connectionByPair: (values: { source: string; destination: string }) => CompiledQuery<ConnectionRow>;
   readonly #feedListener: FeedListener | undefined;
-  readonly #dialect: SqlDialect;
   /** Told after every write of this process commits: it may have appended events. */
   readonly #feedAppended = new Set<() => void>();
   #feedId: string | undefined;
@@ -121,6 +134,7 @@ export class KyselyStore implements Store {
   constructor(db: Kysely<Database>, options: KyselyStoreOptions) {
     this.#db = db;
     this.#dialect = options.dialect;
+    this.#backup = options.backup;
     this.#pool = options.pool;
     this.#transactions = new Transactions(db, {
       pool: options.pool,
@@ -134,7 +148,9 @@ export class KyselyStore implements Store {
     });
     this.#feedListener = options.feedListener;
     this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
-    this.#insertConnection = preparedQuery(CONNECTION_WRITE_COLUMNS, (row) => db.insertInto("connections").values(row));
+    this.#insertConnection = preparedQuery(CONNECTION_RECORD_COLUMNS, (row) =>
+      db.insertInto("connections").values(row),
+    );
     this.#insertEvent = preparedQuery(EVENT_WRITE_COLUMNS, (row) => db.insertInto("connection_events").values(row));
     this.#updateConnection = preparedQuery(TRANSITION_COLUMNS, (values) =>
       db
@@ -173,7 +189,8 @@ export class KyselyStore implements Store {
         Math.max(1, Math.floor((options.poolSize ?? 10) / 2)),
       );
     } else {
-      this.#checks = new CachingCheckReader((id) => this.getConnection(id), options.checkCacheEntries);
+      if (options.sqlite === undefined) throw new Error("KyselyStore on SQLite needs options.sqlite");
+      this.#checks = new CachingCheckReader(new SqliteCheckSource(options.sqlite, db), options.checkCacheEntries);
     }
   }
 
@@ -475,8 +492,11 @@ export class KyselyStore implements Store {
   }
 
   getConnectionsForCheck(ids: readonly string[]): Promise<(ConnectionRecord | undefined)[]> {
-    // Asked in one turn of the event loop, so the coalescing reader sends them as one query.
-    return Promise.all(ids.map((id) => this.#checks.get(id)));
+    return this.#checks.getMany(ids);
+  }
+
+  checkCacheStats(): CheckCacheStats | undefined {
+    return this.#checks.cacheStats();
   }
 
   poolStats(): PoolStats {
@@ -484,7 +504,21 @@ export class KyselyStore implements Store {
   }
 
   async ping(): Promise<void> {
+    // PostgreSQL: the pool's probe, which also decides whether calls fail at once.
+    if (this.#pool !== undefined) return this.#pool.probe();
     await this.#transactions.read(() => sql`select 1`.execute(this.#db));
+  }
+
+  async backup(destination: string): Promise<void> {
+    if (this.#backup === undefined) {
+      throw new Error("PostgreSQL is backed up with its own tools (pg_dump, pg_basebackup); see docs/operations.md");
+    }
+    await this.#backup(destination);
+  }
+
+  async pendingMigrations(): Promise<readonly string[]> {
+    const status = await this.#transactions.read(() => readSchemaStatus(this.#db as Kysely<unknown>, this.#dialect));
+    return status.pending;
   }
 
   async close(): Promise<void> {

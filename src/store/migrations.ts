@@ -351,9 +351,16 @@ export function migrationProvider(dialect: SqlDialect): MigrationProvider {
   return { getMigrations: () => Promise.resolve(migrations) };
 }
 
-/** Applies every pending migration; throws the first failure. */
+/**
+ * Applies every pending migration; throws the first failure. The caller holds the transaction and
+ * the lock (see schema-version.ts): Kysely's own would be a session lock and a second transaction.
+ */
 export async function migrateToLatest(db: Kysely<unknown>, dialect: SqlDialect): Promise<readonly MigrationResult[]> {
-  const { error, results } = await new Migrator({ db, provider: migrationProvider(dialect) }).migrateToLatest();
+  const { error, results } = await new Migrator({
+    db,
+    provider: migrationProvider(dialect),
+    disableTransactions: true,
+  }).migrateToLatest();
   if (error !== undefined) throw error;
   return results ?? [];
 }

@@ -1,27 +1,46 @@
-// Opens the store that DATABASE_URL names, applies the migrations, and hands back a Store.
+// Opens the store that DATABASE_URL names, applies the migrations (or checks that the schema is
+// one this build may serve on), and hands back a Store. PostgreSQL is reached the way PgBouncer in
+// transaction pooling allows: no startup parameters, no session state (the statement timeout is set
+// per transaction), migrations in one transaction, LISTEN only on a session connection.
 
 import { accessSync, constants, existsSync, mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import SqliteDatabase from "better-sqlite3";
-import { Kysely, type MigrationResult, PostgresDialect, sql } from "kysely";
+import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 import type { Logger } from "pino";
+import { DEFAULT_CHECK_CACHE_ENTRIES } from "./check-reader.js";
 import { translateError } from "./errors.js";
 import { FeedListener } from "./feed-notifications.js";
 import { KyselyStore } from "./kysely-store.js";
-import { migrateToLatest } from "./migrations.js";
 import { StorePool } from "./pg-pool.js";
 import type { Database, SqlDialect } from "./schema.js";
+import {
+  applyMigrations,
+  DEFAULT_SCHEMA_AHEAD_LIMIT,
+  PostgresMigrationDialect,
+  readSchemaStatus,
+  refuseIfTooFarAhead,
+} from "./schema-version.js";
 import { EventLoopFriendlySqliteDialect } from "./sqlite-dialect.js";
+import { checkAtStart } from "./sqlite-integrity.js";
 import type { Store } from "./store.js";
 
 export interface OpenStoreOptions {
   readonly databaseUrl: string;
   /** PostgreSQL pool size (default 10). */
   readonly poolSize?: number;
-  /** PostgreSQL statement_timeout (default 5000 ms). */
+  /** PostgreSQL statement_timeout, set per write transaction (default 5000 ms). */
   readonly statementTimeoutMs?: number;
-  /** SQLite: the CheckConnection cache's bound, in Connections (default 200,000). */
+  /** Apply pending migrations (default); when false only check that the schema is not too far ahead. */
+  readonly migrate?: boolean;
+  /** How many migrations this build does not know the schema may be ahead by (default DEFAULT_SCHEMA_AHEAD_LIMIT). */
+  readonly schemaAheadLimit?: number;
+  /** PostgreSQL: where migrations run (a direct, non-pooled connection); DATABASE_URL when unset. */
+  readonly migrationUrl?: string;
+  /** PostgreSQL: a session connection (direct, or session pooling) for LISTEN; DATABASE_URL when unset. */
+  readonly listenUrl?: string;
+  /** SQLite: the CheckConnection cache's bound, in Connections (DEFAULT_CHECK_CACHE_ENTRIES). */
   readonly checkCacheEntries?: number;
   readonly logger?: Logger;
 }
@@ -33,11 +52,11 @@ export type DatabaseTarget =
 const SQLITE_MEMORY = ":memory:";
 /** How long a starting process waits for the SQLite file lock (e.g. a predecessor shutting down). */
 const SQLITE_LOCK_WAIT_MS = 1000;
+/** SQLite's page cache, in KiB. */
+const SQLITE_CACHE_KIB = 32 * 1024;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
 /** Checkpoint the WAL after this many pages (SQLite's default is 1000, about 4 MB). */
 const SQLITE_WAL_PAGES = 256;
-/** SQLite's page cache, in KiB. */
-const SQLITE_CACHE_KIB = 32 * 1024;
 /** After a checkpoint the WAL file is truncated to at most this. */
 const SQLITE_WAL_BYTES = 1024 * 1024;
 const PG_CONNECT_TIMEOUT_MS = 2000;
@@ -45,8 +64,6 @@ const PG_CONNECT_TIMEOUT_MS = 2000;
 const PG_KEEPALIVE_DELAY_MS = 10_000;
 /** The client gives a query this long past the server's statement_timeout before giving up on it. */
 const PG_QUERY_TIMEOUT_MARGIN_MS = 1_000;
-/** Any 64-bit constant works: it only has to be the same in every replica. */
-const PG_MIGRATION_LOCK = 0x636f6e6e; // "conn"
 
 /** Throws an error naming what is wrong with the URL (never echoing credentials). */
 export function parseDatabaseUrl(databaseUrl: string): DatabaseTarget {
@@ -67,23 +84,41 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
   return target.dialect === "sqlite" ? openSqlite(target.path, options) : openPostgres(target.url, options);
 }
 
-async function openSqlite(path: string, options: OpenStoreOptions): Promise<Store> {
-  let database: SqliteDatabase.Database | undefined;
-  try {
-    if (path !== SQLITE_MEMORY) mkdirSync(dirname(resolve(path)), { recursive: true });
-    database = new SqliteDatabase(path, { timeout: SQLITE_LOCK_WAIT_MS });
-    // Held until close: no other process may write (or read) the file behind the check cache.
-    database.pragma("locking_mode = EXCLUSIVE");
-    database.pragma("journal_mode = WAL");
-    database.exec("BEGIN EXCLUSIVE; COMMIT");
-    // Every page's structure, not only the ones read at start: a damaged file is refused here
-    // rather than answering INTERNAL (and being written further) once serving.
-    const check = database.pragma("quick_check", { simple: true });
-    if (check !== "ok") throw new DamagedDatabaseError(String(check));
-  } catch (error) {
-    database?.close();
-    throw sqliteStartError(path, error);
+/** The `migrate` subcommand: applies the pending migrations, then closes what it opened. */
+export async function migrateDatabase(
+  options: Pick<OpenStoreOptions, "databaseUrl" | "migrationUrl" | "schemaAheadLimit" | "logger">,
+): Promise<void> {
+  const target = parseDatabaseUrl(options.databaseUrl);
+  if (target.dialect === "postgres") {
+    await migratePostgres(pgConnection(options.migrationUrl ?? target.url), options);
+    return;
   }
+  const { db } = openSqliteFile(target.path, options.logger);
+  await prepareSchema(db, "sqlite", options);
+  await db.destroy();
+}
+
+async function openSqlite(path: string, options: OpenStoreOptions): Promise<Store> {
+  const { database, db } = openSqliteFile(path, options.logger);
+  await prepareSchema(db, "sqlite", options);
+  warnWhenCacheTooSmall(database, options);
+  return new KyselyStore(db, {
+    dialect: "sqlite",
+    inTransaction: () => database.inTransaction,
+    sqlite: database,
+    checkCacheEntries: options.checkCacheEntries,
+    backup: (destination) => database.backup(destination),
+  });
+}
+
+/** Opens (or creates) the file for this process alone, checked where damage shows first, tuned. */
+function openSqliteFile(path: string, logger?: Logger): { database: SqliteDatabase.Database; db: Kysely<Database> } {
+  const database = lockSqlite(path, (locked) => {
+    // Bounded whatever the file's size (see sqlite-integrity.ts); `check-database` reads it all.
+    const started = performance.now();
+    const checked = checkAtStart(locked);
+    logger?.debug({ checked, ms: Math.round(performance.now() - started) }, "start-up integrity check");
+  });
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
   // FULL: the WAL is flushed at every COMMIT, so an acknowledged write survives a power cut or a
   // kernel crash, not only a killed process (transactions.ts groups writes to share the flush).
@@ -96,21 +131,48 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
   // SQLITE_WAL_BYTES afterwards, so that a small volume that filled up once has room again.
   database.pragma(`wal_autocheckpoint = ${SQLITE_WAL_PAGES}`);
   database.pragma(`journal_size_limit = ${SQLITE_WAL_BYTES}`);
-  const db = new Kysely<Database>({ dialect: new EventLoopFriendlySqliteDialect({ database }) });
-  await migrate(db, "sqlite", options.logger);
-  const sqlite = database;
-  return new KyselyStore(db, {
-    dialect: "sqlite",
-    inTransaction: () => sqlite.inTransaction,
-    checkCacheEntries: options.checkCacheEntries,
-  });
+  return { database, db: new Kysely<Database>({ dialect: new EventLoopFriendlySqliteDialect({ database }) }) };
 }
 
-/** quick_check found damage. */
-class DamagedDatabaseError extends Error {
-  constructor(readonly findings: string) {
-    super(`quick_check: ${findings}`);
-    this.name = "DamagedDatabaseError";
+/** Checks of Connections the cache cannot hold read the database: say so at start, with the numbers. */
+function warnWhenCacheTooSmall(database: SqliteDatabase.Database, options: OpenStoreOptions): void {
+  const checkCacheEntries = options.checkCacheEntries ?? DEFAULT_CHECK_CACHE_ENTRIES;
+  // seq only grows (autoincrement) and Connections are never deleted: its largest value is the
+  // count, read from the end of the table instead of counting every row.
+  const { connections } = database
+    .prepare<[], { connections: number }>("select coalesce(max(seq), 0) as connections from connections")
+    .get() as { connections: number };
+  if (connections <= checkCacheEntries) return;
+  options.logger?.warn(
+    { connections, checkCacheEntries },
+    "CHECK_CACHE_ENTRIES is smaller than the number of Connections: checks of the least recently checked ones " +
+      "read the database, which costs more CPU per check. Raise it if memory allows (its cost per entry is in " +
+      "docs/performance.md)",
+  );
+}
+
+/**
+ * Opens the SQLite file at `path` for this process alone (held until it is closed) and runs
+ * `check` on it; failures become errors that say what is wrong and what to do.
+ */
+export function lockSqlite(
+  path: string,
+  check: (database: SqliteDatabase.Database) => void,
+  options: SqliteDatabase.Options = {},
+): SqliteDatabase.Database {
+  let database: SqliteDatabase.Database | undefined;
+  try {
+    if (path !== SQLITE_MEMORY) mkdirSync(dirname(resolve(path)), { recursive: true });
+    database = new SqliteDatabase(path, { timeout: SQLITE_LOCK_WAIT_MS, ...options });
+    // Held until close: no other process may write (or read) the file behind the check cache.
+    database.pragma("locking_mode = EXCLUSIVE");
+    database.pragma("journal_mode = WAL");
+    database.exec("BEGIN EXCLUSIVE; COMMIT");
+    check(database);
+    return database;
+  } catch (error) {
+    database?.close();
+    throw sqliteStartError(path, error);
   }
 }
 
@@ -120,7 +182,7 @@ function sqliteStartError(path: string, error: unknown): Error {
   const where = `SQLite database ${path}`;
   const user = `the service's user (uid ${process.getuid?.() ?? "?"})`;
   let explanation: string;
-  if (error instanceof DamagedDatabaseError || code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB") {
+  if (code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB") {
     explanation =
       "is damaged or not an SQLite database (integrity check failed). Restore it from a backup, or move it " +
       "(and its -wal file) away to start with an empty database; do not let the service write into it";
@@ -155,10 +217,10 @@ function writable(path: string): boolean {
   }
 }
 
-async function openPostgres(url: string, options: OpenStoreOptions): Promise<Store> {
-  const poolSize = options.poolSize ?? 10;
-  const statementTimeoutMs = options.statementTimeoutMs ?? 5000;
-  const connection = {
+/** What every PostgreSQL connection of the service is opened with: no startup parameters beyond
+ * application_name, which PgBouncer knows (it refuses others, e.g. statement_timeout). */
+function pgConnection(url: string): pg.ClientConfig {
+  return {
     connectionString: url,
     connectionTimeoutMillis: PG_CONNECT_TIMEOUT_MS,
     application_name: "connections",
@@ -166,12 +228,18 @@ async function openPostgres(url: string, options: OpenStoreOptions): Promise<Sto
     keepAlive: true,
     keepAliveInitialDelayMillis: PG_KEEPALIVE_DELAY_MS,
   };
+}
+
+async function openPostgres(url: string, options: OpenStoreOptions): Promise<Store> {
+  const poolSize = options.poolSize ?? 10;
+  const statementTimeoutMs = options.statementTimeoutMs ?? 5000;
+  const connection = pgConnection(url);
   // Migrations may wait on replicas that migrate first: no client-side timeout on their connection.
-  await migratePostgres(connection, options.logger);
+  if (options.migrate ?? true) await migratePostgres(pgConnection(options.migrationUrl ?? url), options);
+  const feedListener = await feedListenerFor(url, options);
   const pool = new pg.Pool({
     ...connection,
     max: poolSize,
-    statement_timeout: statementTimeoutMs,
     // The client's own clock: a database that stops answering (frozen, partitioned, no packets at
     // all) fails the query instead of holding the connection; the server's statement_timeout
     // cannot, since it never gets to run.
@@ -184,19 +252,69 @@ async function openPostgres(url: string, options: OpenStoreOptions): Promise<Sto
   pool.on("connect", (client) =>
     client.on("error", (error) => options.logger?.debug({ err: error }, "a PostgreSQL connection failed")),
   );
-  const storePool = new StorePool(pool, poolSize);
+  const storePool = new StorePool(pool, poolSize, {
+    connection,
+    statementTimeoutMs,
+    onReachability(reachable, cause) {
+      if (reachable) options.logger?.info("PostgreSQL answers again: serving calls");
+      else
+        options.logger?.error(
+          { err: cause },
+          "PostgreSQL is unreachable: calls fail at once with UNAVAILABLE until a probe finds it answering",
+        );
+    },
+  });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: storePool.forKysely }) });
+  if (!(options.migrate ?? true)) await prepareSchema(db, "postgres", { ...options, migrate: false });
   return new KyselyStore(db, {
     dialect: "postgres",
     poolSize,
     pool: storePool,
-    feedListener: new FeedListener(url, options.logger),
+    feedListener,
   });
 }
 
-async function migratePostgres(connection: pg.ClientConfig, logger: Logger | undefined): Promise<void> {
+/**
+ * The LISTEN connection: DATABASE_LISTEN_URL when set; DATABASE_URL when it reaches PostgreSQL
+ * directly; none (the feed polls) when DATABASE_URL goes through a pooler, where LISTEN runs on one
+ * server connection and is then lost to whichever client gets it next.
+ */
+async function feedListenerFor(url: string, options: OpenStoreOptions): Promise<FeedListener | undefined> {
+  if (options.listenUrl !== undefined) return new FeedListener(options.listenUrl, options.logger);
+  if (!(await throughPooler(url))) return new FeedListener(url, options.logger);
+  options.logger?.warn(
+    "DATABASE_URL reaches PostgreSQL through a connection pooler (PgBouncer?), where LISTEN does not work: the " +
+      "change feed only polls (every WATCH_POLL_INTERVAL_MS), so events committed on other replicas reach " +
+      "watchers later. Set DATABASE_LISTEN_URL to a direct or session-pooled connection to be notified at once",
+  );
+  return undefined;
+}
+
+/**
+ * True when the server process answering a query is not the one whose key the connection was given
+ * at start: a pooler (PgBouncer hands out keys of its own) sits between. A plain TCP proxy passes
+ * the key through, so it is not mistaken for one.
+ */
+async function throughPooler(url: string): Promise<boolean> {
+  const client = new pg.Client(pgConnection(url));
+  client.on("error", () => {});
+  try {
+    await client.connect();
+    const { rows } = await client.query<{ pid: number }>("select pg_backend_pid() as pid");
+    return rows[0]?.pid !== (client as unknown as { processID?: number }).processID;
+  } catch (error) {
+    throw translateError(error);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function migratePostgres(
+  connection: pg.ClientConfig,
+  options: Pick<OpenStoreOptions, "schemaAheadLimit" | "logger">,
+): Promise<void> {
   const client = new pg.Client(connection);
-  client.on("error", (error) => logger?.debug({ err: error }, "the migration connection failed"));
+  client.on("error", (error) => options.logger?.debug({ err: error }, "the migration connection failed"));
   try {
     await client.connect();
   } catch (error) {
@@ -205,50 +323,35 @@ async function migratePostgres(connection: pg.ClientConfig, logger: Logger | und
   }
   const pinned = { query: (text: string, values: unknown[]) => client.query(text, values), release: () => {} };
   const db = new Kysely<Database>({
-    dialect: new PostgresDialect({ pool: { connect: async () => pinned as never, end: () => client.end() } }),
+    dialect: new PostgresMigrationDialect({ pool: { connect: async () => pinned as never, end: () => client.end() } }),
   });
-  await migrate(db, "postgres", logger);
+  await prepareSchema(db, "postgres", options);
   await db.destroy();
 }
 
-async function migrate(db: Kysely<Database>, dialect: SqlDialect, logger: Logger | undefined): Promise<void> {
+/**
+ * Applies the pending migrations (options.migrate, the default) or only reads where the schema
+ * stands; either way refuses a schema further ahead than the limit. Destroys `db` when it fails.
+ */
+async function prepareSchema(
+  db: Kysely<Database>,
+  dialect: SqlDialect,
+  options: Pick<OpenStoreOptions, "migrate" | "schemaAheadLimit" | "logger">,
+): Promise<void> {
+  const aheadLimit = options.schemaAheadLimit ?? DEFAULT_SCHEMA_AHEAD_LIMIT;
   try {
+    if (options.migrate === false) {
+      refuseIfTooFarAhead(await readSchemaStatus(db as Kysely<unknown>, dialect), aheadLimit, options.logger);
+      return;
+    }
     const results = await db
       .connection()
-      .execute((connection) =>
-        dialect === "sqlite"
-          ? migrateSqlite(connection as Kysely<unknown>)
-          : migratePostgresLocked(connection as Kysely<unknown>),
-      );
-    for (const result of results) logger?.info({ migration: result.migrationName, status: result.status }, "migration");
+      .execute((connection) => applyMigrations(connection as Kysely<unknown>, dialect, aheadLimit, options.logger));
+    for (const result of results) {
+      options.logger?.info({ migration: result.migrationName, status: result.status }, "migration");
+    }
   } catch (error) {
     await db.destroy();
     throw translateError(error);
-  }
-}
-
-/** Kysely runs SQLite migrations outside a transaction, but SQLite's DDL is transactional: use it. */
-async function migrateSqlite(connection: Kysely<unknown>): Promise<readonly MigrationResult[]> {
-  await sql`begin immediate`.execute(connection);
-  try {
-    const results = await migrateToLatest(connection, "sqlite");
-    await sql`commit`.execute(connection);
-    return results;
-  } catch (error) {
-    await sql`rollback`.execute(connection);
-    throw error;
-  }
-}
-
-async function migratePostgresLocked(connection: Kysely<unknown>): Promise<readonly MigrationResult[]> {
-  // Replicas starting together migrate one after the other; waiting for the lock must not hit
-  // the statement timeout meant for RPCs.
-  await sql`set statement_timeout = 0`.execute(connection);
-  await sql`select pg_advisory_lock(${PG_MIGRATION_LOCK})`.execute(connection);
-  try {
-    return await migrateToLatest(connection, "postgres");
-  } finally {
-    await sql`select pg_advisory_unlock(${PG_MIGRATION_LOCK})`.execute(connection);
-    await sql`reset statement_timeout`.execute(connection);
   }
 }

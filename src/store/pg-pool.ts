@@ -5,13 +5,19 @@
 //  - a transaction can run on one reserved connection whose running query is cancelled on the
 //    server (a CancelRequest, as psql's Ctrl-C) when the caller's signal aborts, so a call cut by
 //    its deadline, its client or shutdown stops holding locks and a pool slot, and never commits;
+//  - every transaction starts with its statement timeout (`begin; set local statement_timeout`,
+//    one round trip): a pooler in transaction mode (PgBouncer) keeps no session setting, and
+//    refuses it as a startup parameter;
 //  - a pool that is merely exhausted (every connection busy) is told apart from a database that
-//    does not answer.
+//    does not answer;
+//  - once a probe finds the database unreachable (refused, or silent: frozen, partitioned), calls
+//    fail at once with UnavailableError instead of each waiting out its own timeout, the queries
+//    and connection waits in flight are cut, and probes run until it answers again.
 
 import net from "node:net";
 import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient } from "kysely";
-import type pg from "pg";
-import { classifyError } from "./errors.js";
+import pg from "pg";
+import { classifyError, suggestsUnreachable } from "./errors.js";
 import type { Database } from "./schema.js";
 import { type PoolStats, UnavailableError } from "./store.js";
 
@@ -20,6 +26,10 @@ const POOL_WAIT_TIMEOUT = "timeout exceeded when trying to connect";
 /** A CancelRequest that has not gone out by then is abandoned (the database does not answer). */
 const CANCEL_TIMEOUT_MS = 2_000;
 const CANCEL_REQUEST_CODE = 80877102;
+/** A probe (`select 1` on a connection of its own) that has not answered by then finds the database unreachable. */
+const PROBE_TIMEOUT_MS = 1_000;
+/** While unreachable, how often a probe looks whether it answers again. */
+const PROBE_INTERVAL_MS = 250;
 
 /** What pg keeps on a connected client but does not declare. */
 interface BackendKey {
@@ -33,20 +43,34 @@ interface BackendKey {
 class TrackedClient {
   broken = false;
 
-  constructor(readonly client: pg.PoolClient) {}
+  constructor(
+    readonly client: pg.PoolClient,
+    private readonly owner: StorePool,
+  ) {}
 
   async query(text: string, values: ReadonlyArray<unknown>): Promise<pg.QueryResult> {
     try {
-      return await this.client.query(text, values as unknown[]);
+      // Kysely opens every transaction with a plain `begin` (no parameters: the simple protocol,
+      // which takes two statements at once).
+      const sent = text === "begin" ? this.owner.transactionStart : text;
+      return await this.client.query(sent, values as unknown[]);
     } catch (error) {
       const { kind } = classifyError(error);
       if (kind === "connection_lost" || kind === "unavailable") this.broken = true;
+      if (suggestsUnreachable(error)) this.owner.suspect();
       throw error;
     }
   }
 
+  /** Fails the query running on it now (the database is unreachable: waiting on is pointless). */
+  cut(): void {
+    this.broken = true;
+    (this.client as unknown as { connection?: { stream?: net.Socket } }).connection?.stream?.destroy();
+  }
+
   /** Kysely passes `destroy` when its rollback failed. */
   release(destroy = false): void {
+    this.owner.checkedIn(this);
     const broken = this.broken || destroy;
     this.broken = false;
     // pg destroys a client released with an error instead of pooling it.
@@ -54,21 +78,44 @@ class TrackedClient {
   }
 }
 
+export interface StorePoolOptions {
+  /** How the probe connects (the pool's own settings). */
+  readonly connection: pg.ClientConfig;
+  /** Each transaction's statement_timeout. */
+  readonly statementTimeoutMs: number;
+  /** Told when a probe finds the database unreachable, and when it answers again. */
+  readonly onReachability?: (reachable: boolean, cause?: unknown) => void;
+}
+
 export class StorePool {
   /** What Kysely's PostgresDialect gets as its pool. */
   readonly forKysely: PostgresPool;
+  /** What is sent for Kysely's `begin`. */
+  readonly transactionStart: string;
   readonly #pool: pg.Pool;
   readonly #max: number;
+  readonly #options: StorePoolOptions;
   #exhausted = 0;
   /** One Kysely per pg client, for transactions on a reserved connection. */
   readonly #reserved = new WeakMap<pg.PoolClient, PinnedClient>();
+  /** Checked out now: cut when the database turns out unreachable. */
+  readonly #checkedOut = new Set<TrackedClient>();
+  /** Callers waiting for a connection, failed at once when the database turns out unreachable. */
+  readonly #waiting = new Set<(error: Error) => void>();
+  #unreachable: { readonly since: number; readonly cause: unknown } | undefined;
+  #probeClient: pg.Client | undefined;
+  #probing: Promise<void> | undefined;
+  #probeTimer: NodeJS.Timeout | undefined;
+  #closed = false;
 
-  constructor(pool: pg.Pool, max: number) {
+  constructor(pool: pg.Pool, max: number, options: StorePoolOptions) {
     this.#pool = pool;
     this.#max = max;
+    this.#options = options;
+    this.transactionStart = `begin; set local statement_timeout = ${Math.trunc(options.statementTimeoutMs)}`;
     this.forKysely = {
       connect: () => this.#connect() as Promise<unknown> as Promise<PostgresPoolClient>,
-      end: () => pool.end(),
+      end: () => this.#end(),
     };
   }
 
@@ -79,6 +126,108 @@ export class StorePool {
       waiting: this.#pool.waitingCount,
       exhausted: this.#exhausted,
     };
+  }
+
+  /** Whether calls fail at once because a probe found the database unreachable. */
+  get unreachable(): boolean {
+    return this.#unreachable !== undefined;
+  }
+
+  /**
+   * `select 1` on a connection of its own (so a busy pool does not make it wait), within
+   * PROBE_TIMEOUT_MS. Finding the database unreachable, or reachable again, switches the pool.
+   */
+  probe(): Promise<void> {
+    this.#probing ??= this.#probeOnce().finally(() => {
+      this.#probing = undefined;
+    });
+    return this.#probing;
+  }
+
+  /** A query or a connect failed in a way that suggests the database is unreachable: probe now. */
+  suspect(): void {
+    if (this.#unreachable === undefined && !this.#closed) this.probe().catch(() => {});
+  }
+
+  /** A TrackedClient went back. */
+  checkedIn(tracked: TrackedClient): void {
+    this.#checkedOut.delete(tracked);
+  }
+
+  async #probeOnce(): Promise<void> {
+    try {
+      await this.#select1();
+    } catch (first) {
+      // A probe connection the server ended (a restart, pg_terminate_backend) says nothing yet:
+      // ask once more on a new one before failing every call.
+      const retry = classifyError(first).kind === "connection_lost";
+      try {
+        if (!retry) throw first;
+        await this.#select1();
+      } catch (error) {
+        this.#markUnreachable(error);
+        throw new UnavailableError({ cause: error });
+      }
+    }
+    this.#markReachable();
+  }
+
+  async #select1(): Promise<void> {
+    let client = this.#probeClient;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      if (client === undefined) {
+        if (this.#closed) throw new UnavailableError();
+        client = new pg.Client({ ...this.#options.connection, connectionTimeoutMillis: PROBE_TIMEOUT_MS });
+        client.on("error", () => {});
+        this.#probeClient = client;
+        await client.connect();
+        // Closed while connecting: this connection must not outlive the pool.
+        if (this.#closed) throw new UnavailableError();
+      }
+      const silent = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("Query read timeout (probe)")), PROBE_TIMEOUT_MS);
+      });
+      await Promise.race([client.query("select 1"), silent]);
+    } catch (error) {
+      this.#dropProbeClient();
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #dropProbeClient(): void {
+    const client = this.#probeClient;
+    this.#probeClient = undefined;
+    (client as unknown as { connection?: { stream?: net.Socket } } | undefined)?.connection?.stream?.destroy();
+    client?.end().catch(() => {});
+  }
+
+  #markUnreachable(cause: unknown): void {
+    if (this.#unreachable !== undefined || this.#closed) return;
+    this.#unreachable = { since: Date.now(), cause };
+    this.#options.onReachability?.(false, cause);
+    const error = new UnavailableError({ cause });
+    for (const fail of this.#waiting) fail(error);
+    this.#waiting.clear();
+    for (const tracked of this.#checkedOut) tracked.cut();
+    this.#probeTimer = setInterval(() => this.probe().catch(() => {}), PROBE_INTERVAL_MS);
+    this.#probeTimer.unref();
+  }
+
+  #markReachable(): void {
+    if (this.#unreachable === undefined) return;
+    this.#unreachable = undefined;
+    clearInterval(this.#probeTimer);
+    this.#options.onReachability?.(true);
+  }
+
+  async #end(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#probeTimer);
+    this.#dropProbeClient();
+    await this.#pool.end();
   }
 
   /**
@@ -106,14 +255,33 @@ export class StorePool {
   }
 
   async #connect(): Promise<TrackedClient> {
+    const unreachable = this.#unreachable;
+    if (unreachable !== undefined) throw new UnavailableError({ cause: unreachable.cause });
+    let fail: ((error: Error) => void) | undefined;
+    const failed = new Promise<never>((_, reject) => {
+      fail = reject;
+    });
+    this.#waiting.add(fail as (error: Error) => void);
+    const connecting = this.#pool.connect();
     try {
-      return new TrackedClient(await this.#pool.connect());
+      const tracked = new TrackedClient(await Promise.race([connecting, failed]), this);
+      this.#checkedOut.add(tracked);
+      return tracked;
     } catch (error) {
+      // Failed while waiting (the database turned out unreachable): the connection, if one still
+      // comes, goes back.
+      connecting.then(
+        (client) => client.release(),
+        () => {},
+      );
       if (error instanceof Error && error.message.includes(POOL_WAIT_TIMEOUT) && this.#pool.totalCount >= this.#max) {
         this.#exhausted++;
         throw new UnavailableError({ cause: error, poolExhausted: true });
       }
+      if (suggestsUnreachable(error)) this.suspect();
       throw error;
+    } finally {
+      this.#waiting.delete(fail as (error: Error) => void);
     }
   }
 

@@ -13,8 +13,8 @@ import {
   type Page,
 } from "./store.js";
 
-/** The columns a write gives a Connection's row (toConnectionRow); `seq` is the database's. */
-export const CONNECTION_WRITE_COLUMNS = [
+/** The columns of a Connection's record: what a write gives its row and toConnection reads; `seq` is the database's. */
+export const CONNECTION_RECORD_COLUMNS = [
   "id",
   "source_organization_id",
   "destination_organization_id",
@@ -30,7 +30,8 @@ export const CONNECTION_WRITE_COLUMNS = [
   "version",
 ] as const;
 
-export const CONNECTION_COLUMNS = ["seq", ...CONNECTION_WRITE_COLUMNS] as const;
+/** What queries of Connections select: the record and `seq`, for cursors. */
+export const CONNECTION_COLUMNS = ["seq", ...CONNECTION_RECORD_COLUMNS] as const;
 
 /** The columns a write gives an event's row (toEventRow). */
 export const EVENT_WRITE_COLUMNS = [
@@ -54,6 +55,7 @@ export const EVENT_WRITE_COLUMNS = [
 export const EVENT_COLUMNS = ["seq", ...EVENT_WRITE_COLUMNS] as const;
 
 export type ConnectionRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_COLUMNS)[number]>;
+export type ConnectionRecordRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_RECORD_COLUMNS)[number]>;
 export type EventRow = Pick<Selectable<ConnectionEventsTable>, (typeof EVENT_COLUMNS)[number]>;
 
 export function withParameters<R>(query: CompiledQuery<R>, parameters: readonly unknown[]): CompiledQuery<R> {
@@ -131,7 +133,7 @@ export function toConnectionRow(connection: ConnectionRecord): Insertable<Connec
   };
 }
 
-export function toConnection(row: ConnectionRow): ConnectionRecord {
+export function toConnection(row: ConnectionRecordRow): ConnectionRecord {
   return {
     id: row.id,
     sourceOrganizationId: row.source_organization_id,

@@ -2,6 +2,9 @@
 // is in use; the Kysely implementation translates driver errors into the sentinels below.
 
 import type { EventType, State } from "../domain/connection.js";
+import type { CheckCacheStats } from "./check-reader.js";
+
+export type { CheckCacheStats };
 
 export interface OrganizationRecord {
   readonly id: string;
@@ -255,8 +258,18 @@ export interface Store {
   /** Connections open to the database, idle ones, and queries waiting for one. */
   poolStats(): PoolStats;
 
+  /** The CheckConnection cache's counters (SQLite); undefined where checks are not cached (PostgreSQL). */
+  checkCacheStats(): CheckCacheStats | undefined;
+
   /** Resolves when the database answers; throws UnavailableError when it does not. */
   ping(): Promise<void>;
+  /**
+   * SQLite: an online backup, a consistent copy of the database written to `destination` while
+   * writes go on. PostgreSQL refuses: it is backed up with its own tools (pg_dump, pg_basebackup).
+   */
+  backup(destination: string): Promise<void>;
+  /** The migrations this build ships that the database has not applied yet (none: the schema is current). */
+  pendingMigrations(): Promise<readonly string[]>;
   close(): Promise<void>;
 }
 

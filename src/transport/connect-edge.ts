@@ -26,7 +26,8 @@ import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol
 import { compressionGzip, universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import type { Logger } from "pino";
 import { requestIdFor } from "../api/request-id.js";
-import type { RpcPipeline } from "../api/rpc.js";
+import { AdmissionTicket } from "../api/rpc/admission.js";
+import type { RpcPipeline } from "../api/rpc/pipeline.js";
 import type { RpcStatus } from "../api/status.js";
 import { respondTrailersOnly, trailersOnlyHeaders } from "./envelope.js";
 import type { ReadDeadlines, TransportLimits } from "./limits.js";
@@ -37,13 +38,18 @@ import {
   parseGrpcTimeout,
   Refusal,
   refuse,
+  retryPushbackHeader,
   toConnectError,
   UNKNOWN_METHOD_LABELS,
 } from "./refusals.js";
 import { CheckedBody } from "./request-body.js";
+import { peerSpiffeIdOf } from "./tls.js";
 
 export type NodeRequest = http.IncomingMessage | http2.Http2ServerRequest;
 export type NodeResponse = http.ServerResponse | http2.Http2ServerResponse;
+
+/** The ticket that admission gave a unary pipeline call, for the route to hand to the pipeline. */
+export const ADMISSION_TICKET = createContextKey<AdmissionTicket | undefined>(undefined, { description: "admission" });
 
 /** The client's deadline (epoch ms, counted from the request's first byte), for the routes. */
 export const REQUEST_DEADLINE = createContextKey<number | undefined>(undefined, { description: "deadline" });
@@ -167,6 +173,22 @@ export class ConnectEdge {
       return;
     }
     const { timeoutMs, gzipped } = head;
+    // Admission control for the pipeline's unary RPCs, before any of the body is read.
+    const registered = this.options.pipeline.lookup(path);
+    let ticket: AdmissionTicket | undefined;
+    if (registered?.kind === "unary") {
+      const entered = this.options.pipeline.enter({
+        header: (name) => single(request.headers[name]),
+        peerSpiffeId: () => peerSpiffeIdOf(request.socket),
+      });
+      if (!(entered instanceof AdmissionTicket)) {
+        refused(new Refusal(entered), spoken);
+        return;
+      }
+      ticket = entered;
+      // Abandoned if the exchange ends before the pipeline ran the call (a refused body, a reset).
+      response.once("close", () => entered.abandon());
+    }
 
     const deadline = timeoutMs === undefined ? undefined : receivedAt + timeoutMs;
     const bodyReadBy = receivedAt + this.options.limits.bodyReadTimeoutMs;
@@ -205,7 +227,9 @@ export class ConnectEdge {
       header: headersFor(request, spoken),
       body,
       signal: closeSignal(response),
-      contextValues: (this.options.contextValues?.(request) ?? createContextValues()).set(REQUEST_DEADLINE, deadline),
+      contextValues: (this.options.contextValues?.(request) ?? createContextValues())
+        .set(REQUEST_DEADLINE, deadline)
+        .set(ADMISSION_TICKET, ticket),
     };
     handler(universal)
       .then(async (answer) => {
@@ -291,7 +315,7 @@ function writeRefusal(
     : spoken === undefined
       ? // No protocol named: the status in gRPC headers too, for whichever client this is.
         { "content-type": "application/json", ...grpcStatusHeaders(status), "x-request-id": requestId }
-      : { "content-type": "application/json", "x-request-id": requestId };
+      : { "content-type": "application/json", ...retryPushbackHeader(status), "x-request-id": requestId };
   const httpStatus = grpcFamily ? 200 : spoken === undefined ? 415 : codeToHttpStatus(status.code);
   const body = grpcFamily ? undefined : Buffer.from(errorToJsonBytes(toConnectError(status), {}));
   if (request instanceof http2.Http2ServerRequest) {

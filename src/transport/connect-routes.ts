@@ -6,8 +6,9 @@
 
 import type { DescMethodServerStreaming, DescMethodUnary } from "@bufbuild/protobuf";
 import { type ConnectRouter, createContextKey, type HandlerContext } from "@connectrpc/connect";
-import { type RequestMeta, type RpcPipeline, RpcStreamError } from "../api/rpc.js";
-import { REQUEST_DEADLINE } from "./connect-edge.js";
+import { type RpcPipeline, RpcStreamError } from "../api/rpc/pipeline.js";
+import type { RequestMeta } from "../api/rpc/types.js";
+import { ADMISSION_TICKET, REQUEST_DEADLINE } from "./connect-edge.js";
 import { toConnectError } from "./refusals.js";
 import { PEER_SPIFFE_ID_KEY } from "./tls.js";
 
@@ -41,7 +42,8 @@ export function routePipeline(router: ConnectRouter, pipeline: RpcPipeline): voi
       continue;
     }
     router.rpc(registered.method as DescMethodUnary, async (request, context) => {
-      const result = await pipeline.invoke(registered, request, new HandlerContextMeta(context));
+      const meta = new HandlerContextMeta(context);
+      const result = await pipeline.invoke(registered, request, meta, context.values.get(ADMISSION_TICKET));
       context.responseHeader.set("x-request-id", result.requestId);
       if (result.ok) return result.response;
       throw toConnectError(result.status);

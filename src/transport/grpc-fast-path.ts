@@ -15,7 +15,9 @@ import { constants, type IncomingHttpHeaders, type OutgoingHttpHeaders, type Ser
 import type { Message } from "@bufbuild/protobuf";
 import type { Logger } from "pino";
 import { requestIdFor } from "../api/request-id.js";
-import type { RequestMeta, RpcPipeline, UnaryMethod } from "../api/rpc.js";
+import { AdmissionTicket } from "../api/rpc/admission.js";
+import type { RpcPipeline } from "../api/rpc/pipeline.js";
+import type { RequestMeta, UnaryMethod } from "../api/rpc/types.js";
 import { type RpcStatus, toRpcStatus } from "../api/status.js";
 import { protocolOf } from "./connect-edge.js";
 import {
@@ -71,6 +73,13 @@ export class GrpcFastPath {
       this.refuse(stream, headers, method, error.status, 0);
       return;
     }
+    // Admission control, once the headers name the caller and before any of the body is read.
+    const ticket = this.pipeline.enter(call);
+    if (!(ticket instanceof AdmissionTicket)) {
+      this.refuse(stream, headers, method, ticket, 0);
+      return;
+    }
+    call.admitted(ticket);
     (stream as CallStream)[CALL] = call;
     stream.on("data", onRequestData);
     stream.on("end", onRequestEnd);
@@ -129,6 +138,7 @@ class UnaryCall implements RequestMeta, PendingRead {
   /** The request's one message, once it has arrived whole. */
   private envelope: Envelope | undefined;
   private refused = false;
+  private ticket: AdmissionTicket | undefined;
 
   constructor(
     private readonly fastPath: GrpcFastPath,
@@ -150,7 +160,12 @@ class UnaryCall implements RequestMeta, PendingRead {
       this.deadline ?? Number.POSITIVE_INFINITY,
       this.receivedAt + fastPath.limits.bodyReadTimeoutMs,
     );
-    fastPath.readDeadlines.add(this);
+  }
+
+  /** Past admission: the body is read from now on. */
+  admitted(ticket: AdmissionTicket): void {
+    this.ticket = ticket;
+    this.fastPath.readDeadlines.add(this);
   }
 
   header(name: string): string | undefined {
@@ -167,6 +182,7 @@ class UnaryCall implements RequestMeta, PendingRead {
   }
 
   streamClosed(): void {
+    this.ticket?.abandon();
     if (this.answered) return;
     this.closedUnanswered = true;
     this.clientGone?.();
@@ -206,7 +222,7 @@ class UnaryCall implements RequestMeta, PendingRead {
         this.refuseNow(error);
         return;
       }
-      const result = await this.fastPath.pipeline.invoke(this.method, request, this);
+      const result = await this.fastPath.pipeline.invoke(this.method, request, this, this.ticket);
       this.answered = true;
       if (result.ok) {
         respondWithMessage(this.stream, this.method.encode(result.response), result.requestId);
@@ -221,6 +237,7 @@ class UnaryCall implements RequestMeta, PendingRead {
   }
 
   private refuseNow(refusal: Refusal): void {
+    this.ticket?.abandon();
     this.refused = true;
     this.envelopes.release();
     this.envelope = undefined;

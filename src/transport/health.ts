@@ -8,9 +8,8 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
-import { toRpcStatus } from "../api/status.js";
-import { type ErrorReason, ServiceError } from "../app/errors.js";
-import { toConnectError } from "./refusals.js";
+import { ServiceError } from "../app/errors.js";
+import { serviceFailure } from "./refusals.js";
 
 export { ServingStatus };
 
@@ -181,16 +180,12 @@ async function answerWithin(readiness: () => Promise<boolean>, timeoutMs: number
   }
 }
 
-function failure(reason: ErrorReason, message: string) {
-  return toConnectError(toRpcStatus(new ServiceError(reason, message)).status);
-}
-
 export function routeHealth(router: ConnectRouter, health: HealthController): void {
   router.service(Health, {
     async check(request) {
       await health.refreshIfStale();
       const status = health.status(request.service);
-      if (status === undefined) throw failure("UNKNOWN_SERVICE", `unknown service "${request.service}"`);
+      if (status === undefined) throw serviceFailure("UNKNOWN_SERVICE", `unknown service "${request.service}"`);
       return { status };
     },
     list() {
@@ -202,7 +197,7 @@ export function routeHealth(router: ConnectRouter, health: HealthController): vo
       try {
         for await (const status of health.watch(request.service, context.signal)) yield { status };
       } catch (error) {
-        if (error instanceof ServiceError) throw failure(error.reason, error.message);
+        if (error instanceof ServiceError) throw serviceFailure(error.reason, error.message);
         throw error;
       }
     },

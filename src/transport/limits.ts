@@ -28,6 +28,12 @@ export interface TransportLimits {
   readonly maxHeaderListBytes: number;
   /** grpc.health.v1.Health/Watch streams per replica; beyond it RESOURCE_EXHAUSTED. */
   readonly maxHealthWatchers: number;
+  /** Reflection streams per replica (they need no credentials); beyond it RESOURCE_EXHAUSTED. */
+  readonly maxReflectionStreams: number;
+  /** A reflection stream without a request for this long ends with DEADLINE_EXCEEDED. */
+  readonly reflectionIdleTimeoutMs: number;
+  /** HTTP/2 connections held at once; at the cap the one idle the longest gets GOAWAY. */
+  readonly maxHttp2Connections: number;
 }
 
 export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
@@ -44,6 +50,9 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   http2MaxConcurrentStreams: 1000,
   maxHeaderListBytes: 16_384,
   maxHealthWatchers: 100,
+  maxReflectionStreams: 100,
+  reflectionIdleTimeoutMs: 60_000,
+  maxHttp2Connections: 2000,
 };
 
 /** Something that is waiting for the rest of a request body. */

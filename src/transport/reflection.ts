@@ -1,6 +1,7 @@
 // gRPC server reflection (grpc.reflection.v1 and v1alpha), so that `buf curl` and grpcurl work
 // without a schema. Built from the generated descriptors: DescFile.proto is the file's
-// FileDescriptorProto. Needs no credentials and never goes through the pipeline.
+// FileDescriptorProto. Needs no credentials and never goes through the pipeline, so its streams are
+// bounded here: a cap on how many are open, and an idle deadline on each.
 
 import {
   create,
@@ -26,6 +27,7 @@ import {
   ServerReflectionResponseSchema as ServerReflectionResponseSchemaV1alpha,
   ServerReflection as ServerReflectionV1alpha,
 } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { serviceFailure } from "./refusals.js";
 
 type MessageResponse = MessageInitShape<typeof ServerReflectionResponseSchema>["messageResponse"];
 
@@ -136,20 +138,70 @@ function notFound(what: string): MessageResponse {
   return { case: "errorResponse", value: { errorCode: Code.NotFound, errorMessage: `${what} not found` } };
 }
 
-export function routeReflection(router: ConnectRouter, index: ReflectionIndex): void {
+/** What reflection streams may hold: they need no credentials, so anyone can open them. */
+export interface ReflectionLimits {
+  /** Streams at once per replica; beyond it RESOURCE_EXHAUSTED OVERLOADED. */
+  readonly maxStreams: number;
+  /** A stream that sends no request for this long ends with DEADLINE_EXCEEDED. */
+  readonly idleTimeoutMs: number;
+}
+
+/** Counts the open reflection streams and ends the idle ones, like health Watch's cap. */
+class ReflectionStreams {
+  private open = 0;
+
+  constructor(private readonly limits: ReflectionLimits) {}
+
+  async *serve<Q, A>(requests: AsyncIterable<Q>, answer: (request: Q) => A): AsyncGenerator<A> {
+    if (this.open >= this.limits.maxStreams) {
+      throw serviceFailure(
+        "OVERLOADED",
+        `this replica serves at most ${this.limits.maxStreams} reflection streams at once; retry later`,
+      );
+    }
+    this.open++;
+    const iterator = requests[Symbol.asyncIterator]();
+    let timer: NodeJS.Timeout | undefined;
+    const idle = () =>
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(
+              serviceFailure(
+                "DEADLINE_EXCEEDED",
+                `no reflection request arrived within ${this.limits.idleTimeoutMs} ms; open a new stream to ask again`,
+              ),
+            ),
+          this.limits.idleTimeoutMs,
+        );
+      });
+    try {
+      for (;;) {
+        const next = await Promise.race([iterator.next(), idle()]);
+        clearTimeout(timer);
+        if (next.done === true) return;
+        yield answer(next.value);
+      }
+    } finally {
+      clearTimeout(timer);
+      this.open--;
+      void iterator.return?.()?.catch(() => {});
+    }
+  }
+}
+
+export function routeReflection(router: ConnectRouter, index: ReflectionIndex, limits: ReflectionLimits): void {
+  const streams = new ReflectionStreams(limits);
   router.service(ServerReflection, {
-    async *serverReflectionInfo(requests) {
-      for await (const request of requests) yield index.answer(request);
-    },
+    serverReflectionInfo: (requests) => streams.serve(requests, (request) => index.answer(request)),
   });
   // v1alpha has the same messages under another package: the same wire bytes.
   router.service(ServerReflectionV1alpha, {
-    async *serverReflectionInfo(requests) {
-      for await (const request of requests) {
+    serverReflectionInfo: (requests) =>
+      streams.serve(requests, (request) => {
         const asV1 = fromBinary(ServerReflectionRequestSchema, toBinary(ServerReflectionRequestSchemaV1alpha, request));
         const answer = toBinary(ServerReflectionResponseSchema, index.answer(asV1));
-        yield fromBinary(ServerReflectionResponseSchemaV1alpha, answer);
-      }
-    },
+        return fromBinary(ServerReflectionResponseSchemaV1alpha, answer);
+      }),
   });
 }

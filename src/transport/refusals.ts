@@ -9,7 +9,7 @@ import { anyPack } from "@bufbuild/protobuf/wkt";
 import { type Code, ConnectError } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
-import type { RpcLabels } from "../api/rpc.js";
+import type { RpcLabels } from "../api/rpc/types.js";
 import { errorInfoOf, type RpcStatus, toRpcStatus } from "../api/status.js";
 import { type ErrorReason, ServiceError } from "../app/errors.js";
 
@@ -60,20 +60,47 @@ export function labelsOf(method: DescMethod): RpcLabels {
   return { path: `/${method.parent.typeName}/${method.name}`, service: method.parent.typeName, method: method.name };
 }
 
-/** The status as connect-node sends it: code, message and the ErrorInfo detail. */
+/**
+ * The status as connect-node sends it: code, message and the ErrorInfo detail, and
+ * grpc-retry-pushback-ms as metadata (trailers on gRPC and gRPC-Web, a header on Connect).
+ */
 export function toConnectError(status: RpcStatus): ConnectError {
-  return new ConnectError(status.message, status.code, undefined, [
+  return new ConnectError(status.message, status.code, retryPushbackHeader(status), [
     { desc: ErrorInfoSchema, value: errorInfoOf(status) },
   ]);
 }
 
-/** grpc-status, grpc-message and grpc-status-details-bin for a trailers-only answer or for trailers. */
+/** A ServiceError as connect-node throws it from a handler outside the pipeline (health, reflection). */
+export function serviceFailure(reason: ErrorReason, message: string): ConnectError {
+  return toConnectError(toRpcStatus(new ServiceError(reason, message)).status);
+}
+
+/** grpc-retry-pushback-ms when the status asks the client to wait before it retries; else nothing. */
+export function retryPushbackHeader(status: RpcStatus): Record<string, string> {
+  return status.retryPushbackMs === undefined ? {} : { "grpc-retry-pushback-ms": String(status.retryPushbackMs) };
+}
+
+/**
+ * Statuses that are answered again and again as the same object (admission's OVERLOADED): their
+ * headers are built once, so that a refusal under a storm costs no encoding.
+ */
+const sharedStatusHeaders = new WeakMap<RpcStatus, OutgoingHttpHeaders>();
+
+/**
+ * grpc-status, grpc-message and grpc-status-details-bin (and grpc-retry-pushback-ms when the
+ * status has one) for a trailers-only answer or for trailers.
+ */
 export function grpcStatusHeaders(status: RpcStatus): OutgoingHttpHeaders {
-  return {
+  const shared = sharedStatusHeaders.get(status);
+  if (shared !== undefined) return shared;
+  const headers = {
     "grpc-status": String(status.code),
     "grpc-message": percentEncodeGrpcMessage(status.message),
     "grpc-status-details-bin": statusDetails(status.code, status.message, status),
+    ...retryPushbackHeader(status),
   };
+  if (status.retryPushbackMs !== undefined) sharedStatusHeaders.set(status, headers);
+  return headers;
 }
 
 /** A google.rpc.Status carrying the ErrorInfo, base64 without padding as the spec asks of senders. */

@@ -22,9 +22,10 @@ import { createContextValues } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
-import type { RpcPipeline } from "../api/rpc.js";
+import type { RpcPipeline } from "../api/rpc/pipeline.js";
 import { ConnectEdge } from "./connect-edge.js";
 import { ABANDON_REQUEST, CONNECTION_AGING, routePipeline } from "./connect-routes.js";
+import { closeGracefully } from "./goaway.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";
 import { HealthController, routeHealth } from "./health.js";
 import { DEFAULT_TRANSPORT_LIMITS, ReadDeadlines, type TransportLimits } from "./limits.js";
@@ -108,7 +109,10 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     routes(router) {
       routePipeline(router, pipeline);
       routeHealth(router, health);
-      routeReflection(router, reflection);
+      routeReflection(router, reflection, {
+        maxStreams: limits.maxReflectionStreams,
+        idleTimeoutMs: limits.reflectionIdleTimeoutMs,
+      });
     },
   });
   await health.start();
@@ -253,6 +257,7 @@ class MultiProtocolServer implements RunningServer {
     session.on("error", (error) => this.logger.debug({ err: error }, "HTTP/2 session error"));
     const clock: SessionClock = { lastStreamAt: Date.now(), aging: new AbortController() };
     (session as ClockedSession)[SESSION_CLOCK] = clock;
+    this.capConnections();
     const open = () => !session.closed && !session.destroyed;
 
     // One PING in flight at a time.
@@ -276,7 +281,7 @@ class MultiProtocolServer implements RunningServer {
     }, limits.http2KeepaliveIntervalMs).unref();
     const idle = setInterval(
       () => {
-        if (open() && Date.now() - clock.lastStreamAt >= limits.http2IdleTimeoutMs) session.close();
+        if (open() && Date.now() - clock.lastStreamAt >= limits.http2IdleTimeoutMs) closeGracefully(session);
       },
       Math.max(10, Math.min(limits.http2IdleTimeoutMs / 4, 1_000)),
     ).unref();
@@ -285,7 +290,7 @@ class MultiProtocolServer implements RunningServer {
       () => {
         if (!open()) return;
         clock.aging.abort();
-        session.close();
+        closeGracefully(session);
         grace = setTimeout(() => session.destroy(), limits.maxConnectionAgeGraceMs).unref();
       },
       limits.maxConnectionAgeMs * (0.9 + Math.random() * 0.2),
@@ -298,6 +303,24 @@ class MultiProtocolServer implements RunningServer {
       clearTimeout(age);
       clearTimeout(grace);
     });
+  }
+
+  /** Past MAX_HTTP2_CONNECTIONS, the connection that has gone longest without a new stream gets GOAWAY. */
+  private capConnections(): void {
+    let open = 0;
+    let idlest: http2.ServerHttp2Session | undefined;
+    let idlestSince = Number.POSITIVE_INFINITY;
+    for (const session of this.http2Sessions) {
+      if (session.closed || session.destroyed) continue;
+      open++;
+      const since = (session as ClockedSession)[SESSION_CLOCK]?.lastStreamAt ?? 0;
+      if (since < idlestSince) {
+        idlest = session;
+        idlestSince = since;
+      }
+    }
+    // GOAWAY lets the streams it still runs finish; the client opens a new connection for more.
+    if (open > this.limits.maxHttp2Connections) idlest?.close();
   }
 
   get port(): number {
@@ -329,8 +352,9 @@ class MultiProtocolServer implements RunningServer {
     this.draining = true;
     const allClosed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const socket of this.undecidedSockets) socket.destroy();
-    // GOAWAY: streams already started run to completion, new ones are refused.
-    for (const session of this.http2Sessions) session.close();
+    // GOAWAY (in two steps, so that none already on the wire is refused): streams already started
+    // run to completion, new ones are refused.
+    for (const session of this.http2Sessions) closeGracefully(session);
     this.http1Server.closeIdleConnections();
     const sweep = setInterval(() => this.http1Server.closeIdleConnections(), IDLE_SWEEP_INTERVAL_MS);
     try {

@@ -76,7 +76,7 @@ describe("SQLite writes cut short while they wait or run", () => {
     const sqlite = new SqliteDatabase(":memory:");
     db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }), plugins: [plugin] });
     await migrateToLatest(db as Kysely<unknown>, "sqlite");
-    store = new KyselyStore(db, { dialect: "sqlite", inTransaction: () => sqlite.inTransaction });
+    store = new KyselyStore(db, { dialect: "sqlite", inTransaction: () => sqlite.inTransaction, sqlite });
   });
   afterEach(() => {
     plugin.controller = undefined;

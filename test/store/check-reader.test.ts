@@ -1,9 +1,14 @@
 // The two ways getConnectionForCheck reads, driven by hand so every interleaving is exact.
 
-import { describe, expect, it } from "vitest";
-import { BatchingCheckReader, CachingCheckReader, LruMap } from "../../src/store/check-reader.js";
+import SqliteDatabase from "better-sqlite3";
+import { Kysely, SqliteDialect, sql } from "kysely";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BatchingCheckReader, CachingCheckReader, type CheckSource, LruMap } from "../../src/store/check-reader.js";
+import { KyselyStore } from "../../src/store/kysely-store.js";
+import { migrateToLatest } from "../../src/store/migrations.js";
+import type { Database } from "../../src/store/schema.js";
 import type { ConnectionRecord } from "../../src/store/store.js";
-import { connectionRecord } from "./fixtures.js";
+import { connectionRecord, createdEvent, newOrganization, transition } from "./fixtures.js";
 
 function deferred<T>() {
   let resolve!: (value: T) => void;
@@ -47,6 +52,33 @@ describe("LruMap", () => {
     expect(map.peek("k901")).toBe(901);
   });
 
+  it("evicts in exactly least-recently-used order under random use", () => {
+    const capacity = 7;
+    const map = new LruMap<number, number>(capacity);
+    // The model: keys from least to most recently used.
+    const model: number[] = [];
+    let seed = 1;
+    const random = () => {
+      seed = (seed * 48271) % 2147483647;
+      return seed % 20;
+    };
+    for (let step = 0; step < 5_000; step++) {
+      const key = random();
+      const at = model.indexOf(key);
+      if (step % 3 === 0) {
+        map.set(key, step);
+        if (at >= 0) model.splice(at, 1);
+        else if (model.length === capacity) model.shift();
+        model.push(key);
+      } else {
+        expect(map.get(key) !== undefined).toBe(at >= 0);
+        if (at >= 0) model.push(...model.splice(at, 1));
+      }
+    }
+    expect(map.size).toBe(model.length);
+    for (let key = 0; key < 20; key++) expect(map.peek(key) !== undefined).toBe(model.includes(key));
+  });
+
   it("peek does not count as a use", () => {
     const map = new LruMap<string, number>(2);
     map.set("a", 1);
@@ -57,80 +89,109 @@ describe("LruMap", () => {
   });
 });
 
+/**
+ * A CheckSource over a map of committed rows, with a transaction that the test opens and ends by
+ * hand; counts the reads and the ids each batch read asked for.
+ */
+class FakeSource implements CheckSource {
+  readonly committed = new Map<string, ConnectionRecord>();
+  transactionOpen = false;
+  singleReads = 0;
+  readonly batches: string[][] = [];
+  readonly #waiting: (() => void)[] = [];
+
+  constructor(...records: ConnectionRecord[]) {
+    for (const record of records) this.commit(record);
+  }
+
+  commit(record: ConnectionRecord): void {
+    this.committed.set(record.id, record);
+  }
+
+  idle(): boolean {
+    return !this.transactionOpen;
+  }
+
+  one(id: string): ConnectionRecord | undefined {
+    expect(this.transactionOpen).toBe(false);
+    this.singleReads++;
+    return this.committed.get(id);
+  }
+
+  many(ids: readonly string[]): ConnectionRecord[] {
+    expect(this.transactionOpen).toBe(false);
+    this.batches.push([...ids]);
+    return ids.flatMap((id) => this.committed.get(id) ?? []);
+  }
+
+  whenIdle<T>(read: () => T): Promise<T> {
+    return new Promise((resolve) => this.#waiting.push(() => resolve(read())));
+  }
+
+  endTransaction(): void {
+    this.transactionOpen = false;
+    for (const run of this.#waiting.splice(0)) run();
+  }
+}
+
 describe("CachingCheckReader", () => {
   const v1 = connectionRecord("org_a", "org_b");
   const v2 = version(v1, 2);
 
-  it("reads once, then answers from the cache", async () => {
-    let loads = 0;
-    const reader = new CachingCheckReader(async () => {
-      loads++;
-      return v1;
-    });
+  it("reads a miss once, then answers from the cache", async () => {
+    const source = new FakeSource(v1);
+    const reader = new CachingCheckReader(source);
     expect(await reader.get(v1.id)).toEqual(v1);
     expect(await reader.get(v1.id)).toEqual(v1);
-    expect(loads).toBe(1);
+    expect(source.singleReads).toBe(1);
   });
 
   it("does not remember a miss", async () => {
-    let loads = 0;
-    const reader = new CachingCheckReader(async () => {
-      loads++;
-      return undefined;
-    });
-    await reader.get("cxn_x");
-    await reader.get("cxn_x");
-    expect(loads).toBe(2);
+    const source = new FakeSource();
+    const reader = new CachingCheckReader(source);
+    expect(await reader.get("cxn_x")).toBeUndefined();
+    expect(await reader.get("cxn_x")).toBeUndefined();
+    expect(source.singleReads).toBe(2);
   });
 
   it("serves a write at once", async () => {
-    const reader = new CachingCheckReader(async () => v1);
+    const source = new FakeSource(v1);
+    const reader = new CachingCheckReader(source);
     await reader.get(v1.id);
     reader.written(v2);
     expect(await reader.get(v1.id)).toEqual(v2);
+    expect(source.singleReads).toBe(1);
   });
 
-  it("keeps a write that raced with a slower read of the older version", async () => {
-    const load = deferred<ConnectionRecord | undefined>();
-    const reader = new CachingCheckReader(() => load.promise);
-    const staleRead = reader.get(v1.id);
+  it("while a transaction is open, a miss waits for it and reads only what it committed", async () => {
+    const source = new FakeSource(v1);
+    const reader = new CachingCheckReader(source);
+    source.transactionOpen = true;
+    const during = reader.get(v1.id);
+    await Promise.resolve();
+    expect(source.singleReads).toBe(0);
+    source.commit(v2);
+    source.endTransaction();
+    expect(await during).toEqual(v2);
     reader.written(v2);
-    load.resolve(v1);
-    expect(await staleRead).toEqual(v1);
     expect(await reader.get(v1.id)).toEqual(v2);
+    expect(source.singleReads).toBe(1);
   });
 
-  it("does not fill from a read that a write overlapped, even once that write was evicted", async () => {
-    const loads = [deferred<ConnectionRecord | undefined>(), deferred<ConnectionRecord | undefined>()];
-    let call = 0;
-    const reader = new CachingCheckReader(() => (loads[call++] as (typeof loads)[number]).promise, 1);
-    const staleRead = reader.get(v1.id);
+  it("keeps a write that was reported while a miss waited, over an older read", async () => {
+    const source = new FakeSource(v1);
+    const reader = new CachingCheckReader(source);
+    source.transactionOpen = true;
+    const during = reader.get(v1.id);
+    // The cache learns v2 before the committed rows show it (the fake lags on purpose).
     reader.written(v2);
-    reader.written(connectionRecord("org_c", "org_d"));
-    loads[0]?.resolve(v1);
-    await staleRead;
-    const fresh = reader.get(v1.id);
-    loads[1]?.resolve(v2);
-    expect(await fresh).toEqual(v2);
-    expect(call).toBe(2);
-  });
-
-  it("fills from a read that no write overlapped", async () => {
-    const load = deferred<ConnectionRecord | undefined>();
-    let loads = 0;
-    const reader = new CachingCheckReader(() => {
-      loads++;
-      return load.promise;
-    });
-    const read = reader.get(v1.id);
-    load.resolve(v1);
-    await read;
-    await reader.get(v1.id);
-    expect(loads).toBe(1);
+    source.endTransaction();
+    expect(await during).toEqual(v1);
+    expect(await reader.get(v1.id)).toEqual(v2);
   });
 
   it("answers exactly what was written, every field (the entry is stored compact)", async () => {
-    const reader = new CachingCheckReader(async () => undefined);
+    const reader = new CachingCheckReader(new FakeSource());
     const activated = {
       ...v2,
       name: 'Ünïcode "quoted" name',
@@ -148,35 +209,147 @@ describe("CachingCheckReader", () => {
   });
 
   it("is bounded and evicts the least recently checked Connection first", async () => {
-    let loads = 0;
-    const stored = new Map<string, ConnectionRecord>();
-    const reader = new CachingCheckReader(async (id) => {
-      loads++;
-      return stored.get(id);
-    }, 2);
     const [a, b, c] = [
       connectionRecord("org_a", "org_b"),
       connectionRecord("org_a", "org_c"),
       connectionRecord("org_a", "org_d"),
-    ];
-    for (const record of [a, b, c]) stored.set(record.id, record);
+    ] as [ConnectionRecord, ConnectionRecord, ConnectionRecord];
+    const source = new FakeSource(a, b, c);
+    const reader = new CachingCheckReader(source, 2);
     reader.written(a);
     reader.written(b);
     await reader.get(a.id);
     reader.written(c);
-    expect(loads).toBe(0);
     expect(await reader.get(a.id)).toEqual(a);
     expect(await reader.get(c.id)).toEqual(c);
-    expect(loads).toBe(0);
+    expect(source.singleReads).toBe(0);
     expect(await reader.get(b.id)).toEqual(b);
-    expect(loads).toBe(1);
+    expect(source.singleReads).toBe(1);
+  });
+
+  it("rejects (never throws) when the read fails, one id or a batch", async () => {
+    const source = new FakeSource();
+    const failure = new Error("disk I/O error");
+    source.one = () => {
+      throw failure;
+    };
+    source.many = () => {
+      throw failure;
+    };
+    const reader = new CachingCheckReader(source);
+    const one = reader.get("cxn_x");
+    const many = reader.getMany(["cxn_x"]);
+    await expect(one).rejects.toBe(failure);
+    await expect(many).rejects.toBe(failure);
   });
 
   it("keeps the newer of two writes that report out of order", async () => {
-    const reader = new CachingCheckReader(async () => undefined);
+    const reader = new CachingCheckReader(new FakeSource());
     reader.written(v2);
     reader.written(v1);
     expect(await reader.get(v1.id)).toEqual(v2);
+  });
+
+  describe("getMany", () => {
+    const records = Array.from({ length: 6 }, (_, i) => connectionRecord("org_a", `org_${i}`));
+    const ids = records.map((record) => record.id);
+
+    it("reads every miss of a batch in one read of distinct ids, answering in order with duplicates and unknown ids", async () => {
+      const source = new FakeSource(...records);
+      const reader = new CachingCheckReader(source);
+      reader.written(records[0] as ConnectionRecord);
+      reader.written(records[3] as ConnectionRecord);
+      const asked = [ids[0], ids[1], "cxn_unknown", ids[1], ids[3], ids[2], "cxn_unknown", ids[0]] as string[];
+      const answers = await reader.getMany(asked);
+      expect(answers).toEqual(asked.map((id) => source.committed.get(id)));
+      expect(source.batches).toEqual([[ids[1], "cxn_unknown", ids[2]]]);
+      expect(source.singleReads).toBe(0);
+      // What the batch read is cached now; the unknown id is read again.
+      expect(await reader.getMany([ids[2] as string, ids[1] as string])).toEqual([records[2], records[1]]);
+      expect(await reader.getMany(["cxn_unknown"])).toEqual([undefined]);
+      expect(source.batches).toHaveLength(2);
+    });
+
+    it("answers a batch of hits without reading", async () => {
+      const source = new FakeSource();
+      const reader = new CachingCheckReader(source);
+      for (const record of records) reader.written(record);
+      expect(await reader.getMany([...ids].reverse())).toEqual([...records].reverse());
+      expect(source.batches).toEqual([]);
+    });
+
+    it("waits for an open transaction before it reads the misses", async () => {
+      const source = new FakeSource(v1);
+      const reader = new CachingCheckReader(source);
+      reader.written(records[0] as ConnectionRecord);
+      source.transactionOpen = true;
+      const during = reader.getMany([v1.id, ids[0] as string]);
+      await Promise.resolve();
+      expect(source.batches).toEqual([]);
+      source.commit(v2);
+      source.endTransaction();
+      expect(await during).toEqual([v2, records[0]]);
+    });
+
+    it("answers a batch larger than the cache", async () => {
+      const source = new FakeSource(...records);
+      const reader = new CachingCheckReader(source, 2);
+      expect(await reader.getMany(ids)).toEqual(records);
+      expect(await reader.getMany(ids)).toEqual(records);
+    });
+  });
+});
+
+describe("CachingCheckReader on SQLite (SqliteCheckSource)", () => {
+  let db: Kysely<Database>;
+  let sqlite: SqliteDatabase.Database;
+  let writer: KyselyStore;
+  let a: ConnectionRecord;
+  let b: ConnectionRecord;
+
+  beforeAll(async () => {
+    sqlite = new SqliteDatabase(":memory:");
+    db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
+    await migrateToLatest(db as Kysely<unknown>, "sqlite");
+    writer = new KyselyStore(db, { dialect: "sqlite", sqlite, inTransaction: () => sqlite.inTransaction });
+    const [x, y, z] = [await newOrganization(writer), await newOrganization(writer), await newOrganization(writer)];
+    a = connectionRecord(x, y, { createTime: new Date("2025-01-02T03:04:05.678Z"), name: "A" });
+    b = connectionRecord(x, z, { createRequestId: "req-b", scopes: [] });
+    for (const record of [a, b]) await writer.createConnection(record, createdEvent(record));
+  });
+
+  afterAll(async () => {
+    await db.destroy();
+  });
+
+  /** A store on the same database whose check cache is empty. */
+  const cold = () => new KyselyStore(db, { dialect: "sqlite", sqlite, inTransaction: () => sqlite.inTransaction });
+
+  it("reads a miss, one id or a batch with duplicates and unknown ids, exactly as stored", async () => {
+    const reader = cold();
+    expect(await reader.getConnectionForCheck(a.id)).toEqual(a);
+    expect(await reader.getConnectionForCheck("cxn_unknown")).toBeUndefined();
+    expect(await reader.getConnectionsForCheck([b.id, "cxn_unknown", a.id, b.id])).toEqual([b, undefined, a, b]);
+    expect(await cold().getConnectionsForCheck([b.id, "cxn_unknown", a.id, b.id])).toEqual([b, undefined, a, b]);
+  });
+
+  it("does not answer from a transaction that is still open, and not at all from one that rolled back", async () => {
+    const reader = cold();
+    const { next } = transition(a, "ACTIVE");
+    let checks: Promise<unknown[]> | undefined;
+    await db.connection().execute(async (connection) => {
+      await sql`begin immediate`.execute(connection);
+      await connection
+        .updateTable("connections")
+        .set({ state: next.state, version: next.version })
+        .where("id", "=", a.id)
+        .execute();
+      checks = Promise.all([reader.getConnectionForCheck(a.id), reader.getConnectionsForCheck([b.id, a.id])]);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      await sql`rollback`.execute(connection);
+    });
+    expect(await checks).toEqual([a, [b, a]]);
+    expect(await reader.getConnectionForCheck(a.id)).toEqual(a);
   });
 });
 

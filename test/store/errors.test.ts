@@ -133,12 +133,13 @@ describe("KyselyStore retries", () => {
   });
 
   async function storeWith(plugin: FailingPlugin): Promise<KyselyStore> {
+    const sqlite = new SqliteDatabase(":memory:");
     db = new Kysely<Database>({
-      dialect: new SqliteDialect({ database: new SqliteDatabase(":memory:") }),
+      dialect: new SqliteDialect({ database: sqlite }),
       plugins: [plugin],
     });
     await migrateToLatest(db as Kysely<unknown>, "sqlite");
-    return new KyselyStore(db, { dialect: "sqlite" });
+    return new KyselyStore(db, { dialect: "sqlite", sqlite });
   }
 
   const organization = () => ({ id: "org_a", name: "A", createTime: new Date() });
@@ -201,7 +202,7 @@ describe("KyselyStore retries", () => {
       error: driverError("canceling statement", { code: "57014" }),
       times: 2,
     };
-    await expect(store.getConnectionForCheck("cxn_x")).rejects.toBeInstanceOf(UnavailableError);
+    await expect(store.getConnection("cxn_x")).rejects.toBeInstanceOf(UnavailableError);
     expect(plugin.thrown).toBe(1);
   });
 });

@@ -39,7 +39,7 @@ describe("SQLite group commit", () => {
       },
     });
     await migrateToLatest(db as Kysely<unknown>, "sqlite");
-    store = new KyselyStore(db, { dialect: "sqlite", inTransaction: () => sqlite.inTransaction });
+    store = new KyselyStore(db, { dialect: "sqlite", inTransaction: () => sqlite.inTransaction, sqlite });
   });
   beforeEach(() => {
     plugin.controller = undefined;

@@ -4,6 +4,7 @@
 import { existsSync } from "node:fs";
 import { type AddressInfo, createServer, type Server, type Socket } from "node:net";
 import pg from "pg";
+import pino from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { migrationProvider } from "../../src/store/migrations.js";
 import { openStore, parseDatabaseUrl } from "../../src/store/open.js";
@@ -80,6 +81,42 @@ describe("SQLite file", () => {
     }
     expect((await openStoreInChildProcess(file.url)).code).toBe(0);
   }, 30_000);
+});
+
+describe("SQLite check cache size", () => {
+  let file: ProvisionedDatabase;
+
+  beforeAll(async () => {
+    file = await provisionSqliteFile();
+    const store = await openStore({ databaseUrl: file.url });
+    for (let i = 0; i < 3; i++) {
+      const connection = connectionRecord(await newOrganization(store), await newOrganization(store));
+      await store.createConnection(connection, createdEvent(connection));
+    }
+    await store.close();
+  });
+
+  afterAll(async () => {
+    await file.drop();
+  });
+
+  async function warningsWith(checkCacheEntries: number): Promise<Record<string, unknown>[]> {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino({ level: "warn" }, { write: (line: string) => lines.push(JSON.parse(line)) });
+    await (await openStore({ databaseUrl: file.url, checkCacheEntries, logger })).close();
+    return lines;
+  }
+
+  it("warns at start when the cache cannot hold every Connection, with both numbers", async () => {
+    const [warning, ...rest] = await warningsWith(2);
+    expect(rest).toEqual([]);
+    expect(warning).toMatchObject({ level: 40, connections: 3, checkCacheEntries: 2 });
+    expect(warning?.msg).toMatch(/^CHECK_CACHE_ENTRIES is smaller than the number of Connections/);
+  });
+
+  it("says nothing when the cache holds them all", async () => {
+    expect(await warningsWith(3)).toEqual([]);
+  });
 });
 
 /** A port where nothing listens. */

@@ -1,20 +1,29 @@
-// SQLite at the edges: a damaged file, files and directories the service may not write, a full
+// SQLite at the edges: a damaged file (refused at start when the damage is where start-up reads,
+// found by check-database anywhere), files and directories the service may not write, a full
 // disk, and a WAL that must stay small. Each start-up failure names the path, the cause in words
 // and what to do. Permission cases run the opener as an unprivileged user (root ignores file
 // modes); the full disk is a tiny tmpfs. Both need root here and are skipped with a message
 // otherwise.
 
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import SqliteDatabase from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  CHECK_DATABASE_DAMAGED,
+  CHECK_DATABASE_OK,
+  CHECK_DATABASE_UNCHECKED,
+  checkDatabase,
+} from "../../src/bin/check-database.js";
 import { openStore } from "../../src/store/open.js";
 import { UnavailableError } from "../../src/store/store.js";
 import { openStoreInChildProcess } from "../support/process.js";
 import { newOrganization } from "./fixtures.js";
 
 const NOBODY = 65534;
+const ROOT = new URL("../..", import.meta.url).pathname;
 const isRoot = process.getuid?.() === 0;
 
 /** Opens the SQLite store at `path` as the unprivileged user. */
@@ -30,22 +39,112 @@ describe("SQLite start-up", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it("refuses a damaged file with a clear message (quick_check), instead of serving from it", async () => {
-    const path = join(dir, "damaged.db");
+  /** A file with 300 organizations, closed; returns its path. */
+  async function filled(name: string): Promise<string> {
+    const path = join(dir, name);
     const store = await openStore({ databaseUrl: `sqlite:${path}` });
     for (let i = 0; i < 300; i++) await newOrganization(store);
     await store.close();
-    // Damage the last page, which start-up reads do not touch.
-    const size = statSync(path).size;
+    return path;
+  }
+
+  /** Overwrites `bytes` bytes of the file at `offset` with garbage. */
+  function damage(path: string, offset: number, bytes: number): void {
     const fd = openSync(path, "r+");
-    writeSync(fd, Buffer.alloc(2048, 0xa5), 0, 2048, size - 3000);
+    writeSync(fd, Buffer.alloc(bytes, 0xa5), 0, bytes, offset);
     closeSync(fd);
-    const error = await openStore({ databaseUrl: `sqlite:${path}` }).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(Error);
-    expect((error as Error).message).toMatch(
-      new RegExp(`SQLite database ${path} is damaged .*Restore it from a backup, or move it`),
-    );
+  }
+
+  const damagedMessage = (path: string) =>
+    new RegExp(`SQLite database ${path} is damaged .*Restore it from a backup, or move it`);
+
+  it("refuses a file whose schema is damaged, with a clear message", async () => {
+    const path = await filled("schema.db");
+    // Page 1 holds the schema after the 100-byte file header.
+    damage(path, 100, 4096 - 100);
+    await expect(openStore({ databaseUrl: `sqlite:${path}` })).rejects.toThrow(damagedMessage(path));
   });
+
+  it("refuses a file whose last rows are damaged: start-up reads the ends of every table and index", async () => {
+    const path = await filled("last-rows.db");
+    const probe = new SqliteDatabase(path, { readonly: true });
+    // The rightmost leaf of the table: where its newest rows (the highest rowids) are.
+    const { pageno } = probe
+      .prepare<[], { pageno: number }>(
+        "select pageno from dbstat where name = 'organizations' and pagetype = 'leaf' order by path desc limit 1",
+      )
+      .get() as { pageno: number };
+    const pageSize = probe.pragma("page_size", { simple: true }) as number;
+    probe.close();
+    damage(path, (pageno - 1) * pageSize, pageSize);
+    await expect(openStore({ databaseUrl: `sqlite:${path}` })).rejects.toThrow(damagedMessage(path));
+  });
+
+  it("check-database finds damage that start-up does not read, and passes a sound file", async () => {
+    const path = await filled("middle.db");
+    const lines: string[] = [];
+    expect(checkDatabase(`sqlite:${path}`, (line) => lines.push(line))).toBe(CHECK_DATABASE_OK);
+    expect(lines).toContainEqual(expect.stringMatching(/^checked every page of the file \(\d+ pages/));
+    expect(lines.at(-1)).toMatch(/^ok: no damage found/);
+
+    const probe = new SqliteDatabase(path, { readonly: true });
+    // A leaf in the middle of the organizations table: neither end, so start-up does not read it.
+    const leaves = probe
+      .prepare<[], { pageno: number }>(
+        "select pageno from dbstat where name = 'organizations' and pagetype = 'leaf' order by path",
+      )
+      .all();
+    const pageSize = probe.pragma("page_size", { simple: true }) as number;
+    probe.close();
+    expect(leaves.length).toBeGreaterThan(2);
+    // The end of the page, where its cells are: the page still reads as a leaf, its rows do not.
+    damage(path, (leaves[1] as { pageno: number }).pageno * pageSize - 1024, 1024);
+    await (await openStore({ databaseUrl: `sqlite:${path}` })).close();
+
+    lines.length = 0;
+    expect(checkDatabase(`sqlite:${path}`, (line) => lines.push(line))).toBe(CHECK_DATABASE_DAMAGED);
+    expect(lines).toContainEqual(expect.stringMatching(/^found: /));
+    expect(lines.at(-1)).toMatch(/^DAMAGED: \d+ findings .*Restore the file from a backup/);
+
+    // A page beyond reading stops SQLite's check with an error: still reported as damage.
+    damage(path, ((leaves[1] as { pageno: number }).pageno - 1) * pageSize, pageSize);
+    lines.length = 0;
+    expect(checkDatabase(`sqlite:${path}`, (line) => lines.push(line))).toBe(CHECK_DATABASE_DAMAGED);
+    expect(lines.at(-1)).toMatch(/^DAMAGED: SQLite database .* is damaged/);
+  });
+
+  it("check-database says when it cannot check: no such file, or the file in use", async () => {
+    const path = await filled("in-use.db");
+    const lines: string[] = [];
+    expect(checkDatabase(`sqlite:${join(dir, "missing.db")}`, (line) => lines.push(line))).toBe(
+      CHECK_DATABASE_UNCHECKED,
+    );
+    expect(lines).toEqual([`check-database: there is no SQLite database at ${join(dir, "missing.db")}`]);
+    // One process owns the file: a running service keeps the check out.
+    const store = await openStore({ databaseUrl: `sqlite:${path}` });
+    try {
+      lines.length = 0;
+      expect(checkDatabase(`sqlite:${path}`, (line) => lines.push(line))).toBe(CHECK_DATABASE_UNCHECKED);
+      expect(lines.at(-1)).toMatch(/is in use by another process/);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("check-database runs from the command line (main.ts check-database)", async () => {
+    const path = await filled("cli.db");
+    const { code, stdout } = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      execFile(
+        process.execPath,
+        ["--import", "tsx", "src/main.ts", "check-database"],
+        { cwd: ROOT, env: { ...process.env, DATABASE_URL: `sqlite:${path}` } },
+        (error, out) => resolve({ code: error === null ? 0 : (error.code as number), stdout: out }),
+      );
+    });
+    expect(code).toBe(CHECK_DATABASE_OK);
+    expect(stdout).toMatch(/checked every page of the file/);
+    expect(stdout).toMatch(/ok: no damage found/);
+  }, 60_000);
 
   describe.skipIf(!isRoot)("as an unprivileged user", () => {
     it("a read-only file (0444) names the path, the cause and the fix", async () => {

@@ -12,6 +12,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe } from "vitest";
 import { type OpenStoreOptions, openStore } from "../../src/store/open.js";
 import type { Store } from "../../src/store/store.js";
+import { PGBOUNCER_SKIP_MESSAGE, pgbouncerEnabled, startPgBouncer } from "./pgbouncer.js";
 
 export type TestDialect = "sqlite" | "postgres";
 
@@ -21,7 +22,7 @@ export interface TestDatabase {
   readonly dialect: TestDialect;
   /** False when the database is not configured here; its suites are skipped. */
   readonly enabled: boolean;
-  readonly kind: "sqlite-memory" | "sqlite-file" | "postgres";
+  readonly kind: "sqlite-memory" | "sqlite-file" | "postgres" | "pgbouncer";
 }
 
 /** Where PostgreSQL suites create their databases, e.g. postgres://postgres@127.0.0.1:5432/test. */
@@ -38,6 +39,20 @@ export const testDatabases: readonly TestDatabase[] = (
   ] as const
 ).filter((database) => chosen(database.kind));
 
+/**
+ * PostgreSQL through a PgBouncer in transaction pooling (started per database): the acceptance
+ * suites (describeE2E) run on it too, since that is how a fleet of replicas usually reaches it.
+ */
+export const pgbouncerDatabase: TestDatabase = {
+  name: "postgres via pgbouncer",
+  dialect: "postgres",
+  enabled: pgbouncerEnabled,
+  kind: "pgbouncer",
+};
+
+/** What the acceptance suites (describeE2E, the change feed) run on. */
+export const acceptanceDatabases: readonly TestDatabase[] = [...testDatabases, pgbouncerDatabase];
+
 export const POSTGRES_SKIP_MESSAGE =
   "PostgreSQL suites skipped: run them through `npm test` (which starts a PostgreSQL) or set TEST_DATABASE_URL " +
   "(e.g. postgres://postgres@127.0.0.1:5432/test)";
@@ -51,9 +66,14 @@ function noticeSkipOnce(): void {
 }
 
 /** Declares `body` once per test database, as `title [database]`; skips the ones not configured. */
-export function describeEachDatabase(title: string, body: (database: TestDatabase) => void): void {
-  for (const database of testDatabases) {
-    if (!database.enabled) noticeSkipOnce();
+export function describeEachDatabase(
+  title: string,
+  body: (database: TestDatabase) => void,
+  databases: readonly TestDatabase[] = testDatabases,
+): void {
+  for (const database of databases) {
+    if (database.kind === "pgbouncer" && !database.enabled) console.info(PGBOUNCER_SKIP_MESSAGE);
+    else if (!database.enabled) noticeSkipOnce();
     describe.skipIf(!database.enabled)(`${title} [${database.name}]`, () => body(database));
   }
 }
@@ -81,7 +101,24 @@ export async function provisionDatabase(database: TestDatabase): Promise<Provisi
       return provisionSqliteFile();
     case "postgres":
       return provisionPostgres();
+    case "pgbouncer":
+      return provisionThroughPgBouncer();
   }
+}
+
+async function provisionThroughPgBouncer(): Promise<ProvisionedDatabase> {
+  const database = await provisionPostgres();
+  const bouncer = await startPgBouncer().catch(async (error: unknown) => {
+    await database.drop();
+    throw error;
+  });
+  return {
+    url: bouncer.through(database.url),
+    async drop() {
+      await bouncer.stop();
+      await database.drop();
+    },
+  };
 }
 
 export async function provisionSqliteFile(): Promise<ProvisionedDatabase> {

@@ -32,7 +32,13 @@ import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { type RunningService, startService } from "../../src/composition/start-service.js";
 import { loadConfig } from "../../src/config/config.js";
-import { describeEachDatabase, type ProvisionedDatabase, provisionDatabase, type TestDatabase } from "./databases.js";
+import {
+  acceptanceDatabases,
+  describeEachDatabase,
+  type ProvisionedDatabase,
+  provisionDatabase,
+  type TestDatabase,
+} from "./databases.js";
 
 export { Code } from "@connectrpc/connect";
 
@@ -527,32 +533,37 @@ export interface E2E {
 }
 
 /**
- * Declares `body` for every test database (one service per database, shared by the client kinds)
- * and, inside, for every client kind: `title [database] > via <kind>`.
+ * Declares `body` for every test database and PostgreSQL through PgBouncer (one service per
+ * database, shared by the client kinds) and, inside, for every client kind:
+ * `title [database] > via <kind>`.
  */
 export function describeE2E(
   title: string,
   body: (e2e: E2E) => void,
   options: { readonly kinds?: readonly ClientKind[]; readonly env?: Readonly<Record<string, string>> } = {},
 ): void {
-  describeEachDatabase(title, (database) => {
-    const service = useTestService(database, options.env);
-    describe.each((options.kinds ?? CLIENT_KINDS).map((kind) => ({ kind })))("via $kind", ({ kind }) => {
-      const client = () => service().client(kind);
-      body({
-        database,
-        kind,
-        service,
-        client,
-        as: (caller, organizationId, actor) =>
-          client().as({
-            caller,
-            ...(organizationId === undefined ? {} : { organizationId }),
-            ...(actor === undefined ? {} : { actor }),
-          }),
+  describeEachDatabase(
+    title,
+    (database) => {
+      const service = useTestService(database, options.env);
+      describe.each((options.kinds ?? CLIENT_KINDS).map((kind) => ({ kind })))("via $kind", ({ kind }) => {
+        const client = () => service().client(kind);
+        body({
+          database,
+          kind,
+          service,
+          client,
+          as: (caller, organizationId, actor) =>
+            client().as({
+              caller,
+              ...(organizationId === undefined ? {} : { organizationId }),
+              ...(actor === undefined ? {} : { actor }),
+            }),
+        });
       });
-    });
-  });
+    },
+    acceptanceDatabases,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------

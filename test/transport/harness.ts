@@ -31,7 +31,9 @@ import { OrganizationService } from "../../gen/connections/v1/organization_servi
 import { type ErrorInfo, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { CallerAuthenticator } from "../../src/api/callers.js";
-import { type RpcLabels, RpcPipeline } from "../../src/api/rpc.js";
+import type { AdmissionController } from "../../src/api/rpc/admission.js";
+import { RpcPipeline } from "../../src/api/rpc/pipeline.js";
+import type { RpcLabels } from "../../src/api/rpc/types.js";
 import { ServiceError } from "../../src/app/errors.js";
 import type { Organizations } from "../../src/app/organizations.js";
 import type { TransportLimits } from "../../src/transport/limits.js";
@@ -43,6 +45,8 @@ export const SLEEP_PREFIX = "cxn_sleep_";
 /** getConnection with this id fails with a message that needs percent-encoding in grpc-message. */
 export const UNUSUAL_MESSAGE_ID = "cxn_unusual";
 export const UNUSUAL_MESSAGE = "naïve 100% failure\nline two";
+/** getConnection with this id waits until the test calls `stubs.releaseHolds()`. */
+export const HOLD_ID = "cxn_hold";
 
 export function bearer(token: string): Record<string, string> {
   return { authorization: `Bearer ${token}` };
@@ -53,6 +57,16 @@ export class Stubs {
   activations = 0;
   /** getConnection calls that ran to the end of their sleep. */
   sleepsFinished = 0;
+  /** getConnection calls waiting on HOLD_ID. */
+  private holds: (() => void)[] = [];
+
+  get held(): number {
+    return this.holds.length;
+  }
+
+  releaseHolds(): void {
+    for (const release of this.holds.splice(0)) release();
+  }
 
   register(pipeline: RpcPipeline): void {
     pipeline.register(ConnectionService, {
@@ -62,6 +76,7 @@ export class Stubs {
           await sleep(Number(request.id.slice(SLEEP_PREFIX.length)));
           this.sleepsFinished++;
         }
+        if (request.id === HOLD_ID) await new Promise<void>((resolve) => this.holds.push(resolve));
         if (request.id === UNUSUAL_MESSAGE_ID) throw new ServiceError("CONNECTION_NOT_FOUND", UNUSUAL_MESSAGE);
         return { connection: { id: request.id, name: "stub", sourceOrganizationId: call.organizationId } };
       },
@@ -108,8 +123,15 @@ export interface TestServer {
   waitForObserved(path: string, code: number): Promise<void>;
 }
 
-/** The real pipeline (dev tokens, only org_a registered) over the stub handlers; `observed` hears every RPC. */
-export function createTestPipeline(stubs: Stubs, observed: Observed[] = []): RpcPipeline {
+/**
+ * The real pipeline (dev tokens, only org_a registered) over the stub handlers; `observed` hears
+ * every RPC; `admission`: admission control, off when left out.
+ */
+export function createTestPipeline(
+  stubs: Stubs,
+  observed: Observed[] = [],
+  admission?: AdmissionController,
+): RpcPipeline {
   const organizations = { isRegistered: async (id: string) => id === "org_a" } as unknown as Organizations;
   const pipeline = new RpcPipeline({
     authenticator: CallerAuthenticator.dev(),
@@ -117,16 +139,23 @@ export function createTestPipeline(stubs: Stubs, observed: Observed[] = []): Rpc
     logger: pino({ level: "silent" }),
     maxDeadlineMs: 30_000,
     observer: { observe: (labels: RpcLabels, code: number) => observed.push({ path: labels.path, code }) },
+    admission: admission === undefined ? undefined : { controller: admission },
   });
   stubs.register(pipeline);
   return pipeline;
 }
 
-/** `limits`: transport limits to use instead of the production defaults (short timeouts in tests). */
-export async function startTestServer(limits: Partial<TransportLimits> = {}): Promise<TestServer> {
+/**
+ * `limits`: transport limits to use instead of the production defaults (short timeouts in tests);
+ * `admission`: admission control, off when left out.
+ */
+export async function startTestServer(
+  limits: Partial<TransportLimits> = {},
+  admission?: AdmissionController,
+): Promise<TestServer> {
   const observed: Observed[] = [];
   const stubs = new Stubs();
-  const pipeline = createTestPipeline(stubs, observed);
+  const pipeline = createTestPipeline(stubs, observed, admission);
   let ready = true;
   const running = await serve({
     pipeline,

@@ -1,19 +1,22 @@
 // gRPC server reflection: through a connect-node client (v1 and v1alpha), and through `buf curl`,
-// which resolves the schema by reflection when no --schema is given. No credentials needed.
+// which resolves the schema by reflection when no --schema is given. No credentials needed, so the
+// streams are bounded: a cap on how many are open, and an idle deadline.
 
 import { execFile } from "node:child_process";
+import http2 from "node:http2";
 import { promisify } from "node:util";
 import { fromBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   ServerReflection,
   type ServerReflectionRequest,
   type ServerReflectionResponse,
 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { h2Open, type WireAnswer } from "../support/wire.js";
 import { startTestServer, type TestServer } from "./harness.js";
 
 const run = promisify(execFile);
@@ -145,5 +148,56 @@ describe("gRPC server reflection", () => {
     ]);
     expect(JSON.parse(called.stdout)).toEqual({ organization: { id: "org_a", name: "Stub Org" } });
     expect(called.stderr).toContain("HTTP/1.1 200 OK");
+  });
+});
+
+describe("gRPC server reflection's bounds (it needs no credentials)", () => {
+  const REFLECTION_PATH = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+  let server: TestServer | undefined;
+  let session: http2.ClientHttp2Session | undefined;
+
+  afterEach(async () => {
+    session?.destroy();
+    await server?.running.close(1_000);
+  });
+
+  /** Opens a reflection stream that asks nothing; resolves with its status once the server ends it. */
+  function openIdle(client: http2.ClientHttp2Session): { stream: http2.ClientHttp2Stream; ended: Promise<WireAnswer> } {
+    const { stream, answer } = h2Open(
+      client,
+      { path: REFLECTION_PATH, headers: { "content-type": "application/grpc" }, body: Buffer.alloc(0) },
+      60_000,
+    );
+    // The server ending its side is the answer; the client's side stays open, so close it then.
+    stream.on("trailers", () => stream.close());
+    stream.on("response", (headers) => {
+      if (headers["grpc-status"] !== undefined) stream.close();
+    });
+    return { stream, ended: answer };
+  }
+
+  it("refuses a stream beyond MAX_REFLECTION_STREAMS with RESOURCE_EXHAUSTED, and serves again when one ends", async () => {
+    server = await startTestServer({ maxReflectionStreams: 3 });
+    session = http2.connect(server.baseUrl);
+    const open = [openIdle(session), openIdle(session), openIdle(session)];
+    const beyond = await openIdle(session).ended;
+    expect(beyond.code).toBe(Code.ResourceExhausted);
+    expect(beyond.errorInfo?.reason).toBe("OVERLOADED");
+    (open[0] as { stream: http2.ClientHttp2Stream }).stream.close(http2.constants.NGHTTP2_CANCEL);
+    await open[0]?.ended;
+    const client = createClient(ServerReflection, createGrpcTransport({ baseUrl: server.baseUrl }));
+    async function* listServices() {
+      yield { host: "", messageRequest: { case: "listServices" as const, value: "" } };
+    }
+    const answers: ServerReflectionResponse[] = [];
+    for await (const answer of client.serverReflectionInfo(listServices())) answers.push(answer);
+    expect(answers[0]?.messageResponse.case).toBe("listServicesResponse");
+  });
+
+  it("ends a stream that asks nothing within REFLECTION_IDLE_TIMEOUT_MS with DEADLINE_EXCEEDED", async () => {
+    server = await startTestServer({ reflectionIdleTimeoutMs: 200 });
+    session = http2.connect(server.baseUrl);
+    const idle = await openIdle(session).ended;
+    expect(idle.code).toBe(Code.DeadlineExceeded);
   });
 });

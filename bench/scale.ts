@@ -1,0 +1,243 @@
+// The scale section of `npm run bench`: the service on SQLite with several times more Connections
+// than its check cache holds (BENCH_SCALE_FACTOR, 5 by default, times BENCH_SCALE_CACHE), in a
+// file built by bench/scale-dataset.ts from one generated SQL script. It measures
+// - start-up: from spawning the service to its port answering, on this file and on an empty one
+//   (with the file dropped from the page cache first when this process may: root);
+// - CheckConnection and BatchCheckConnection on ids the cache holds ("cached": a hot set of half
+//   the cache, every id checked once beforehand) and on random ids over the whole data set
+//   ("missing": the pool cycles through five times the cache, so an id is evicted before it comes
+//   back), as checks per second and the service's CPU per check;
+// - the cache's cost per entry from outside: a second service whose cache holds every Connection,
+//   its resident memory and heap (scraped from its /metrics) before and after every Connection
+//   was checked once.
+// Goals (the issue's): a miss costs at most 1.5x a cached check in service CPU, one id and in
+// batches; random-id BatchCheckConnection at least 5x the CheckConnection rate.
+
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { BATCH_CHECK_PATH, batchCheckRequests, verifyBatches } from "./batch-check.js";
+import { buildService, processCpuSeconds, runClient, startService, statusMiB } from "./processes.js";
+import { buildScaleDatabase, type ScaleDatasetOptions, scaleDataset } from "./scale-dataset.js";
+import { CHECK_PATH, checkRequests, type LoadPlan, type RequestItem } from "./workload.js";
+
+export interface ScaleOptions {
+  readonly workDir: string;
+  readonly callersFile: string;
+  /** The token service's headers (it may check). */
+  readonly headers: Readonly<Record<string, string>>;
+  readonly log: (line?: string) => void;
+  readonly progress: (line: string) => void;
+  readonly integer: (name: string, fallback: number) => number;
+}
+
+interface Run {
+  readonly name: string;
+  readonly checksPerCall: number;
+  readonly checksPerSecond: number;
+  readonly cpuUsPerCheck: number;
+  readonly failures: number;
+}
+
+const GOALS = { missVsCachedCpu: 1.5, batchVsSingle: 5 } as const;
+
+/** Drops the file from the page cache (root only): start-up then reads it from the disk. */
+function dropPageCache(): boolean {
+  try {
+    writeFileSync("/proc/sys/vm/drop_caches", "1");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const mib = (bytes: number) => bytes / 2 ** 20;
+
+async function heapUsedBytes(adminPort: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+  const match = /^nodejs_heap_size_used_bytes (\S+)$/m.exec(text);
+  return match?.[1] === undefined ? Number.NaN : Number(match[1]);
+}
+
+export async function runScale(options: ScaleOptions): Promise<string[]> {
+  const { workDir, log, progress, integer } = options;
+  const cache = integer("BENCH_SCALE_CACHE", 40_000);
+  const factor = integer("BENCH_SCALE_FACTOR", 5);
+  const dataset: ScaleDatasetOptions = { connections: cache * factor, organizations: Math.ceil((cache * factor) / 50) };
+  const seconds = integer("BENCH_SCALE_SECONDS", 5);
+  const warmupSeconds = integer("BENCH_SCALE_WARMUP_SECONDS", 2);
+  const batchSize = integer("BENCH_BATCH_SIZE", 50);
+  const path = join(workDir, "scale.db");
+  const emptyPath = join(workDir, "scale-empty.db");
+
+  progress(`scale: building ${dataset.connections} Connections (generated SQL)`);
+  const started = performance.now();
+  await buildScaleDatabase(path, dataset);
+  const buildSeconds = (performance.now() - started) / 1000;
+  await buildScaleDatabase(emptyPath, { connections: 1, organizations: 2 });
+  buildService();
+
+  const start = async (databasePath: string, env: Record<string, string>, drop: boolean, logLevel = "warn") => {
+    const dropped = drop && dropPageCache();
+    const began = performance.now();
+    const service = await startService({
+      databaseUrl: `sqlite:${databasePath}`,
+      logLevel,
+      callersFile: options.callersFile,
+      logPath: join(workDir, "scale-service.log"),
+      cpuProfileDir: undefined,
+      env,
+    });
+    return { service, ms: performance.now() - began, dropped };
+  };
+  const startups: string[] = [];
+  for (const [label, databasePath] of [
+    ["empty file", emptyPath],
+    [`${dataset.connections} Connections`, path],
+  ] as const) {
+    const { service, ms, dropped } = await start(databasePath, { CHECK_CACHE_ENTRIES: String(cache) }, true);
+    startups.push(
+      `${label}: ${(ms / 1000).toFixed(2)} s${dropped ? " (page cache dropped first)" : " (page cache not dropped: not root)"}`,
+    );
+    await service.stop();
+  }
+
+  // Checks: the cache holds `cache` Connections; the data set is `factor` times that.
+  const { service } = await start(path, { CHECK_CACHE_ENTRIES: String(cache) }, false);
+  const url = `http://127.0.0.1:${service.port}`;
+  const hotPool = checkRequests(scaleDataset(dataset, 0, cache / 2), cache, 1);
+  const randomPool = checkRequests(scaleDataset(dataset), dataset.connections, 2);
+  progress("scale: verifying every batch's answers (and caching the hot set)");
+  const verified = [
+    await verifyBatches(url, options.headers, batchCheckRequests(hotPool, batchSize)),
+    await verifyBatches(url, options.headers, batchCheckRequests(randomPool, batchSize)),
+  ];
+  const runs: Run[] = [];
+  const measure = async (name: string, pathOf: string, requests: readonly RequestItem[], checksPerCall: number) => {
+    const planPath = join(workDir, `scale-plan-${runs.length}.json`);
+    const plan: LoadPlan = {
+      kind: "load",
+      url,
+      path: pathOf,
+      headers: options.headers,
+      sessions: 8,
+      concurrency: checksPerCall > 1 ? 32 : 128,
+      warmupSeconds,
+      seconds,
+      requests,
+      reuse: true,
+    };
+    writeFileSync(planPath, JSON.stringify(plan));
+    let cpuAtStart = 0;
+    let cpuSeconds = 0;
+    const { result } = await runClient<LoadPlan>(planPath, (edge) => {
+      if (edge === "start") cpuAtStart = processCpuSeconds(service.pid);
+      else cpuSeconds = processCpuSeconds(service.pid) - cpuAtStart;
+    });
+    const checks = result.completed * checksPerCall;
+    const run: Run = {
+      name,
+      checksPerCall,
+      checksPerSecond: checks / result.seconds,
+      cpuUsPerCheck: (cpuSeconds * 1e6) / checks,
+      failures: Object.values(result.errors).reduce((sum, n) => sum + n, 0) + result.wrongAnswers,
+    };
+    progress(
+      `  ${name}: ${Math.round(run.checksPerSecond)} checks/s, ${run.cpuUsPerCheck.toFixed(0)} µs service CPU per check`,
+    );
+    runs.push(run);
+  };
+  const bodies = (items: readonly RequestItem[]) => items.map(({ body }) => ({ body }));
+  await measure("CheckConnection, cached", CHECK_PATH, hotPool, 1);
+  await measure("CheckConnection, missing", CHECK_PATH, randomPool, 1);
+  await measure(
+    `BatchCheckConnection (${batchSize}), cached`,
+    BATCH_CHECK_PATH,
+    bodies(batchCheckRequests(hotPool, batchSize)),
+    batchSize,
+  );
+  await measure(
+    `BatchCheckConnection (${batchSize}), missing`,
+    BATCH_CHECK_PATH,
+    bodies(batchCheckRequests(randomPool, batchSize)),
+    batchSize,
+  );
+  const checkingRss = statusMiB(service.pid, "VmHWM");
+  await service.stop();
+
+  // The cache's cost per entry, from outside: the same checks of every Connection once, by a
+  // service whose cache holds them all and by one whose cache holds one; the difference in what
+  // they grew is the cache (SQLite's own page cache and everything else grow alike in both).
+  progress("scale: the cache's memory per entry, every Connection checked once");
+  const everyOnce = batchCheckRequests(checkRequests(scaleDataset(dataset), dataset.connections, 3), 100);
+  const growth = async (checkCacheEntries: number) => {
+    const { service: filled } = await start(path, { CHECK_CACHE_ENTRIES: String(checkCacheEntries) }, false, "info");
+    const filledUrl = `http://127.0.0.1:${filled.port}`;
+    const adminPort = adminPortOf(filled.port, join(workDir, "scale-service.log"));
+    await verifyBatches(filledUrl, options.headers, everyOnce.slice(0, 10));
+    const rss = statusMiB(filled.pid, "VmRSS");
+    const heap = adminPort === undefined ? Number.NaN : await heapUsedBytes(adminPort);
+    const began = performance.now();
+    await verifyBatches(filledUrl, options.headers, everyOnce);
+    const fill = {
+      seconds: (performance.now() - began) / 1000,
+      rssMiB: statusMiB(filled.pid, "VmRSS") - rss,
+      heapMiB: mib((adminPort === undefined ? Number.NaN : await heapUsedBytes(adminPort)) - heap),
+    };
+    await filled.stop();
+    return fill;
+  };
+  const holdsAll = await growth(dataset.connections);
+  const holdsOne = await growth(1);
+  const entries = dataset.connections;
+  const perEntry = (mibs: number) => ((mibs * 2 ** 20) / entries).toFixed(0);
+
+  log();
+  log(
+    `Scale (SQLite): ${entries} Connections (${factor}x CHECK_CACHE_ENTRIES=${cache}), ${dataset.organizations} ` +
+      `organizations, built in ${buildSeconds.toFixed(1)} s from generated SQL`,
+  );
+  log(`  start-up to a listening port: ${startups.join("; ")}`);
+  log(`  peak RSS of the checking service: ${checkingRss.toFixed(0)} MiB`);
+  for (const run of runs) {
+    log(
+      `  ${run.name}: ${Math.round(run.checksPerSecond)} checks/s, ${run.cpuUsPerCheck.toFixed(1)} µs service CPU per check` +
+        (run.failures > 0 ? `, ${run.failures} FAILED` : ""),
+    );
+  }
+  const wrong = verified.reduce((sum, v) => sum + v.wrong + v.failures, 0);
+  log(`  answers verified: ${verified.reduce((sum, v) => sum + v.checks, 0)} checks, ${wrong} wrong or failed`);
+  log(
+    `  cache memory, every Connection checked once (${holdsAll.seconds.toFixed(1)} s): a cache that holds them all grew ` +
+      `RSS ${holdsAll.rssMiB.toFixed(0)} MiB and heap used ${holdsAll.heapMiB.toFixed(0)} MiB, one that holds one ` +
+      `${holdsOne.rssMiB.toFixed(0)} and ${holdsOne.heapMiB.toFixed(0)} MiB: ${perEntry(holdsAll.rssMiB - holdsOne.rssMiB)} B of RSS ` +
+      `and ${perEntry(holdsAll.heapMiB - holdsOne.heapMiB)} B of heap per entry (heap as scraped from /metrics, garbage included)`,
+  );
+  const cpu = (name: string) => runs.find((run) => run.name.startsWith(name) && run.name.endsWith("missing"));
+  const cached = (name: string) => runs.find((run) => run.name.startsWith(name) && run.name.endsWith("cached"));
+  const verdicts: string[] = [];
+  for (const name of ["CheckConnection", "BatchCheckConnection"]) {
+    const ratio = (cpu(name)?.cpuUsPerCheck ?? Number.NaN) / (cached(name)?.cpuUsPerCheck ?? Number.NaN);
+    verdicts.push(
+      `scale: ${name} miss / cached service CPU per check ${ratio.toFixed(2)}x (goal <= ${GOALS.missVsCachedCpu}x): ${ratio <= GOALS.missVsCachedCpu ? "met" : "NOT MET"}`,
+    );
+  }
+  const batchRatio =
+    (cpu("BatchCheckConnection")?.checksPerSecond ?? Number.NaN) /
+    (cpu("CheckConnection")?.checksPerSecond ?? Number.NaN);
+  verdicts.push(
+    `scale: random-id BatchCheckConnection / CheckConnection checks per second ${batchRatio.toFixed(1)}x (goal >= ${GOALS.batchVsSingle}x): ${batchRatio >= GOALS.batchVsSingle ? "met" : "NOT MET"}`,
+  );
+  if (wrong > 0 || runs.some((run) => run.failures > 0))
+    verdicts.push("scale: FAILED: requests failed or answers were wrong");
+  return verdicts;
+}
+
+/** The admin (metrics) port from the service's start-up log line. */
+function adminPortOf(port: number, logPath: string): number | undefined {
+  for (const line of readFileSync(logPath, "utf8").split("\n")) {
+    if (!line.includes(`"port":${port}`)) continue;
+    const match = /"adminPort":(\d+)/.exec(line);
+    if (match?.[1] !== undefined) return Number(match[1]);
+  }
+  return undefined;
+}
