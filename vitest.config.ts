@@ -1,9 +1,14 @@
+// `npm test`: every suite. Without TEST_DATABASE_URL the PostgreSQL suites run on a PostgreSQL
+// started for the run (test/support/postgres-server.ts). `npm run test:unit` is the fast subset
+// (vitest.unit.config.ts).
+
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
-    // End-to-end suites start real servers and processes; give them room on a busy 2-core machine.
+    globalSetup: ["test/support/postgres-server.ts"],
+    // End-to-end suites start real servers and processes: give them room on a busy machine.
     testTimeout: 30_000,
     hookTimeout: 60_000,
   },

@@ -1,7 +1,7 @@
 // h2load (nghttp2's HTTP/2 load generator, Debian package nghttp2-client) as the headline
 // measurement: an independent C client that anyone can run against any of the servers. It posts
 // one file as the body of every request and sees HTTP only, so the gRPC status of the answers is
-// checked another way (see run.ts: one call before the run, and the DATA bytes per answer after).
+// checked another way (see clients.ts: one call before the run, and the DATA bytes per answer after).
 // Latency percentiles come from its --log-file (one line per request). No --warm-up-time: its
 // byte counters would then include the warm-up while its request counters do not; warm up with a
 // run of its own instead.

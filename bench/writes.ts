@@ -33,6 +33,7 @@ import {
 import { type Channel, Errors, failureOf, frame, openChannel } from "./grpc-client.js";
 import { type Child, onCleanUp, processCpuSeconds, startService } from "./processes.js";
 import { summariseProfile } from "./profile.js";
+import { table } from "./report.js";
 
 export interface WritesOptions {
   /** A private directory for the callers file, databases and logs. */
@@ -502,16 +503,7 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     "half load",
     "half-load p99 ms",
   ];
-  const widths = headers.map((header, column) =>
-    Math.max(header.length, ...rows.map((row) => (row[column] ?? "").length)),
-  );
-  const line = (cells: readonly string[]) =>
-    cells
-      .map((cell, column) => (column === 0 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0)))
-      .join("  ");
-  log(line(headers));
-  log(widths.map((width) => "-".repeat(width)).join("  "));
-  for (const row of rows) log(line(row));
+  table(headers, rows);
   for (const figure of figures) {
     const met = (ok: boolean) => (ok ? "met" : "MISSED");
     log(

@@ -23,7 +23,7 @@ export function stateToProto(state: State): Connection_State {
  * A new message per call, written out rather than made by create(ConnectionSchema, ...), which
  * walks the fields by reflection. Nothing is kept between calls: keeping messages by id helped a
  * hot id a little, but with many distinct ids each kept message lived just long enough to reach
- * V8's old generation, and the answers cost several times more (README, Benchmark). The type
+ * V8's old generation, and the answers cost several times more (docs/performance.md). The type
  * names every field, so a field added to the proto does not compile until it is set here.
  */
 export function connectionToProto(connection: ConnectionRecord): Connection {

@@ -9,7 +9,7 @@ export function requestIdFor(presented: string | undefined): string {
   return presented !== undefined && WELL_FORMED_REQUEST_ID.test(presented) ? presented : `req_${randomHex32()}`;
 }
 
-// Random hex made 64 ids at a time: a tenth of what randomUUID() and removing its dashes cost,
+// Random hex made 64 ids at a time: much less than what randomUUID() and removing its dashes cost,
 // on a path that most requests take (clients seldom send x-request-id).
 const ID_HEX_DIGITS = 32;
 const randomBytes = Buffer.alloc((64 * ID_HEX_DIGITS) / 2);

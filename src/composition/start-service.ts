@@ -1,5 +1,6 @@
 // The composition root: configuration in, a running service out. Tests start it exactly as
-// main.ts does, on ephemeral ports.
+// main.ts does, on ephemeral ports; `composeRpcs` alone (the services on a store, no port) is what
+// the in-memory tests call through connect's router transport.
 
 import { mkdir, stat } from "node:fs/promises";
 import { join } from "node:path";
@@ -30,6 +31,55 @@ import { readTlsCredentials } from "../transport/tls.js";
 const STORE_CLOSE_TIMEOUT_MS = 2_000;
 /** How often records past IDEMPOTENCY_RETENTION are deleted (a batch at a time). */
 const IDEMPOTENCY_PRUNE_INTERVAL_MS = 10 * 60_000;
+
+/** The RPCs of both services on a store, behind the pipeline: everything but the port. */
+export interface ComposedRpcs {
+  readonly pipeline: RpcPipeline;
+  readonly feed: Feed;
+  readonly metrics: Metrics;
+  /** The saved answers of idempotent writes, which the caller prunes. */
+  readonly idempotency: Idempotency;
+}
+
+export function composeRpcs(
+  store: Store,
+  authenticator: CallerAuthenticator,
+  config: Pick<Config, "maxDeadlineMs" | "maxWatchers" | "watchHeartbeatMs" | "watchPollIntervalMs">,
+  logger: Logger,
+  { tracing, admission }: { readonly tracing?: Tracing; readonly admission?: AdmissionController } = {},
+): ComposedRpcs {
+  const organizations = new Organizations(store);
+  const metrics = new Metrics(store);
+  if (admission !== undefined) metrics.watchAdmission(admission);
+  const pipeline = new RpcPipeline({
+    authenticator,
+    organizations,
+    logger,
+    observer: metrics,
+    maxDeadlineMs: config.maxDeadlineMs,
+    tracing,
+    admission: admission === undefined ? undefined : { controller: admission, observer: metrics },
+  });
+  const feed = new Feed(
+    store,
+    {
+      maxWatchers: config.maxWatchers,
+      heartbeatMs: config.watchHeartbeatMs,
+      pollIntervalMs: config.watchPollIntervalMs,
+    },
+    (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
+  );
+  metrics.countWatchers(() => feed.watcherCount);
+  metrics.observeFeed(feed);
+  const idempotency = new Idempotency(store);
+  const writes = new IdempotentWrites(idempotency, (method) => metrics.countIdempotencyReplay(method));
+  pipeline.register(ConnectionService, {
+    ...connectionServiceHandlers(new Connections(store), writes),
+    watchConnectionEvents: watchConnectionEventsHandler(feed),
+  });
+  pipeline.register(OrganizationService, organizationServiceHandlers(organizations, writes));
+  return { pipeline, feed, metrics, idempotency };
+}
 
 export interface RunningService {
   readonly port: number;
@@ -83,40 +133,12 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     const dbSystem = config.databaseUrl.startsWith("sqlite:") ? "sqlite" : "postgresql";
     const store = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
     const schema = await SchemaGate.start(store, logger);
-    const organizations = new Organizations(store);
-    const metrics = new Metrics(store);
     const admission = config.admission === undefined ? undefined : new AdmissionController(config.admission);
-    if (admission !== undefined) {
-      metrics.watchAdmission(admission);
-      stopAdmission = adaptToEventLoopDelay(admission);
-    }
-    const pipeline = new RpcPipeline({
-      authenticator,
-      organizations,
-      logger,
-      observer: metrics,
-      maxDeadlineMs: config.maxDeadlineMs,
+    const { pipeline, feed, metrics, idempotency } = composeRpcs(store, authenticator, config, logger, {
       tracing,
-      admission: admission === undefined ? undefined : { controller: admission, observer: metrics },
+      admission,
     });
-    const feed = new Feed(
-      store,
-      {
-        maxWatchers: config.maxWatchers,
-        heartbeatMs: config.watchHeartbeatMs,
-        pollIntervalMs: config.watchPollIntervalMs,
-      },
-      (error) => logger.warn({ err: error }, "change feed poll failed; retrying at the next poll"),
-    );
-    metrics.countWatchers(() => feed.watcherCount);
-    metrics.observeFeed(feed);
-    const idempotency = new Idempotency(store);
-    const writes = new IdempotentWrites(idempotency, (method) => metrics.countIdempotencyReplay(method));
-    pipeline.register(ConnectionService, {
-      ...connectionServiceHandlers(new Connections(store), writes),
-      watchConnectionEvents: watchConnectionEventsHandler(feed),
-    });
-    pipeline.register(OrganizationService, organizationServiceHandlers(organizations, writes));
+    if (admission !== undefined) stopAdmission = adaptToEventLoopDelay(admission);
     stopPruning = startPruning(idempotency, {
       retentionMs: config.idempotencyRetentionMs,
       intervalMs: IDEMPOTENCY_PRUNE_INTERVAL_MS,

@@ -29,6 +29,7 @@ import { requestIdFor } from "../api/request-id.js";
 import { AdmissionTicket } from "../api/rpc/admission.js";
 import type { RpcPipeline } from "../api/rpc/pipeline.js";
 import type { RpcStatus } from "../api/status.js";
+import { respondTrailersOnly, trailersOnlyHeaders } from "./envelope.js";
 import type { ReadDeadlines, TransportLimits } from "./limits.js";
 import {
   grpcStatusHeaders,
@@ -213,6 +214,7 @@ export class ConnectEdge {
             ? Number.POSITIVE_INFINITY
             : Math.min(deadline ?? Number.POSITIVE_INFINITY, bodyReadBy),
         readByIsDeadline: deadline !== undefined && deadline <= bodyReadBy,
+        readTimeoutMs: this.options.limits.bodyReadTimeoutMs,
       },
       this.options.readDeadlines,
       onRefusal,
@@ -302,15 +304,19 @@ function writeRefusal(
   status: RpcStatus,
   requestId: string,
 ): void {
+  // gRPC and gRPC-Web: trailers-only, the status in the only HEADERS frame, as the fast path answers.
   const grpcFamily = spoken !== undefined && spoken.name !== "connect";
-  const httpStatus = grpcFamily ? 200 : spoken === undefined ? 415 : codeToHttpStatus(status.code);
-  // gRPC and gRPC-Web: trailers-only, the status in the only HEADERS frame.
+  if (grpcFamily && request instanceof http2.Http2ServerRequest) {
+    respondTrailersOnly(request.stream, spoken.contentType, status, requestId);
+    return;
+  }
   const headers: http2.OutgoingHttpHeaders = grpcFamily
-    ? { "content-type": spoken.contentType, ...grpcStatusHeaders(status), "x-request-id": requestId }
+    ? trailersOnlyHeaders(spoken.contentType, status, requestId)
     : spoken === undefined
       ? // No protocol named: the status in gRPC headers too, for whichever client this is.
         { "content-type": "application/json", ...grpcStatusHeaders(status), "x-request-id": requestId }
       : { "content-type": "application/json", ...retryPushbackHeader(status), "x-request-id": requestId };
+  const httpStatus = grpcFamily ? 200 : spoken === undefined ? 415 : codeToHttpStatus(status.code);
   const body = grpcFamily ? undefined : Buffer.from(errorToJsonBytes(toConnectError(status), {}));
   if (request instanceof http2.Http2ServerRequest) {
     const { stream } = request;

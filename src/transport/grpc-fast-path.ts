@@ -1,21 +1,17 @@
 // The gRPC protocol for the pipeline's unary RPCs, served straight on the HTTP/2 stream.
 //
-// connect-node answers gRPC at about a sixth of the rate of @grpc/grpc-js on this machine: per
+// connect-node answers gRPC at a fraction of the rate of @grpc/grpc-js (docs/performance.md): per
 // request it builds AbortControllers, Headers objects and a chain of async iterables. The RPCs that
 // carry the traffic are unary, so this path reads the one length-prefixed message, decodes it,
 // hands it to the pipeline and writes the answer, with none of that: the only per-request objects
 // are the call itself (which is also the RequestMeta), its buffers and the response headers, and
 // the stream listeners are shared functions that find the call on the stream.
 //
-// Wire format (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md): a message is a
-// 1-byte compressed flag, a 4-byte big-endian length and the bytes; the status travels in trailers,
-// or, for an error before any message, in the only HEADERS frame ("trailers-only"). Refusals follow
-// the same rules as the connect edge's CheckedBody (request-body.ts), so that the same bad bytes
-// get the same code and reason on every protocol.
+// Framing, limits, gzip and the trailers-only refusal come from envelope.ts, which the connect
+// edge's CheckedBody (request-body.ts) uses too, so that the same bad bytes get the same code,
+// reason and words on every protocol.
 
 import { constants, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from "node:http2";
-import { promisify } from "node:util";
-import { gunzip } from "node:zlib";
 import type { Message } from "@bufbuild/protobuf";
 import type { Logger } from "pino";
 import { requestIdFor } from "../api/request-id.js";
@@ -24,17 +20,20 @@ import type { RpcPipeline } from "../api/rpc/pipeline.js";
 import type { RequestMeta, UnaryMethod } from "../api/rpc/types.js";
 import { type RpcStatus, toRpcStatus } from "../api/status.js";
 import { protocolOf } from "./connect-edge.js";
+import {
+  ACCEPTED_ENCODINGS,
+  type Envelope,
+  EnvelopeReader,
+  frame,
+  openEnvelope,
+  respondTrailersOnly,
+} from "./envelope.js";
 import type { PendingRead, ReadDeadlines, TransportLimits } from "./limits.js";
-import { grpcStatusHeaders, parseGrpcTimeout, Refusal, refuse } from "./refusals.js";
+import { parseGrpcTimeout, Refusal, refuse } from "./refusals.js";
 import { peerSpiffeIdOf } from "./tls.js";
 
 const GRPC_CONTENT_TYPES: ReadonlySet<string> = new Set(["application/grpc", "application/grpc+proto"]);
-const ACCEPTED_ENCODINGS = "identity,gzip";
-const PREFIX_BYTES = 5;
-const COMPRESSED_FLAG = 0b1;
 const OK_TRAILERS: OutgoingHttpHeaders = { "grpc-status": "0" };
-
-const gunzipAsync = promisify(gunzip);
 
 export class GrpcFastPath {
   constructor(
@@ -99,9 +98,6 @@ export class GrpcFastPath {
   ): void {
     const requestId = requestIdFor(single(headers, "x-request-id"));
     respondWithFailure(stream, status, requestId);
-    // RST_STREAM(NO_ERROR) after a complete response asks the client to stop sending (RFC 9113
-    // 8.1); node sends it once the response has been flushed.
-    if (!stream.destroyed && !stream.readableEnded) stream.close(constants.NGHTTP2_NO_ERROR);
     this.pipeline.refused(method.labels, "grpc", status, requestId, seconds);
   }
 }
@@ -138,11 +134,9 @@ class UnaryCall implements RequestMeta, PendingRead {
   private closedUnanswered = false;
   private answered = false;
   private readonly gzipped: boolean;
-  private chunks: Buffer[] = [];
-  private receivedBytes = 0;
-  /** Where the next length prefix starts, and how many messages have begun. */
-  private nextPrefixAt = 0;
-  private messages = 0;
+  private readonly envelopes: EnvelopeReader;
+  /** The request's one message, once it has arrived whole. */
+  private envelope: Envelope | undefined;
   private refused = false;
   private ticket: AdmissionTicket | undefined;
 
@@ -158,6 +152,7 @@ class UnaryCall implements RequestMeta, PendingRead {
       throw refuse.unsupportedEncoding(encoding);
     }
     this.gzipped = encoding === "gzip";
+    this.envelopes = new EnvelopeReader(fastPath.maxRequestBytes, true);
     // Counted from the stream's first byte, as the client counts it.
     const timeoutMs = parseGrpcTimeout(single(headers, "grpc-timeout"));
     this.deadline = timeoutMs === undefined ? undefined : this.receivedAt + timeoutMs;
@@ -195,10 +190,9 @@ class UnaryCall implements RequestMeta, PendingRead {
 
   receive(chunk: Buffer): void {
     if (this.refused) return;
-    this.chunks.push(chunk);
-    this.receivedBytes += chunk.length;
     try {
-      this.checkPrefixes();
+      this.envelopes.push(chunk);
+      for (let next = this.envelopes.next(); next !== undefined; next = this.envelopes.next()) this.envelope = next;
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
       this.refuseNow(error);
@@ -245,61 +239,22 @@ class UnaryCall implements RequestMeta, PendingRead {
   private refuseNow(refusal: Refusal): void {
     this.ticket?.abandon();
     this.refused = true;
-    this.chunks = [];
+    this.envelopes.release();
+    this.envelope = undefined;
     this.fastPath.readDeadlines.delete(this);
     const seconds = (Date.now() - this.receivedAt) / 1000;
     this.fastPath.refuse(this.stream, this.headers, this.method, refusal.status, seconds);
   }
 
-  /**
-   * Reads each length prefix as soon as its five bytes are in: a declared-large message is refused
-   * before its bytes arrive, and a second message before it is buffered whole.
-   */
-  private checkPrefixes(): void {
-    while (this.receivedBytes >= this.nextPrefixAt + PREFIX_BYTES) {
-      const flags = this.byteAt(this.nextPrefixAt);
-      let length = 0;
-      for (let index = 1; index < PREFIX_BYTES; index++) length = length * 256 + this.byteAt(this.nextPrefixAt + index);
-      if (length > this.fastPath.maxRequestBytes) throw refuse.tooLarge(this.fastPath.maxRequestBytes);
-      if ((flags & ~COMPRESSED_FLAG) !== 0) throw refuse.malformed("a message carries flags other than compressed");
-      this.messages++;
-      this.nextPrefixAt += PREFIX_BYTES + length;
-      if (this.messages > 1 && this.receivedBytes >= this.nextPrefixAt) throw refuse.notOneMessage();
-    }
-  }
-
-  private byteAt(offset: number): number {
-    let skipped = 0;
-    for (const chunk of this.chunks) {
-      if (offset < skipped + chunk.length) return chunk[offset - skipped] as number;
-      skipped += chunk.length;
-    }
-    throw new RangeError("offset past the received bytes");
-  }
-
   private async decode(): Promise<Message> {
-    if (this.receivedBytes !== this.nextPrefixAt) {
-      throw refuse.malformed("the request ends inside a length-prefixed message");
-    }
-    if (this.messages !== 1) throw refuse.notOneMessage();
-    const body = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
-    this.chunks = [];
-    let message: Uint8Array = body.subarray(PREFIX_BYTES);
-    if (((body[0] as number) & COMPRESSED_FLAG) !== 0) message = await this.decompress(message);
+    this.envelopes.end();
+    const envelope = this.envelope as Envelope;
+    this.envelope = undefined;
+    const message = await openEnvelope(envelope, this.gzipped, this.fastPath.maxRequestBytes);
     try {
       return this.method.decode(message);
     } catch {
       throw refuse.notAMessage(this.method.method, "binary");
-    }
-  }
-
-  private async decompress(message: Uint8Array): Promise<Buffer> {
-    if (!this.gzipped) throw refuse.malformed("a message is flagged compressed but no encoding was named");
-    try {
-      return await gunzipAsync(message, { maxOutputLength: this.fastPath.maxRequestBytes });
-    } catch (error) {
-      if (error instanceof RangeError) throw refuse.tooLarge(this.fastPath.maxRequestBytes);
-      throw refuse.malformed("the request message is not valid gzip");
     }
   }
 }
@@ -307,10 +262,6 @@ class UnaryCall implements RequestMeta, PendingRead {
 function respondWithMessage(stream: ServerHttp2Stream, message: Uint8Array, requestId: string): void {
   // The client may have cancelled (RST_STREAM) while the pipeline worked: nothing to answer.
   if (stream.destroyed || stream.closed) return;
-  const frame = Buffer.allocUnsafe(PREFIX_BYTES + message.length);
-  frame[0] = 0;
-  frame.writeUInt32BE(message.length, 1);
-  frame.set(message, PREFIX_BYTES);
   stream.respond(
     {
       ":status": 200,
@@ -321,21 +272,11 @@ function respondWithMessage(stream: ServerHttp2Stream, message: Uint8Array, requ
     { waitForTrailers: true },
   );
   stream.once("wantTrailers", sendOkTrailers);
-  stream.end(frame);
+  stream.end(frame(message));
 }
 
 function respondWithFailure(stream: ServerHttp2Stream, status: RpcStatus, requestId: string): void {
-  if (stream.destroyed || stream.closed || stream.headersSent) return;
-  stream.respond(
-    {
-      ":status": 200,
-      "content-type": "application/grpc",
-      "grpc-accept-encoding": ACCEPTED_ENCODINGS,
-      ...grpcStatusHeaders(status),
-      "x-request-id": requestId,
-    },
-    { endStream: true },
-  );
+  respondTrailersOnly(stream, "application/grpc", status, requestId);
 }
 
 function single(headers: IncomingHttpHeaders, name: string): string | undefined {

@@ -7,18 +7,15 @@
 // message is decoded once to prove that it parses, compressed messages are handed on decompressed,
 // a unary call must carry exactly one message, and the whole body must arrive within the body read
 // timeout and the client's deadline, both counted from the request's first byte. Whatever is wrong
-// becomes a Refusal, which connect-node sends in the request's own protocol.
+// becomes a Refusal, which connect-node sends in the request's own protocol. Framing, limits and
+// gzip are envelope.ts's, shared with the gRPC fast path.
 
 import type { Readable } from "node:stream";
-import { promisify } from "node:util";
-import { gunzip } from "node:zlib";
 import { type DescMethod, fromBinary, fromJsonString } from "@bufbuild/protobuf";
+import { EnvelopeReader, frame, gunzipMessage, openEnvelope } from "./envelope.js";
 import type { PendingRead, ReadDeadlines } from "./limits.js";
 import { Refusal, refuse, toConnectError } from "./refusals.js";
 
-const gunzipAsync = promisify(gunzip);
-const PREFIX_BYTES = 5;
-const COMPRESSED_FLAG = 0b1;
 const JSON_OPTIONS = { ignoreUnknownFields: true } as const;
 
 export interface BodyShape {
@@ -32,6 +29,8 @@ export interface BodyShape {
   /** Epoch ms by which the whole body must have arrived, and what to answer if it has not. */
   readonly readBy: number;
   readonly readByIsDeadline: boolean;
+  /** The body read timeout, named in the answer when the body was too slow. */
+  readonly readTimeoutMs: number;
 }
 
 /**
@@ -140,7 +139,7 @@ export class CheckedBody implements AsyncIterable<Uint8Array> {
     this.reader = new ChunkReader(
       source,
       shape.readBy,
-      () => (shape.readByIsDeadline ? refuse.deadlinePassed() : refuse.bodyTooSlow(shape.readBy - Date.now())),
+      () => (shape.readByIsDeadline ? refuse.deadlinePassed() : refuse.bodyTooSlow(shape.readTimeoutMs)),
       deadlines,
     );
   }
@@ -177,53 +176,27 @@ export class CheckedBody implements AsyncIterable<Uint8Array> {
       chunks.push(chunk);
     }
     let message: Uint8Array = Buffer.concat(chunks);
-    if (this.shape.gzipped) message = await this.decompress(message);
+    if (this.shape.gzipped) message = await gunzipMessage(message, maxMessageBytes);
     this.check(message);
     return message;
   }
 
   private async *envelopes(): AsyncGenerator<Uint8Array> {
-    const { maxMessageBytes, method } = this.shape;
-    const unary = method.methodKind === "unary" || method.methodKind === "server_streaming";
-    let buffered: Buffer = Buffer.alloc(0);
-    let messages = 0;
+    const { maxMessageBytes, method, gzipped } = this.shape;
+    const envelopes = new EnvelopeReader(
+      maxMessageBytes,
+      method.methodKind === "unary" || method.methodKind === "server_streaming",
+    );
     for (let chunk = await this.reader.next(); chunk !== null; chunk = await this.reader.next()) {
-      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
-      while (buffered.length >= PREFIX_BYTES) {
-        const flags = buffered[0] as number;
-        const length = buffered.readUInt32BE(1);
-        // Checked as soon as the prefix is in: a declared-large message is refused before its bytes.
-        if (length > maxMessageBytes) throw refuse.tooLarge(maxMessageBytes);
-        if ((flags & ~COMPRESSED_FLAG) !== 0) throw refuse.malformed("a message carries flags other than compressed");
-        if (buffered.length < PREFIX_BYTES + length) break;
-        messages++;
-        if (unary && messages > 1) throw refuse.notOneMessage();
-        let message: Uint8Array = buffered.subarray(PREFIX_BYTES, PREFIX_BYTES + length);
-        const envelope = buffered.subarray(0, PREFIX_BYTES + length);
-        buffered = buffered.subarray(PREFIX_BYTES + length);
-        if ((flags & COMPRESSED_FLAG) === 0) {
-          this.check(message);
-          yield envelope;
-          continue;
-        }
-        if (!this.shape.gzipped) throw refuse.malformed("a message is flagged compressed but no encoding was named");
-        message = await this.decompress(message);
+      envelopes.push(chunk);
+      for (let envelope = envelopes.next(); envelope !== undefined; envelope = envelopes.next()) {
+        const message = await openEnvelope(envelope, gzipped, maxMessageBytes);
         this.check(message);
+        // connect-node reads what it is handed as identity-encoded.
         yield frame(message);
       }
     }
-    if (buffered.length > 0) throw refuse.malformed("the request ends inside a length-prefixed message");
-    if (unary && messages !== 1) throw refuse.notOneMessage();
-  }
-
-  private async decompress(message: Uint8Array): Promise<Buffer> {
-    const { maxMessageBytes } = this.shape;
-    try {
-      return await gunzipAsync(message, { maxOutputLength: maxMessageBytes });
-    } catch (error) {
-      if (error instanceof RangeError) throw refuse.tooLarge(maxMessageBytes);
-      throw refuse.malformed("the request message is not valid gzip");
-    }
+    envelopes.end();
   }
 
   /** Decodes the message as connect-node will, so that connect-node never meets one it cannot parse. */
@@ -236,12 +209,4 @@ export class CheckedBody implements AsyncIterable<Uint8Array> {
       throw refuse.notAMessage(method, binary ? "binary" : "json");
     }
   }
-}
-
-function frame(message: Uint8Array): Buffer {
-  const envelope = Buffer.allocUnsafe(PREFIX_BYTES + message.length);
-  envelope[0] = 0;
-  envelope.writeUInt32BE(message.length, 1);
-  envelope.set(message, PREFIX_BYTES);
-  return envelope;
 }

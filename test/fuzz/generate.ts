@@ -145,7 +145,8 @@ function randomValue(random: Random, field: DescField, depth: number): unknown {
   }
 }
 
-function randomInit(random: Random, schema: DescMessage, depth = 0): Record<string, unknown> {
+/** A random init of `schema`: each field (but oneofs) set with a chance, to a random value of its type. */
+export function randomInit(random: Random, schema: DescMessage, depth = 0): Record<string, unknown> {
   const init: Record<string, unknown> = {};
   for (const field of schema.fields) {
     if (field.oneof !== undefined || random.chance(0.35)) continue;

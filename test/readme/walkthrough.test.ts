@@ -1,5 +1,6 @@
 // Runs the README's walkthrough, command by command as written, against a real server, so that
-// the documentation cannot drift from the service. Only the port is changed.
+// the documentation cannot drift from the service. Only the port is changed, and `npx buf` runs
+// the same buf as node_modules/.bin/buf: npx's own start-up, per command, was most of this test's time.
 
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -10,6 +11,8 @@ import { type RunningService, startService } from "../../src/composition/start-s
 import { loadConfig } from "../../src/config/config.js";
 
 const run = promisify(execFile);
+/** The buf that `npx buf` runs here. */
+const BUF = new URL("../../node_modules/.bin/buf", import.meta.url).pathname;
 const README = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
 
 /** The walkthrough's shell commands, each with what it should print or how it should fail. */
@@ -31,7 +34,7 @@ function walkthroughCommands(): { command: string; expect?: string; fails?: stri
 function script(port: number): string {
   const quote = (text: string) => `'${text.replaceAll("'", "'\\''")}'`;
   const steps = walkthroughCommands().map(({ command, expect, fails }) => {
-    const local = command.replaceAll("127.0.0.1:8080", `127.0.0.1:${port}`);
+    const local = command.replaceAll("127.0.0.1:8080", `127.0.0.1:${port}`).replaceAll("npx buf ", `${BUF} `);
     const shown = quote(command);
     if (fails !== undefined) {
       return `if out=$(${local} 2>&1); then echo "unexpected success: "${shown}; exit 1; fi

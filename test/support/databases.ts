@@ -1,6 +1,8 @@
 // The databases that every storage and end-to-end suite runs against: SQLite always, PostgreSQL
-// when TEST_DATABASE_URL names a server. Each provisioned database is new and empty (a fresh
-// PostgreSQL database or SQLite file), so runs and files never see each other's data.
+// when TEST_DATABASE_URL names a server (`npm test` starts one when it is not set: see
+// postgres-server.ts). Each provisioned database is new and empty (a fresh PostgreSQL database or
+// SQLite file), so runs and files never see each other's data. TEST_DATABASES (a comma-separated
+// list of kinds) narrows the suites, e.g. to SQLite in memory for `npm run test:unit`.
 
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -26,11 +28,16 @@ export interface TestDatabase {
 /** Where PostgreSQL suites create their databases, e.g. postgres://postgres@127.0.0.1:5432/test. */
 export const postgresAdminUrl: string | undefined = process.env.TEST_DATABASE_URL || undefined;
 
-export const testDatabases: readonly TestDatabase[] = [
-  { name: "sqlite (memory)", dialect: "sqlite", enabled: true, kind: "sqlite-memory" },
-  { name: "sqlite (file)", dialect: "sqlite", enabled: true, kind: "sqlite-file" },
-  { name: "postgres", dialect: "postgres", enabled: postgresAdminUrl !== undefined, kind: "postgres" },
-];
+const chosenKinds = process.env.TEST_DATABASES?.split(",").map((kind) => kind.trim());
+const chosen = (kind: TestDatabase["kind"]) => chosenKinds === undefined || chosenKinds.includes(kind);
+
+export const testDatabases: readonly TestDatabase[] = (
+  [
+    { name: "sqlite (memory)", dialect: "sqlite", enabled: true, kind: "sqlite-memory" },
+    { name: "sqlite (file)", dialect: "sqlite", enabled: true, kind: "sqlite-file" },
+    { name: "postgres", dialect: "postgres", enabled: postgresAdminUrl !== undefined, kind: "postgres" },
+  ] as const
+).filter((database) => chosen(database.kind));
 
 /**
  * PostgreSQL through a PgBouncer in transaction pooling (started per database): the acceptance
@@ -47,7 +54,8 @@ export const pgbouncerDatabase: TestDatabase = {
 export const acceptanceDatabases: readonly TestDatabase[] = [...testDatabases, pgbouncerDatabase];
 
 export const POSTGRES_SKIP_MESSAGE =
-  "PostgreSQL suites skipped: set TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run them";
+  "PostgreSQL suites skipped: run them through `npm test` (which starts a PostgreSQL) or set TEST_DATABASE_URL " +
+  "(e.g. postgres://postgres@127.0.0.1:5432/test)";
 
 let skipNoticeShown = false;
 
@@ -72,6 +80,7 @@ export function describeEachDatabase(
 
 /** A suite that only PostgreSQL can run (replicas, outages); skipped with a message without it. */
 export function describePostgres(title: string, body: () => void): void {
+  if (!chosen("postgres")) return;
   if (postgresAdminUrl === undefined) noticeSkipOnce();
   describe.skipIf(postgresAdminUrl === undefined)(title, body);
 }

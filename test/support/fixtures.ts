@@ -5,6 +5,7 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { expect } from "vitest";
 import { type Connection, Connection_State } from "../../gen/connections/v1/connection_pb.js";
+import { loadConfig } from "../../src/config/config.js";
 import { type RpcClient, registerOrganizations } from "./service.js";
 
 export type StateName = "PENDING" | "ACTIVE" | "INACTIVE";
@@ -83,4 +84,29 @@ export async function eventCount(client: RpcClient, fixture: ConnectionFixture):
     .listConnectionEvents({ connectionId: fixture.connection.id, pageSize: 500 });
   expect(nextPageToken).toBe("");
   return events.length;
+}
+
+/** The PostgreSQL pool each service in the suites runs with (DATABASE_POOL_SIZE's default). */
+export const DATABASE_POOL_SIZE = loadConfig({}).databasePoolSize;
+
+/**
+ * `work` over every item with at most `limit` in flight, results in the items' order. Concurrent
+ * writes beyond the service's database pool would wait for a connection, and on a loaded machine
+ * past the pool's wait: keep "at once" within the pool.
+ */
+export async function mapConcurrently<T, R>(
+  items: readonly T[],
+  limit: number,
+  work: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await work(items[index] as T, index);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
 }

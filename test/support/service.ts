@@ -109,7 +109,8 @@ export class RpcError extends Error {
   }
 }
 
-export type ClientKind = "connect-grpc" | "connect-http1" | "grpc-js";
+export type ClientKind = "connect-grpc" | "connect-http1" | "grpc-js" | "in-memory";
+/** The clients every end-to-end suite runs through (the in-memory one has its own, faster layer). */
 export const CLIENT_KINDS: readonly ClientKind[] = ["connect-grpc", "connect-http1", "grpc-js"];
 
 /** A facade acting as one caller for one organization: each RPC resolves with its response message. */
@@ -226,6 +227,11 @@ class ConnectRpcClient implements RpcClient {
   async close(): Promise<void> {
     this.dispose();
   }
+}
+
+/** A client over any connect Transport, e.g. connect's createRouterTransport: no port, no HTTP. */
+export function transportRpcClient(transport: Transport): RpcClient {
+  return new ConnectRpcClient("in-memory", transport, () => {});
 }
 
 function connectGrpcClient(baseUrl: string): RpcClient {

@@ -124,15 +124,14 @@ export interface TestServer {
 }
 
 /**
- * `limits`: transport limits to use instead of the production defaults (short timeouts in tests);
- * `admission`: admission control, off when left out.
+ * The real pipeline (dev tokens, only org_a registered) over the stub handlers; `observed` hears
+ * every RPC; `admission`: admission control, off when left out.
  */
-export async function startTestServer(
-  limits: Partial<TransportLimits> = {},
+export function createTestPipeline(
+  stubs: Stubs,
+  observed: Observed[] = [],
   admission?: AdmissionController,
-): Promise<TestServer> {
-  const observed: Observed[] = [];
-  const stubs = new Stubs();
+): RpcPipeline {
   const organizations = { isRegistered: async (id: string) => id === "org_a" } as unknown as Organizations;
   const pipeline = new RpcPipeline({
     authenticator: CallerAuthenticator.dev(),
@@ -143,6 +142,20 @@ export async function startTestServer(
     admission: admission === undefined ? undefined : { controller: admission },
   });
   stubs.register(pipeline);
+  return pipeline;
+}
+
+/**
+ * `limits`: transport limits to use instead of the production defaults (short timeouts in tests);
+ * `admission`: admission control, off when left out.
+ */
+export async function startTestServer(
+  limits: Partial<TransportLimits> = {},
+  admission?: AdmissionController,
+): Promise<TestServer> {
+  const observed: Observed[] = [];
+  const stubs = new Stubs();
+  const pipeline = createTestPipeline(stubs, observed, admission);
   let ready = true;
   const running = await serve({
     pipeline,
