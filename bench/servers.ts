@@ -48,21 +48,31 @@ export interface Credentials {
   readonly dashboard: Record<string, string>;
 }
 
-/** A production callers file: sha256 digests of fresh random tokens, never the dev tokens. */
-export function writeCallersFile(workDir: string): Credentials {
-  const tokens = {
-    "token-service": randomBytes(32).toString("base64url"),
-    "api-gateway": randomBytes(32).toString("base64url"),
-    "dashboard-bff": randomBytes(32).toString("base64url"),
-  };
+/** A production callers file for `callers`: sha256 digests of fresh random tokens, never the dev tokens. */
+export function writeProductionCallers<C extends string>(
+  workDir: string,
+  fileName: string,
+  callers: readonly C[],
+): { path: string; tokens: Record<C, string> } {
+  const tokens = Object.fromEntries(callers.map((caller) => [caller, randomBytes(32).toString("base64url")])) as Record<
+    C,
+    string
+  >;
   const digests = Object.fromEntries(
-    Object.entries(tokens).map(([caller, token]) => [
-      caller,
-      [`sha256:${createHash("sha256").update(token).digest("hex")}`],
-    ]),
+    callers.map((caller) => [caller, [`sha256:${createHash("sha256").update(tokens[caller]).digest("hex")}`]]),
   );
-  const path = join(workDir, "callers.json");
+  const path = join(workDir, fileName);
   writeFileSync(path, JSON.stringify(digests), { mode: 0o600 });
+  return { path, tokens };
+}
+
+/** The callers file of the check and overload runs, and each caller's headers. */
+export function writeCallersFile(workDir: string): Credentials {
+  const { path, tokens } = writeProductionCallers(workDir, "callers.json", [
+    "token-service",
+    "api-gateway",
+    "dashboard-bff",
+  ] as const);
   return {
     path,
     tokenService: { authorization: `Bearer ${tokens["token-service"]}` },

@@ -8,8 +8,8 @@
 //
 // Prints figures; asserts nothing about time. Throws when a call failed or an answer was wrong.
 
-import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { create, type DescMessage, fromBinary, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import pg from "pg";
@@ -34,6 +34,7 @@ import { type Channel, Errors, failureOf, frame, openChannel } from "./grpc-clie
 import { type Child, onCleanUp, processCpuSeconds, startService } from "./processes.js";
 import { summariseProfile } from "./profile.js";
 import { table } from "./report.js";
+import { writeProductionCallers } from "./servers.js";
 
 export interface WritesOptions {
   /** A private directory for the callers file, databases and logs. */
@@ -67,25 +68,6 @@ const PATHS = {
 type PathName = keyof typeof PATHS;
 
 type Tokens = Record<"provisioning" | "dashboard-bff" | "api-gateway" | "token-service", string>;
-
-/** A production callers file (sha256 digests of fresh tokens) and the tokens. */
-function writeCallers(workDir: string): { path: string; tokens: Tokens } {
-  const tokens: Tokens = {
-    provisioning: randomBytes(32).toString("base64url"),
-    "dashboard-bff": randomBytes(32).toString("base64url"),
-    "api-gateway": randomBytes(32).toString("base64url"),
-    "token-service": randomBytes(32).toString("base64url"),
-  };
-  const digests = Object.fromEntries(
-    Object.entries(tokens).map(([caller, token]) => [
-      caller,
-      [`sha256:${createHash("sha256").update(token).digest("hex")}`],
-    ]),
-  );
-  const path = join(workDir, "writes-callers.json");
-  writeFileSync(path, JSON.stringify(digests), { mode: 0o600 });
-  return { path, tokens };
-}
 
 /** Calls spread over every replica, one channel per (replica, RPC). */
 class Client {
@@ -407,7 +389,12 @@ async function postgresDatabase(adminUrl: string): Promise<string> {
 
 /** Runs the section and prints its table. The service must be built (dist/). */
 export async function runWritesBench(options: WritesOptions): Promise<void> {
-  const callers = writeCallers(options.workDir);
+  const callers = writeProductionCallers(options.workDir, "writes-callers.json", [
+    "provisioning",
+    "dashboard-bff",
+    "api-gateway",
+    "token-service",
+  ] as const);
   const profileDir = (name: string) => {
     if (options.cpuProfileDir === undefined) return undefined;
     const dir = join(options.cpuProfileDir, `writes-${name}`);
