@@ -137,6 +137,12 @@ function openSqliteFile(path: string, logger?: Logger): { database: SqliteDataba
 /** Checks of Connections the cache cannot hold read the database: say so at start, with the numbers. */
 function warnWhenCacheTooSmall(database: SqliteDatabase.Database, options: OpenStoreOptions): void {
   const checkCacheEntries = options.checkCacheEntries ?? DEFAULT_CHECK_CACHE_ENTRIES;
+  // Not migrated yet (MIGRATE_ON_START=false before the migrate step): nothing to count.
+  if (
+    database.prepare("select 1 from sqlite_schema where type = 'table' and name = 'connections'").get() === undefined
+  ) {
+    return;
+  }
   // seq only grows (autoincrement) and Connections are never deleted: its largest value is the
   // count, read from the end of the table instead of counting every row.
   const { connections } = database

@@ -21,6 +21,9 @@ import { classifyError, suggestsUnreachable } from "./errors.js";
 import type { Database } from "./schema.js";
 import { type PoolStats, UnavailableError } from "./store.js";
 
+/** How Kysely starts a transaction: `begin`, or `start transaction isolation level ...`. */
+const TRANSACTION_START = /^(begin|start transaction)\b/i;
+
 /** pg-pool's message when no connection became free, or none could be opened, in time. */
 const POOL_WAIT_TIMEOUT = "timeout exceeded when trying to connect";
 /** A CancelRequest that has not gone out by then is abandoned (the database does not answer). */
@@ -50,9 +53,9 @@ class TrackedClient {
 
   async query(text: string, values: ReadonlyArray<unknown>): Promise<pg.QueryResult> {
     try {
-      // Kysely opens every transaction with a plain `begin` (no parameters: the simple protocol,
-      // which takes two statements at once).
-      const sent = text === "begin" ? this.owner.transactionStart : text;
+      // Kysely opens every transaction with one statement without parameters (`begin`, or `start
+      // transaction isolation level ...` for writes): the simple protocol takes the timeout with it.
+      const sent = TRANSACTION_START.test(text) ? `${text}; ${this.owner.transactionTimeout}` : text;
       return await this.client.query(sent, values as unknown[]);
     } catch (error) {
       const { kind } = classifyError(error);
@@ -90,8 +93,8 @@ export interface StorePoolOptions {
 export class StorePool {
   /** What Kysely's PostgresDialect gets as its pool. */
   readonly forKysely: PostgresPool;
-  /** What is sent for Kysely's `begin`. */
-  readonly transactionStart: string;
+  /** What follows every transaction's first statement: its statement timeout. */
+  readonly transactionTimeout: string;
   readonly #pool: pg.Pool;
   readonly #max: number;
   readonly #options: StorePoolOptions;
@@ -112,7 +115,7 @@ export class StorePool {
     this.#pool = pool;
     this.#max = max;
     this.#options = options;
-    this.transactionStart = `begin; set local statement_timeout = ${Math.trunc(options.statementTimeoutMs)}`;
+    this.transactionTimeout = `set local statement_timeout = ${Math.trunc(options.statementTimeoutMs)}`;
     this.forKysely = {
       connect: () => this.#connect() as Promise<unknown> as Promise<PostgresPoolClient>,
       end: () => this.#end(),
