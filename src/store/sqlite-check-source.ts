@@ -16,17 +16,15 @@ import type { ConnectionRecord } from "./store.js";
 const COLUMNS = CONNECTION_RECORD_COLUMNS.join(", ");
 
 export class SqliteCheckSource implements CheckSource {
-  readonly #byId: SqliteDatabase.Statement<[string], ConnectionRecordRow>;
+  // Prepared on first use: a replica started before the migrate step has no table to prepare them on.
+  #byId: SqliteDatabase.Statement<[string], ConnectionRecordRow> | undefined;
   /** The ids as one JSON array: one statement whatever the batch's size, each id a primary-key read. */
-  readonly #byIds: SqliteDatabase.Statement<[string], ConnectionRecordRow>;
+  #byIds: SqliteDatabase.Statement<[string], ConnectionRecordRow> | undefined;
 
   constructor(
     private readonly database: SqliteDatabase.Database,
     private readonly db: Kysely<Database>,
-  ) {
-    this.#byId = database.prepare(`select ${COLUMNS} from connections where id = ?`);
-    this.#byIds = database.prepare(`select ${COLUMNS} from connections where id in (select value from json_each(?))`);
-  }
+  ) {}
 
   idle(): boolean {
     return !this.database.inTransaction;
@@ -34,6 +32,7 @@ export class SqliteCheckSource implements CheckSource {
 
   one(id: string): ConnectionRecord | undefined {
     try {
+      this.#byId ??= this.database.prepare(`select ${COLUMNS} from connections where id = ?`);
       const row = this.#byId.get(id);
       return row === undefined ? undefined : toConnection(row);
     } catch (error) {
@@ -43,6 +42,9 @@ export class SqliteCheckSource implements CheckSource {
 
   many(ids: readonly string[]): ConnectionRecord[] {
     try {
+      this.#byIds ??= this.database.prepare(
+        `select ${COLUMNS} from connections where id in (select value from json_each(?))`,
+      );
       return this.#byIds.all(JSON.stringify(ids)).map(toConnection);
     } catch (error) {
       throw translateError(error);
