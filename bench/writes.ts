@@ -408,6 +408,9 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
       callersFile: callers.path,
       logPath: join(options.workDir, `service-writes-${name}.log`),
       cpuProfileDir: profileDir(name),
+      // A fresh database and no separate migrate step: the replicas migrate it as they start
+      // (production PostgreSQL defaults MIGRATE_ON_START to false).
+      env: { MIGRATE_ON_START: "true" },
     });
   const figures: WriteFigures[] = [];
   const deploy = async (
