@@ -32,7 +32,7 @@ const PYTHON = "/usr/bin/python3";
 const CLIENT = join(import.meta.dirname, "grpc_core_client.py");
 const PROTO_ROOT = join(import.meta.dirname, "..", "..", "proto");
 const INSTALL_HINT =
-  "apt-get install nghttp2-client python3-grpcio python3-protobuf protobuf-compiler (as .ci/run does)";
+  "apt-get install nghttp2-client python3-grpcio python3-protobuf protobuf-compiler libprotobuf-dev (as .ci/run does)";
 
 /** Why the suite cannot run here, or undefined when it can. */
 function missingPrerequisite(): string | undefined {
@@ -40,6 +40,12 @@ function missingPrerequisite(): string | undefined {
   if (python.status !== 0) return `${PYTHON} cannot import grpc and google.protobuf`;
   const protoc = spawnSync("protoc", ["--version"], { encoding: "utf8" });
   if (protoc.status !== 0) return "protoc is not on PATH";
+  const wellKnown = spawnSync(
+    "protoc",
+    [`--proto_path=${PROTO_ROOT}`, "--descriptor_set_out=/dev/null", "connections/v1/connection.proto"],
+    { encoding: "utf8" },
+  );
+  if (wellKnown.status !== 0) return "protoc cannot find the well-known types (google/protobuf/*.proto)";
   return undefined;
 }
 
