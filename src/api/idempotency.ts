@@ -73,9 +73,13 @@ export class IdempotentWrites {
     const key: IdempotencyKey = { scope, requestId, method: method.name, fingerprint: fingerprintOf(method, request) };
     return this.idempotency.exclusive(key, async () => {
       try {
-        return respond(
-          await write((result) => this.idempotency.record(key, { response: toBinary(method.output, respond(result)) })),
-        );
+        // The response saved with the write is the one returned: made once, and the same bytes.
+        let answered: { readonly result: R; readonly response: MessageShape<O> } | undefined;
+        const result = await write((made) => {
+          answered = { result: made, response: respond(made) };
+          return this.idempotency.record(key, { response: toBinary(method.output, answered.response) });
+        });
+        return answered?.result === result ? answered.response : respond(result);
       } catch (error) {
         return await this.#answerFailure(method, key, error);
       }
