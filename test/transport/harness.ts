@@ -55,6 +55,8 @@ export function bearer(token: string): Record<string, string> {
 /** The stub handlers, and what they saw. */
 export class Stubs {
   activations = 0;
+  /** getConnection calls that began their sleep. */
+  sleepsStarted = 0;
   /** getConnection calls that ran to the end of their sleep. */
   sleepsFinished = 0;
   /** getConnection calls waiting on HOLD_ID. */
@@ -73,6 +75,7 @@ export class Stubs {
       createConnection: async (request) => ({ connection: { id: "cxn_new", name: request.name } }),
       getConnection: async (request, call) => {
         if (request.id.startsWith(SLEEP_PREFIX)) {
+          this.sleepsStarted++;
           await sleep(Number(request.id.slice(SLEEP_PREFIX.length)));
           this.sleepsFinished++;
         }
