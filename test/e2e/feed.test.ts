@@ -191,7 +191,7 @@ describeEachDatabase(
             }),
           );
         // Until the stream's flow-control window is used up, so the server can send no more...
-        while (stream.state.localWindowSize > 0) await round();
+        while ((stream.state.localWindowSize ?? 0) > 0) await round();
         // ...then more than the transport may still hold (it takes a message only once the one
         // before was written) and the per-watcher queue together. Counted, not timed: the stream
         // must be read again soon after it was ended, and on a loaded machine writes are slow.

@@ -38,6 +38,7 @@ import { ServiceError } from "../../src/app/errors.js";
 import type { Organizations } from "../../src/app/organizations.js";
 import type { TransportLimits } from "../../src/transport/limits.js";
 import { type RunningServer, serve } from "../../src/transport/server.js";
+import { until } from "../support/until.js";
 
 export const MAX_REQUEST_BYTES = 16 * 1024;
 /** getConnection with this id prefix sleeps for the number of milliseconds that follows. */
@@ -179,12 +180,11 @@ export async function startTestServer(
     setReady(value) {
       ready = value;
     },
-    async waitForObserved(path, code) {
-      for (let attempt = 0; attempt < 200; attempt++) {
-        if (observed.some((entry) => entry.path === path && entry.code === code)) return;
-        await sleep(25);
-      }
-      throw new Error(`the pipeline never finished ${path} with code ${code}`);
+    waitForObserved(path, code) {
+      return until(
+        () => observed.some((entry) => entry.path === path && entry.code === code),
+        `the pipeline to finish ${path} with code ${code}`,
+      );
     },
   };
 }
