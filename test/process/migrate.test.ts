@@ -1,11 +1,13 @@
 // Migrations as a deploy step: `main.js migrate` applies them and exits; with MIGRATE_ON_START=false
-// a replica on a schema that is behind serves NOT_SERVING and says "run migrate" until the step has
-// run; one on a schema further ahead than SCHEMA_AHEAD_LIMIT refuses to start, and one within the
-// limit serves (the previous release during a rolling deploy).
+// a replica on a schema that is behind serves NOT_SERVING, says "run migrate" and answers its calls
+// UNAVAILABLE (retryable) until the step has run; one on a schema further ahead than
+// SCHEMA_AHEAD_LIMIT refuses to start, and one within the limit serves (the previous release
+// during a rolling deploy).
 
 import { spawn } from "node:child_process";
 import pg from "pg";
 import { afterEach, expect, it } from "vitest";
+import { CheckConnectionRequest_Action } from "../../gen/connections/v1/connection_service_pb.js";
 import { migrationProvider } from "../../src/store/migrations.js";
 import {
   describeEachDatabase,
@@ -14,6 +16,7 @@ import {
   testDatabases,
 } from "../support/databases.js";
 import { type ServiceProcess, startServiceProcess } from "../support/process.js";
+import { Code, expectRpcError, GrpcJsRpcClient, uniqueId } from "../support/service.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 
@@ -75,6 +78,27 @@ async function applyFutureMigrations(databaseUrl: string, count: number): Promis
   }
 }
 
+/** A write, a read, a check and a list, to be called in turn: each succeeds on a migrated schema. */
+function everyKindOfCall(client: GrpcJsRpcClient): (() => Promise<unknown>)[] {
+  const organizationId = uniqueId("org");
+  return [
+    () => client.call("createOrganization", { id: organizationId, name: "Acme" }, { caller: "provisioning" }),
+    () => client.call("getOrganization", { id: organizationId }, { caller: "provisioning" }),
+    () =>
+      client.call(
+        "checkConnection",
+        {
+          connectionId: "cxn_unknown",
+          organizationId,
+          action: CheckConnectionRequest_Action.ISSUE_SHARE_TOKEN,
+          scope: "account.read",
+        },
+        { caller: "token-service" },
+      ),
+    () => client.call("listConnections", {}, { caller: "api-gateway", organizationId }),
+  ];
+}
+
 describeEachDatabase(
   "migrations as a step",
   (database) => {
@@ -105,14 +129,24 @@ describeEachDatabase(
       service = await startServiceProcess({ DATABASE_URL: provisioned.url, MIGRATE_ON_START: "false" });
       expect(service.logs.some((entry) => /run migrate/.test(String(entry.msg)))).toBe(true);
       expect(await healthy(service.port)).toBe(false);
+      // Calls that reach it anyway are refused as retryable, not failed as INTERNAL on missing tables.
+      let client = new GrpcJsRpcClient(`127.0.0.1:${service.port}`);
+      for (const call of everyKindOfCall(client)) {
+        await expectRpcError(call(), Code.Unavailable, "DATABASE_UNAVAILABLE");
+      }
       // SQLite's file belongs to the running process: the step runs there with the service stopped.
       if (database.dialect === "sqlite") {
+        await client.close();
         await service.stop();
         expect((await migrate(provisioned.url)).code).toBe(0);
         service = await startServiceProcess({ DATABASE_URL: provisioned.url, MIGRATE_ON_START: "false" });
+        client = new GrpcJsRpcClient(`127.0.0.1:${service.port}`);
       } else {
         expect((await migrate(provisioned.url)).code).toBe(0);
       }
+      // The first call after the step looks at the schema again: no health poll is needed to open the gate.
+      for (const call of everyKindOfCall(client)) await call();
+      await client.close();
       expect(await untilHealthy(service.port)).toBe(true);
     }, 90_000);
 
