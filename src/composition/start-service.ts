@@ -156,6 +156,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       maxRequestBytes: config.maxRequestBytes,
       tls,
       limits: config.limits,
+      observer: metrics,
       readiness: () =>
         store.ping().then(
           () => schema.current(),
