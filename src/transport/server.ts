@@ -80,6 +80,13 @@ const IDLE_SWEEP_INTERVAL_MS = 50;
 const HTTP2_MAX_SESSION_MEMORY_MB = 512;
 /** After the grace period, how long the calls cut short have to send their SHUTTING_DOWN answers. */
 const CUT_CALLS_FLUSH_MS = 1_000;
+/**
+ * How long a drain waits, with health NOT_SERVING and nothing else changed, before its GOAWAYs when
+ * someone watches health: a client that checks health (a service config's healthCheckConfig) stops
+ * sending calls here once it reads NOT_SERVING. Without that pause a client without retries loses
+ * calls to the GOAWAY (see goaway.ts). Part of the grace period, never longer.
+ */
+const HEALTH_WATCHERS_NOTICE_MS = 1_000;
 
 interface Http1Refusal {
   readonly reason: PortRefusalReason;
@@ -386,17 +393,21 @@ class MultiProtocolServer implements RunningServer {
   }
 
   private async drain(graceMs: number): Promise<void> {
+    const started = Date.now();
     this.health.shutDown();
     this.draining = true;
     const allClosed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const socket of this.undecidedSockets) socket.destroy();
-    // GOAWAY (in two steps, so that none already on the wire is refused): streams already started
-    // run to completion, new ones are refused.
+    if (this.health.watcherCount > 0)
+      await sleep(Math.min(HEALTH_WATCHERS_NOTICE_MS, graceMs), undefined, { ref: false });
+    this.health.endWatches();
+    // GOAWAY (see goaway.ts): streams already started run to completion, new ones are refused.
     for (const session of this.http2Sessions) closeGracefully(session);
     this.http1Server.closeIdleConnections();
     const sweep = setInterval(() => this.http1Server.closeIdleConnections(), IDLE_SWEEP_INTERVAL_MS);
     try {
-      const drained = await Promise.race([allClosed.then(() => true), sleep(graceMs, false, { ref: false })]);
+      const left = Math.max(0, graceMs - (Date.now() - started));
+      const drained = await Promise.race([allClosed.then(() => true), sleep(left, false, { ref: false })]);
       if (!drained) {
         this.logger.warn({ graceMs }, "grace period over: cancelling the RPCs still in flight");
         // Lifecycle: the calls still running end with UNAVAILABLE SHUTTING_DOWN (their uncommitted

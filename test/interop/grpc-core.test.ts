@@ -2,7 +2,8 @@
 // that nobody on this project wrote checks every RPC (succeeding, and failing with the ErrorInfo
 // decoded from grpc-status-details-bin), gzip, deadlines, cancellation, metadata, 650 concurrent
 // calls on one channel (500 of them ~180 KB pages) while another client pings and watches health,
-// keepalive pings, health and reflection.
+// keepalive pings, health (also C-core's own health checking) and reflection, and on PostgreSQL a
+// rolling restart of three replicas under a client with retries off that fails no call.
 //
 // The message classes are generated from proto/ by `protoc --python_out` into a temporary
 // directory for each run; grpc_core_client.py runs one scenario per process and prints a JSON
