@@ -83,8 +83,8 @@ const CUT_CALLS_FLUSH_MS = 1_000;
 /**
  * How long a drain waits, with health NOT_SERVING and nothing else changed, before its GOAWAYs when
  * someone watches health: a client that checks health (a service config's healthCheckConfig) stops
- * sending calls here once it reads NOT_SERVING. Without that pause a client without retries loses
- * calls to the GOAWAY (see goaway.ts). Part of the grace period, never longer.
+ * sending calls here once it reads NOT_SERVING, so that the GOAWAY meets none, which matters to a
+ * client without retries (see goaway.ts). Part of the grace period, never longer.
  */
 const HEALTH_WATCHERS_NOTICE_MS = 1_000;
 
@@ -434,6 +434,7 @@ class MultiProtocolServer implements RunningServer {
     if (!hungUp(error)) {
       const refusal = HTTP1_REFUSALS[error.code ?? ""] ?? HTTP1_MALFORMED;
       this.observer?.portRefused(refusal.reason);
+      // The response node is writing on this connection, where node's own handler looks for it.
       const inFlight = (socket as { _httpMessage?: http.ServerResponse })._httpMessage;
       if (socket.writable && inFlight?.headersSent !== true) socket.write(refusal.answer);
     }
