@@ -18,12 +18,14 @@ export interface ServiceProcess {
   readonly exited: Promise<number | null>;
 }
 
+/** `root`: the checkout to run, this one unless another release's (test/process/migrate.test.ts). */
 export async function startServiceProcess(
   env: Record<string, string>,
   nodeOptions: readonly string[] = [],
+  root = ROOT,
 ): Promise<ServiceProcess> {
   const child = spawn(process.execPath, ["--import", "tsx", ...nodeOptions, "src/main.ts"], {
-    cwd: ROOT,
+    cwd: root,
     env: { ...process.env, PORT: "0", ADMIN_PORT: "off", LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
