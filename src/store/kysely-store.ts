@@ -56,6 +56,7 @@ import {
   type Store,
 } from "./store.js";
 import { Transactions } from "./transactions.js";
+import type { WalFlusher } from "./wal-flush.js";
 
 const KNOWN_ORGANIZATIONS = 100_000;
 
@@ -97,6 +98,8 @@ export interface KyselyStoreOptions {
   readonly pool?: StorePool;
   /** SQLite: whether a transaction is open (SQLite rolls some back by itself, e.g. on a full disk). */
   readonly inTransaction?: () => boolean;
+  /** SQLite on a file: flushes the WAL before writes are acknowledged (see transactions.ts). */
+  readonly walFlusher?: WalFlusher;
   /** SQLite (required there): the database behind `db`, which check-cache misses read directly. */
   readonly sqlite?: SqliteDatabase.Database;
   /** SQLite: how many Connections the check cache holds (least recently used go first). */
@@ -127,6 +130,7 @@ export class KyselyStore implements Store {
   readonly #updateConnection: (values: Readonly<Record<(typeof TRANSITION_COLUMNS)[number], unknown>>) => CompiledQuery;
   readonly #connectionByPair: (values: { source: string; destination: string }) => CompiledQuery<ConnectionRow>;
   readonly #feedListener: FeedListener | undefined;
+  readonly #walFlusher: WalFlusher | undefined;
   /** Told after every write of this process commits: it may have appended events. */
   readonly #feedAppended = new Set<() => void>();
   #feedId: string | undefined;
@@ -139,6 +143,7 @@ export class KyselyStore implements Store {
     this.#transactions = new Transactions(db, {
       pool: options.pool,
       inTransaction: options.inTransaction,
+      walFlusher: options.walFlusher,
       ended: (committed) => {
         if (committed) for (const listener of this.#feedAppended) listener();
         // Other replicas learn of it after the commit (or the rollback, which may have held their
@@ -147,6 +152,7 @@ export class KyselyStore implements Store {
       },
     });
     this.#feedListener = options.feedListener;
+    this.#walFlusher = options.walFlusher;
     this.#connectionById = db.selectFrom("connections").select(CONNECTION_COLUMNS).where("id", "=", "").compile();
     this.#insertConnection = preparedQuery(CONNECTION_RECORD_COLUMNS, (row) =>
       db.insertInto("connections").values(row),
@@ -523,6 +529,7 @@ export class KyselyStore implements Store {
 
   async close(): Promise<void> {
     await this.#feedListener?.close();
+    await this.#walFlusher?.close();
     await this.#db.destroy();
   }
 }

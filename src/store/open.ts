@@ -25,6 +25,7 @@ import {
 import { EventLoopFriendlySqliteDialect } from "./sqlite-dialect.js";
 import { checkAtStart } from "./sqlite-integrity.js";
 import type { Store } from "./store.js";
+import { WalFlusher } from "./wal-flush.js";
 
 export interface OpenStoreOptions {
   readonly databaseUrl: string;
@@ -105,6 +106,7 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
   return new KyselyStore(db, {
     dialect: "sqlite",
     inTransaction: () => database.inTransaction,
+    walFlusher: path === SQLITE_MEMORY ? undefined : new WalFlusher(path),
     sqlite: database,
     checkCacheEntries: options.checkCacheEntries,
     backup: (destination) => database.backup(destination),
@@ -120,9 +122,10 @@ function openSqliteFile(path: string, logger?: Logger): { database: SqliteDataba
     logger?.debug({ checked, ms: Math.round(performance.now() - started) }, "start-up integrity check");
   });
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
-  // FULL: the WAL is flushed at every COMMIT, so an acknowledged write survives a power cut or a
-  // kernel crash, not only a killed process (transactions.ts groups writes to share the flush).
-  database.pragma("synchronous = FULL");
+  // NORMAL: COMMIT writes the WAL without flushing it; the group commit flushes it off the event
+  // loop before it acknowledges (wal-flush.ts), so an acknowledged write survives a power cut or a
+  // kernel crash, not only a killed process. SQLite still flushes around its checkpoints.
+  database.pragma("synchronous = NORMAL");
   database.pragma("foreign_keys = ON");
   // Writes touch every index of a Connection and its event at random keys: SQLite's default page
   // cache (2 MB) soon misses on each of them.
