@@ -216,7 +216,10 @@ class GroupCommit {
     const resolveAll = () => {
       for (const member of committed) member.resolve(member.result);
     };
-    if (this.#walFlusher === undefined) return resolveAll();
+    if (this.#walFlusher === undefined) {
+      resolveAll();
+      return;
+    }
     this.#walFlusher.flush().then(resolveAll, (error: unknown) => {
       for (const member of committed) member.reject(error);
     });
