@@ -51,7 +51,8 @@ export class Transactions {
 
   constructor(db: Kysely<Database>, options: TransactionsOptions) {
     this.#pool = options.pool;
-    this.#groups = options.pool === undefined ? new GroupCommit(db, options.inTransaction, options.walFlusher) : undefined;
+    this.#groups =
+      options.pool === undefined ? new GroupCommit(db, options.inTransaction, options.walFlusher) : undefined;
     this.#ended = options.ended;
   }
 
