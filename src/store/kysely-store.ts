@@ -21,6 +21,7 @@ import {
   connectionCursor,
   EVENT_COLUMNS,
   EVENT_WRITE_COLUMNS,
+  IDEMPOTENCY_COLUMNS,
   parseConnectionCursor,
   parseCursor,
   preparedQuery,
@@ -34,7 +35,13 @@ import {
   toPage,
   withParameters,
 } from "./rows.js";
-import type { ConnectionEventsTable, ConnectionsTable, Database, SqlDialect } from "./schema.js";
+import type {
+  ConnectionEventsTable,
+  ConnectionsTable,
+  Database,
+  IdempotencyRecordsTable,
+  SqlDialect,
+} from "./schema.js";
 import { readSchemaStatus } from "./schema-version.js";
 import { SqliteCheckSource } from "./sqlite-check-source.js";
 import {
@@ -126,6 +133,7 @@ export class KyselyStore implements Store {
   readonly #connectionById: CompiledQuery<ConnectionRow>;
   readonly #insertConnection: (row: Insertable<ConnectionsTable>) => CompiledQuery;
   readonly #insertEvent: (row: Insertable<ConnectionEventsTable>) => CompiledQuery;
+  readonly #insertAnswer: (row: Insertable<IdempotencyRecordsTable>) => CompiledQuery;
 
   readonly #updateConnection: (values: Readonly<Record<(typeof TRANSITION_COLUMNS)[number], unknown>>) => CompiledQuery;
   readonly #connectionByPair: (values: { source: string; destination: string }) => CompiledQuery<ConnectionRow>;
@@ -158,6 +166,7 @@ export class KyselyStore implements Store {
       db.insertInto("connections").values(row),
     );
     this.#insertEvent = preparedQuery(EVENT_WRITE_COLUMNS, (row) => db.insertInto("connection_events").values(row));
+    this.#insertAnswer = preparedQuery(IDEMPOTENCY_COLUMNS, (row) => db.insertInto("idempotency_records").values(row));
     this.#updateConnection = preparedQuery(TRANSITION_COLUMNS, (values) =>
       db
         .updateTable("connections")
@@ -214,7 +223,7 @@ export class KyselyStore implements Store {
           create_time: organization.createTime.toISOString(),
         })
         .execute();
-      await saveAnswer(trx, answer);
+      await this.#saveAnswer(trx, answer);
     });
     this.#knownOrganizations.set(organization.id, true);
     return organization;
@@ -252,7 +261,7 @@ export class KyselyStore implements Store {
     await this.#transactions.write(signal, async (trx) => {
       await trx.executeQuery(this.#insertConnection(toConnectionRow(connection)));
       await trx.executeQuery(this.#insertEvent(toEventRow(event)));
-      await saveAnswer(trx, answer);
+      await this.#saveAnswer(trx, answer);
     });
     this.#checks.written(connection);
   }
@@ -339,7 +348,7 @@ export class KyselyStore implements Store {
       );
       if (result.numAffectedRows === 0n) return false;
       await trx.executeQuery(this.#insertEvent(toEventRow(event)));
-      await saveAnswer(trx, answer);
+      await this.#saveAnswer(trx, answer);
       return true;
     });
     if (saved) this.#checks.written(next);
@@ -375,7 +384,7 @@ export class KyselyStore implements Store {
   }
 
   async saveIdempotencyRecord(record: IdempotencyRecord, signal?: AbortSignal): Promise<void> {
-    await this.#transactions.write(signal, (trx) => saveAnswer(trx, record));
+    await this.#transactions.write(signal, (trx) => this.#saveAnswer(trx, record));
   }
 
   async pruneIdempotencyRecords(before: Date, limit: number): Promise<number> {
@@ -527,14 +536,14 @@ export class KyselyStore implements Store {
     return status.pending;
   }
 
+  /** Saves the answer of an idempotent write in the write's own transaction. */
+  async #saveAnswer(trx: Kysely<Database>, answer: IdempotencyRecord | undefined): Promise<void> {
+    if (answer !== undefined) await trx.executeQuery(this.#insertAnswer(toIdempotencyRow(answer)));
+  }
+
   async close(): Promise<void> {
     await this.#feedListener?.close();
     await this.#walFlusher?.close();
     await this.#db.destroy();
   }
-}
-
-/** Saves the answer of an idempotent write in the write's own transaction. */
-async function saveAnswer(trx: Kysely<Database>, answer: IdempotencyRecord | undefined): Promise<void> {
-  if (answer !== undefined) await trx.insertInto("idempotency_records").values(toIdempotencyRow(answer)).execute();
 }

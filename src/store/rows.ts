@@ -54,6 +54,17 @@ export const EVENT_WRITE_COLUMNS = [
 
 export const EVENT_COLUMNS = ["seq", ...EVENT_WRITE_COLUMNS] as const;
 
+/** The columns of an idempotency record's row (toIdempotencyRow). */
+export const IDEMPOTENCY_COLUMNS = [
+  "scope",
+  "request_id",
+  "method",
+  "fingerprint",
+  "response",
+  "error",
+  "create_time",
+] as const;
+
 export type ConnectionRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_COLUMNS)[number]>;
 export type ConnectionRecordRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_RECORD_COLUMNS)[number]>;
 export type EventRow = Pick<Selectable<ConnectionEventsTable>, (typeof EVENT_COLUMNS)[number]>;
