@@ -42,6 +42,8 @@ export interface OpenStoreOptions {
   readonly listenUrl?: string;
   /** SQLite: the CheckConnection cache's bound, in Connections (DEFAULT_CHECK_CACHE_ENTRIES). */
   readonly checkCacheEntries?: number;
+  /** SQLite: how much of the file is read through a memory map, in MiB (MAX_SQLITE_MMAP_MIB); 0 reads with read(). */
+  readonly sqliteMmapMib?: number;
   readonly logger?: Logger;
 }
 
@@ -54,6 +56,8 @@ const SQLITE_MEMORY = ":memory:";
 const SQLITE_LOCK_WAIT_MS = 1000;
 /** SQLite's page cache, in KiB. */
 const SQLITE_CACHE_KIB = 32 * 1024;
+/** The most of the file SQLite reads through a memory map: its compile-time limit (0x7fff0000 bytes), in MiB. */
+export const MAX_SQLITE_MMAP_MIB = 2047;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
 /** Checkpoint the WAL after this many pages (SQLite's default is 1000, about 4 MB). */
 const SQLITE_WAL_PAGES = 256;
@@ -93,13 +97,13 @@ export async function migrateDatabase(
     await migratePostgres(pgConnection(options.migrationUrl ?? target.url), options);
     return;
   }
-  const { db } = openSqliteFile(target.path, options.logger);
+  const { db } = openSqliteFile(target.path, options);
   await prepareSchema(db, "sqlite", options);
   await db.destroy();
 }
 
 async function openSqlite(path: string, options: OpenStoreOptions): Promise<Store> {
-  const { database, db } = openSqliteFile(path, options.logger);
+  const { database, db } = openSqliteFile(path, options);
   await prepareSchema(db, "sqlite", options);
   warnWhenCacheTooSmall(database, options);
   return new KyselyStore(db, {
@@ -112,7 +116,10 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
 }
 
 /** Opens (or creates) the file for this process alone, checked where damage shows first, tuned. */
-function openSqliteFile(path: string, logger?: Logger): { database: SqliteDatabase.Database; db: Kysely<Database> } {
+function openSqliteFile(
+  path: string,
+  { logger, sqliteMmapMib = MAX_SQLITE_MMAP_MIB }: Pick<OpenStoreOptions, "logger" | "sqliteMmapMib">,
+): { database: SqliteDatabase.Database; db: Kysely<Database> } {
   const database = lockSqlite(path, (locked) => {
     // Bounded whatever the file's size (see sqlite-integrity.ts); `check-database` reads it all.
     const started = performance.now();
@@ -131,6 +138,11 @@ function openSqliteFile(path: string, logger?: Logger): { database: SqliteDataba
   // SQLITE_WAL_BYTES afterwards, so that a small volume that filled up once has room again.
   database.pragma(`wal_autocheckpoint = ${SQLITE_WAL_PAGES}`);
   database.pragma(`journal_size_limit = ${SQLITE_WAL_BYTES}`);
+  // Reads through a memory map: a check that misses the cache reads a random page of a file far
+  // larger than SQLite's page cache, and through the map that costs no read() and no copy
+  // (docs/performance.md). Writes still go through write(). The price: an I/O error while reading
+  // the map is a SIGBUS that ends the process, where read() would fail the one call.
+  database.pragma(`mmap_size = ${sqliteMmapMib * 2 ** 20}`);
   return { database, db: new Kysely<Database>({ dialect: new EventLoopFriendlySqliteDialect({ database }) }) };
 }
 
