@@ -200,7 +200,7 @@ export async function runScale(options: ScaleOptions): Promise<string[]> {
   const growth = async (checkCacheEntries: number) => {
     const filled = await start(path, { CHECK_CACHE_ENTRIES: String(checkCacheEntries) }, "info");
     const filledUrl = `http://127.0.0.1:${filled.port}`;
-    const adminPort = adminPortOf(filled.port, join(workDir, "scale-service.log"));
+    const adminPort = await adminPortOf(filled.port, join(workDir, "scale-service.log"));
     await verifyBatches(filledUrl, options.headers, everyOnce.slice(0, 10));
     const rss = statusMiB(filled.pid, "RssAnon");
     const heap = adminPort === undefined ? Number.NaN : await heapUsedBytes(adminPort);
@@ -267,12 +267,15 @@ export async function runScale(options: ScaleOptions): Promise<string[]> {
   return verdicts;
 }
 
-/** The admin (metrics) port from the service's start-up log line. */
-function adminPortOf(port: number, logPath: string): number | undefined {
-  for (const line of readFileSync(logPath, "utf8").split("\n")) {
-    if (!line.includes(`"port":${port}`)) continue;
-    const match = /"adminPort":(\d+)/.exec(line);
-    if (match?.[1] !== undefined) return Number(match[1]);
+/** The admin (metrics) port from the service's start-up log line, which may reach the file after the port opened. */
+async function adminPortOf(port: number, logPath: string): Promise<number | undefined> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    for (const line of readFileSync(logPath, "utf8").split("\n")) {
+      if (!line.includes(`"port":${port}`)) continue;
+      const match = /"adminPort":(\d+)/.exec(line);
+      if (match?.[1] !== undefined) return Number(match[1]);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
   }
   return undefined;
 }
