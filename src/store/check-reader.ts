@@ -141,14 +141,14 @@ class SlotList<K> {
   }
 }
 
-/**
- * Which ids missed recently: a direct-mapped table of 32-bit hashes (FNV-1a) of missed ids, at
- * least as many slots as the cache has entries (and MIN_RECENT_MISS_SLOTS). An id stays noted until a later miss lands on
- * its slot, so "recently" means within about that many misses. A collision of two ids' hashes
- * only lets an id in one miss early.
- */
 const MIN_RECENT_MISS_SLOTS = 1024;
 
+/**
+ * Which ids missed recently: a direct-mapped table of 32-bit hashes (FNV-1a) of missed ids, at
+ * least as many slots as the cache has entries (and MIN_RECENT_MISS_SLOTS). An id stays noted
+ * until a later miss lands on its slot, so "recently" means within about that many misses. A
+ * collision of two ids' hashes only lets an id in one miss early.
+ */
 export class RecentMisses {
   readonly #hashes: Int32Array;
   readonly #mask: number;
