@@ -118,6 +118,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     poolSize: config.databasePoolSize,
     statementTimeoutMs: config.databaseStatementTimeoutMs,
     checkCacheEntries: config.checkCacheEntries,
+    sqliteMmapMib: config.sqliteMmapMib,
     migrate: config.migrateOnStart,
     schemaAheadLimit: config.schemaAheadLimit,
     migrationUrl: config.databaseMigrationUrl,

@@ -141,7 +141,7 @@ export function toDate(value: Date | string): Date {
   return value instanceof Date ? value : new Date(value);
 }
 
-function toOptionalDate(value: Date | string | null): Date | undefined {
+export function toOptionalDate(value: Date | string | null): Date | undefined {
   return value === null ? undefined : toDate(value);
 }
 
