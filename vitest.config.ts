@@ -1,5 +1,6 @@
 // `npm test`: every suite. Without TEST_DATABASE_URL the PostgreSQL suites run on a PostgreSQL
-// started for the run (test/support/postgres-server.ts). `npm run test:unit` is the fast subset
+// started for the run (test/support/postgres-server.ts); the process suites run the built service,
+// which test/support/build.ts brings up to date first. `npm run test:unit` is the fast subset
 // (vitest.unit.config.ts).
 
 import { defineConfig } from "vitest/config";
@@ -7,7 +8,12 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
-    globalSetup: ["test/support/postgres-server.ts"],
+    globalSetup: ["test/support/build.ts", "test/support/postgres-server.ts"],
+    // Three files at a time (vitest's default is one per core less one: one here). Much of a
+    // suite's time is spent waiting for servers, processes and the database, so three keep two
+    // cores busy. No suite needs the machine to itself: CI runs them all once more with every core
+    // kept busy by a CPU hog, and they must pass there too.
+    maxWorkers: 3,
     // End-to-end suites start real servers and processes: give them room on a busy machine.
     testTimeout: 30_000,
     hookTimeout: 60_000,

@@ -120,6 +120,8 @@ class Lifecycle {
   }
 
   signal(signal: NodeJS.Signals): void {
+    // The exit code is decided and the log is closing: a line logged now would throw.
+    if (this.exiting) return;
     const now = performance.now();
     if (this.stopRequestedAt === undefined) {
       this.stopRequestedAt = now;
@@ -137,6 +139,11 @@ class Lifecycle {
 
   /** Logs the error (with its request id when it carries one), drains as on SIGTERM, exits 1. */
   crash(error: unknown, origin: string): void {
+    if (this.exiting) {
+      // The log is closing (logging would throw again); the exit is already under way.
+      process.stderr.write(`connections: ${origin} while exiting: ${String(error)}\n`);
+      return;
+    }
     const requestId =
       typeof error === "object" && error !== null && "requestId" in error ? String(error.requestId) : undefined;
     this.logger.fatal({ err: error, origin, requestId }, "crashed: draining, then exiting");

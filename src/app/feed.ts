@@ -82,7 +82,7 @@ export interface FeedBatch {
 /** Live watchers whose consumer stops reading are ended once this many of their events wait. */
 export const MAX_QUEUED_EVENTS = 1000;
 /** Events per message; also the page size of a watcher catching up. */
-const EVENTS_PER_MESSAGE = 100;
+export const EVENTS_PER_MESSAGE = 100;
 /**
  * Recent events the poller keeps so that a watcher that finishes catching up can go live. Half the
  * queue bound: a watcher that goes live with the whole ring queued still has room to fall behind.

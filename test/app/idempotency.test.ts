@@ -15,7 +15,7 @@ describeEachDatabase("idempotency records", (database) => {
     // Far in the future, so that records of other tests in this database are all older.
     let now = Date.UTC(2100, 0, 1);
     const idempotency = new Idempotency(testStore(), () => new Date(now));
-    const writesPerTick = 12;
+    const writesPerTick = 4;
     const tickMs = 10 * 60_000;
     let saved = 0;
     let pruned = 0;

@@ -6,14 +6,14 @@ import { execFile, execFileSync, spawn } from "node:child_process";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
 import { createTestPki } from "../support/certificates.js";
-import { type ServiceProcess, startServiceProcess } from "../support/process.js";
+import { BUILT_HEALTHCHECK, type ServiceProcess, startServiceProcess } from "../support/process.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const run = promisify(execFile);
 
 function healthcheck(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "src/bin/healthcheck.ts"], {
+    const child = spawn(process.execPath, [BUILT_HEALTHCHECK], {
       cwd: ROOT,
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "inherit"],

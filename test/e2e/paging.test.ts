@@ -9,13 +9,7 @@ import {
   type ListConnectionsRequest,
 } from "../../gen/connections/v1/connection_service_pb.js";
 import { connect, DATABASE_POOL_SIZE, mapConcurrently, ms, present, type StateName } from "../support/fixtures.js";
-import {
-  describeE2E,
-  expectInvalidArgument,
-  mapLimit,
-  registerOrganizations,
-  type Session,
-} from "../support/service.js";
+import { describeE2E, expectInvalidArgument, registerOrganizations, type Session } from "../support/service.js";
 
 type ListFilters = Pick<ListConnectionsRequest, "direction" | "states">;
 
@@ -231,7 +225,7 @@ describeE2E(
     }, async () => {
       const client = e2e.client();
       const [org = ""] = await registerOrganizations(client, 1, "org_cap");
-      const destinations = await mapLimit(
+      const destinations = await mapConcurrently(
         Array.from({ length: 501 }, (_, index) => index),
         16,
         async () => {
@@ -240,7 +234,7 @@ describeE2E(
         },
       );
       const bff = e2e.as("dashboard-bff", org);
-      const made = await mapLimit(destinations, 16, async (destination) =>
+      const made = await mapConcurrently(destinations, 16, async (destination) =>
         present(
           (await bff.createConnection({ destinationOrganizationId: destination, scopes: ["account.read"] })).connection,
         ),

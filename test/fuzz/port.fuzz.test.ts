@@ -15,7 +15,8 @@ import { ConnectionService } from "../../gen/connections/v1/connection_service_p
 import { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { testDatabases } from "../support/databases.js";
-import { mapLimit, startTestService, type TestService } from "../support/service.js";
+import { mapConcurrently } from "../support/fixtures.js";
+import { startTestService, type TestService } from "../support/service.js";
 import { h2Request, http1Request, type WireAnswer } from "../support/wire.js";
 import { type FuzzCase, fuzzCase } from "./generate.js";
 
@@ -118,7 +119,7 @@ describe("fuzzing the port", () => {
     const indexes = ONLY === undefined ? Array.from({ length: CASES }, (_, index) => index) : [ONLY];
     const failures: string[] = [];
     let skipped = 0;
-    await mapLimit(indexes, CONCURRENCY, async (index) => {
+    await mapConcurrently(indexes, CONCURRENCY, async (index) => {
       const fuzz = fuzzCase(SEED, index, METHODS);
       const request = { path: fuzz.path, headers: withStreamDeadline(fuzz), body: fuzz.body };
       let answer: WireAnswer;

@@ -24,15 +24,15 @@ import {
   testDatabases,
 } from "../support/databases.js";
 import { connect } from "../support/fixtures.js";
-import { type ServiceProcess, startServiceProcess } from "../support/process.js";
+import { BUILT_HEALTHCHECK, BUILT_MAIN, type ServiceProcess, startServiceProcess } from "../support/process.js";
 import { Code, expectRpcError, GrpcJsRpcClient, registerOrganizations, uniqueId } from "../support/service.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 
-/** Runs `src/main.ts` (or a tool under src/) to its end; exit code and output. */
+/** Runs the built service (or another built tool) to its end; exit code and output. */
 function run(args: string[], env: Record<string, string>): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", ...args], {
+    const child = spawn(process.execPath, args, {
       cwd: ROOT,
       env: { ...process.env, LOG_LEVEL: "info", ...env },
       stdio: ["ignore", "pipe", "pipe"],
@@ -49,10 +49,10 @@ function run(args: string[], env: Record<string, string>): Promise<{ code: numbe
   });
 }
 
-const migrate = (databaseUrl: string) => run(["src/main.ts", "migrate"], { DATABASE_URL: databaseUrl });
+const migrate = (databaseUrl: string) => run([BUILT_MAIN, "migrate"], { DATABASE_URL: databaseUrl });
 /** The container health check: exit 0 for SERVING. */
 const healthy = async (port: number) =>
-  (await run(["src/bin/healthcheck.ts"], { PORT: String(port), HOST: "127.0.0.1" })).code === 0;
+  (await run([BUILT_HEALTHCHECK], { PORT: String(port), HOST: "127.0.0.1" })).code === 0;
 
 async function untilHealthy(port: number): Promise<boolean> {
   for (let attempt = 0; attempt < 20; attempt++) {
@@ -268,7 +268,7 @@ describeEachDatabase(
       provisioned = await provisionDatabase(database);
       expect((await migrate(provisioned.url)).code).toBe(0);
       await applyFutureMigrations(provisioned.url, 2);
-      const refused = await run(["src/main.ts"], {
+      const refused = await run([BUILT_MAIN], {
         DATABASE_URL: provisioned.url,
         PORT: "0",
         ADMIN_PORT: "off",

@@ -15,7 +15,7 @@ import { type Store, UnavailableError } from "../../src/store/store.js";
 import { type ProvisionedDatabase, provisionPostgres } from "../support/databases.js";
 import { connect } from "../support/fixtures.js";
 import { describePgBouncer, type PgBouncer, startPgBouncer } from "../support/pgbouncer.js";
-import { type ServiceProcess, startServiceProcess, untilLogged } from "../support/process.js";
+import { BUILT_MAIN, type ServiceProcess, startServiceProcess, untilLogged } from "../support/process.js";
 import { GrpcJsRpcClient, registerOrganizations, uniqueId } from "../support/service.js";
 import { watchClient } from "../support/watch.js";
 
@@ -130,7 +130,7 @@ describePgBouncer("replicas behind PgBouncer in transaction pooling", () => {
     let child: ChildProcess | undefined;
     try {
       await holder.query("select pg_advisory_lock($1)", [PG_MIGRATION_LOCK]);
-      child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+      child = spawn(process.execPath, [BUILT_MAIN], {
         cwd: ROOT,
         env: { ...process.env, PORT: "0", ADMIN_PORT: "off", DATABASE_URL: bounced, LOG_LEVEL: "info" },
         stdio: ["ignore", "pipe", "pipe"],

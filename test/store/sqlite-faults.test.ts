@@ -19,7 +19,7 @@ import {
 } from "../../src/bin/check-database.js";
 import { openStore } from "../../src/store/open.js";
 import { UnavailableError } from "../../src/store/store.js";
-import { openStoreInChildProcess } from "../support/process.js";
+import { BUILT_MAIN, openStoreInChildProcess } from "../support/process.js";
 import { newOrganization } from "./fixtures.js";
 
 const NOBODY = 65534;
@@ -131,12 +131,12 @@ describe("SQLite start-up", () => {
     }
   });
 
-  it("check-database runs from the command line (main.ts check-database)", async () => {
+  it("check-database runs from the command line (main.js check-database)", async () => {
     const path = await filled("cli.db");
     const { code, stdout } = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
       execFile(
         process.execPath,
-        ["--import", "tsx", "src/main.ts", "check-database"],
+        [BUILT_MAIN, "check-database"],
         { cwd: ROOT, env: { ...process.env, DATABASE_URL: `sqlite:${path}` } },
         (error, out) => resolve({ code: error === null ? 0 : (error.code as number), stdout: out }),
       );

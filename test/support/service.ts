@@ -620,17 +620,3 @@ export async function expectRpcError(
 export function expectInvalidArgument(work: Promise<unknown>, field: string): Promise<RpcError> {
   return expectRpcError(work, Code.InvalidArgument, "INVALID_ARGUMENT", { field });
 }
-
-/** Runs `work` over `items` with at most `limit` in flight, keeping the order of results. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await work(items[index] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
-}

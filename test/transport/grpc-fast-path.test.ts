@@ -3,7 +3,6 @@
 // exact frames; grpc-js and connect-node show that real clients agree.
 
 import http2 from "node:http2";
-import { setTimeout as sleep } from "node:timers/promises";
 import { gzipSync } from "node:zlib";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
@@ -19,10 +18,12 @@ import {
 } from "../../gen/connections/v1/organization_service_pb.js";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
+import { until } from "../support/until.js";
 import {
   bearer,
   createTestClient,
   GrpcJsClient,
+  HOLD_ID,
   MAX_REQUEST_BYTES,
   SLEEP_PREFIX,
   startTestServer,
@@ -251,19 +252,20 @@ describe("the gRPC fast path", () => {
   it("reads grpc-timeout into the deadline and refuses a malformed one", async () => {
     const bytes = toBinary(
       ConnectionService.method.getConnection.input,
-      create(ConnectionService.method.getConnection.input, { id: `${SLEEP_PREFIX}2000` }),
+      create(ConnectionService.method.getConnection.input, { id: HOLD_ID }),
     );
     const headers = { ...bearer("dev-dashboard-bff"), "x-organization-id": "org_a" };
-    const started = Date.now();
     const expired = await raw(GET_CONNECTION, frame(bytes), { ...headers, "grpc-timeout": "200000u" });
     expect(expired.headers["grpc-status"]).toBe(String(Code.DeadlineExceeded));
-    expect(Date.now() - started).toBeLessThan(1_500);
+    // The handler waits until released: only the deadline can have ended the call.
+    server.stubs.releaseHolds();
 
     const malformed = await raw(GET_CONNECTION, frame(bytes), { ...headers, "grpc-timeout": "soon" });
     expect(malformed.headers["grpc-status"]).toBe(String(Code.InvalidArgument));
   });
 
   it("survives clients that cancel or reset streams mid-call, and keeps serving", async () => {
+    const startedBefore = server.stubs.sleepsStarted;
     const finishedBefore = server.stubs.sleepsFinished;
     const headers = { ...bearer("dev-dashboard-bff"), "x-organization-id": "org_a" };
     const bytes = toBinary(
@@ -285,7 +287,8 @@ describe("the gRPC fast path", () => {
         () => {},
       );
       call.on("status", (status: grpc.StatusObject) => resolve(status.code));
-      setTimeout(() => call.cancel(), 50);
+      // Mid-call: once the handler runs.
+      until(() => server.stubs.sleepsStarted === startedBefore + 1, "the handler to start").then(() => call.cancel());
     });
     expect(await cancelled).toBe(grpc.status.CANCELLED);
 
@@ -298,12 +301,11 @@ describe("the gRPC fast path", () => {
     });
     request.on("error", () => {});
     request.end(frame(bytes));
-    await sleep(50);
+    await until(() => server.stubs.sleepsStarted === startedBefore + 2, "the second handler to start");
     request.close(http2.constants.NGHTTP2_PROTOCOL_ERROR);
 
     // Both handlers still run to the end; their answers go nowhere, and nothing breaks.
-    for (let attempt = 0; attempt < 100 && server.stubs.sleepsFinished < finishedBefore + 2; attempt++) await sleep(20);
-    expect(server.stubs.sleepsFinished).toBe(finishedBefore + 2);
+    await until(() => server.stubs.sleepsFinished === finishedBefore + 2, "both handlers to finish");
     grpcJs.close();
 
     const client = createTestClient("grpc-js", server);

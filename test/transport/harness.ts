@@ -40,6 +40,7 @@ import type { TransportLimits } from "../../src/transport/limits.js";
 import type { PortRefusalReason } from "../../src/transport/refusals.js";
 import { type RunningServer, serve } from "../../src/transport/server.js";
 import type { TlsCredentials } from "../../src/transport/tls.js";
+import { until } from "../support/until.js";
 
 export const MAX_REQUEST_BYTES = 16 * 1024;
 /** getConnection with this id prefix sleeps for the number of milliseconds that follows. */
@@ -57,6 +58,8 @@ export function bearer(token: string): Record<string, string> {
 /** The stub handlers, and what they saw. */
 export class Stubs {
   activations = 0;
+  /** getConnection calls that began their sleep. */
+  sleepsStarted = 0;
   /** getConnection calls that ran to the end of their sleep. */
   sleepsFinished = 0;
   /** getConnection calls waiting on HOLD_ID. */
@@ -75,6 +78,7 @@ export class Stubs {
       createConnection: async (request) => ({ connection: { id: "cxn_new", name: request.name } }),
       getConnection: async (request, call) => {
         if (request.id.startsWith(SLEEP_PREFIX)) {
+          this.sleepsStarted++;
           await sleep(Number(request.id.slice(SLEEP_PREFIX.length)));
           this.sleepsFinished++;
         }
@@ -185,12 +189,11 @@ export async function startTestServer(
     setReady(value) {
       ready = value;
     },
-    async waitForObserved(path, code) {
-      for (let attempt = 0; attempt < 200; attempt++) {
-        if (observed.some((entry) => entry.path === path && entry.code === code)) return;
-        await sleep(25);
-      }
-      throw new Error(`the pipeline never finished ${path} with code ${code}`);
+    waitForObserved(path, code) {
+      return until(
+        () => observed.some((entry) => entry.path === path && entry.code === code),
+        `the pipeline to finish ${path} with code ${code}`,
+      );
     },
   };
 }

@@ -6,6 +6,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
+import { until } from "../support/until.js";
 import { startTestServer, type TestServer } from "./harness.js";
 
 const SERVICES = [
@@ -34,14 +35,6 @@ describe("grpc.health.v1.Health", () => {
     return { server, health };
   }
 
-  async function eventually(condition: () => Promise<boolean>, what: string): Promise<void> {
-    for (let attempt = 0; attempt < 100; attempt++) {
-      if (await condition()) return;
-      await sleep(50);
-    }
-    throw new Error(`never happened: ${what}`);
-  }
-
   it("reports every service SERVING and an unknown one NOT_FOUND", async () => {
     const { health } = await started();
     for (const service of SERVICES) {
@@ -64,21 +57,21 @@ describe("grpc.health.v1.Health", () => {
       for await (const { status } of health.watch({ service: "" }, { signal: controller.signal })) watched.push(status);
     })().catch(() => {});
 
-    await eventually(async () => watched.length === 1, "Watch sends the current status");
+    await until(async () => watched.length === 1, "Watch sends the current status");
     expect(watched).toEqual([ServingStatus.SERVING]);
 
     server.setReady(false);
-    await eventually(
+    await until(
       async () => (await health.check({ service: "" })).status === ServingStatus.NOT_SERVING,
       "Check reports NOT_SERVING",
     );
     const check = async (service: string) => (await health.check({ service })).status;
     expect(await check("connections.v1.ConnectionService")).toBe(ServingStatus.NOT_SERVING);
     expect(await check("grpc.reflection.v1.ServerReflection")).toBe(ServingStatus.SERVING);
-    await eventually(async () => watched.length === 2, "Watch sees NOT_SERVING");
+    await until(async () => watched.length === 2, "Watch sees NOT_SERVING");
 
     server.setReady(true);
-    await eventually(async () => watched.length === 3, "Watch sees SERVING again");
+    await until(async () => watched.length === 3, "Watch sees SERVING again");
     expect(watched).toEqual([ServingStatus.SERVING, ServingStatus.NOT_SERVING, ServingStatus.SERVING]);
     controller.abort();
     await watching;
@@ -105,7 +98,7 @@ describe("grpc.health.v1.Health", () => {
       }
       return "ended";
     })();
-    await eventually(async () => watched.length === 1, "Watch sends the current status");
+    await until(async () => watched.length === 1, "Watch sends the current status");
 
     const closing = server.running.close(5_000);
     for (const service of SERVICES)
