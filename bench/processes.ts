@@ -3,6 +3,7 @@
 
 import { type ChildProcess, execFileSync, fork, spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
+import http2 from "node:http2";
 import { connect, createServer } from "node:net";
 import { createInterface } from "node:readline";
 import type { ClientMessage, ListResult, LoadResult, Plan } from "./workload.js";
@@ -132,6 +133,16 @@ export interface ServiceOptions {
   readonly cpuProfileDir: string | undefined;
   /** More environment (e.g. CHECK_CACHE_ENTRIES), over the defaults above. */
   readonly env?: Readonly<Record<string, string>>;
+  /** Resolve once the port accepts connections (the default) or once health answers SERVING. */
+  readonly until?: "listening" | "serving";
+}
+
+export interface StartedService extends Child {
+  readonly port: number;
+  /** From spawning the process to what `until` waited for. */
+  readonly readyMs: number;
+  /** CPU seconds the process had used by then. */
+  readonly readyCpuSeconds: number;
 }
 
 /**
@@ -144,7 +155,7 @@ export function buildService(root = ROOT): void {
 }
 
 /** The service as production runs it (NODE_ENV=production, a callers file, built), on a port it picks. */
-export async function startService(options: ServiceOptions): Promise<Child & { readonly port: number }> {
+export async function startService(options: ServiceOptions): Promise<StartedService> {
   // A port picked here rather than PORT=0: above LOG_LEVEL=info the service logs no start line to read it from.
   const port = await freePort();
   const env: NodeJS.ProcessEnv = {
@@ -164,6 +175,7 @@ export async function startService(options: ServiceOptions): Promise<Child & { r
     options.cpuProfileDir === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${options.cpuProfileDir}`];
   const logFd = openSync(options.logPath, "w");
   let child: ChildProcess;
+  const spawned = performance.now();
   try {
     child = spawn(process.execPath, [...profiling, "dist/src/main.js"], {
       cwd: options.root ?? ROOT,
@@ -176,11 +188,11 @@ export async function startService(options: ServiceOptions): Promise<Child & { r
   const stderr = collect(child);
   const tracked = track("service", child, stderr);
   await Promise.race([
-    waitForListening(port),
+    options.until === "serving" ? waitForServing(port) : waitForListening(port),
     failedToStart("service", child, stderr),
     timeout("service", 60_000, () => `${stderr()}\n${readFileSync(options.logPath, "utf8").slice(-4000)}`),
   ]);
-  return { ...tracked, port };
+  return { ...tracked, port, readyMs: performance.now() - spawned, readyCpuSeconds: processCpuSeconds(tracked.pid) };
 }
 
 async function freePort(): Promise<number> {
@@ -191,6 +203,9 @@ async function freePort(): Promise<number> {
   if (address === null || typeof address === "string") throw new Error("no free port");
   return address.port;
 }
+
+/** How often a starting service is asked whether it is up. */
+const START_POLL_MS = 10;
 
 /** Polls until the port accepts a connection: the service listens once it is ready to serve. */
 async function waitForListening(port: number): Promise<void> {
@@ -204,7 +219,39 @@ async function waitForListening(port: number): Promise<void> {
       socket.once("error", () => resolve(false));
     });
     if (accepted) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await new Promise((resolve) => setTimeout(resolve, START_POLL_MS));
+  }
+}
+
+/** grpc.health.v1.Health/Check of the whole server (service ""): SERVING is status 1. */
+const HEALTH_CHECK = { path: "/grpc.health.v1.Health/Check", emptyRequest: Buffer.alloc(5), serving: [0x08, 0x01] };
+
+/** Polls until the port answers a health check with SERVING. */
+async function waitForServing(port: number): Promise<void> {
+  await waitForListening(port);
+  const session = http2.connect(`http://127.0.0.1:${port}`);
+  session.on("error", () => {});
+  try {
+    for (;;) {
+      const answer = await new Promise<Buffer>((resolve) => {
+        const chunks: Buffer[] = [];
+        const stream = session.request({
+          ":method": "POST",
+          ":path": HEALTH_CHECK.path,
+          "content-type": "application/grpc",
+          te: "trailers",
+        });
+        stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+        stream.on("error", () => {});
+        stream.on("close", () => resolve(Buffer.concat(chunks)));
+        stream.end(HEALTH_CHECK.emptyRequest);
+      });
+      // The framed HealthCheckResponse: a 5-byte prefix, then field 1 (status) as a varint.
+      if (answer.subarray(5).equals(Buffer.from(HEALTH_CHECK.serving))) return;
+      await new Promise((resolve) => setTimeout(resolve, START_POLL_MS));
+    }
+  } finally {
+    session.close();
   }
 }
 
@@ -263,8 +310,11 @@ const CLOCK_TICKS_PER_SECOND = (() => {
   }
 })();
 
-/** A field of /proc/<pid>/status in MiB (e.g. VmHWM, the peak resident set). */
-export function statusMiB(pid: number, field: "VmHWM" | "VmRSS"): number {
+/**
+ * A field of /proc/<pid>/status in MiB (e.g. VmHWM, the peak resident set). RssAnon leaves out
+ * the pages of files the process maps (SQLite's memory-mapped database file).
+ */
+export function statusMiB(pid: number, field: "VmHWM" | "VmRSS" | "RssAnon"): number {
   const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return match?.[1] === undefined ? Number.NaN : Number(match[1]) / 1024;
 }

@@ -436,7 +436,7 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
       dir === undefined || file === undefined ? [] : summariseProfile(join(dir, file), [measured.createsWindow]);
     figures.push({ label, createGoal, profile, ...measured });
   };
-  await deploy("sqlite", "SQLite, one service, synchronous = FULL", GOALS.sqliteCreates, async () => [
+  await deploy("sqlite", "SQLite, one service, every write flushed", GOALS.sqliteCreates, async () => [
     await start("sqlite", `sqlite:${join(options.workDir, "writes.db")}`),
   ]);
   if (options.postgresAdminUrl === undefined) {

@@ -48,6 +48,12 @@ const CODE_BY_REASON: Readonly<Record<ErrorReason, Code>> = {
   INTERNAL: Code.Internal,
 };
 
+const DATABASE_UNAVAILABLE_MESSAGES: Readonly<Record<UnavailableError["why"], string>> = {
+  unreachable: "the database is unavailable; retry with backoff",
+  pool_exhausted: "every database connection of this replica is busy; retry with backoff",
+  schema_behind: "this replica's database schema is behind its release until the migrate step runs; retry with backoff",
+};
+
 export interface RpcStatus {
   readonly code: Code;
   readonly message: string;
@@ -95,12 +101,7 @@ export function toRpcStatus(error: unknown): MappedError {
     return { status: statusOf(forged), internalCause: undefined };
   }
   if (error instanceof UnavailableError) {
-    const unavailable = new ServiceError(
-      "DATABASE_UNAVAILABLE",
-      error.poolExhausted
-        ? "every database connection of this replica is busy; retry with backoff"
-        : "the database is unavailable; retry with backoff",
-    );
+    const unavailable = new ServiceError("DATABASE_UNAVAILABLE", DATABASE_UNAVAILABLE_MESSAGES[error.why]);
     return { status: statusOf(unavailable), internalCause: error.cause };
   }
   if (error instanceof ConflictError) {

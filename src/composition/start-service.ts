@@ -24,6 +24,7 @@ import { ConfigReloader } from "../config/reload.js";
 import { Metrics, startAdminServer } from "../observability/metrics.js";
 import type { Tracing } from "../observability/tracing.js";
 import { openStore } from "../store/open.js";
+import { SchemaGate } from "../store/schema-gate.js";
 import type { Store } from "../store/store.js";
 import { type RunningServer, serve } from "../transport/server.js";
 import { readTlsCredentials } from "../transport/tls.js";
@@ -117,6 +118,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     poolSize: config.databasePoolSize,
     statementTimeoutMs: config.databaseStatementTimeoutMs,
     checkCacheEntries: config.checkCacheEntries,
+    sqliteMmapMib: config.sqliteMmapMib,
     migrate: config.migrateOnStart,
     schemaAheadLimit: config.schemaAheadLimit,
     migrationUrl: config.databaseMigrationUrl,
@@ -131,8 +133,9 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     if (config.tracing !== undefined)
       tracing = (await import("../observability/tracing.js")).Tracing.start(config.tracing, logger);
     const dbSystem = config.databaseUrl.startsWith("sqlite:") ? "sqlite" : "postgresql";
-    const store = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
-    const schema = await SchemaGate.start(store, logger);
+    const tracedStore = tracing?.traced(openedStore, "Store", { "db.system": dbSystem }) ?? openedStore;
+    const schema = await SchemaGate.start(tracedStore, logger);
+    const store = schema.guard(tracedStore);
     const admission = config.admission === undefined ? undefined : new AdmissionController(config.admission);
     const { pipeline, feed, metrics, idempotency } = composeRpcs(store, authenticator, config, logger, {
       tracing,
@@ -154,6 +157,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       maxRequestBytes: config.maxRequestBytes,
       tls,
       limits: config.limits,
+      observer: metrics,
       readiness: () =>
         store.ping().then(
           () => schema.current(),
@@ -213,38 +217,6 @@ async function backUp(store: Store, directory: string | undefined, logger: Logge
     logger.info({ path, bytes: (await stat(path)).size }, "backup written");
   } catch (error) {
     logger.error({ err: error, path }, "backup failed");
-  }
-}
-
-/**
- * Serving needs every migration this build ships. One that is missing (MIGRATE_ON_START=false and
- * the `migrate` step has not run yet) keeps the replica NOT_SERVING, says so, and is looked for
- * again on every readiness poll until the step has run.
- */
-class SchemaGate {
-  private constructor(
-    private readonly store: Store,
-    private readonly logger: Logger,
-    private pending: readonly string[],
-  ) {}
-
-  static async start(store: Store, logger: Logger): Promise<SchemaGate> {
-    const gate = new SchemaGate(store, logger, await store.pendingMigrations());
-    if (gate.pending.length > 0) {
-      logger.warn(
-        { pendingMigrations: gate.pending },
-        "the database schema is behind this release: NOT_SERVING until you run migrate " +
-          "(node dist/src/main.js migrate, or npm run migrate)",
-      );
-    }
-    return gate;
-  }
-
-  async current(): Promise<boolean> {
-    if (this.pending.length === 0) return true;
-    this.pending = await this.store.pendingMigrations().catch(() => this.pending);
-    if (this.pending.length === 0) this.logger.info("the database schema is now at this release's migrations");
-    return this.pending.length === 0;
   }
 }
 

@@ -4,6 +4,7 @@
 import { dirname, join } from "node:path";
 import { type AdmissionSettings, DEFAULT_ADMISSION_SETTINGS } from "../api/rpc/admission.js";
 import { DEFAULT_CHECK_CACHE_ENTRIES } from "../store/check-reader.js";
+import { MAX_SQLITE_MMAP_MIB } from "../store/open.js";
 import { DEFAULT_SCHEMA_AHEAD_LIMIT } from "../store/schema-version.js";
 import { DEFAULT_TRANSPORT_LIMITS as LIMITS, type TransportLimits } from "../transport/limits.js";
 
@@ -39,6 +40,8 @@ export interface Config {
   readonly limits: TransportLimits;
   /** SQLite: Connections the CheckConnection cache holds (least recently checked leave first). */
   readonly checkCacheEntries: number;
+  /** SQLite: MiB of the file read through a memory map (0: read() only). */
+  readonly sqliteMmapMib: number;
   /** Admission control of unary calls; undefined when ADMISSION_MAX_IN_FLIGHT is 0 (off). */
   readonly admission: AdmissionSettings | undefined;
   /** WatchConnectionEvents streams per replica. */
@@ -171,6 +174,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, { serving = tru
       maxHttp2Connections: integer("MAX_HTTP2_CONNECTIONS", LIMITS.maxHttp2Connections, 1, 1_000_000),
     },
     checkCacheEntries: integer("CHECK_CACHE_ENTRIES", DEFAULT_CHECK_CACHE_ENTRIES, 1, 100_000_000),
+    sqliteMmapMib: integer("SQLITE_MMAP_MIB", MAX_SQLITE_MMAP_MIB, 0, MAX_SQLITE_MMAP_MIB),
     admission: admissionSettings(integer),
     maxWatchers: integer("MAX_WATCHERS", 1000, 0, 1_000_000),
     watchHeartbeatMs: integer("WATCH_HEARTBEAT_MS", 15_000, 10, 15_000),

@@ -11,6 +11,7 @@ import type { AdmissionObserver, RpcLabels, RpcObserver } from "../api/rpc/types
 import type { FeedStats } from "../app/feed.js";
 import type { ReloadObserver } from "../config/reload.js";
 import type { CheckCacheStats } from "../store/store.js";
+import { PORT_REFUSAL_REASONS, type PortObserver, type PortRefusalReason } from "../transport/refusals.js";
 
 export interface DatabaseGauges {
   /** Connections open to the database, idle ones, and queries waiting for one. */
@@ -150,8 +151,10 @@ function histogramValues(figures: MethodFigures): MetricValue[] {
   return values;
 }
 
-export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver {
+export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, PortObserver {
   readonly registry = new Registry();
+  /** Refusals at the port by reason: plain numbers, read when scraped (a flood of bad requests refuses many a second). */
+  private readonly portRefusals = new Map<PortRefusalReason, number>(PORT_REFUSAL_REASONS.map((reason) => [reason, 0]));
   /** Admission's refusals by caller, then reason: plain numbers, read when scraped (a storm refuses many a second). */
   private readonly admissionRefusals = new Map<string, Map<AdmissionRefusal, number>>();
   private readonly rpcs: RpcMetrics;
@@ -183,6 +186,17 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver {
     })
       .labels(packageVersion(), process.version)
       .set(1);
+    const portRefusals = this.portRefusals;
+    new Counter({
+      name: "connections_port_refusals_total",
+      help: "Requests and connections the port turned away before the pipeline ran, by reason (docs/operations.md).",
+      labelNames: ["reason"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [reason, count] of portRefusals) this.labels(reason).inc(count);
+      },
+    });
     this.idempotencyReplays = new Counter({
       name: "connections_idempotency_replays_total",
       help: "Writes answered from the record of an earlier call with the same request_id (retries), by method.",
@@ -309,6 +323,10 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver {
       this.admissionRefusals.set(caller, byReason);
     }
     byReason.set(reason, (byReason.get(reason) ?? 0) + 1);
+  }
+
+  portRefused(reason: PortRefusalReason): void {
+    this.portRefusals.set(reason, (this.portRefusals.get(reason) ?? 0) + 1);
   }
 
   /** A write answered by replaying its first call's answer. */

@@ -6,7 +6,11 @@
 // miss reads the committed row synchronously through a prepared statement (CheckSource) and fills
 // the cache in the same step, so no write can land between the read and the fill; while a write's
 // transaction is open on the one connection, a read could see its uncommitted rows, so a miss then
-// waits for the connection instead.
+// waits for the connection instead. Once the cache is full, a miss is kept only when the same id
+// missed recently too (RecentMisses): when the checked ids outnumber the cache, keeping every miss
+// would evict on every miss for entries that are mostly evicted again before they are checked
+// again, and the eviction, the entry's encoding and the garbage it leaves cost more CPU than the
+// read.
 // PostgreSQL may have several replicas writing, so nothing is cached: concurrent checks are
 // coalesced into one query instead, each sent after all of its callers arrived.
 //
@@ -137,6 +141,38 @@ class SlotList<K> {
   }
 }
 
+const MIN_RECENT_MISS_SLOTS = 1024;
+
+/**
+ * Which ids missed recently: a direct-mapped table of 32-bit hashes (FNV-1a) of missed ids, at
+ * least as many slots as the cache has entries (and MIN_RECENT_MISS_SLOTS). An id stays noted
+ * until a later miss lands on its slot, so "recently" means within about that many misses. A
+ * collision of two ids' hashes only lets an id in one miss early.
+ */
+export class RecentMisses {
+  readonly #hashes: Int32Array;
+  readonly #mask: number;
+
+  constructor(capacity: number) {
+    let slots = MIN_RECENT_MISS_SLOTS;
+    while (slots < capacity) slots *= 2;
+    this.#hashes = new Int32Array(slots);
+    this.#mask = slots - 1;
+  }
+
+  /** Whether `id` missed recently; notes it if not. */
+  again(id: string): boolean {
+    let hash = 0x811c9dc5;
+    for (let index = 0; index < id.length; index++) hash = Math.imul(hash ^ id.charCodeAt(index), 0x01000193);
+    // 0 marks an empty slot.
+    if (hash === 0) hash = 1;
+    const slot = hash & this.#mask;
+    if (this.#hashes[slot] === hash) return true;
+    this.#hashes[slot] = hash;
+    return false;
+  }
+}
+
 /** A bounded map that forgets the least recently used entry first (a read counts as a use). */
 export class LruMap<K, V> {
   readonly #order: SlotList<K>;
@@ -202,6 +238,10 @@ class ConnectionTable {
 
   get size(): number {
     return this.#slots.size;
+  }
+
+  get full(): boolean {
+    return this.#slots.size >= this.capacity;
   }
 
   /** The cached version, without counting as a use. */
@@ -327,6 +367,8 @@ export interface CheckSource {
 
 export class CachingCheckReader implements CheckReader {
   readonly #entries: ConnectionTable;
+  /** Made when the cache first fills up: a cache that never does needs none. */
+  #recentMisses: RecentMisses | undefined;
 
   constructor(
     private readonly source: CheckSource,
@@ -363,7 +405,7 @@ export class CachingCheckReader implements CheckReader {
     const fill = () => {
       const read = new Map<string, ConnectionRecord>();
       for (const record of this.source.many([...missing])) {
-        this.#entries.keep(record);
+        this.#keepRead(record);
         read.set(record.id, record);
       }
       for (let index = 0; index < ids.length; index++) {
@@ -395,8 +437,17 @@ export class CachingCheckReader implements CheckReader {
   /** Read and kept in one synchronous step: no write can come between them. */
   #fillOne(id: string): ConnectionRecord | undefined {
     const record = this.source.one(id);
-    if (record !== undefined) this.#entries.keep(record);
+    if (record !== undefined) this.#keepRead(record);
     return record;
+  }
+
+  /** Keeps what a miss read while there is room, and once full only ids that missed recently too. */
+  #keepRead(record: ConnectionRecord): void {
+    if (this.#entries.full) {
+      this.#recentMisses ??= new RecentMisses(this.#entries.capacity);
+      if (!this.#recentMisses.again(record.id)) return;
+    }
+    this.#entries.keep(record);
   }
 }
 

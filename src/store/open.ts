@@ -1,30 +1,23 @@
 // Opens the store that DATABASE_URL names, applies the migrations (or checks that the schema is
-// one this build may serve on), and hands back a Store. PostgreSQL is reached the way PgBouncer in
-// transaction pooling allows: no startup parameters, no session state (the statement timeout is set
-// per transaction), migrations in one transaction, LISTEN only on a session connection.
+// one this build may serve on), and hands back a Store. SQLite is opened here; PostgreSQL in
+// open-postgres.ts, loaded only when it is the database (the pg driver is a fair part of start-up
+// otherwise spent for nothing). PostgreSQL is reached the way PgBouncer in transaction pooling
+// allows: no startup parameters, no session state (the statement timeout is set per transaction),
+// migrations in one transaction, LISTEN only on a session connection.
 
 import { accessSync, constants, existsSync, mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import SqliteDatabase from "better-sqlite3";
-import { Kysely, PostgresDialect } from "kysely";
-import pg from "pg";
+import { Kysely } from "kysely";
 import type { Logger } from "pino";
 import { DEFAULT_CHECK_CACHE_ENTRIES } from "./check-reader.js";
-import { translateError } from "./errors.js";
-import { FeedListener } from "./feed-notifications.js";
 import { KyselyStore } from "./kysely-store.js";
-import { StorePool } from "./pg-pool.js";
-import type { Database, SqlDialect } from "./schema.js";
-import {
-  applyMigrations,
-  DEFAULT_SCHEMA_AHEAD_LIMIT,
-  PostgresMigrationDialect,
-  readSchemaStatus,
-  refuseIfTooFarAhead,
-} from "./schema-version.js";
+import type { Database } from "./schema.js";
+import { prepareSchema } from "./schema-version.js";
 import { EventLoopFriendlySqliteDialect } from "./sqlite-dialect.js";
 import { checkAtStart } from "./sqlite-integrity.js";
 import type { Store } from "./store.js";
+import { WalFlusher } from "./wal-flush.js";
 
 export interface OpenStoreOptions {
   readonly databaseUrl: string;
@@ -42,6 +35,8 @@ export interface OpenStoreOptions {
   readonly listenUrl?: string;
   /** SQLite: the CheckConnection cache's bound, in Connections (DEFAULT_CHECK_CACHE_ENTRIES). */
   readonly checkCacheEntries?: number;
+  /** SQLite: how much of the file is read through a memory map, in MiB (MAX_SQLITE_MMAP_MIB); 0 reads with read(). */
+  readonly sqliteMmapMib?: number;
   readonly logger?: Logger;
 }
 
@@ -54,16 +49,17 @@ const SQLITE_MEMORY = ":memory:";
 const SQLITE_LOCK_WAIT_MS = 1000;
 /** SQLite's page cache, in KiB. */
 const SQLITE_CACHE_KIB = 32 * 1024;
+/** The most of the file SQLite reads through a memory map: its compile-time limit (0x7fff0000 bytes), in MiB. */
+export const MAX_SQLITE_MMAP_MIB = 2047;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
-/** Checkpoint the WAL after this many pages (SQLite's default is 1000, about 4 MB). */
-const SQLITE_WAL_PAGES = 256;
-/** After a checkpoint the WAL file is truncated to at most this. */
-const SQLITE_WAL_BYTES = 1024 * 1024;
-const PG_CONNECT_TIMEOUT_MS = 2000;
-/** Idle time before the first TCP keepalive probe on a PostgreSQL connection. */
-const PG_KEEPALIVE_DELAY_MS = 10_000;
-/** The client gives a query this long past the server's statement_timeout before giving up on it. */
-const PG_QUERY_TIMEOUT_MARGIN_MS = 1_000;
+/**
+ * Checkpoint the WAL after this many pages (8 MiB; SQLite's default is 1000). A checkpoint flushes
+ * the WAL and the database file on the event loop (the group commit's own flushes are off it), so
+ * rarer checkpoints stall calls less often, and copy a page written by many groups only once.
+ */
+const SQLITE_WAL_PAGES = 2048;
+/** After a checkpoint the WAL file is truncated to at most this: the size it grows to anyway. */
+const SQLITE_WAL_BYTES = 8 * 1024 * 1024;
 
 /** Throws an error naming what is wrong with the URL (never echoing credentials). */
 export function parseDatabaseUrl(databaseUrl: string): DatabaseTarget {
@@ -81,7 +77,8 @@ export function parseDatabaseUrl(databaseUrl: string): DatabaseTarget {
 
 export async function openStore(options: OpenStoreOptions): Promise<Store> {
   const target = parseDatabaseUrl(options.databaseUrl);
-  return target.dialect === "sqlite" ? openSqlite(target.path, options) : openPostgres(target.url, options);
+  if (target.dialect === "sqlite") return openSqlite(target.path, options);
+  return (await import("./open-postgres.js")).openPostgres(target.url, options);
 }
 
 /** The `migrate` subcommand: applies the pending migrations, then closes what it opened. */
@@ -90,21 +87,22 @@ export async function migrateDatabase(
 ): Promise<void> {
   const target = parseDatabaseUrl(options.databaseUrl);
   if (target.dialect === "postgres") {
-    await migratePostgres(pgConnection(options.migrationUrl ?? target.url), options);
+    await (await import("./open-postgres.js")).migratePostgres(options.migrationUrl ?? target.url, options);
     return;
   }
-  const { db } = openSqliteFile(target.path, options.logger);
+  const { db } = openSqliteFile(target.path, options);
   await prepareSchema(db, "sqlite", options);
   await db.destroy();
 }
 
 async function openSqlite(path: string, options: OpenStoreOptions): Promise<Store> {
-  const { database, db } = openSqliteFile(path, options.logger);
+  const { database, db } = openSqliteFile(path, options);
   await prepareSchema(db, "sqlite", options);
   warnWhenCacheTooSmall(database, options);
   return new KyselyStore(db, {
     dialect: "sqlite",
     inTransaction: () => database.inTransaction,
+    walFlusher: path === SQLITE_MEMORY ? undefined : new WalFlusher(path),
     sqlite: database,
     checkCacheEntries: options.checkCacheEntries,
     backup: (destination) => database.backup(destination),
@@ -112,7 +110,10 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
 }
 
 /** Opens (or creates) the file for this process alone, checked where damage shows first, tuned. */
-function openSqliteFile(path: string, logger?: Logger): { database: SqliteDatabase.Database; db: Kysely<Database> } {
+function openSqliteFile(
+  path: string,
+  { logger, sqliteMmapMib = MAX_SQLITE_MMAP_MIB }: Pick<OpenStoreOptions, "logger" | "sqliteMmapMib">,
+): { database: SqliteDatabase.Database; db: Kysely<Database> } {
   const database = lockSqlite(path, (locked) => {
     // Bounded whatever the file's size (see sqlite-integrity.ts); `check-database` reads it all.
     const started = performance.now();
@@ -120,9 +121,10 @@ function openSqliteFile(path: string, logger?: Logger): { database: SqliteDataba
     logger?.debug({ checked, ms: Math.round(performance.now() - started) }, "start-up integrity check");
   });
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
-  // FULL: the WAL is flushed at every COMMIT, so an acknowledged write survives a power cut or a
-  // kernel crash, not only a killed process (transactions.ts groups writes to share the flush).
-  database.pragma("synchronous = FULL");
+  // NORMAL: COMMIT writes the WAL without flushing it; the group commit flushes it off the event
+  // loop before it acknowledges (wal-flush.ts), so an acknowledged write survives a power cut or a
+  // kernel crash, not only a killed process. SQLite still flushes around its checkpoints.
+  database.pragma("synchronous = NORMAL");
   database.pragma("foreign_keys = ON");
   // Writes touch every index of a Connection and its event at random keys: SQLite's default page
   // cache (2 MB) soon misses on each of them.
@@ -131,6 +133,11 @@ function openSqliteFile(path: string, logger?: Logger): { database: SqliteDataba
   // SQLITE_WAL_BYTES afterwards, so that a small volume that filled up once has room again.
   database.pragma(`wal_autocheckpoint = ${SQLITE_WAL_PAGES}`);
   database.pragma(`journal_size_limit = ${SQLITE_WAL_BYTES}`);
+  // Reads through a memory map: a check that misses the cache reads a random page of a file far
+  // larger than SQLite's page cache, and through the map that costs no read() and no copy
+  // (docs/performance.md). Writes still go through write(). The price: an I/O error while reading
+  // the map is a SIGBUS that ends the process, where read() would fail the one call.
+  database.pragma(`mmap_size = ${sqliteMmapMib * 2 ** 20}`);
   return { database, db: new Kysely<Database>({ dialect: new EventLoopFriendlySqliteDialect({ database }) }) };
 }
 
@@ -220,144 +227,5 @@ function writable(path: string): boolean {
     return true;
   } catch {
     return false;
-  }
-}
-
-/** What every PostgreSQL connection of the service is opened with: no startup parameters beyond
- * application_name, which PgBouncer knows (it refuses others, e.g. statement_timeout). */
-function pgConnection(url: string): pg.ClientConfig {
-  return {
-    connectionString: url,
-    connectionTimeoutMillis: PG_CONNECT_TIMEOUT_MS,
-    application_name: "connections",
-    // Finds a peer that vanished without a FIN or RST (a dead host, a dropped route).
-    keepAlive: true,
-    keepAliveInitialDelayMillis: PG_KEEPALIVE_DELAY_MS,
-  };
-}
-
-async function openPostgres(url: string, options: OpenStoreOptions): Promise<Store> {
-  const poolSize = options.poolSize ?? 10;
-  const statementTimeoutMs = options.statementTimeoutMs ?? 5000;
-  const connection = pgConnection(url);
-  // Migrations may wait on replicas that migrate first: no client-side timeout on their connection.
-  if (options.migrate ?? true) await migratePostgres(pgConnection(options.migrationUrl ?? url), options);
-  const feedListener = await feedListenerFor(url, options);
-  const pool = new pg.Pool({
-    ...connection,
-    max: poolSize,
-    // The client's own clock: a database that stops answering (frozen, partitioned, no packets at
-    // all) fails the query instead of holding the connection; the server's statement_timeout
-    // cannot, since it never gets to run.
-    query_timeout: statementTimeoutMs + PG_QUERY_TIMEOUT_MARGIN_MS,
-  });
-  // A client whose server went away emits 'error', on the pool when idle and on the client while
-  // checked out (its query fails too); an unheard 'error' would crash the process. The pool
-  // drops such a client and connects a new one when next asked.
-  pool.on("error", (error) => options.logger?.warn({ err: error }, "an idle PostgreSQL connection failed"));
-  pool.on("connect", (client) =>
-    client.on("error", (error) => options.logger?.debug({ err: error }, "a PostgreSQL connection failed")),
-  );
-  const storePool = new StorePool(pool, poolSize, {
-    connection,
-    statementTimeoutMs,
-    onReachability(reachable, cause) {
-      if (reachable) options.logger?.info("PostgreSQL answers again: serving calls");
-      else
-        options.logger?.error(
-          { err: cause },
-          "PostgreSQL is unreachable: calls fail at once with UNAVAILABLE until a probe finds it answering",
-        );
-    },
-  });
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: storePool.forKysely }) });
-  if (!(options.migrate ?? true)) await prepareSchema(db, "postgres", { ...options, migrate: false });
-  return new KyselyStore(db, {
-    dialect: "postgres",
-    poolSize,
-    pool: storePool,
-    feedListener,
-  });
-}
-
-/**
- * The LISTEN connection: DATABASE_LISTEN_URL when set; DATABASE_URL when it reaches PostgreSQL
- * directly; none (the feed polls) when DATABASE_URL goes through a pooler, where LISTEN runs on one
- * server connection and is then lost to whichever client gets it next.
- */
-async function feedListenerFor(url: string, options: OpenStoreOptions): Promise<FeedListener | undefined> {
-  if (options.listenUrl !== undefined) return new FeedListener(options.listenUrl, options.logger);
-  if (!(await throughPooler(url))) return new FeedListener(url, options.logger);
-  options.logger?.warn(
-    "DATABASE_URL reaches PostgreSQL through a connection pooler (PgBouncer?), where LISTEN does not work: the " +
-      "change feed only polls (every WATCH_POLL_INTERVAL_MS), so events committed on other replicas reach " +
-      "watchers later. Set DATABASE_LISTEN_URL to a direct or session-pooled connection to be notified at once",
-  );
-  return undefined;
-}
-
-/**
- * True when the server process answering a query is not the one whose key the connection was given
- * at start: a pooler (PgBouncer hands out keys of its own) sits between. A plain TCP proxy passes
- * the key through, so it is not mistaken for one.
- */
-async function throughPooler(url: string): Promise<boolean> {
-  const client = new pg.Client(pgConnection(url));
-  client.on("error", () => {});
-  try {
-    await client.connect();
-    const { rows } = await client.query<{ pid: number }>("select pg_backend_pid() as pid");
-    return rows[0]?.pid !== (client as unknown as { processID?: number }).processID;
-  } catch (error) {
-    throw translateError(error);
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
-async function migratePostgres(
-  connection: pg.ClientConfig,
-  options: Pick<OpenStoreOptions, "schemaAheadLimit" | "logger">,
-): Promise<void> {
-  const client = new pg.Client(connection);
-  client.on("error", (error) => options.logger?.debug({ err: error }, "the migration connection failed"));
-  try {
-    await client.connect();
-  } catch (error) {
-    await client.end().catch(() => {});
-    throw translateError(error);
-  }
-  const pinned = { query: (text: string, values: unknown[]) => client.query(text, values), release: () => {} };
-  const db = new Kysely<Database>({
-    dialect: new PostgresMigrationDialect({ pool: { connect: async () => pinned as never, end: () => client.end() } }),
-  });
-  await prepareSchema(db, "postgres", options);
-  await db.destroy();
-}
-
-/**
- * Applies the pending migrations (options.migrate, the default) or only reads where the schema
- * stands; either way refuses a schema further ahead than the limit. Destroys `db` when it fails.
- */
-async function prepareSchema(
-  db: Kysely<Database>,
-  dialect: SqlDialect,
-  options: Pick<OpenStoreOptions, "migrate" | "schemaAheadLimit" | "logger">,
-): Promise<void> {
-  const aheadLimit = options.schemaAheadLimit ?? DEFAULT_SCHEMA_AHEAD_LIMIT;
-  try {
-    if (options.migrate === false) {
-      refuseIfTooFarAhead(await readSchemaStatus(db as Kysely<unknown>, dialect), aheadLimit, options.logger);
-      return;
-    }
-    const results = await db
-      .connection()
-      .execute((connection) => applyMigrations(connection as Kysely<unknown>, dialect, aheadLimit, options.logger));
-    for (const result of results) {
-      options.logger?.info({ migration: result.migrationName, status: result.status }, "migration");
-    }
-  } catch (error) {
-    await db.destroy();
-    throw translateError(error);
   }
 }

@@ -279,7 +279,7 @@ export class StorePool {
       );
       if (error instanceof Error && error.message.includes(POOL_WAIT_TIMEOUT) && this.#pool.totalCount >= this.#max) {
         this.#exhausted++;
-        throw new UnavailableError({ cause: error, poolExhausted: true });
+        throw new UnavailableError({ cause: error, why: "pool_exhausted" });
       }
       if (suggestsUnreachable(error)) this.suspect();
       throw error;

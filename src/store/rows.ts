@@ -54,6 +54,17 @@ export const EVENT_WRITE_COLUMNS = [
 
 export const EVENT_COLUMNS = ["seq", ...EVENT_WRITE_COLUMNS] as const;
 
+/** The columns of an idempotency record's row (toIdempotencyRow). */
+export const IDEMPOTENCY_COLUMNS = [
+  "scope",
+  "request_id",
+  "method",
+  "fingerprint",
+  "response",
+  "error",
+  "create_time",
+] as const;
+
 export type ConnectionRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_COLUMNS)[number]>;
 export type ConnectionRecordRow = Pick<Selectable<ConnectionsTable>, (typeof CONNECTION_RECORD_COLUMNS)[number]>;
 export type EventRow = Pick<Selectable<ConnectionEventsTable>, (typeof EVENT_COLUMNS)[number]>;
@@ -71,14 +82,33 @@ export function preparedQuery<K extends string, R>(
   keys: readonly K[],
   build: (markers: Readonly<Record<K, never>>) => Compilable<R>,
 ): (values: Readonly<Partial<Record<K, unknown>>>) => CompiledQuery<R> {
-  const marker = (key: string) => `\u0000${key}`;
-  const compiled = build(Object.fromEntries(keys.map((key) => [key, marker(key)])) as Record<K, never>).compile();
+  const prepared = preparedStatement({ row: keys }, (markers) => build(markers.row));
+  return (values) => prepared({ row: values });
+}
+
+type RowKeys = Readonly<Record<string, readonly string[]>>;
+
+/** preparedQuery for a statement that writes several rows (e.g. one per CTE): each row's values under its name. */
+export function preparedStatement<G extends RowKeys, R>(
+  rows: G,
+  build: (markers: { readonly [N in keyof G]: Readonly<Record<G[N][number], never>> }) => Compilable<R>,
+): (values: { readonly [N in keyof G]?: Readonly<Partial<Record<G[N][number], unknown>>> }) => CompiledQuery<R> {
+  const marker = (row: string, key: string) => `\u0000${row}\u0000${key}`;
+  const markers = Object.fromEntries(
+    Object.entries(rows).map(([row, keys]) => [row, Object.fromEntries(keys.map((key) => [key, marker(row, key)]))]),
+  );
+  const compiled = build(markers as Parameters<typeof build>[0]).compile();
   const order = compiled.parameters.map((parameter) => {
-    const key = keys.find((candidate) => marker(candidate) === parameter);
-    if (key === undefined) throw new Error(`a prepared query has a value that is not a marker: ${String(parameter)}`);
-    return key;
+    for (const [row, keys] of Object.entries(rows)) {
+      const key = keys.find((candidate) => marker(row, candidate) === parameter);
+      if (key !== undefined) return [row, key] as const;
+    }
+    throw new Error(`a prepared query has a value that is not a marker: ${String(parameter)}`);
   });
-  return (values) => ({ ...compiled, parameters: order.map((key) => values[key]) });
+  return (values) => ({
+    ...compiled,
+    parameters: order.map(([row, key]) => (values[row] as Readonly<Record<string, unknown>> | undefined)?.[key]),
+  });
 }
 
 export function parseCursor(cursor: string): number {
@@ -111,7 +141,7 @@ export function toDate(value: Date | string): Date {
   return value instanceof Date ? value : new Date(value);
 }
 
-function toOptionalDate(value: Date | string | null): Date | undefined {
+export function toOptionalDate(value: Date | string | null): Date | undefined {
   return value === null ? undefined : toDate(value);
 }
 

@@ -8,8 +8,9 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Kysely, type MigrationResult, PostgresAdapter, PostgresDialect, sql } from "kysely";
 import type { Logger } from "pino";
+import { translateError } from "./errors.js";
 import { migrateToLatest, migrationProvider } from "./migrations.js";
-import type { SqlDialect } from "./schema.js";
+import type { Database, SqlDialect } from "./schema.js";
 
 /** Any 64-bit constant works: it only has to be the same in every replica (and every release). */
 export const PG_MIGRATION_LOCK = 0x636f6e6e; // "conn"
@@ -159,5 +160,32 @@ class TransactionLockedAdapter extends PostgresAdapter {
 export class PostgresMigrationDialect extends PostgresDialect {
   override createAdapter(): PostgresAdapter {
     return new TransactionLockedAdapter();
+  }
+}
+
+/**
+ * Applies the pending migrations (options.migrate, the default) or only reads where the schema
+ * stands; either way refuses a schema further ahead than the limit. Destroys `db` when it fails.
+ */
+export async function prepareSchema(
+  db: Kysely<Database>,
+  dialect: SqlDialect,
+  options: { readonly migrate?: boolean; readonly schemaAheadLimit?: number; readonly logger?: Logger },
+): Promise<void> {
+  const aheadLimit = options.schemaAheadLimit ?? DEFAULT_SCHEMA_AHEAD_LIMIT;
+  try {
+    if (options.migrate === false) {
+      refuseIfTooFarAhead(await readSchemaStatus(db as Kysely<unknown>, dialect), aheadLimit, options.logger);
+      return;
+    }
+    const results = await db
+      .connection()
+      .execute((connection) => applyMigrations(connection as Kysely<unknown>, dialect, aheadLimit, options.logger));
+    for (const result of results) {
+      options.logger?.info({ migration: result.migrationName, status: result.status }, "migration");
+    }
+  } catch (error) {
+    await db.destroy();
+    throw translateError(error);
   }
 }

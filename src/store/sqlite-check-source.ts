@@ -1,25 +1,52 @@
 // The check cache's reads on SQLite, straight through better-sqlite3: a miss is one prepared
-// primary-key read and a batch's misses one prepared statement, with no query building, no
-// promise and no wait for Kysely's connection mutex. Reading beside Kysely is safe because
-// better-sqlite3 runs every statement synchronously on the one connection this process holds
-// exclusively; the one state in which such a read could see uncommitted rows, a write's open
-// transaction, is reported by idle(), and then the read waits for Kysely's connection.
+// primary-key read and a batch's misses one prepared statement (`id in (?, ?, ...)`, one per
+// number of ids), with no query building, no promise and no wait for Kysely's connection mutex.
+// Rows come back as arrays (better-sqlite3's raw mode, no object per row) and become the records a
+// check answers from in one step. Reading beside Kysely is safe because better-sqlite3 runs every
+// statement synchronously on the one connection this process holds exclusively; the one state in
+// which such a read could see uncommitted rows, a write's open transaction, is reported by idle(),
+// and then the read waits for Kysely's connection.
 
 import type SqliteDatabase from "better-sqlite3";
 import type { Kysely } from "kysely";
+import type { State } from "../domain/connection.js";
 import type { CheckSource } from "./check-reader.js";
 import { translateError } from "./errors.js";
-import { CONNECTION_RECORD_COLUMNS, type ConnectionRecordRow, toConnection } from "./rows.js";
+import { CONNECTION_RECORD_COLUMNS, toDate, toOptionalDate } from "./rows.js";
 import type { Database } from "./schema.js";
 import type { ConnectionRecord } from "./store.js";
 
 const COLUMNS = CONNECTION_RECORD_COLUMNS.join(", ");
 
+/** A row in raw mode: the values of CONNECTION_RECORD_COLUMNS, in that order. */
+type ConnectionValues = [
+  id: string,
+  sourceOrganizationId: string,
+  destinationOrganizationId: string,
+  name: string,
+  scopes: string,
+  state: string,
+  createTime: string,
+  updateTime: string,
+  activateTime: string | null,
+  deactivateTime: string | null,
+  creator: string,
+  createRequestId: string,
+  version: number,
+];
+
+/** The most ids one statement binds: BatchCheckConnection's limit. Larger reads are split. */
+const MAX_IDS_PER_STATEMENT = 100;
+/** Distinct scope sets kept parsed; the scope catalogue allows a handful, so this is only a bound. */
+const MAX_SCOPE_SETS = 256;
+
 export class SqliteCheckSource implements CheckSource {
   // Prepared on first use: a replica started before the migrate step has no table to prepare them on.
-  #byId: SqliteDatabase.Statement<[string], ConnectionRecordRow> | undefined;
-  /** The ids as one JSON array: one statement whatever the batch's size, each id a primary-key read. */
-  #byIds: SqliteDatabase.Statement<[string], ConnectionRecordRow> | undefined;
+  #byId: SqliteDatabase.Statement<[string], ConnectionValues> | undefined;
+  /** Index n: the statement for n ids. */
+  readonly #byIds: (SqliteDatabase.Statement<string[], ConnectionValues> | undefined)[] = [];
+  /** Scopes as stored (a JSON array) to the frozen array every record with them shares. */
+  readonly #scopes = new Map<string, readonly string[]>();
 
   constructor(
     private readonly database: SqliteDatabase.Database,
@@ -32,9 +59,11 @@ export class SqliteCheckSource implements CheckSource {
 
   one(id: string): ConnectionRecord | undefined {
     try {
-      this.#byId ??= this.database.prepare(`select ${COLUMNS} from connections where id = ?`);
+      this.#byId ??= this.database
+        .prepare<[string], ConnectionValues>(`select ${COLUMNS} from connections where id = ?`)
+        .raw(true);
       const row = this.#byId.get(id);
-      return row === undefined ? undefined : toConnection(row);
+      return row === undefined ? undefined : this.#record(row);
     } catch (error) {
       throw translateError(error);
     }
@@ -42,10 +71,12 @@ export class SqliteCheckSource implements CheckSource {
 
   many(ids: readonly string[]): ConnectionRecord[] {
     try {
-      this.#byIds ??= this.database.prepare(
-        `select ${COLUMNS} from connections where id in (select value from json_each(?))`,
-      );
-      return this.#byIds.all(JSON.stringify(ids)).map(toConnection);
+      const records: ConnectionRecord[] = [];
+      for (let from = 0; from < ids.length; from += MAX_IDS_PER_STATEMENT) {
+        const chunk = ids.length <= MAX_IDS_PER_STATEMENT ? ids : ids.slice(from, from + MAX_IDS_PER_STATEMENT);
+        for (const row of this.#statementFor(chunk.length).all(...chunk)) records.push(this.#record(row));
+      }
+      return records;
     } catch (error) {
       throw translateError(error);
     }
@@ -54,5 +85,45 @@ export class SqliteCheckSource implements CheckSource {
   whenIdle<T>(read: () => T): Promise<T> {
     // Kysely hands out its one connection only once the transaction holding it has ended.
     return this.db.connection().execute(async () => read());
+  }
+
+  #statementFor(count: number): SqliteDatabase.Statement<string[], ConnectionValues> {
+    let statement = this.#byIds[count];
+    if (statement === undefined) {
+      const placeholders = new Array<string>(count).fill("?").join(", ");
+      statement = this.database
+        .prepare<string[], ConnectionValues>(`select ${COLUMNS} from connections where id in (${placeholders})`)
+        .raw(true);
+      this.#byIds[count] = statement;
+    }
+    return statement;
+  }
+
+  #record(row: ConnectionValues): ConnectionRecord {
+    return {
+      id: row[0],
+      sourceOrganizationId: row[1],
+      destinationOrganizationId: row[2],
+      name: row[3],
+      scopes: this.#parsedScopes(row[4]),
+      state: row[5] as State,
+      createTime: toDate(row[6]),
+      updateTime: toDate(row[7]),
+      activateTime: toOptionalDate(row[8]),
+      deactivateTime: toOptionalDate(row[9]),
+      creator: row[10],
+      createRequestId: row[11],
+      version: row[12],
+    };
+  }
+
+  #parsedScopes(json: string): readonly string[] {
+    let scopes = this.#scopes.get(json);
+    if (scopes === undefined) {
+      if (this.#scopes.size >= MAX_SCOPE_SETS) this.#scopes.clear();
+      scopes = Object.freeze(JSON.parse(json) as string[]);
+      this.#scopes.set(json, scopes);
+    }
+    return scopes;
   }
 }

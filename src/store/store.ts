@@ -283,15 +283,25 @@ export class AlreadyExistsError extends Error {
 
 /** The database cannot be reached or refused work for a while (down, pool exhausted, timeout). */
 export class UnavailableError extends Error {
-  /** True when the database answers but every pooled connection stayed busy (this replica is overloaded). */
-  readonly poolExhausted: boolean;
+  /**
+   * `pool_exhausted`: the database answers but every pooled connection stayed busy (this replica is
+   * overloaded); `schema_behind`: the `migrate` step has not run for this release yet (schema-gate.ts).
+   */
+  readonly why: "unreachable" | "pool_exhausted" | "schema_behind";
 
-  constructor(options?: { cause?: unknown; poolExhausted?: boolean }) {
-    super(options?.poolExhausted ? "database connection pool exhausted" : "database unavailable", options);
+  constructor(options?: { cause?: unknown; why?: UnavailableError["why"] }) {
+    const why = options?.why ?? "unreachable";
+    super(UNAVAILABLE_MESSAGES[why], options);
     this.name = "UnavailableError";
-    this.poolExhausted = options?.poolExhausted ?? false;
+    this.why = why;
   }
 }
+
+const UNAVAILABLE_MESSAGES: Readonly<Record<UnavailableError["why"], string>> = {
+  unreachable: "database unavailable",
+  pool_exhausted: "database connection pool exhausted",
+  schema_behind: "database schema behind this release",
+};
 
 /** A transaction lost a race (serialization failure, deadlock, busy) and retries ran out. */
 export class ConflictError extends Error {

@@ -2,11 +2,12 @@
 // transactions that retry a lost race a bounded number of times, stop committing once the call is
 // cut short, and on SQLite never let a failed ROLLBACK hide the error that caused it.
 //
-// On SQLite every acknowledged write is on the disk (`synchronous = FULL`, see open.ts), and a
-// disk flush costs far more than a write's statements. So writes are committed in groups: the
-// writes that arrive while a group is committing form the next group, which runs as ONE
-// transaction (one flush) with each write in its own SAVEPOINT, so a write that fails rolls back
-// alone and the others commit. A group holds at most MAX_GROUP writes, so no write waits longer
+// On SQLite every acknowledged write is on the disk, and a disk flush costs far more than a
+// write's statements. So writes are committed in groups: the writes that arrive while a group is
+// committing form the next group, which runs as ONE transaction with each write in its own
+// SAVEPOINT, so a write that fails rolls back alone and the others commit. Its writes are
+// acknowledged once the WAL is flushed (wal-flush.ts, off the event loop), and the next group
+// commits while that flush runs. A group holds at most MAX_GROUP writes, so no write waits longer
 // than the group in front of it and its own. PostgreSQL groups concurrent commits by itself.
 
 import { setTimeout as sleep } from "node:timers/promises";
@@ -14,6 +15,7 @@ import { CompiledQuery, type Kysely } from "kysely";
 import { classifyError, translateError } from "./errors.js";
 import type { StorePool } from "./pg-pool.js";
 import type { Database } from "./schema.js";
+import type { WalFlusher } from "./wal-flush.js";
 
 const MAX_WRITE_ATTEMPTS = 5;
 /** Writes per SQLite transaction: bounds how long a write waits for the group in front of it. */
@@ -31,6 +33,8 @@ export interface TransactionsOptions {
   readonly pool?: StorePool;
   /** SQLite: whether a transaction is open (SQLite rolls some back by itself, e.g. on a full disk). */
   readonly inTransaction?: () => boolean;
+  /** SQLite on a file: puts each group's COMMIT on the disk before its writes are acknowledged. */
+  readonly walFlusher?: WalFlusher;
   /**
    * Called after every write commits, and (`false`) after one whose transaction ended without
    * committing: on PostgreSQL the change feed's readers may have been waiting for it to end.
@@ -47,7 +51,8 @@ export class Transactions {
 
   constructor(db: Kysely<Database>, options: TransactionsOptions) {
     this.#pool = options.pool;
-    this.#groups = options.pool === undefined ? new GroupCommit(db, options.inTransaction) : undefined;
+    this.#groups =
+      options.pool === undefined ? new GroupCommit(db, options.inTransaction, options.walFlusher) : undefined;
     this.#ended = options.ended;
   }
 
@@ -115,12 +120,14 @@ interface Member {
 class GroupCommit {
   readonly #db: Kysely<Database>;
   readonly #inTransaction: () => boolean;
+  readonly #walFlusher: WalFlusher | undefined;
   #queue: Member[] = [];
   #draining = false;
 
-  constructor(db: Kysely<Database>, inTransaction: (() => boolean) | undefined) {
+  constructor(db: Kysely<Database>, inTransaction: (() => boolean) | undefined, walFlusher: WalFlusher | undefined) {
     this.#db = db;
     this.#inTransaction = inTransaction ?? (() => true);
+    this.#walFlusher = walFlusher;
   }
 
   /** Resolves once `work` has committed; rejects with its own error, or the group's COMMIT's. */
@@ -200,9 +207,23 @@ class GroupCommit {
         for (const member of succeeded) member.reject(error);
         return;
       }
-      for (const member of succeeded) member.resolve(member.result);
+      this.#acknowledge(succeeded);
       return;
     }
+  }
+
+  /** Settles the committed writes once they are on the disk; the next group need not wait for it. */
+  #acknowledge(committed: Member[]): void {
+    const resolveAll = () => {
+      for (const member of committed) member.resolve(member.result);
+    };
+    if (this.#walFlusher === undefined) {
+      resolveAll();
+      return;
+    }
+    this.#walFlusher.flush().then(resolveAll, (error: unknown) => {
+      for (const member of committed) member.reject(error);
+    });
   }
 
   /** Rolls back the write's savepoint; false when that failed and the whole transaction is gone. */

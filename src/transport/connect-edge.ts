@@ -34,6 +34,7 @@ import type { ReadDeadlines, TransportLimits } from "./limits.js";
 import {
   grpcStatusHeaders,
   labelsOf,
+  type PortObserver,
   parseConnectTimeout,
   parseGrpcTimeout,
   Refusal,
@@ -117,6 +118,8 @@ export interface ConnectEdgeOptions {
   readonly limits: TransportLimits;
   readonly readDeadlines: ReadDeadlines;
   readonly logger: Logger;
+  /** Hears of the requests refused here. */
+  readonly observer?: PortObserver;
   /** Values for the routes' HandlerContext, such as the TLS peer's identity. */
   readonly contextValues?: (request: NodeRequest) => ContextValues;
 }
@@ -155,6 +158,7 @@ export class ConnectEdge {
     const spoken = protocolOf(contentType);
     const refused = (error: Refusal, as: Protocol | undefined) => {
       this.options.pipeline.refused(labels, as?.name ?? "unknown", error.status, requestId, secondsSince(started));
+      if (error.portReason !== undefined) this.options.observer?.portRefused(error.portReason);
       writeRefusal(request, response, as, error.status, requestId);
     };
 

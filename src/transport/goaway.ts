@@ -1,10 +1,16 @@
-// Closing an HTTP/2 connection without refusing a stream that is already on the wire, as grpc-go's
-// graceful stop does. A plain GOAWAY names the last stream the server has processed, so a request
-// the client sent just before it read the GOAWAY is refused (the client sees "GOAWAY received",
-// without an ErrorInfo, and only retries if its policy says so). Instead: a GOAWAY with the highest
-// stream id (the client opens no new stream, but nothing is refused yet), then a PING: once its
-// answer is back, every stream the client sent before it read that GOAWAY has arrived. Only then
-// the real GOAWAY, naming the last stream processed, which is now every stream the client sent.
+// Closing an HTTP/2 connection without refusing a stream the server has read, as grpc-go's graceful
+// stop does. A plain GOAWAY names the last stream processed when it is queued, and node sends it a
+// moment later: a stream read in between is served, yet the client is told it was refused (it sees
+// "GOAWAY received", without an ErrorInfo). Instead: a GOAWAY with the highest stream id (the
+// client opens no new stream, and nothing is refused yet), then a PING; once its answer is back,
+// the real GOAWAY, naming the last stream processed, which is then every stream the server read.
+//
+// What no GOAWAY from node can do: nghttp2 ignores every new stream once it has sent any GOAWAY
+// (its "shutdown notice", the first step without that, is not exposed by node), so a stream that
+// was on the wire as the first GOAWAY left is dropped and named refused by the second. Nor can a
+// server stop a client from starting a call on the connection in the instant it reads the GOAWAY.
+// gRPC clients resend both kinds themselves (transparent retry), unless retries are off; for those,
+// the drain reports NOT_SERVING and gives clients that watch health time to leave first (server.ts).
 
 import http2 from "node:http2";
 

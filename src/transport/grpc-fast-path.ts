@@ -29,7 +29,7 @@ import {
   respondTrailersOnly,
 } from "./envelope.js";
 import type { PendingRead, ReadDeadlines, TransportLimits } from "./limits.js";
-import { parseGrpcTimeout, Refusal, refuse } from "./refusals.js";
+import { type PortObserver, parseGrpcTimeout, Refusal, refuse } from "./refusals.js";
 import { peerSpiffeIdOf } from "./tls.js";
 
 const GRPC_CONTENT_TYPES: ReadonlySet<string> = new Set(["application/grpc", "application/grpc+proto"]);
@@ -42,6 +42,7 @@ export class GrpcFastPath {
     readonly limits: TransportLimits,
     readonly readDeadlines: ReadDeadlines,
     readonly logger: Logger,
+    readonly observer?: PortObserver,
   ) {}
 
   /**
@@ -70,13 +71,13 @@ export class GrpcFastPath {
       call = new UnaryCall(this, stream, headers, method);
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
-      this.refuse(stream, headers, method, error.status, 0);
+      this.refuse(stream, headers, method, error, 0);
       return;
     }
     // Admission control, once the headers name the caller and before any of the body is read.
     const ticket = this.pipeline.enter(call);
     if (!(ticket instanceof AdmissionTicket)) {
-      this.refuse(stream, headers, method, ticket, 0);
+      this.refuse(stream, headers, method, new Refusal(ticket), 0);
       return;
     }
     call.admitted(ticket);
@@ -93,12 +94,13 @@ export class GrpcFastPath {
     stream: ServerHttp2Stream,
     headers: IncomingHttpHeaders,
     method: UnaryMethod,
-    status: RpcStatus,
+    refusal: Refusal,
     seconds: number,
   ): void {
     const requestId = requestIdFor(single(headers, "x-request-id"));
-    respondWithFailure(stream, status, requestId);
-    this.pipeline.refused(method.labels, "grpc", status, requestId, seconds);
+    respondWithFailure(stream, refusal.status, requestId);
+    this.pipeline.refused(method.labels, "grpc", refusal.status, requestId, seconds);
+    if (refusal.portReason !== undefined) this.observer?.portRefused(refusal.portReason);
   }
 }
 
@@ -243,7 +245,7 @@ class UnaryCall implements RequestMeta, PendingRead {
     this.envelope = undefined;
     this.fastPath.readDeadlines.delete(this);
     const seconds = (Date.now() - this.receivedAt) / 1000;
-    this.fastPath.refuse(this.stream, this.headers, this.method, refusal.status, seconds);
+    this.fastPath.refuse(this.stream, this.headers, this.method, refusal, seconds);
   }
 
   private async decode(): Promise<Message> {

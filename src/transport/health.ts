@@ -3,7 +3,8 @@
 //
 // "" (the whole server) and the pipeline's services serve only while readiness() answers true (the
 // database answers); health and reflection serve whenever the process does. Everything turns
-// NOT_SERVING for good once shutdown begins.
+// NOT_SERVING for good once shutdown begins; Watch streams say so and stay open until the drain
+// ends them, so that a client checking health holds that answer instead of asking again.
 
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { Logger } from "pino";
@@ -35,6 +36,7 @@ export class HealthController {
   private readonly readinessTimeoutMs: number;
   private ready: boolean | undefined;
   private shuttingDown = false;
+  private watchesEnded = false;
   private checkedAt = 0;
   private runningCheck: Promise<void> | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
@@ -79,13 +81,20 @@ export class HealthController {
   }
 
   /**
-   * Reports NOT_SERVING for every service from now on, stops polling, and ends Watch streams after
-   * they have sent that. The server's close() calls this first.
+   * Reports NOT_SERVING for every service from now on and stops polling; Watch streams send that
+   * and stay open until endWatches(). The server's close() calls this first.
    */
   shutDown(): void {
     if (this.shuttingDown) return;
     this.shuttingDown = true;
     clearTimeout(this.pollTimer);
+    this.notifyChange();
+  }
+
+  /** Ends every Watch stream (once shutdown has begun), so that the drain does not wait for them. */
+  endWatches(): void {
+    this.shutDown();
+    this.watchesEnded = true;
     this.notifyChange();
   }
 
@@ -118,7 +127,7 @@ export class HealthController {
           last = current;
           yield current;
         }
-        if (this.shuttingDown) return;
+        if (this.watchesEnded) return;
         if (!changed) {
           await new Promise<void>((resolve) => {
             wake = resolve;
@@ -181,25 +190,33 @@ async function answerWithin(readiness: () => Promise<boolean>, timeoutMs: number
 }
 
 export function routeHealth(router: ConnectRouter, health: HealthController): void {
-  router.service(Health, {
-    async check(request) {
-      await health.refreshIfStale();
-      const status = health.status(request.service);
-      if (status === undefined) throw serviceFailure("UNKNOWN_SERVICE", `unknown service "${request.service}"`);
-      return { status };
+  // Answers of a few bytes, never compressed and so never announced as gzip: C-core's own health
+  // checking (a service config's healthCheckConfig) runs below its channel's decompression, and
+  // grpcio 1.51 crashed on a Watch answer that named gzip.
+  const uncompressed = { acceptCompression: [] };
+  router.service(
+    Health,
+    {
+      async check(request) {
+        await health.refreshIfStale();
+        const status = health.status(request.service);
+        if (status === undefined) throw serviceFailure("UNKNOWN_SERVICE", `unknown service "${request.service}"`);
+        return { status };
+      },
+      list() {
+        const statuses: Record<string, { status: ServingStatus }> = {};
+        for (const [service, status] of health.statuses()) statuses[service] = { status };
+        return { statuses };
+      },
+      async *watch(request, context) {
+        try {
+          for await (const status of health.watch(request.service, context.signal)) yield { status };
+        } catch (error) {
+          if (error instanceof ServiceError) throw serviceFailure(error.reason, error.message);
+          throw error;
+        }
+      },
     },
-    list() {
-      const statuses: Record<string, { status: ServingStatus }> = {};
-      for (const [service, status] of health.statuses()) statuses[service] = { status };
-      return { statuses };
-    },
-    async *watch(request, context) {
-      try {
-        for await (const status of health.watch(request.service, context.signal)) yield { status };
-      } catch (error) {
-        if (error instanceof ServiceError) throw serviceFailure(error.reason, error.message);
-        throw error;
-      }
-    },
-  });
+    uncompressed,
+  );
 }

@@ -13,44 +13,94 @@ import type { RpcLabels } from "../api/rpc/types.js";
 import { errorInfoOf, type RpcStatus, toRpcStatus } from "../api/status.js";
 import { type ErrorReason, ServiceError } from "../app/errors.js";
 
+/**
+ * Why the port turns a request or a connection away before the pipeline runs: the `reason` label
+ * of connections_port_refusals_total (docs/operations.md says what each one points to). Admission
+ * control's refusals are the pipeline's, counted by connections_admission_refused_total.
+ */
+export const PORT_REFUSAL_REASONS = [
+  // Requests, answered with a status.
+  "malformed", // MALFORMED_REQUEST: bytes that do not parse, not POST, a bad timeout header
+  "too_large", // REQUEST_TOO_LARGE
+  "not_one_message", // NOT_ONE_MESSAGE
+  "unknown_method", // UNKNOWN_METHOD
+  "unsupported_encoding", // UNSUPPORTED_ENCODING
+  "unsupported_media_type", // UNSUPPORTED_MEDIA_TYPE
+  "body_too_slow", // DEADLINE_EXCEEDED: the body took longer than BODY_READ_TIMEOUT_MS
+  "deadline_passed", // DEADLINE_EXCEEDED: the caller's own deadline passed before the body arrived
+  // Connections, dropped or sent away.
+  "first_bytes_timeout", // said nothing (or not which protocol) within FIRST_BYTES_TIMEOUT_MS
+  "tls_handshake_failed", // no certificate, an untrusted or expired one, a handshake timeout
+  "http1_timeout", // HTTP/1.1 head or request not complete in time (slowloris)
+  "http1_headers_too_large", // HTTP/1.1 head over MAX_HEADER_LIST_BYTES
+  "http1_malformed", // bytes that are not HTTP/1.1
+  "http2_session_error", // bad frames, more streams than SETTINGS_MAX_CONCURRENT_STREAMS: dropped
+  "keepalive_timeout", // an HTTP/2 peer that did not answer a keepalive PING
+  "connection_cap", // GOAWAY to the idlest connection past MAX_HTTP2_CONNECTIONS
+] as const;
+
+export type PortRefusalReason = (typeof PORT_REFUSAL_REASONS)[number];
+
+/** Hears of everything the port turns away (the metrics). */
+export interface PortObserver {
+  portRefused(reason: PortRefusalReason): void;
+}
+
 /** Thrown while reading a request that the transport answers without calling the handler. */
 export class Refusal extends Error {
-  constructor(readonly status: RpcStatus) {
+  constructor(
+    readonly status: RpcStatus,
+    /** Undefined for admission control's refusals, which the pipeline counts itself. */
+    readonly portReason?: PortRefusalReason,
+  ) {
     super(status.message);
     this.name = "Refusal";
   }
 }
 
-function refusal(reason: ErrorReason, message: string): Refusal {
-  return new Refusal(toRpcStatus(new ServiceError(reason, message)).status);
+function refusal(portReason: PortRefusalReason, reason: ErrorReason, message: string): Refusal {
+  return new Refusal(toRpcStatus(new ServiceError(reason, message)).status, portReason);
 }
 
 export const refuse = {
-  malformed: (what: string) => refusal("MALFORMED_REQUEST", what),
+  malformed: (what: string) => refusal("malformed", "MALFORMED_REQUEST", what),
   notAMessage: (method: DescMethod, format: "binary" | "json") =>
     refusal(
+      "malformed",
       "MALFORMED_REQUEST",
       format === "binary"
         ? `the request is not a valid ${method.input.typeName} in the protobuf binary format`
         : `the request is not valid JSON for ${method.input.typeName}`,
     ),
   tooLarge: (maxBytes: number) =>
-    refusal("REQUEST_TOO_LARGE", `the request message is larger than ${maxBytes} bytes, the most this service accepts`),
-  notOneMessage: () => refusal("NOT_ONE_MESSAGE", "a unary call carries exactly one request message; this one did not"),
-  unknownMethod: (path: string) => refusal("UNKNOWN_METHOD", `no method ${path} on this server`),
+    refusal(
+      "too_large",
+      "REQUEST_TOO_LARGE",
+      `the request message is larger than ${maxBytes} bytes, the most this service accepts`,
+    ),
+  notOneMessage: () =>
+    refusal("not_one_message", "NOT_ONE_MESSAGE", "a unary call carries exactly one request message; this one did not"),
+  unknownMethod: (path: string) => refusal("unknown_method", "UNKNOWN_METHOD", `no method ${path} on this server`),
   unsupportedEncoding: (encoding: string) =>
-    refusal("UNSUPPORTED_ENCODING", `message encoding "${encoding}" is not supported; use identity or gzip`),
+    refusal(
+      "unsupported_encoding",
+      "UNSUPPORTED_ENCODING",
+      `message encoding "${encoding}" is not supported; use identity or gzip`,
+    ),
   unsupportedMediaType: (contentType: string) =>
     refusal(
+      "unsupported_media_type",
       "UNSUPPORTED_MEDIA_TYPE",
       `content-type "${contentType}" is not served here; use application/grpc, application/grpc-web, ` +
         "application/proto or application/json",
     ),
-  notPost: () => refusal("MALFORMED_REQUEST", "RPCs are sent with the POST method"),
-  badTimeout: (header: string) => refusal("MALFORMED_REQUEST", `the ${header} header is not a valid timeout`),
+  notPost: () => refusal("malformed", "MALFORMED_REQUEST", "RPCs are sent with the POST method"),
+  badTimeout: (header: string) =>
+    refusal("malformed", "MALFORMED_REQUEST", `the ${header} header is not a valid timeout`),
   bodyTooSlow: (timeoutMs: number) =>
-    refusal("DEADLINE_EXCEEDED", `the request did not arrive completely within ${timeoutMs} ms`),
-  deadlinePassed: () => refusal("DEADLINE_EXCEEDED", "the deadline passed before the request arrived completely"),
+    refusal("body_too_slow", "DEADLINE_EXCEEDED", `the request did not arrive completely within ${timeoutMs} ms`),
+  deadlinePassed: () =>
+    refusal("deadline_passed", "DEADLINE_EXCEEDED", "the deadline passed before the request arrived completely"),
 };
 
 /** Labels for metrics and logs of a request whose path names no method. */

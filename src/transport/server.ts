@@ -16,6 +16,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import net from "node:net";
+import type stream from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextValues } from "@connectrpc/connect";
@@ -30,6 +31,7 @@ import { GrpcFastPath } from "./grpc-fast-path.js";
 import { HealthController, routeHealth } from "./health.js";
 import { DEFAULT_TRANSPORT_LIMITS, ReadDeadlines, type TransportLimits } from "./limits.js";
 import { REFLECTION_SERVICES, ReflectionIndex, routeReflection } from "./reflection.js";
+import type { PortObserver, PortRefusalReason } from "./refusals.js";
 import { createTlsTerminator, type TlsCredentials, type TlsTerminator, tlsContextValues } from "./tls.js";
 
 export interface ServeOptions {
@@ -46,6 +48,8 @@ export interface ServeOptions {
   readonly tls?: TlsCredentials | undefined;
   /** Anything left out takes its production default. */
   readonly limits?: Partial<TransportLimits>;
+  /** Hears of every request and connection the port turns away. */
+  readonly observer?: PortObserver;
 }
 
 export interface RunningServer {
@@ -76,6 +80,34 @@ const IDLE_SWEEP_INTERVAL_MS = 50;
 const HTTP2_MAX_SESSION_MEMORY_MB = 512;
 /** After the grace period, how long the calls cut short have to send their SHUTTING_DOWN answers. */
 const CUT_CALLS_FLUSH_MS = 1_000;
+/**
+ * How long a drain waits, with health NOT_SERVING and nothing else changed, before its GOAWAYs when
+ * someone watches health: a client that checks health (a service config's healthCheckConfig) stops
+ * sending calls here once it reads NOT_SERVING, so that the GOAWAY meets none, which matters to a
+ * client without retries (see goaway.ts). Part of the grace period, never longer.
+ */
+const HEALTH_WATCHERS_NOTICE_MS = 1_000;
+
+interface Http1Refusal {
+  readonly reason: PortRefusalReason;
+  readonly answer: string;
+}
+
+const http1Answer = (status: string) => `HTTP/1.1 ${status}\r\nConnection: close\r\n\r\n`;
+const HTTP1_MALFORMED: Http1Refusal = { reason: "http1_malformed", answer: http1Answer("400 Bad Request") };
+/** What node answers to a bad HTTP/1.1 request, by its error code; anything else is HTTP1_MALFORMED. */
+const HTTP1_REFUSALS: Readonly<Record<string, Http1Refusal>> = {
+  ERR_HTTP_REQUEST_TIMEOUT: { reason: "http1_timeout", answer: http1Answer("408 Request Timeout") },
+  HPE_HEADER_OVERFLOW: {
+    reason: "http1_headers_too_large",
+    answer: http1Answer("431 Request Header Fields Too Large"),
+  },
+};
+
+/** A client that went away: not something the port refused. */
+function hungUp(error: NodeJS.ErrnoException): boolean {
+  return error.code === "ECONNRESET" || error.code === "EPIPE" || error.code === "ECONNABORTED";
+}
 
 export async function serve(options: ServeOptions): Promise<RunningServer> {
   const { pipeline, logger } = options;
@@ -100,6 +132,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     limits,
     readDeadlines,
     logger,
+    observer: options.observer,
     // Per request: how to reset it (a watch stream whose client stopped reading) and, with TLS,
     // the client certificate's SPIFFE ID for the pipeline.
     contextValues: (request) =>
@@ -116,8 +149,8 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     },
   });
   await health.start();
-  const fastPath = new GrpcFastPath(pipeline, options.maxRequestBytes, limits, readDeadlines, logger);
-  const server = new MultiProtocolServer(edge, fastPath, health, limits, logger, options.tls);
+  const fastPath = new GrpcFastPath(pipeline, options.maxRequestBytes, limits, readDeadlines, logger, options.observer);
+  const server = new MultiProtocolServer(edge, fastPath, health, limits, logger, options.tls, options.observer);
   try {
     await server.listen(options.host, options.port);
   } catch (error) {
@@ -175,6 +208,7 @@ class MultiProtocolServer implements RunningServer {
     private readonly limits: TransportLimits,
     private readonly logger: Logger,
     tlsCredentials: TlsCredentials | undefined,
+    private readonly observer: PortObserver | undefined,
   ) {
     this.tls =
       tlsCredentials === undefined
@@ -183,7 +217,10 @@ class MultiProtocolServer implements RunningServer {
             tlsCredentials,
             limits.firstBytesTimeoutMs,
             (socket) => (socket.alpnProtocol === "h2" ? this.http2Server : this.http1Server).emit("connection", socket),
-            (error) => this.logger.debug({ err: error }, "TLS handshake failed"),
+            (error) => {
+              this.logger.debug({ err: error }, "TLS handshake failed");
+              if (!hungUp(error)) this.observer?.portRefused("tls_handshake_failed");
+            },
           );
     this.http1Server = http.createServer(
       {
@@ -199,6 +236,7 @@ class MultiProtocolServer implements RunningServer {
       },
     );
     this.http1Server.keepAliveTimeout = limits.http1KeepAliveTimeoutMs;
+    this.http1Server.on("clientError", this.onHttp1ClientError);
     // node starts tracking an http server's connections (request and header timeouts,
     // closeIdleConnections) when it emits 'listening'; this one never listens itself.
     this.http1Server.emit("listening");
@@ -211,7 +249,7 @@ class MultiProtocolServer implements RunningServer {
     });
     this.http2Server.on("session", (session) => this.police(session));
     // A session that fails (a protocol error, a reset socket) is destroyed by node; nothing to do
-    // but not let the event go unheard.
+    // but not let the event go unheard (police() counts it, on the session's own 'error').
     this.http2Server.on("sessionError", (error) => this.logger.debug({ err: error }, "HTTP/2 session failed"));
     this.http2Server.on("stream", this.onStream);
     this.listener.on("error", (error) => this.logger.error({ err: error }, "listener failed"));
@@ -254,7 +292,10 @@ class MultiProtocolServer implements RunningServer {
   private police(session: http2.ServerHttp2Session): void {
     const { limits } = this;
     this.http2Sessions.add(session);
-    session.on("error", (error) => this.logger.debug({ err: error }, "HTTP/2 session error"));
+    session.on("error", (error) => {
+      this.logger.debug({ err: error }, "HTTP/2 session error");
+      if (!hungUp(error)) this.observer?.portRefused("http2_session_error");
+    });
     const clock: SessionClock = { lastStreamAt: Date.now(), aging: new AbortController() };
     (session as ClockedSession)[SESSION_CLOCK] = clock;
     this.capConnections();
@@ -276,6 +317,7 @@ class MultiProtocolServer implements RunningServer {
       if (!sent) return;
       awaitingAck = setTimeout(() => {
         this.logger.debug("HTTP/2 peer did not answer a keepalive PING: dropping the connection");
+        this.observer?.portRefused("keepalive_timeout");
         session.destroy();
       }, limits.http2KeepaliveTimeoutMs).unref();
     }, limits.http2KeepaliveIntervalMs).unref();
@@ -320,7 +362,10 @@ class MultiProtocolServer implements RunningServer {
       }
     }
     // GOAWAY lets the streams it still runs finish; the client opens a new connection for more.
-    if (open > this.limits.maxHttp2Connections) idlest?.close();
+    if (open > this.limits.maxHttp2Connections && idlest !== undefined) {
+      idlest.close();
+      this.observer?.portRefused("connection_cap");
+    }
   }
 
   get port(): number {
@@ -348,17 +393,21 @@ class MultiProtocolServer implements RunningServer {
   }
 
   private async drain(graceMs: number): Promise<void> {
+    const started = Date.now();
     this.health.shutDown();
     this.draining = true;
     const allClosed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const socket of this.undecidedSockets) socket.destroy();
-    // GOAWAY (in two steps, so that none already on the wire is refused): streams already started
-    // run to completion, new ones are refused.
+    if (this.health.watcherCount > 0)
+      await sleep(Math.min(HEALTH_WATCHERS_NOTICE_MS, graceMs), undefined, { ref: false });
+    this.health.endWatches();
+    // GOAWAY (see goaway.ts): streams already started run to completion, new ones are refused.
     for (const session of this.http2Sessions) closeGracefully(session);
     this.http1Server.closeIdleConnections();
     const sweep = setInterval(() => this.http1Server.closeIdleConnections(), IDLE_SWEEP_INTERVAL_MS);
     try {
-      const drained = await Promise.race([allClosed.then(() => true), sleep(graceMs, false, { ref: false })]);
+      const left = Math.max(0, graceMs - (Date.now() - started));
+      const drained = await Promise.race([allClosed.then(() => true), sleep(left, false, { ref: false })]);
       if (!drained) {
         this.logger.warn({ graceMs }, "grace period over: cancelling the RPCs still in flight");
         // Lifecycle: the calls still running end with UNAVAILABLE SHUTTING_DOWN (their uncommitted
@@ -375,6 +424,22 @@ class MultiProtocolServer implements RunningServer {
       this.http1Server.close();
     }
   }
+
+  /**
+   * A bad HTTP/1.1 request (node's own head and request timeouts, an oversized head, bytes that do
+   * not parse): counted, then answered as node answers it without this listener, unless a
+   * response is already under way on the connection, and the connection closed.
+   */
+  private readonly onHttp1ClientError = (error: NodeJS.ErrnoException, socket: stream.Duplex) => {
+    if (!hungUp(error)) {
+      const refusal = HTTP1_REFUSALS[error.code ?? ""] ?? HTTP1_MALFORMED;
+      this.observer?.portRefused(refusal.reason);
+      // The response node is writing on this connection, where node's own handler looks for it.
+      const inFlight = (socket as { _httpMessage?: http.ServerResponse })._httpMessage;
+      if (socket.writable && inFlight?.headersSent !== true) socket.write(refusal.answer);
+    }
+    socket.destroy();
+  };
 
   /** Reads the first bytes of a connection and hands it to the server for its protocol. */
   private routeConnection(socket: net.Socket): void {
@@ -404,6 +469,9 @@ class MultiProtocolServer implements RunningServer {
     socket.on("data", onData);
     socket.on("error", drop);
     socket.once("close", () => this.undecidedSockets.delete(socket));
-    socket.setTimeout(this.limits.firstBytesTimeoutMs, drop);
+    socket.setTimeout(this.limits.firstBytesTimeoutMs, () => {
+      this.observer?.portRefused("first_bytes_timeout");
+      drop();
+    });
   }
 }

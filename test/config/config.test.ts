@@ -35,3 +35,16 @@ describe("IDEMPOTENCY_RETENTION", () => {
     expect(problems[0]).toContain("at least 24h");
   });
 });
+
+describe("SQLITE_MMAP_MIB", () => {
+  it("maps as much of the file as SQLite allows by default; 0 turns the map off", () => {
+    expect(loadConfig({}).sqliteMmapMib).toBe(2047);
+    expect(loadConfig({ SQLITE_MMAP_MIB: "0" }).sqliteMmapMib).toBe(0);
+  });
+
+  it("refuses more than SQLite can map", () => {
+    expect(problemsOf({ SQLITE_MMAP_MIB: "4096" })).toEqual([
+      "SQLITE_MMAP_MIB=4096: expected a whole number from 0 to 2047",
+    ]);
+  });
+});

@@ -6,11 +6,11 @@
 import { type ChildProcessWithoutNullStreams, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { provisionSqliteFile, testDatabases } from "../support/databases.js";
+import { freePort } from "../support/ports.js";
 import { registerOrganizations, startTestService, type TestService } from "../support/service.js";
 
 const execFileAsync = promisify(execFile);
@@ -47,17 +47,6 @@ function runExample(
     });
     child.once("error", reject);
     child.once("exit", (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
   });
 }
 

@@ -2,7 +2,8 @@
 // that nobody on this project wrote checks every RPC (succeeding, and failing with the ErrorInfo
 // decoded from grpc-status-details-bin), gzip, deadlines, cancellation, metadata, 650 concurrent
 // calls on one channel (500 of them ~180 KB pages) while another client pings and watches health,
-// keepalive pings, health and reflection.
+// keepalive pings, health (also C-core's own health checking) and reflection, and on PostgreSQL a
+// rolling restart of three replicas under a client with retries off that fails no call.
 //
 // The message classes are generated from proto/ by `protoc --python_out` into a temporary
 // directory for each run; grpc_core_client.py runs one scenario per process and prints a JSON
@@ -14,16 +15,19 @@
 // with a message saying so.
 
 import { execFile, spawnSync } from "node:child_process";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SERVICE_CONFIG } from "../../examples/retry-policy.js";
 import { ConnectionService } from "../../gen/connections/v1/connection_service_pb.js";
 import { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
-import { testDatabases } from "../support/databases.js";
+import { provisionDatabase, testDatabases } from "../support/databases.js";
+import { freePort } from "../support/ports.js";
+import { type ServiceProcess, startServiceProcess } from "../support/process.js";
 import { startTestService, type TestService } from "../support/service.js";
 import { H2FrameTap } from "./h2-frame-tap.js";
 
@@ -62,6 +66,15 @@ const SCENARIO_TIMEOUT_MS = 150_000;
  * 30 s cap on any RPC; that cap is not what this suite is about.
  */
 const SERVICE_ENV = { MAX_DEADLINE_MS: "120000" };
+/**
+ * rolling: round-robin over the replicas, each watched through grpc.health.v1 (C-core starts a
+ * Watch on every connection), so that a draining replica's NOT_SERVING takes it out of the
+ * rotation before its GOAWAY; without retries, that is the only way not to lose calls to a GOAWAY
+ * (docs/operations.md, "Rolling restarts").
+ */
+const ROLLING_SERVICE_CONFIG = { loadBalancingConfig: [{ round_robin: {} }], healthCheckConfig: { serviceName: "" } };
+/** rolling: calls before the first restart, and after each replica is back. */
+const ROLLING_PAUSE_MS = 2_000;
 /** keepalive: the client's grpc.keepalive_time_ms, and how long the scenario keeps calling. */
 const KEEPALIVE_MS = 1_000;
 const KEEPALIVE_SECONDS = 4;
@@ -232,6 +245,7 @@ for (const database of databases) {
         check: Record<string, string>;
         checkUnknown: string;
         watchFirst: Record<string, string>;
+        healthCheckedChannel: string;
       }>("health", service.address, generated);
       expect(observed).toEqual({
         check: {
@@ -242,6 +256,7 @@ for (const database of databases) {
         },
         checkUnknown: "NOT_FOUND",
         watchFirst: { "": "SERVING", "no.such.Service": "SERVICE_UNKNOWN" },
+        healthCheckedChannel: "SERVING",
       });
     });
 
@@ -344,6 +359,43 @@ for (const database of databases) {
         await aging.close();
       }
     });
+
+    // Replicas on one database: PostgreSQL. Without retries, any call a GOAWAY kept from a replica fails.
+    it.runIf(database.dialect === "postgres")(
+      "rolling restart of 3 replicas: a client with retries off, round-robin over them, fails no call",
+      async () => {
+        const provisioned = await provisionDatabase(database);
+        const ports = await Promise.all([freePort(), freePort(), freePort()]);
+        const start = (port: number) => startServiceProcess({ DATABASE_URL: provisioned.url, PORT: String(port) });
+        const replicas: ServiceProcess[] = [];
+        const stopFile = join(generated, "rolling.stop");
+        try {
+          // One after the other: the first migrates the new database.
+          for (const port of ports) replicas.push(await start(port));
+          const calling = scenario<{ calls: number; failures: Record<string, number> }>(
+            "rolling",
+            `ipv4:${ports.map((port) => `127.0.0.1:${port}`).join(",")}`,
+            generated,
+            [`--stop-file=${stopFile}`, `--service-config=${JSON.stringify(ROLLING_SERVICE_CONFIG)}`],
+          );
+          await sleep(ROLLING_PAUSE_MS);
+          for (const [index, port] of ports.entries()) {
+            expect(await replicas[index]?.stop(), `replica on ${port} drained and exited`).toBe(0);
+            replicas[index] = await start(port);
+            // Long enough for the client to connect to it again before the next one leaves.
+            await sleep(ROLLING_PAUSE_MS);
+          }
+          await writeFile(stopFile, "");
+          const observed = await calling;
+          expect(observed.failures).toEqual({});
+          expect(observed.calls).toBeGreaterThan(100);
+        } finally {
+          await Promise.all(replicas.map((replica) => replica.stop()));
+          await provisioned.drop();
+        }
+      },
+      SCENARIO_TIMEOUT_MS,
+    );
 
     it.runIf(everything)("keepalive: a pinging client is answered and never sent away", async () => {
       const observed = await (keepalive as Promise<KeepaliveObserved>);

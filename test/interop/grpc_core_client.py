@@ -721,7 +721,22 @@ def scenario_health(protos, args):
         stream = health_watch(protos, channel, service)
         watched[service] = Status.Name(next(stream).status)
         stream.cancel()
-    return {"check": checked, "checkUnknown": unknown, "watchFirst": watched}
+    # The channel's own health checking (a service config's healthCheckConfig): C-core watches ""
+    # on each connection it makes and sends calls over it only while that says SERVING.
+    config = {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+    checked_channel = grpc.insecure_channel(args.target, options=[("grpc.service_config", json.dumps(config))])
+    grpc.channel_ready_future(checked_channel).result(timeout=10)
+    through_checked = checked_channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health.HealthCheckRequest.SerializeToString,
+        response_deserializer=health.HealthCheckResponse.FromString,
+    )(health.HealthCheckRequest(service=""), timeout=10)
+    return {
+        "check": checked,
+        "checkUnknown": unknown,
+        "watchFirst": watched,
+        "healthCheckedChannel": Status.Name(through_checked.status),
+    }
 
 
 def reflect(protos, channel, questions):
@@ -831,7 +846,65 @@ def scenario_replay(protos, args):
     }
 
 
+def scenario_rolling(protos, args):
+    """Calls without retries (grpc.enable_retries 0) to every replica in --target
+    (ipv4:host:port,host:port,...) as --service-config balances them, from several threads at once,
+    until --stop-file exists, while the test restarts the replicas one after the other. Each thread
+    creates an organization, reads it back, and checks a Connection that does not exist; what
+    failed is counted by RPC, code, reason and message."""
+    options = [("grpc.enable_retries", 0), ("grpc.service_config", args.service_config)]
+    client = Client(protos, grpc.insecure_channel(args.target, options=options))
+    Action = protos.connection_service.CheckConnectionRequest.Action
+    lock = threading.Lock()
+    calls = [0]
+    failures = {}
+    stop = threading.Event()
+
+    def worker():
+        while not stop.is_set():
+            organization = unique("org_rolling")
+            for rpc, fields, caller in [
+                ("CreateOrganization", {"id": organization, "name": "Rolling"}, "provisioning"),
+                ("GetOrganization", {"id": organization}, "provisioning"),
+                (
+                    "CheckConnection",
+                    {
+                        "connection_id": "cxn_absent",
+                        "organization_id": organization,
+                        "action": Action.Value("ACTION_ISSUE_SHARE_TOKEN"),
+                        "scope": "account.read",
+                    },
+                    "token-service",
+                ),
+            ]:
+                try:
+                    client.call(rpc, fields, caller, timeout=10)
+                    error = None
+                except grpc.RpcError as rpc_error:
+                    failure = Failure(protos, rpc_error)
+                    error = "%s %s: %s %s" % (rpc, failure.code, failure.reason, failure.message)
+                with lock:
+                    calls[0] += 1
+                    if error is not None:
+                        failures[error] = failures.get(error, 0) + 1
+                if error is not None:
+                    break
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.threads)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + args.max_seconds
+    while not os.path.exists(args.stop_file) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    check(os.path.exists(args.stop_file), "the test did not finish its restarts in %d s" % args.max_seconds)
+    return {"calls": calls[0], "failures": failures}
+
+
 SCENARIOS = {
+    "rolling": scenario_rolling,
     "replay": scenario_replay,
     "rpcs": scenario_rpcs,
     "errors": scenario_errors,
@@ -857,8 +930,11 @@ def main():
     parser.add_argument("--calls-timeout", type=float, default=120, help="concurrency: seconds for every call to end")
     parser.add_argument("--keepalive-ms", type=int, default=1000, help="keepalive: grpc.keepalive_time_ms")
     parser.add_argument("--keepalive-seconds", type=float, default=3, help="keepalive: how long to keep calling")
-    parser.add_argument("--service-config", default="{}", help="replay: the channel's gRPC service config (JSON)")
+    parser.add_argument("--service-config", default="{}", help="replay, rolling: the channel's service config (JSON)")
     parser.add_argument("--connection-age-ms", type=int, default=500, help="replay: the service's MAX_CONNECTION_AGE_MS")
+    parser.add_argument("--threads", type=int, default=8, help="rolling: threads calling at once")
+    parser.add_argument("--stop-file", help="rolling: calls go on until this file exists")
+    parser.add_argument("--max-seconds", type=float, default=120, help="rolling: and at most this long")
     args = parser.parse_args()
     report = {"scenario": args.scenario, "grpc": grpc.__version__, "ok": False, "error": None, "observed": None}
     try:

@@ -34,6 +34,9 @@ describe("metrics on the admin port", () => {
     await provisioning.getOrganization({ id });
     await provisioning.getOrganization({ id });
     await rpcError(provisioning.getOrganization({ id: uniqueId("org") }));
+    // Refused at the port: a method this server does not have.
+    const unknown = client.unary("/connections.v1.OrganizationService/Nope", Buffer.from, Buffer.from, "", {});
+    expect((await rpcError(unknown)).reason).toBe("UNKNOWN_METHOD");
 
     expect(service.adminPort).toBeTypeOf("number");
     const response = await fetch(`http://127.0.0.1:${service.adminPort}/metrics`);
@@ -49,6 +52,8 @@ describe("metrics on the admin port", () => {
     expect(series("connections_rpc_total", `${organizationService},method="GetOrganization",code="NotFound"`)).toBe(1);
     expect(series("connections_rpc_duration_seconds_count", `${organizationService},method="GetOrganization"`)).toBe(3);
     expect(text).toMatch(/^connections_rpc_duration_seconds_bucket\{le="0.005",.*\} \d+$/m);
+    expect(series("connections_port_refusals_total", 'reason="unknown_method"')).toBe(1);
+    expect(series("connections_port_refusals_total", 'reason="body_too_slow"')).toBe(0);
     expect(text).toMatch(/^connections_db_pool_connections \d+$/m);
     expect(text).toMatch(/^connections_build_info\{version="\d+\.\d+\.\d+",nodejs="v\d+[.\d]*"\} 1$/m);
     expect(text).toMatch(/^connections_check_cache_(hits|misses|evictions)_total \d+$/m);

@@ -3,7 +3,13 @@
 import SqliteDatabase from "better-sqlite3";
 import { Kysely, SqliteDialect, sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BatchingCheckReader, CachingCheckReader, type CheckSource, LruMap } from "../../src/store/check-reader.js";
+import {
+  BatchingCheckReader,
+  CachingCheckReader,
+  type CheckSource,
+  LruMap,
+  RecentMisses,
+} from "../../src/store/check-reader.js";
 import { KyselyStore } from "../../src/store/kysely-store.js";
 import { migrateToLatest } from "../../src/store/migrations.js";
 import type { Database } from "../../src/store/schema.js";
@@ -86,6 +92,19 @@ describe("LruMap", () => {
     map.peek("a");
     map.set("c", 3);
     expect(map.peek("a")).toBeUndefined();
+  });
+});
+
+describe("RecentMisses", () => {
+  it("answers true for an id's second miss, until later misses take its slot", () => {
+    const recent = new RecentMisses(4);
+    expect(recent.again("cxn_a")).toBe(false);
+    expect(recent.again("cxn_a")).toBe(true);
+    expect(recent.again("cxn_a")).toBe(true);
+    // 1,024 slots: ten thousand other ids leave no room for it.
+    for (let other = 0; other < 10_000; other++) recent.again(`cxn_${other}`);
+    expect(recent.again("cxn_a")).toBe(false);
+    expect(recent.again("cxn_a")).toBe(true);
   });
 });
 
@@ -227,6 +246,30 @@ describe("CachingCheckReader", () => {
     expect(source.singleReads).toBe(1);
   });
 
+  it("once full, keeps a miss only when the same id missed recently too: a one-off miss evicts nothing", async () => {
+    // Fixed ids: random ones could share a slot of RecentMisses, and then one would not be kept.
+    const [a, b, c, d] = ["a", "b", "c", "d"].map((name) =>
+      connectionRecord("org_a", `org_${name}`, { id: `cxn_${name}` }),
+    ) as [ConnectionRecord, ConnectionRecord, ConnectionRecord, ConnectionRecord];
+    const source = new FakeSource(a, b, c, d);
+    const reader = new CachingCheckReader(source, 2);
+    // Room left: a miss is kept at once.
+    expect(await reader.get(a.id)).toEqual(a);
+    expect(await reader.getMany([b.id])).toEqual([b]);
+    expect(source.singleReads + source.batches.length).toBe(2);
+    // Full: c and d are read, answered, and not kept; a and b stay.
+    expect(await reader.get(c.id)).toEqual(c);
+    expect(await reader.getMany([d.id])).toEqual([d]);
+    expect(await reader.getMany([a.id, b.id])).toEqual([a, b]);
+    expect(source.singleReads + source.batches.length).toBe(4);
+    expect(reader.cacheStats().evictions).toBe(0);
+    // Missed again: now kept, in place of the least recently checked.
+    expect(await reader.getMany([c.id, d.id])).toEqual([c, d]);
+    expect(await reader.getMany([c.id, d.id])).toEqual([c, d]);
+    expect(source.batches).toHaveLength(3);
+    expect(reader.cacheStats()).toMatchObject({ evictions: 2, entries: 2 });
+  });
+
   it("rejects (never throws) when the read fails, one id or a batch", async () => {
     const source = new FakeSource();
     const failure = new Error("disk I/O error");
@@ -306,6 +349,7 @@ describe("CachingCheckReader on SQLite (SqliteCheckSource)", () => {
   let writer: KyselyStore;
   let a: ConnectionRecord;
   let b: ConnectionRecord;
+  let c: ConnectionRecord;
 
   beforeAll(async () => {
     sqlite = new SqliteDatabase(":memory:");
@@ -315,7 +359,13 @@ describe("CachingCheckReader on SQLite (SqliteCheckSource)", () => {
     const [x, y, z] = [await newOrganization(writer), await newOrganization(writer), await newOrganization(writer)];
     a = connectionRecord(x, y, { createTime: new Date("2025-01-02T03:04:05.678Z"), name: "A" });
     b = connectionRecord(x, z, { createRequestId: "req-b", scopes: [] });
-    for (const record of [a, b]) await writer.createConnection(record, createdEvent(record));
+    c = connectionRecord(y, z, {
+      state: "INACTIVE",
+      activateTime: new Date("2025-02-03T04:05:06.789Z"),
+      deactivateTime: new Date("2025-03-04T05:06:07.890Z"),
+      version: 3,
+    });
+    for (const record of [a, b, c]) await writer.createConnection(record, createdEvent(record));
   });
 
   afterAll(async () => {
@@ -331,6 +381,17 @@ describe("CachingCheckReader on SQLite (SqliteCheckSource)", () => {
     expect(await reader.getConnectionForCheck("cxn_unknown")).toBeUndefined();
     expect(await reader.getConnectionsForCheck([b.id, "cxn_unknown", a.id, b.id])).toEqual([b, undefined, a, b]);
     expect(await cold().getConnectionsForCheck([b.id, "cxn_unknown", a.id, b.id])).toEqual([b, undefined, a, b]);
+    expect(await cold().getConnectionForCheck(c.id)).toEqual(c);
+  });
+
+  it("reads a batch of more ids than one statement binds", async () => {
+    const ids = Array.from({ length: 250 }, (_, index) => `cxn_unknown_${index}`);
+    ids[3] = a.id;
+    ids[120] = b.id;
+    ids[249] = c.id;
+    const answers = await cold().getConnectionsForCheck(ids);
+    expect(answers.filter((answer) => answer !== undefined)).toEqual([a, b, c]);
+    expect([answers[3], answers[120], answers[249]]).toEqual([a, b, c]);
   });
 
   it("does not answer from a transaction that is still open, and not at all from one that rolled back", async () => {

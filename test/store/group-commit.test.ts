@@ -1,12 +1,17 @@
 // SQLite's group commit (src/store/transactions.ts): writes that arrive together share one
 // transaction, yet each succeeds or fails on its own, and a write whose call was cut short while
-// its group ran never commits with the others.
+// its group ran never commits with the others. On a file, no write is acknowledged before its
+// WAL flush, and none after a flush failed.
 
+import { mkdtemp, rm, unlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import SqliteDatabase from "better-sqlite3";
 import { Kysely, type KyselyPlugin, SqliteDialect } from "kysely";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { KyselyStore } from "../../src/store/kysely-store.js";
 import { migrateToLatest } from "../../src/store/migrations.js";
+import { openStore } from "../../src/store/open.js";
 import type { Database } from "../../src/store/schema.js";
 import { AlreadyExistsError } from "../../src/store/store.js";
 import { connectionRecord, createdEvent, newOrganization, transition, uniqueId } from "./fixtures.js";
@@ -84,5 +89,32 @@ describe("SQLite group commit", () => {
     expect(saved).toEqual({ status: "fulfilled", value: true });
     expect(await store.getOrganization(organization.id)).toBeUndefined();
     expect((await store.getConnection(connection.id))?.state).toBe("ACTIVE");
+  });
+});
+
+describe("SQLite group commit on a file", () => {
+  let directory: string;
+
+  beforeAll(async () => {
+    directory = await mkdtemp(join(tmpdir(), "connections-flush-"));
+  });
+  afterAll(async () => {
+    await rm(directory, { recursive: true, force: true });
+  });
+
+  it("acknowledges no write once a flush of the WAL has failed, not even a later one", async () => {
+    const path = join(directory, "flush-fails.db");
+    const store = await openStore({ databaseUrl: `sqlite:${path}` });
+    try {
+      // SQLite keeps writing to the file it holds open; the flush, which opens it by name, cannot.
+      await unlink(`${path}-wal`);
+      const organization = { id: uniqueId("org"), name: "Organization", createTime: new Date() };
+      await expect(store.createOrganization(organization)).rejects.toMatchObject({ code: "ENOENT" });
+      await expect(store.createOrganization({ ...organization, id: uniqueId("org") })).rejects.toMatchObject({
+        code: "ENOENT",
+      });
+    } finally {
+      await store.close();
+    }
   });
 });

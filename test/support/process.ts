@@ -27,12 +27,16 @@ export interface ServiceProcess {
   readonly exited: Promise<number | null>;
 }
 
+/** `root`: the checkout to run, this one unless another release's (test/process/migrate.test.ts). */
 export async function startServiceProcess(
   env: Record<string, string>,
   nodeOptions: readonly string[] = [],
+  root = ROOT,
 ): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, [...nodeOptions, BUILT_MAIN], {
-    cwd: ROOT,
+  // Another release's checkout has no build: it runs from its sources.
+  const entry = root === ROOT ? [BUILT_MAIN] : ["--import", "tsx", "src/main.ts"];
+  const child = spawn(process.execPath, [...nodeOptions, ...entry], {
+    cwd: root,
     env: { ...process.env, PORT: "0", ADMIN_PORT: "off", LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

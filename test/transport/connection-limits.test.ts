@@ -83,6 +83,7 @@ describe("HTTP/2 connection limits", () => {
     const fourth = await connect(server);
     sessions.push(fourth);
     await goaway.get(sessions[0] as http2.ClientHttp2Session);
+    expect(server.portRefusals).toEqual(["connection_cap"]);
     // The newest connection and the others are served.
     for (const session of sessions.slice(1)) {
       expect((await h2Request(session, { path: GET_CONNECTION, headers, body: getConnection })).code).toBe(0);

@@ -1,6 +1,8 @@
-// The drain's GOAWAY in two steps, seen by a raw HTTP/2 client: requests written before the client
-// has read the server's GOAWAY (on the wire when the drain starts) are all served, none refused;
-// the first GOAWAY names the highest stream id.
+// The drain's GOAWAY in two steps, seen by a raw HTTP/2 client: requests that the server reads once
+// its drain has begun, before its GOAWAY has left, are all served, none refused (a single GOAWAY,
+// naming the last stream when it was queued, refuses some); the first GOAWAY names the highest
+// stream id. A stream that reaches node after its first GOAWAY has left is ignored, which
+// node-internals.test.ts pins and goaway.ts explains.
 
 import http2 from "node:http2";
 import { afterEach, describe, expect, it } from "vitest";
@@ -45,7 +47,7 @@ describe("drain: GOAWAY in two steps", () => {
     for (const session of sessions.splice(0)) session.destroy();
   });
 
-  it("serves every request already on the wire when the drain starts", async () => {
+  it("serves every request it reads once its drain has begun", async () => {
     const server = await startTestServer();
     const session = http2.connect(server.baseUrl);
     sessions.push(session);
@@ -54,7 +56,7 @@ describe("drain: GOAWAY in two steps", () => {
     session.on("error", () => {});
     expect((await healthCheck(session)).grpcStatus).toBe("0");
 
-    // Written now, read by the server only after its drain began: they cross the GOAWAY.
+    // Written now, read by the server only after its drain began (its GOAWAY queued, not yet sent).
     const crossing = Array.from({ length: 40 }, () => healthCheck(session));
     const closing = server.running.close(5_000);
     const outcomes = await Promise.all(crossing);

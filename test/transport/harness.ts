@@ -37,7 +37,9 @@ import type { RpcLabels } from "../../src/api/rpc/types.js";
 import { ServiceError } from "../../src/app/errors.js";
 import type { Organizations } from "../../src/app/organizations.js";
 import type { TransportLimits } from "../../src/transport/limits.js";
+import type { PortRefusalReason } from "../../src/transport/refusals.js";
 import { type RunningServer, serve } from "../../src/transport/server.js";
+import type { TlsCredentials } from "../../src/transport/tls.js";
 import { until } from "../support/until.js";
 
 export const MAX_REQUEST_BYTES = 16 * 1024;
@@ -120,6 +122,8 @@ export interface TestServer {
   readonly stubs: Stubs;
   /** The status code of every RPC that went through the pipeline, as the server saw it. */
   readonly observed: Observed[];
+  /** What the port turned away, in order, as connections_port_refusals_total counts it. */
+  readonly portRefusals: PortRefusalReason[];
   readonly address: string;
   readonly baseUrl: string;
   setReady(ready: boolean): void;
@@ -151,13 +155,15 @@ export function createTestPipeline(
 
 /**
  * `limits`: transport limits to use instead of the production defaults (short timeouts in tests);
- * `admission`: admission control, off when left out.
+ * `admission`: admission control, off when left out; `tls`: the port serves TLS only.
  */
 export async function startTestServer(
   limits: Partial<TransportLimits> = {},
   admission?: AdmissionController,
+  tls?: TlsCredentials,
 ): Promise<TestServer> {
   const observed: Observed[] = [];
+  const portRefusals: PortRefusalReason[] = [];
   const stubs = new Stubs();
   const pipeline = createTestPipeline(stubs, observed, admission);
   let ready = true;
@@ -169,12 +175,15 @@ export async function startTestServer(
     maxRequestBytes: MAX_REQUEST_BYTES,
     readiness: async () => ready,
     limits,
+    tls,
+    observer: { portRefused: (reason) => portRefusals.push(reason) },
   });
   const address = `127.0.0.1:${running.port}`;
   return {
     running,
     stubs,
     observed,
+    portRefusals,
     address,
     baseUrl: `http://${address}`,
     setReady(value) {

@@ -6,7 +6,9 @@
 //   does not document the constructors);
 // - it hands sockets to an http.Server that never listens, and emits 'listening' on it by hand,
 //   because that is when node starts tracking its connections (request and header timeouts,
-//   closeIdleConnections).
+//   closeIdleConnections);
+// - node's GOAWAY cannot let a stream on the wire through: nghttp2 ignores every new stream once it
+//   has sent any GOAWAY, even one naming the highest stream id (goaway.ts says what follows).
 
 import http from "node:http";
 import http2 from "node:http2";
@@ -113,5 +115,55 @@ describe("node internals that the transport server relies on", () => {
       "node no longer starts tracking an http.Server's connections when 'listening' is emitted: " +
         "src/transport/server.ts must start its HTTP/1.1 timeouts and closeIdleConnections another way",
     ).toBe("closed");
+  });
+
+  it("ignores a stream that arrives after the server sent a GOAWAY naming the highest stream id", async () => {
+    const server = http2.createServer();
+    const streams: number[] = [];
+    server.on("stream", (stream) => {
+      streams.push(stream.id ?? 0);
+      if (stream.id === 1) stream.session?.goaway(http2.constants.NGHTTP2_NO_ERROR, 2 ** 31 - 1);
+      stream.respond({ ":status": 200 });
+      stream.end();
+    });
+    cleanups.push(() => server.close());
+    const port = await listen(server);
+    // A raw client: a POST to / on stream 1; stream 3 only once it has read the GOAWAY.
+    const frame = (type: number, flags: number, stream: number, payload: Buffer) => {
+      const head = Buffer.alloc(9);
+      head.writeUIntBE(payload.length, 0, 3);
+      head.writeUInt8(type, 3);
+      head.writeUInt8(flags, 4);
+      head.writeUInt32BE(stream, 5);
+      return Buffer.concat([head, payload]);
+    };
+    const request = (stream: number) => frame(1, 0x5, stream, Buffer.from([0x83, 0x84, 0x86, 0x41, 0x01, 0x61]));
+    const client = net.connect(port, "127.0.0.1");
+    cleanups.push(() => client.destroy());
+    const goaway = new Promise<void>((resolve) => {
+      let read = Buffer.alloc(0);
+      client.on("data", (chunk: Buffer) => {
+        read = Buffer.concat([read, chunk]);
+        for (let at = 0; at + 9 <= read.length; at += 9 + read.readUIntBE(at, 3)) {
+          if (read.readUInt8(at + 3) === 7) resolve();
+        }
+      });
+    });
+    client.write(
+      Buffer.concat([
+        Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1"),
+        frame(4, 0, 0, Buffer.alloc(0)),
+        request(1),
+      ]),
+    );
+    await goaway;
+    client.write(request(3));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(
+      streams,
+      "node now serves a stream that arrives after its GOAWAY naming the highest stream id: the drain's " +
+        "first step in src/transport/goaway.ts keeps streams on the wire, and its comment (and the health " +
+        "notice in server.ts) can say so",
+    ).toEqual([1]);
   });
 });

@@ -125,6 +125,7 @@ describe("the port", () => {
   });
 
   it("drops a connection that sends nothing, and an HTTP/2 one that sends only the preface", async () => {
+    const before = server.portRefusals.length;
     const silent = net.connect(server.running.port, "127.0.0.1");
     await closedWithin(silent, 10_000);
     // The preface and an empty SETTINGS frame, then nothing: never a stream, never a PING answer.
@@ -137,6 +138,8 @@ describe("the port", () => {
       ]),
     );
     await closedWithin(prefaceOnly, 10_000);
+    // The keepalive (interval + timeout) drops it before the idle timeout's GOAWAY could close it.
+    expect(server.portRefusals.slice(before)).toEqual(["first_bytes_timeout", "keepalive_timeout"]);
     await canary();
   });
 
@@ -153,6 +156,7 @@ describe("the port", () => {
   });
 
   it("closes an HTTP/1.1 connection that trickles its headers (slowloris)", async () => {
+    const before = server.portRefusals.length;
     const slow = net.connect(server.running.port, "127.0.0.1");
     slow.on("error", () => {});
     slow.write(`POST ${GET_ORGANIZATION} HTTP/1.1\r\nHost: x\r\n`);
@@ -162,6 +166,7 @@ describe("the port", () => {
     } finally {
       clearInterval(trickle);
     }
+    expect(server.portRefusals.slice(before)).toEqual(["http1_timeout"]);
     await canary();
   });
 
@@ -180,6 +185,7 @@ describe("the port", () => {
   });
 
   it("counts the deadline and the body read time from the request's first byte", async () => {
+    const before = server.portRefusals.length;
     const cases: [string, Record<string, string>, string][] = [
       ["application/grpc", { "grpc-timeout": "200m" }, "DEADLINE_EXCEEDED"],
       ["application/grpc", {}, "DEADLINE_EXCEEDED"],
@@ -207,6 +213,10 @@ describe("the port", () => {
         clearInterval(trickle);
       }
     }
+    // The same status, told apart where it is counted: the caller's deadline, or the port's read timeout.
+    expect(server.portRefusals.slice(before)).toEqual(
+      cases.map(([, timeout]) => (Object.keys(timeout).length > 0 ? "deadline_passed" : "body_too_slow")),
+    );
   });
 
   it("keeps an HTTP/2 connection healthy through many early refusals", async () => {
@@ -331,6 +341,49 @@ describe("the port", () => {
     expect(server.observed.slice(before)).toEqual([
       { path: GET_ORGANIZATION, code: Code.InvalidArgument },
       { path: "unknown", code: Code.Unimplemented },
+    ]);
+  });
+
+  it("counts what it turns away by reason: requests, and connections that do not speak HTTP", async () => {
+    const before = server.portRefusals.length;
+    const base = { "content-type": "application/grpc", ...bearer("dev-provisioning") };
+    const requests: [Record<string, string>, Buffer, string][] = [
+      [{ ":path": "/connections.v1.OrganizationService/Nope" }, envelope(getOrganization("org_a")), "unknown_method"],
+      [{ "content-type": "text/plain" }, Buffer.from("hi"), "unsupported_media_type"],
+      [{ "grpc-encoding": "br" }, envelope(getOrganization("org_a")), "unsupported_encoding"],
+      [{}, envelope(Buffer.from([0x0a, 0x64, 0x61])), "malformed"],
+      [{}, envelope(Buffer.alloc(MAX_REQUEST_BYTES + 1)), "too_large"],
+      [{}, Buffer.concat([envelope(getOrganization("a")), envelope(getOrganization("b"))]), "not_one_message"],
+    ];
+    for (const [headers, body] of requests) {
+      const { ":path": path = GET_ORGANIZATION, ...rest } = headers;
+      await h2Request(h2(), { path, headers: { ...base, ...rest }, body });
+    }
+    // HTTP/2 HEADERS on an even stream id (the server's to use): a protocol error.
+    const badFrames = net.connect(server.running.port, "127.0.0.1");
+    badFrames.on("error", () => {});
+    const headerBlock = Buffer.from([0x83, 0x84, 0x86, 0x41, 0x01, 0x61]);
+    badFrames.write(
+      Buffer.concat([
+        Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1"),
+        Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]),
+        Buffer.from([0, 0, headerBlock.length, 1, 5, 0, 0, 0, 2]),
+        headerBlock,
+      ]),
+    );
+    await closedWithin(badFrames, 10_000);
+    const garbage = await tcpExchange(server.running.port, "HELLO THERE\r\n\r\n");
+    expect(garbage.text).toMatch(/^HTTP\/1\.1 400 /);
+    const hugeHead = await tcpExchange(
+      server.running.port,
+      `POST ${GET_ORGANIZATION} HTTP/1.1\r\nHost: x\r\nX-Big: ${"b".repeat(20_000)}\r\n\r\n`,
+    );
+    expect(hugeHead.text).toMatch(/^HTTP\/1\.1 431 /);
+    expect(server.portRefusals.slice(before)).toEqual([
+      ...requests.map(([, , reason]) => reason),
+      "http2_session_error",
+      "http1_malformed",
+      "http1_headers_too_large",
     ]);
   });
 

@@ -7,7 +7,9 @@
 import { execFile } from "node:child_process";
 import { renameSync, writeFileSync } from "node:fs";
 import https from "node:https";
+import net from "node:net";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import tls from "node:tls";
 import { promisify } from "node:util";
 import { createClient } from "@connectrpc/connect";
@@ -31,6 +33,7 @@ import {
   tlsRpcClient,
   uniqueId,
 } from "../support/service.js";
+import { startTestServer } from "./harness.js";
 
 const run = promisify(execFile);
 const SQLITE = testDatabases.find((database) => database.kind === "sqlite-memory");
@@ -259,6 +262,27 @@ describe("mTLS (client certificates, SPIFFE IDs in the callers file)", () => {
         await rpcError(client({ cert: stranger.cert, key: stranger.key }).as({ caller: null }).checkConnection(check)),
       );
     });
+  });
+
+  it("counts each refused handshake at the port, but not a client that hangs up before its hello", async () => {
+    const server = await startTestServer({}, undefined, { ...serverCertificate(pki), ca: pki.ca.cert });
+    const withoutCertificate = () => {
+      const socket = tls.connect({ host: "127.0.0.1", port: server.running.port, ca: pki.ca.cert });
+      socket.on("error", () => {});
+    };
+    try {
+      const hangUp = net.connect(server.running.port, "127.0.0.1");
+      await new Promise((resolve) => hangUp.once("connect", resolve));
+      hangUp.destroy();
+      withoutCertificate();
+      withoutCertificate();
+      for (let attempt = 0; attempt < 200 && server.portRefusals.length < 2; attempt++) await sleep(25);
+      // Time for a count that should not come (the hang-up) to arrive too.
+      await sleep(300);
+      expect(server.portRefusals).toEqual(["tls_handshake_failed", "tls_handshake_failed"]);
+    } finally {
+      await server.running.close(500);
+    }
   });
 
   it("answers health over mTLS for a client with a certificate", async () => {
