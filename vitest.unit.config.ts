@@ -11,5 +11,7 @@ export default defineConfig({
     env: { TEST_DATABASES: "sqlite-memory" },
     // Worker threads start faster than the full suite's processes, and nothing here needs a process.
     pool: "threads",
+    // As in the full suite: a worker keeps its modules from one file to the next (vitest.config.ts).
+    isolate: false,
   },
 });

@@ -1,3 +1,6 @@
+// Resource ids: made here (a prefix and 128 random bits) and checked here, so that the rest of the
+// code never guesses what an id looks like.
+
 import { randomBytes } from "node:crypto";
 
 /** Bytes of one id: 128 random bits, unguessable, so an id alone never grants access. */

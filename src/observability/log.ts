@@ -1,3 +1,6 @@
+// The service's log: pino writing JSON lines to stdout asynchronously, and the one way to end it
+// before the process exits with everything written.
+
 import pino, { type Logger } from "pino";
 
 /** How long exiting waits for the log to be written out (a stdout that nobody reads never drains). */

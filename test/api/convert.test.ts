@@ -1,3 +1,6 @@
+// connectionToProto: a stored Connection becomes the message that protobuf-es's own create() and
+// timestampFromDate would make (timestamps before 1970 included), a new one for every answer.
+
 import { create, equals, toBinary, toJson } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";

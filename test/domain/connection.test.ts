@@ -1,3 +1,7 @@
+// The pure domain rules: which transition each party may make from each state, who is a party,
+// scope normalisation and self-connections, what a check decides and why, and what an update
+// changes (its scopes, and the state a scope change leads to).
+
 import { describe, expect, it } from "vitest";
 import {
   accessOf,

@@ -227,14 +227,14 @@ describeE2E(
       const [org = ""] = await registerOrganizations(client, 1, "org_cap");
       const destinations = await mapConcurrently(
         Array.from({ length: 501 }, (_, index) => index),
-        16,
+        DATABASE_POOL_SIZE,
         async () => {
           const [destination = ""] = await registerOrganizations(client, 1, "org_cap");
           return destination;
         },
       );
       const bff = e2e.as("dashboard-bff", org);
-      const made = await mapConcurrently(destinations, 16, async (destination) =>
+      const made = await mapConcurrently(destinations, DATABASE_POOL_SIZE, async (destination) =>
         present(
           (await bff.createConnection({ destinationOrganizationId: destination, scopes: ["account.read"] })).connection,
         ),

@@ -11,7 +11,7 @@ import {
   provisionPostgres,
   provisionSqliteFile,
 } from "../support/databases.js";
-import { mapConcurrently } from "../support/fixtures.js";
+import { DATABASE_POOL_SIZE, mapConcurrently } from "../support/fixtures.js";
 import { type ServiceProcess, startServiceProcess } from "../support/process.js";
 import { GrpcJsRpcClient, uniqueId } from "../support/service.js";
 
@@ -43,7 +43,9 @@ describe.each(databases)("SIGKILL during idempotent writes [$name]", ({ provisio
       const provisioning = before.as({ caller: "provisioning" });
       const source = uniqueId("org_src");
       const destinations = Array.from({ length: WRITES }, () => uniqueId("org_dst"));
-      await mapConcurrently([source, ...destinations], 16, (id) => provisioning.createOrganization({ id, name: id }));
+      await mapConcurrently([source, ...destinations], DATABASE_POOL_SIZE, (id) =>
+        provisioning.createOrganization({ id, name: id }),
+      );
 
       const requests = destinations.map((destination) => ({
         destinationOrganizationId: destination,
@@ -52,7 +54,7 @@ describe.each(databases)("SIGKILL during idempotent writes [$name]", ({ provisio
       }));
       const acknowledged = new Map<string, CreateConnectionResponse>();
       const writer = before.as({ caller: "api-gateway", organizationId: source });
-      const running = mapConcurrently(requests, 16, async (request) => {
+      const running = mapConcurrently(requests, DATABASE_POOL_SIZE, async (request) => {
         try {
           acknowledged.set(request.requestId, await writer.createConnection(request));
         } catch {
@@ -69,7 +71,9 @@ describe.each(databases)("SIGKILL during idempotent writes [$name]", ({ provisio
       const after = new GrpcJsRpcClient(`127.0.0.1:${service.port}`);
       clients.push(after);
       const retrier = after.as({ caller: "api-gateway", organizationId: source });
-      const answers = await mapConcurrently(requests, 16, (request) => retrier.createConnection(request));
+      const answers = await mapConcurrently(requests, DATABASE_POOL_SIZE, (request) =>
+        retrier.createConnection(request),
+      );
       for (const [index, request] of requests.entries()) {
         const first = acknowledged.get(request.requestId);
         if (first !== undefined) expect(answers[index]).toEqual(first);
