@@ -58,11 +58,13 @@ describePostgres("PostgreSQL outage", () => {
     await provisioning.createOrganization({ id, name: "Before the outage" });
 
     await setup.proxy.cut();
+    // Thunks, so each call starts only when awaited: a call started early could fail before
+    // anything awaits it, an unhandled rejection.
     for (const work of [
-      provisioning.getOrganization({ id }),
-      provisioning.createOrganization({ id: uniqueId("org"), name: "During the outage" }),
+      () => provisioning.getOrganization({ id }),
+      () => provisioning.createOrganization({ id: uniqueId("org"), name: "During the outage" }),
     ]) {
-      const error = await rpcError(work);
+      const error = await rpcError(work());
       expect({ code: Code[error.code], reason: error.reason }).toEqual({
         code: "Unavailable",
         reason: "DATABASE_UNAVAILABLE",
