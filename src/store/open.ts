@@ -17,7 +17,7 @@ import { prepareSchema } from "./schema-version.js";
 import { EventLoopFriendlySqliteDialect } from "./sqlite-dialect.js";
 import { checkAtStart } from "./sqlite-integrity.js";
 import type { Store } from "./store.js";
-import { WalFlusher } from "./wal-flush.js";
+import { CHECKPOINT_PAGES, WalFlusher } from "./wal-flush.js";
 
 export interface OpenStoreOptions {
   readonly databaseUrl: string;
@@ -52,14 +52,8 @@ const SQLITE_CACHE_KIB = 32 * 1024;
 /** The most of the file SQLite reads through a memory map: its compile-time limit (0x7fff0000 bytes), in MiB. */
 export const MAX_SQLITE_MMAP_MIB = 2047;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
-/**
- * Checkpoint the WAL after this many pages (8 MiB; SQLite's default is 1000). A checkpoint flushes
- * the WAL and the database file on the event loop (the group commit's own flushes are off it), so
- * rarer checkpoints stall calls less often, and copy a page written by many groups only once.
- */
-const SQLITE_WAL_PAGES = 2048;
 /** After a checkpoint the WAL file is truncated to at most this: the size it grows to anyway. */
-const SQLITE_WAL_BYTES = 8 * 1024 * 1024;
+const SQLITE_WAL_BYTES = CHECKPOINT_PAGES * 4096;
 
 /** Throws an error naming what is wrong with the URL (never echoing credentials). */
 export function parseDatabaseUrl(databaseUrl: string): DatabaseTarget {
@@ -102,7 +96,7 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
   return new KyselyStore(db, {
     dialect: "sqlite",
     inTransaction: () => database.inTransaction,
-    walFlusher: path === SQLITE_MEMORY ? undefined : new WalFlusher(path),
+    walFlusher: path === SQLITE_MEMORY ? undefined : new WalFlusher(path, database),
     sqlite: database,
     checkCacheEntries: options.checkCacheEntries,
     backup: (destination) => database.backup(destination),
@@ -121,17 +115,14 @@ function openSqliteFile(
     logger?.debug({ checked, ms: Math.round(performance.now() - started) }, "start-up integrity check");
   });
   database.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
-  // NORMAL: COMMIT writes the WAL without flushing it; the group commit flushes it off the event
-  // loop before it acknowledges (wal-flush.ts), so an acknowledged write survives a power cut or a
-  // kernel crash, not only a killed process. SQLite still flushes around its checkpoints.
-  database.pragma("synchronous = NORMAL");
+  // Left at SQLite's default (FULL, with its own checkpoints) for the migrate step; the service's
+  // WalFlusher takes flushing and checkpoints off the event loop (wal-flush.ts).
   database.pragma("foreign_keys = ON");
   // Writes touch every index of a Connection and its event at random keys: SQLite's default page
   // cache (2 MB) soon misses on each of them.
   database.pragma(`cache_size = -${SQLITE_CACHE_KIB}`);
-  // A bounded WAL: checkpoint every SQLITE_WAL_PAGES pages and truncate the file back to
+  // A bounded WAL: checkpointed every CHECKPOINT_PAGES pages or so, and truncated back to
   // SQLITE_WAL_BYTES afterwards, so that a small volume that filled up once has room again.
-  database.pragma(`wal_autocheckpoint = ${SQLITE_WAL_PAGES}`);
   database.pragma(`journal_size_limit = ${SQLITE_WAL_BYTES}`);
   // Reads through a memory map: a check that misses the cache reads a random page of a file far
   // larger than SQLite's page cache, and through the map that costs no read() and no copy

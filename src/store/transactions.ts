@@ -7,7 +7,7 @@
 // committing form the next group, which runs as ONE transaction with each write in its own
 // SAVEPOINT, so a write that fails rolls back alone and the others commit. Its writes are
 // acknowledged once the WAL is flushed (wal-flush.ts, off the event loop), and the next group
-// commits while that flush runs. A group holds at most MAX_GROUP writes, so no write waits longer
+// commits while that flush runs; between two groups, now and then, the WAL is checkpointed. A group holds at most MAX_GROUP writes, so no write waits longer
 // than the group in front of it and its own. PostgreSQL groups concurrent commits by itself.
 
 import { setTimeout as sleep } from "node:timers/promises";
@@ -142,15 +142,24 @@ class GroupCommit {
   }
 
   async #drain(): Promise<void> {
+    const rejectQueued = (error: unknown) => {
+      for (const member of this.#queue.splice(0)) member.reject(error);
+    };
     while (this.#queue.length > 0) {
+      // Between two groups, the WAL copied into the database file once it has grown enough: the
+      // writes wait (the next group's first write may start the WAL over), reads go on.
+      if (this.#walFlusher?.checkpointDue) {
+        const checkpointed = await this.#walFlusher
+          .checkpoint((copy) => this.#db.connection().execute(async () => copy()))
+          .then(() => true, rejectQueued);
+        if (!checkpointed) continue;
+      }
       // The group is taken once the connection is ours: writes that arrived while the previous
       // group (or a read) held it join this one.
       await this.#db
         .connection()
         .execute((connection) => this.#commitGroup(connection, this.#queue.splice(0, MAX_GROUP)))
-        .catch((error: unknown) => {
-          for (const member of this.#queue.splice(0)) member.reject(error);
-        });
+        .catch(rejectQueued);
     }
     this.#draining = false;
   }
@@ -221,6 +230,7 @@ class GroupCommit {
       resolveAll();
       return;
     }
+    this.#walFlusher.committed();
     this.#walFlusher.flush().then(resolveAll, (error: unknown) => {
       for (const member of committed) member.reject(error);
     });
