@@ -94,7 +94,8 @@ describe.skipIf(!hasStrace)("SQLite writes on the disk (strace; .ci/run installs
     // 1,200 writes of 8 KB: about 10 MiB, through a WAL checkpointed after its first groups (the
     // first estimate of a group's pages is high) and then every 8 MiB or so.
     const lines = await trace("large", LARGE_WRITES);
-    const eventLoop = lines[0]?.split(" ")[0];
+    const eventLoop = lines.map((line) => /"event loop (\d+)"/.exec(line)?.[1]).find((pid) => pid !== undefined);
+    expect(eventLoop).toBeDefined();
     const written = (line: string, file: "database" | "wal") =>
       /\bpwrite64\(\d+<[^>]*>/.test(line) && line.includes(file === "wal" ? ".db-wal>" : ".db>");
     const flushed = (line: string, file: "database" | "wal") =>

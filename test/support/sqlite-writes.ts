@@ -2,7 +2,8 @@
 // store at argv[2] and makes argv[4] organization writes, one after the other ("sequential"; with
 // 8 KB names, "large", so that the WAL is checkpointed several times) or all at once
 // ("concurrent"), then closes it. "none" only opens and closes: the baseline. Each acknowledged
-// write made one after the other is marked in the trace by a write of argv[5] to /dev/null.
+// write made one after the other is marked in the trace by a write of argv[5] to /dev/null, after
+// a first mark, "event loop <pid>", that names the event loop's thread (the process's main thread).
 
 import { openSync, writeSync } from "node:fs";
 import { openStore } from "../../src/store/open.js";
@@ -16,6 +17,7 @@ const write = (index: number) =>
 const writes = mode === "none" ? 0 : Number(count);
 if (mode === "sequential" || mode === "large") {
   const marks = openSync("/dev/null", "w");
+  writeSync(marks, `event loop ${process.pid}`);
   for (let index = 0; index < writes; index++) {
     await write(index);
     writeSync(marks, acknowledgement);
