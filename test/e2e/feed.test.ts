@@ -243,7 +243,8 @@ describeEachDatabase("WatchConnectionEvents limits and shutdown", (database) => 
   });
 
   it("sends heartbeats with the current cursor, and outlives MAX_DEADLINE_MS until the client's deadline", async () => {
-    const stream = watch.watch({ startAtNow: true }, { caller: "token-service", timeoutMs: 1500 });
+    // Room for ten heartbeats: three must arrive even when a loaded machine delays the first ones.
+    const stream = watch.watch({ startAtNow: true }, { caller: "token-service", timeoutMs: 10 * HEARTBEAT_MS });
     const first = await stream.next();
     // MAX_DEADLINE_MS is 100 here: a unary cap would have ended the stream before these.
     for (let beat = 0; beat < 3; beat++)
