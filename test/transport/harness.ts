@@ -177,6 +177,8 @@ export async function startTestServer(
     limits,
     tls,
     observer: { portRefused: (reason) => portRefusals.push(reason) },
+    // As the service does: with admission control, one-caller connections are held to its shares.
+    callerShare: admission === undefined ? undefined : () => admission.share(performance.now()),
   });
   const address = `127.0.0.1:${running.port}`;
   return {
