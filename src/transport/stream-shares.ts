@@ -22,8 +22,9 @@
 // Streams a client opened before it saw a lowered limit get RST_STREAM REFUSED_STREAM from nghttp2
 // before node sees them, which gRPC clients retry transparently (the server never saw the call).
 // The limits follow the admission limit and the connections' count on a timer, and a connection's
-// is resent only when it moves by a quarter and its previous SETTINGS was acknowledged: neither the
-// AIMD limit's steps nor connections coming and going make a storm of SETTINGS frames.
+// is resent only when it moves by a quarter, a second after the previous one, once that one was
+// acknowledged: neither the AIMD limit's steps nor connections coming and going make a storm of
+// SETTINGS frames (nor of the refusals each lowering causes).
 
 import type { Http2Session } from "node:http2";
 
@@ -31,12 +32,16 @@ import type { Http2Session } from "node:http2";
 export const FIRST_STREAMS = 4;
 /** How often the held connections' limits follow the admission limit and the connections' count. */
 const RECOMPUTE_MS = 250;
+/** A recomputation leaves a connection alone for this long after its last SETTINGS. */
+const STEADY_MS = 1_000;
 
 /** A connection that carries one caller's calls (or none yet), with the limit last sent to it. */
 interface Single {
   /** Undefined until a call names it. */
   caller: string | undefined;
   limit: number;
+  /** When its last SETTINGS was sent (performance.now()). */
+  sentAt: number;
   /** Health and reflection streams open on it, which need room beside the calls. */
   beside: number;
 }
@@ -66,7 +71,7 @@ export class CallerStreamShares {
 
   /** A new connection: FIRST_STREAMS until its first stream. */
   opened(session: Http2Session): void {
-    this.sessions.set(session, { caller: undefined, limit: this.firstStreams, beside: 0 });
+    this.sessions.set(session, { caller: undefined, limit: this.firstStreams, sentAt: performance.now(), beside: 0 });
     session.once("close", () => {
       const state = this.sessions.get(session);
       this.sessions.delete(session);
@@ -144,10 +149,11 @@ export class CallerStreamShares {
       this.stop();
       return;
     }
+    const now = performance.now();
     for (const sessions of this.byCaller.values()) {
       for (const session of sessions) {
         const state = this.sessions.get(session);
-        if (state === undefined || state === MIXED) continue;
+        if (state === undefined || state === MIXED || now - state.sentAt < STEADY_MS) continue;
         const limit = this.limitOf(state);
         // Moves of less than a quarter are not worth a SETTINGS frame and the refusals it causes.
         if (Math.abs(limit - state.limit) * 4 >= state.limit) this.send(session, state, limit, false);
@@ -164,6 +170,7 @@ export class CallerStreamShares {
     try {
       session.settings({ maxConcurrentStreams: limit });
       state.limit = limit;
+      state.sentAt = performance.now();
     } catch {
       // Too many SETTINGS unacknowledged (a client that does not answer them): left as it is.
     }
