@@ -85,6 +85,15 @@ const IDLE_SWEEP_INTERVAL_MS = 50;
  * stays as a backstop against a client that asks for far more than it reads.
  */
 const HTTP2_MAX_SESSION_MEMORY_MB = 512;
+/**
+ * With per-caller stream limits: nghttp2 answers each stream a client opened beyond a limit it had
+ * not seen yet with REFUSED_STREAM, and node counts every such stream as an invalid frame, closing
+ * the connection past maxSessionInvalidFrames (1,000 by default, over the connection's whole life).
+ * A client that starts with 100 streams loses 96 to FIRST_STREAMS alone, and every lowering may
+ * refuse up to the previous limit's worth: an honest client must not be cut off for catching up.
+ * Ten times node's default still bounds a client that sends nothing but invalid frames.
+ */
+const HELD_MAX_SESSION_INVALID_FRAMES = 10_000;
 /** After the grace period, how long the calls cut short have to send their SHUTTING_DOWN answers. */
 const CUT_CALLS_FLUSH_MS = 1_000;
 /**
@@ -269,6 +278,7 @@ class MultiProtocolServer implements RunningServer {
         maxHeaderListSize: limits.maxHeaderListBytes,
       },
       maxSessionMemory: HTTP2_MAX_SESSION_MEMORY_MB,
+      ...(shares === undefined ? {} : { maxSessionInvalidFrames: HELD_MAX_SESSION_INVALID_FRAMES }),
     });
     this.http2Server.on("session", (session) => this.police(session));
     // A session that fails (a protocol error, a reset socket) is destroyed by node; nothing to do
