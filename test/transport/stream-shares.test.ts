@@ -168,6 +168,31 @@ describe("per-caller stream limits", () => {
     await watch.answer;
   });
 
+  it("keeps the connection of a client that had more than 1,000 streams refused while catching up", async () => {
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(FIRST_STREAMS));
+    const tap = await H2FrameTap.start(server.running.port);
+    try {
+      // The client sends all its calls before it can have read any SETTINGS (the link is stalled):
+      // all but FIRST_STREAMS are refused, and node counts each refusal as an invalid frame.
+      tap.freeze();
+      // Before the server's SETTINGS, node's client assumes 100 streams unless told otherwise.
+      const session = http2.connect(`http://${tap.address}`, { peerMaxConcurrentStreams: 2000 });
+      session.on("error", () => {});
+      sessions.push(session);
+      const calls = Array.from({ length: 1100 }, () => grpcGet(session, tokenService));
+      await until(() => tap.fromClient.headers >= calls.length, "the calls to be on the wire");
+      tap.thaw();
+      const answers = await Promise.all(calls);
+      const refused = answers.filter((answer) => answer.rstCode === NGHTTP2_REFUSED_STREAM).length;
+      expect(refused).toBeGreaterThan(1000);
+      expect(answers.filter((answer) => answer.rstCode !== NGHTTP2_REFUSED_STREAM && answer.code !== 0)).toEqual([]);
+      expect(tap.fromService.goaways).toEqual([]);
+      expect((await grpcGet(session, tokenService)).code).toBe(0);
+    } finally {
+      await tap.close();
+    }
+  });
+
   it("lets a grpc-js client that starts with more calls than a new connection may carry finish them all", async () => {
     server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(900));
     const client = new GrpcJsClient(server.address);
