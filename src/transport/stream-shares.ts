@@ -22,9 +22,9 @@
 // Streams a client opened before it saw a lowered limit get RST_STREAM REFUSED_STREAM from nghttp2
 // before node sees them, which gRPC clients retry transparently (the server never saw the call).
 // The limits follow the admission limit and the connections' count on a timer, and a connection's
-// is resent only when it moves by a quarter, a second after the previous one, once that one was
-// acknowledged: neither the AIMD limit's steps nor connections coming and going make a storm of
-// SETTINGS frames (nor of the refusals each lowering causes).
+// is resent only when it moves by a quarter, once the previous one was acknowledged, and lowered
+// no sooner than a second after it: neither the AIMD limit's steps nor connections coming and going
+// make a storm of SETTINGS frames (nor of the refusals each lowering causes).
 
 import type { Http2Session } from "node:http2";
 
@@ -32,7 +32,7 @@ import type { Http2Session } from "node:http2";
 export const FIRST_STREAMS = 4;
 /** How often the held connections' limits follow the admission limit and the connections' count. */
 const RECOMPUTE_MS = 250;
-/** A recomputation leaves a connection alone for this long after its last SETTINGS. */
+/** A recomputation lowers a connection's limit no sooner than this after its last SETTINGS. */
 const STEADY_MS = 1_000;
 
 /** A connection that carries one caller's calls (or none yet), with the limit last sent to it. */
@@ -126,9 +126,11 @@ export class CallerStreamShares {
       this.byCaller.set(caller, sessions);
     }
     sessions.add(session);
-    // At once, so that a storm's connection is held from its first call; its caller's other
-    // connections follow at the next recomputation.
-    this.send(session, state, this.limitOf(state), true);
+    // Lower at once, so that a storm's connection is held from its first call. Raised only at the
+    // next recomputation: connections that open together are counted together there, instead of
+    // the first getting the whole share, the second half of it, and so on until they are counted.
+    const limit = this.limitOf(state);
+    if (limit < state.limit) this.send(session, state, limit, true);
     this.timer ??= setInterval(() => this.recompute(), RECOMPUTE_MS).unref();
   }
 
@@ -153,10 +155,12 @@ export class CallerStreamShares {
     for (const sessions of this.byCaller.values()) {
       for (const session of sessions) {
         const state = this.sessions.get(session);
-        if (state === undefined || state === MIXED || now - state.sentAt < STEADY_MS) continue;
+        if (state === undefined || state === MIXED) continue;
         const limit = this.limitOf(state);
-        // Moves of less than a quarter are not worth a SETTINGS frame and the refusals it causes.
-        if (Math.abs(limit - state.limit) * 4 >= state.limit) this.send(session, state, limit, false);
+        // Moves of less than a quarter are not worth a SETTINGS frame; lowering refuses the streams
+        // on the wire, so it waits a while after the previous SETTINGS.
+        const worth = Math.abs(limit - state.limit) * 4 >= state.limit;
+        if (worth && (limit > state.limit || now - state.sentAt >= STEADY_MS)) this.send(session, state, limit, false);
       }
     }
   }

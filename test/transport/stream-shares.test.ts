@@ -86,19 +86,18 @@ describe("per-caller stream limits", () => {
     const token = await connect();
     expect(limitOf(token)).toBe(FIRST_STREAMS);
     expect((await grpcGet(token, tokenService)).code).toBe(0);
-    expect(limitOf(token)).toBe(900);
+    await until(() => limitOf(token) === 900, "the token service's connection to get its share");
 
-    // The dashboard arrives: two active callers share 900; its connection gets its part at once,
-    // the token service's at the next recomputation.
+    // The dashboard arrives: two active callers share 900.
     const dashboardSession = await connect();
     expect((await grpcGet(dashboardSession, dashboard)).code).toBe(0);
-    expect(limitOf(dashboardSession)).toBe(450);
+    await until(() => limitOf(dashboardSession) === 450, "the dashboard's connection to get its share");
     await until(() => limitOf(token) === 450, "the token service's connection to follow its share");
 
     // A second token-service connection: the share is spread over both; the dashboard keeps its own.
     const secondToken = await connect();
     expect((await grpcGet(secondToken, tokenService)).code).toBe(0);
-    expect(limitOf(secondToken)).toBe(225);
+    await until(() => limitOf(secondToken) === 225, "the second token-service connection to get half the share");
     await until(() => limitOf(token) === 225, "the first token-service connection to take half the share");
     expect(limitOf(dashboardSession)).toBe(450);
     expect(limitOf(health)).toBe(CONFIGURED_STREAMS);
@@ -108,7 +107,7 @@ describe("per-caller stream limits", () => {
     server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(900));
     const token = await connect();
     expect((await grpcGet(token, tokenService)).code).toBe(0);
-    expect(limitOf(token)).toBe(900);
+    await until(() => limitOf(token) === 900, "the token service's connection to get its share");
 
     // A proxy's connection: the token service's call, then the dashboard's on the same connection.
     const proxy = await connect();
@@ -217,7 +216,7 @@ describe("per-caller stream limits", () => {
     try {
       const method = ConnectionService.method.getConnection;
       expect((await client.call(method, { id: "cxn_1" }, { headers: tokenService })).ok).toBe(true);
-      expect(tap.fromService.maxConcurrentStreams.at(-1)).toBe(8);
+      await until(() => tap.fromService.maxConcurrentStreams.at(-1) === 8, "the token service's share to be sent");
       // The service sends no other SETTINGS before the client acknowledged this one.
       await until(
         () => tap.fromClient.settingsAcks >= tap.fromService.maxConcurrentStreams.length,
