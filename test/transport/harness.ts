@@ -393,7 +393,11 @@ export class GrpcJsClient implements TestClient {
   private readonly client: grpc.Client;
 
   constructor(address: string) {
-    this.client = new grpc.Client(address, grpc.credentials.createInsecure());
+    // A connection of its own: grpc-js would otherwise share one with every client of the same
+    // target, and with admission control a connection is held to its caller's share.
+    this.client = new grpc.Client(address, grpc.credentials.createInsecure(), {
+      "grpc.use_local_subchannel_pool": 1,
+    });
   }
 
   call<I extends DescMessage, O extends DescMessage>(

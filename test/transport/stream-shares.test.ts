@@ -8,6 +8,7 @@
 
 import http2 from "node:http2";
 import { create, toBinary } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
 import { afterEach, describe, expect, it } from "vitest";
 import { ConnectionService, GetConnectionRequestSchema } from "../../gen/connections/v1/connection_service_pb.js";
 import { AdmissionController } from "../../src/api/rpc/admission.js";
@@ -15,7 +16,7 @@ import { FIRST_STREAMS } from "../../src/transport/stream-shares.js";
 import { H2FrameTap } from "../interop/h2-frame-tap.js";
 import { until } from "../support/until.js";
 import { envelope, h2Open, h2Request, type WireAnswer } from "../support/wire.js";
-import { bearer, GrpcJsClient, SLEEP_PREFIX, startTestServer, type TestServer } from "./harness.js";
+import { bearer, GrpcJsClient, HOLD_ID, SLEEP_PREFIX, startTestServer, type TestServer } from "./harness.js";
 
 const CONFIGURED_STREAMS = 1000;
 const GET_PATH = "/connections.v1.ConnectionService/GetConnection";
@@ -189,6 +190,26 @@ describe("per-caller stream limits", () => {
       expect((await grpcGet(session, tokenService)).code).toBe(0);
     } finally {
       await tap.close();
+    }
+  });
+
+  it("makes a call beyond the caller's share wait in its client for a stream, instead of being refused OVERLOADED", async () => {
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(FIRST_STREAMS));
+    const client = new GrpcJsClient(server.address);
+    try {
+      const method = ConnectionService.method.getConnection;
+      const holding = Array.from({ length: FIRST_STREAMS }, () =>
+        client.call(method, { id: HOLD_ID }, { headers: tokenService }),
+      );
+      await until(() => server.stubs.held === FIRST_STREAMS, "the token service to hold its whole share");
+      // Admission would refuse this one (the caller is at its share and the replica at its limit);
+      // the connection's limit keeps it in grpc-js until a stream frees.
+      const beyond = client.call(method, { id: "cxn_beyond" }, { headers: tokenService });
+      server.stubs.releaseHolds();
+      for (const outcome of [...(await Promise.all(holding)), await beyond]) expect(outcome.ok).toBe(true);
+      expect(server.observed.filter((entry) => entry.code === Code.ResourceExhausted)).toEqual([]);
+    } finally {
+      client.close();
     }
   });
 
