@@ -30,6 +30,8 @@ const CANARY_INTERVAL_MS = 50;
 const CANARY_DEADLINE_MS = 5_000;
 /** How long after the storm the canaries must be answered normally again. */
 const RECOVERY_MS = 1_000;
+/** The storm's canary latencies are also printed per slice of this length: is it the first wave, or all along? */
+const SLICE_MS = 5_000;
 /** How long the canaries and the RSS sampling go on after the storm. */
 const AFTER_MS = 5_000;
 /** Quiet before the idle RSS is read and before each scenario, so that one run's backlog is not the next one's load. */
@@ -295,6 +297,13 @@ export async function runOverload(
                 .map(([why, count]) => `${why} x${count}`)
                 .join(", ")}`),
       );
+      const slices: string[] = [];
+      for (let from = stormStart; from < stormEnd; from += SLICE_MS) {
+        const slice = during.filter((call) => call.startedAt >= from && call.startedAt < from + SLICE_MS);
+        const ms = slice.map((call) => call.ms);
+        slices.push(`${percentile(ms, 0.5).toFixed(0)}/${percentile(ms, 0.99).toFixed(0)}`);
+      }
+      log(`    p50/p99 ms in each ${SLICE_MS / 1000} s of the storm: ${slices.join(", ")}`);
       verdict(`${title}: ${canary.caller.name} canary p99 ms`, p99, GOALS.canaryP99Ms, true);
       verdict(`${title}: ${canary.caller.name} canary failures during`, failures.length, 0, true);
       verdict(

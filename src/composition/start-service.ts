@@ -158,6 +158,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       tls,
       limits: config.limits,
       observer: metrics,
+      callerShare: admission === undefined ? undefined : () => admission.share(performance.now()),
       readiness: () =>
         store.ping().then(
           () => schema.current(),

@@ -208,8 +208,8 @@ type IntegerReader = (name: string, fallback: number, min: number, max: number) 
 
 function admissionSettings(integer: IntegerReader): AdmissionSettings | undefined {
   const defaults = DEFAULT_ADMISSION_SETTINGS;
-  // Off unless set: against a storm that ignores grpc-retry-pushback-ms the queue forms inside
-  // node:http2 before admission runs, and refusing lowered goodput (docs/performance.md, Overload).
+  // Off unless set: against a storm that ignores grpc-retry-pushback-ms, other callers are answered
+  // (per-caller stream limits) but seconds late, and goodput drops (docs/performance.md, Overload).
   // defaults.maxInFlight is the ceiling to start from when turning it on.
   const maxInFlight = integer("ADMISSION_MAX_IN_FLIGHT", 0, 0, 1_000_000);
   const settings: AdmissionSettings = {

@@ -186,7 +186,7 @@ export class ConnectEdge {
         peerSpiffeId: () => peerSpiffeIdOf(request.socket),
       });
       if (!(entered instanceof AdmissionTicket)) {
-        refused(new Refusal(entered), spoken);
+        refused(new Refusal(entered.status), spoken);
         return;
       }
       ticket = entered;

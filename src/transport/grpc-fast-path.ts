@@ -30,6 +30,7 @@ import {
 } from "./envelope.js";
 import type { PendingRead, ReadDeadlines, TransportLimits } from "./limits.js";
 import { type PortObserver, parseGrpcTimeout, Refusal, refuse } from "./refusals.js";
+import type { CallerStreamShares } from "./stream-shares.js";
 import { peerSpiffeIdOf } from "./tls.js";
 
 const GRPC_CONTENT_TYPES: ReadonlySet<string> = new Set(["application/grpc", "application/grpc+proto"]);
@@ -42,8 +43,15 @@ export class GrpcFastPath {
     readonly limits: TransportLimits,
     readonly readDeadlines: ReadDeadlines,
     readonly logger: Logger,
-    readonly observer?: PortObserver,
-  ) {}
+    { observer, shares }: { readonly observer?: PortObserver; readonly shares?: CallerStreamShares } = {},
+  ) {
+    this.observer = observer;
+    this.shares = shares;
+  }
+
+  readonly observer: PortObserver | undefined;
+  /** Told each call's caller, to hold a one-caller connection to its share (stream-shares.ts). */
+  private readonly shares: CallerStreamShares | undefined;
 
   /**
    * The unary pipeline method that this stream calls with binary gRPC, or undefined when it is not
@@ -76,8 +84,9 @@ export class GrpcFastPath {
     }
     // Admission control, once the headers name the caller and before any of the body is read.
     const ticket = this.pipeline.enter(call);
+    this.shares?.called(stream.session, ticket.caller);
     if (!(ticket instanceof AdmissionTicket)) {
-      this.refuse(stream, headers, method, new Refusal(ticket), 0);
+      this.refuse(stream, headers, method, new Refusal(ticket.status), 0);
       return;
     }
     call.admitted(ticket);

@@ -32,6 +32,7 @@ import { HealthController, routeHealth } from "./health.js";
 import { DEFAULT_TRANSPORT_LIMITS, ReadDeadlines, type TransportLimits } from "./limits.js";
 import { REFLECTION_SERVICES, ReflectionIndex, routeReflection } from "./reflection.js";
 import type { PortObserver, PortRefusalReason } from "./refusals.js";
+import { CallerStreamShares } from "./stream-shares.js";
 import { createTlsTerminator, type TlsCredentials, type TlsTerminator, tlsContextValues } from "./tls.js";
 
 export interface ServeOptions {
@@ -50,6 +51,12 @@ export interface ServeOptions {
   readonly limits?: Partial<TransportLimits>;
   /** Hears of every request and connection the port turns away. */
   readonly observer?: PortObserver;
+  /**
+   * With admission control: each active caller's part of its limit now. A connection that carries
+   * one caller's calls is then held to that part, spread over the caller's connections, as its
+   * SETTINGS_MAX_CONCURRENT_STREAMS (stream-shares.ts).
+   */
+  readonly callerShare?: () => number;
 }
 
 export interface RunningServer {
@@ -78,6 +85,15 @@ const IDLE_SWEEP_INTERVAL_MS = 50;
  * stays as a backstop against a client that asks for far more than it reads.
  */
 const HTTP2_MAX_SESSION_MEMORY_MB = 512;
+/**
+ * With per-caller stream limits: nghttp2 answers each stream a client opened beyond a limit it had
+ * not seen yet with REFUSED_STREAM, and node counts every such stream as an invalid frame, closing
+ * the connection past maxSessionInvalidFrames (1,000 by default, over the connection's whole life).
+ * A client that starts with 100 streams loses 96 to FIRST_STREAMS alone, and every lowering may
+ * refuse up to the previous limit's worth: an honest client must not be cut off for catching up.
+ * Ten times node's default still bounds a client that sends nothing but invalid frames.
+ */
+const HELD_MAX_SESSION_INVALID_FRAMES = 10_000;
 /** After the grace period, how long the calls cut short have to send their SHUTTING_DOWN answers. */
 const CUT_CALLS_FLUSH_MS = 1_000;
 /**
@@ -149,8 +165,15 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     },
   });
   await health.start();
-  const fastPath = new GrpcFastPath(pipeline, options.maxRequestBytes, limits, readDeadlines, logger, options.observer);
-  const server = new MultiProtocolServer(edge, fastPath, health, limits, logger, options.tls, options.observer);
+  const shares =
+    options.callerShare === undefined
+      ? undefined
+      : new CallerStreamShares(options.callerShare, limits.http2MaxConcurrentStreams);
+  const fastPath = new GrpcFastPath(pipeline, options.maxRequestBytes, limits, readDeadlines, logger, {
+    observer: options.observer,
+    shares,
+  });
+  const server = new MultiProtocolServer(edge, fastPath, health, limits, logger, options.tls, options.observer, shares);
   try {
     await server.listen(options.host, options.port);
   } catch (error) {
@@ -170,6 +193,13 @@ function agingOf(request: http.IncomingMessage | http2.Http2ServerRequest): Abor
 function abandonRequest(request: http.IncomingMessage | http2.Http2ServerRequest): void {
   if (request instanceof http2.Http2ServerRequest) request.stream.close(http2.constants.NGHTTP2_CANCEL);
   else request.socket.destroy();
+}
+
+/** The request path without its query (Connect GET requests carry their message there). */
+function pathOf(headers: http2.IncomingHttpHeaders): string {
+  const path = headers[":path"] ?? "";
+  const query = path.indexOf("?");
+  return query === -1 ? path : path.slice(0, query);
 }
 
 function servicesOf(pipeline: RpcPipeline): DescService[] {
@@ -209,6 +239,7 @@ class MultiProtocolServer implements RunningServer {
     private readonly logger: Logger,
     tlsCredentials: TlsCredentials | undefined,
     private readonly observer: PortObserver | undefined,
+    private readonly shares: CallerStreamShares | undefined,
   ) {
     this.tls =
       tlsCredentials === undefined
@@ -242,10 +273,12 @@ class MultiProtocolServer implements RunningServer {
     this.http1Server.emit("listening");
     this.http2Server = http2.createServer({
       settings: {
-        maxConcurrentStreams: limits.http2MaxConcurrentStreams,
+        // With per-caller stream limits, every connection starts low until its first stream.
+        maxConcurrentStreams: shares?.firstStreams ?? limits.http2MaxConcurrentStreams,
         maxHeaderListSize: limits.maxHeaderListBytes,
       },
       maxSessionMemory: HTTP2_MAX_SESSION_MEMORY_MB,
+      ...(shares === undefined ? {} : { maxSessionInvalidFrames: HELD_MAX_SESSION_INVALID_FRAMES }),
     });
     this.http2Server.on("session", (session) => this.police(session));
     // A session that fails (a protocol error, a reset socket) is destroyed by node; nothing to do
@@ -271,6 +304,13 @@ class MultiProtocolServer implements RunningServer {
         this.fastPath.serve(stream, headers, method);
         return;
       }
+      if (this.shares !== undefined) {
+        // A pipeline call through connect-node (Connect, gRPC-Web, the change feed): its caller is
+        // not learnt here, so its connection is never held to one caller's share. Anything else
+        // (health, reflection) needs no credentials: room for it beside the calls.
+        if (this.fastPath.pipeline.lookup(pathOf(headers)) !== undefined) this.shares.unattributed(stream.session);
+        else this.shares.beside(stream.session, (listener) => stream.once("close", listener));
+      }
       this.edge.serve(
         new http2.Http2ServerRequest(stream, headers, {}, rawHeaders),
         new http2.Http2ServerResponse(stream),
@@ -292,6 +332,7 @@ class MultiProtocolServer implements RunningServer {
   private police(session: http2.ServerHttp2Session): void {
     const { limits } = this;
     this.http2Sessions.add(session);
+    this.shares?.opened(session);
     session.on("error", (error) => {
       this.logger.debug({ err: error }, "HTTP/2 session error");
       if (!hungUp(error)) this.observer?.portRefused("http2_session_error");
@@ -394,6 +435,7 @@ class MultiProtocolServer implements RunningServer {
 
   private async drain(graceMs: number): Promise<void> {
     const started = Date.now();
+    this.shares?.stop();
     this.health.shutDown();
     this.draining = true;
     const allClosed = new Promise<void>((resolve) => this.listener.close(() => resolve()));

@@ -79,6 +79,20 @@ describe("admission control", () => {
     expect(flood(controller, "token-service", 12, 1_000).admitted).toBe(5);
   });
 
+  it("tells each active caller's part of the limit (what the transport spreads over its connections), and it follows the limit", () => {
+    const controller = new AdmissionController(SETTINGS);
+    // Nobody active: the whole limit (90% of the ceiling, floored).
+    expect(controller.share(0)).toBe(10);
+    expect(controller.tryAdmit("token-service", 0)).toBeUndefined();
+    expect(controller.tryAdmit("dashboard-bff", 0)).toBeUndefined();
+    expect(controller.share(0)).toBe(5);
+    controller.release("dashboard-bff");
+    // The dashboard idle for ADMISSION_CALLER_IDLE_MS: its part goes back; the token service holds a call.
+    expect(controller.share(1_000)).toBe(10);
+    controller.adapt(Number.POSITIVE_INFINITY);
+    expect(controller.share(1_000)).toBe(controller.limit);
+  });
+
   it("shrinks the limit by at least a fifth per window of delay above the target, more the longer the delay", () => {
     const controller = new AdmissionController(SETTINGS);
     controller.adapt(50);

@@ -1,5 +1,5 @@
 // The frame reader behind H2FrameTap: the interop suite's wire assertions (keepalive PINGs,
-// GOAWAY, compressed messages) are only as good as its counting, whatever way TCP splits frames.
+// GOAWAY, resets, SETTINGS limits, compressed messages) are only as good as its counting, whatever way TCP splits frames.
 
 import { describe, expect, it } from "vitest";
 import { emptyStats, FrameReader } from "./h2-frame-tap.js";
@@ -27,6 +27,10 @@ const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 const BYTES = Buffer.concat([
   PREFACE,
   frame(0x4, 0, 0, Buffer.alloc(0)), // SETTINGS
+  // SETTINGS: INITIAL_WINDOW_SIZE 65535, MAX_CONCURRENT_STREAMS 4, then an ACK
+  frame(0x4, 0, 0, Buffer.from([0, 4, 0, 0, 0xff, 0xff, 0, 3, 0, 0, 0, 4])),
+  frame(0x4, 0x1, 0, Buffer.alloc(0)),
+  frame(0x1, 0x4, 1, Buffer.from([0x83, 0x86])), // HEADERS, END_HEADERS
   frame(0x6, 0, 0, Buffer.alloc(8)), // PING
   frame(0x6, 0x1, 0, Buffer.alloc(8)), // PING ACK
   frame(0x0, 0, 1, grpcMessage(true, "x".repeat(40))), // stream 1, compressed
@@ -47,6 +51,9 @@ describe("H2FrameTap's frame reader", () => {
         pingAcks: 1,
         goaways: [0],
         resets: [11],
+        headers: 1,
+        maxConcurrentStreams: [4],
+        settingsAcks: 1,
         compressedMessages: 1,
         uncompressedMessages: 1,
       });

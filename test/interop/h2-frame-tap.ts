@@ -1,13 +1,19 @@
 // A TCP proxy that passes every byte through unchanged and reads the HTTP/2 frame headers going
 // each way, so that an interop test can say what the client and the service really put on the
-// wire: keepalive PINGs and their ACKs, GOAWAY and RST_STREAM error codes, and whether each
-// stream's first gRPC message was compressed. It understands framing only (no HPACK).
+// wire: keepalive PINGs and their ACKs, GOAWAY and RST_STREAM error codes, the HEADERS frames and
+// the concurrent-stream limits that SETTINGS announced, and whether each stream's first gRPC
+// message was compressed. It understands framing only (no HPACK).
 
 import { TcpProxy } from "../support/tcp-proxy.js";
 
 const CLIENT_PREFACE_BYTES = 24;
 const FRAME_HEADER_BYTES = 9;
 const FRAME_DATA = 0x0;
+const FRAME_HEADERS = 0x1;
+const FRAME_SETTINGS = 0x4;
+const SETTINGS_MAX_CONCURRENT_STREAMS = 0x3;
+/** Bytes of one SETTINGS parameter: a 16-bit identifier and a 32-bit value. */
+const SETTING_BYTES = 6;
 const FRAME_RST_STREAM = 0x3;
 const FRAME_PING = 0x6;
 const FRAME_GOAWAY = 0x7;
@@ -24,13 +30,29 @@ export interface DirectionStats {
   goaways: number[];
   /** Error codes of the RST_STREAM frames sent. */
   resets: number[];
+  /** HEADERS frames sent (requests, responses and trailers). */
+  headers: number;
+  /** SETTINGS_MAX_CONCURRENT_STREAMS of each SETTINGS frame that set it, in order. */
+  maxConcurrentStreams: number[];
+  /** SETTINGS frames that acknowledged the peer's. */
+  settingsAcks: number;
   /** Streams whose first gRPC message had the compressed flag set, and those whose did not. */
   compressedMessages: number;
   uncompressedMessages: number;
 }
 
 export function emptyStats(): DirectionStats {
-  return { pings: 0, pingAcks: 0, goaways: [], resets: [], compressedMessages: 0, uncompressedMessages: 0 };
+  return {
+    pings: 0,
+    pingAcks: 0,
+    goaways: [],
+    resets: [],
+    headers: 0,
+    maxConcurrentStreams: [],
+    settingsAcks: 0,
+    compressedMessages: 0,
+    uncompressedMessages: 0,
+  };
 }
 
 /** Reads frames from a byte stream that may split them anywhere; only the bytes it needs are kept. */
@@ -85,8 +107,9 @@ export class FrameReader {
     this.streamId = this.header.readUInt32BE(5) & 0x7fffffff;
     this.payloadStart = Buffer.alloc(0);
     // DATA: pad length and the gRPC compressed flag; RST_STREAM: the code; GOAWAY: the code after
-    // the last stream id.
-    this.wanted = { [FRAME_DATA]: 2, [FRAME_RST_STREAM]: 4, [FRAME_GOAWAY]: 8 }[this.type] ?? 0;
+    // the last stream id; SETTINGS: all of it (a few parameters).
+    this.wanted =
+      { [FRAME_DATA]: 2, [FRAME_RST_STREAM]: 4, [FRAME_GOAWAY]: 8, [FRAME_SETTINGS]: this.remaining }[this.type] ?? 0;
     if (this.remaining === 0) this.endFrame();
   }
 
@@ -99,6 +122,17 @@ export class FrameReader {
         break;
       case FRAME_GOAWAY:
         if (payload.length >= 8) this.stats.goaways.push(payload.readUInt32BE(4));
+        break;
+      case FRAME_HEADERS:
+        this.stats.headers++;
+        break;
+      case FRAME_SETTINGS:
+        if ((this.flags & FLAG_ACK) !== 0) this.stats.settingsAcks++;
+        for (let at = 0; at + SETTING_BYTES <= payload.length; at += SETTING_BYTES) {
+          if (payload.readUInt16BE(at) === SETTINGS_MAX_CONCURRENT_STREAMS) {
+            this.stats.maxConcurrentStreams.push(payload.readUInt32BE(at + 2));
+          }
+        }
         break;
       case FRAME_RST_STREAM:
         if (payload.length >= 4) this.stats.resets.push(payload.readUInt32BE(0));
@@ -144,6 +178,15 @@ export class H2FrameTap {
   /** "127.0.0.1:<port>" */
   get address(): string {
     return `127.0.0.1:${this.proxy.port}`;
+  }
+
+  /** Holds back every byte either way (the frames are still counted) until thaw(): a slow link. */
+  freeze(): void {
+    this.proxy.freeze();
+  }
+
+  thaw(): void {
+    this.proxy.thaw();
   }
 
   close(): Promise<void> {

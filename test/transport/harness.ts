@@ -177,6 +177,8 @@ export async function startTestServer(
     limits,
     tls,
     observer: { portRefused: (reason) => portRefusals.push(reason) },
+    // As the service does: with admission control, one-caller connections are held to its shares.
+    callerShare: admission === undefined ? undefined : () => admission.share(performance.now()),
   });
   const address = `127.0.0.1:${running.port}`;
   return {
@@ -391,7 +393,11 @@ export class GrpcJsClient implements TestClient {
   private readonly client: grpc.Client;
 
   constructor(address: string) {
-    this.client = new grpc.Client(address, grpc.credentials.createInsecure());
+    // A connection of its own: grpc-js would otherwise share one with every client of the same
+    // target, and with admission control a connection is held to its caller's share.
+    this.client = new grpc.Client(address, grpc.credentials.createInsecure(), {
+      "grpc.use_local_subchannel_pool": 1,
+    });
   }
 
   call<I extends DescMessage, O extends DescMessage>(

@@ -156,10 +156,28 @@ export class AdmissionController {
     this.pressed = false;
   }
 
+  /**
+   * Each active caller's guaranteed part of the limit now: what the transport spreads over a
+   * caller's connections as their concurrent-stream limit (see stream-shares.ts).
+   */
+  share(now: number): number {
+    return this.shareAt(now, undefined);
+  }
+
   snapshot(): AdmissionSnapshot {
     const inFlightByCaller = new Map<string, number>();
     for (const [caller, state] of this.callers) inFlightByCaller.set(caller, state.inFlight);
     return { limit: this.limit, inFlight: this.inFlight, inFlightByCaller };
+  }
+
+  /** The limit over the callers active now (forgetting the others, except `keep`), at least 1. */
+  private shareAt(now: number, keep: string | undefined): number {
+    let active = 0;
+    for (const [name, other] of this.callers) {
+      if (other.inFlight > 0 || now - other.lastSeenAt < this.settings.callerIdleMs) active++;
+      else if (name !== keep) this.callers.delete(name);
+    }
+    return Math.max(1, Math.floor(this.limit / Math.max(1, active)));
   }
 
   /**
@@ -171,12 +189,7 @@ export class AdmissionController {
   private refusalOf(caller: string, state: CallerState, now: number): AdmissionRefusal | undefined {
     if (this.inFlight >= this.settings.maxInFlight) return "limit";
     const limit = this.limit;
-    let active = 0;
-    for (const [name, other] of this.callers) {
-      if (other.inFlight > 0 || now - other.lastSeenAt < this.settings.callerIdleMs) active++;
-      else if (name !== caller) this.callers.delete(name);
-    }
-    const share = Math.max(1, Math.floor(limit / active));
+    const share = this.shareAt(now, caller);
     if (state.inFlight < share) return undefined;
     if (this.inFlight >= limit) return "limit";
     let owed = 0;

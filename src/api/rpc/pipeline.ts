@@ -42,6 +42,14 @@ class RefusedError extends Error {
   }
 }
 
+/** A call that admission refused: the answer to send at once, and the caller it authenticated as. */
+export class AdmissionRefused {
+  constructor(
+    readonly status: RpcStatus,
+    readonly caller: CallerName | undefined,
+  ) {}
+}
+
 /** How a stream that the pipeline ran ended with an error, for the transport to send. */
 export class RpcStreamError extends Error {
   constructor(readonly status: RpcStatus) {
@@ -113,16 +121,16 @@ export class RpcPipeline {
    * Admission control for a unary call, before its body is read: authenticates the caller (once:
    * the ticket carries it on to `invoke`) and asks the limiter for room. Returns the ticket to pass
    * to `invoke` (the transport abandons it if the call ends before that), or the RESOURCE_EXHAUSTED
-   * OVERLOADED status to answer at once, without reading the body.
+   * OVERLOADED status to answer at once, without reading the body. Either names the caller.
    */
-  enter(meta: AdmissionMeta): AdmissionTicket | RpcStatus {
+  enter(meta: AdmissionMeta): AdmissionTicket | AdmissionRefused {
     const caller = this.authenticate(meta);
     const admission = this.options.admission;
     if (admission === undefined) return new AdmissionTicket(undefined, caller);
     const refusal = admission.controller.tryAdmit(keyOf(caller), performance.now());
     if (refusal === undefined) return new AdmissionTicket(admission.controller, caller);
     admission.observer?.admissionRefused(keyOf(caller), refusal);
-    return this.overloaded;
+    return new AdmissionRefused(this.overloaded, caller);
   }
 
   /**
@@ -152,7 +160,7 @@ export class RpcPipeline {
     const ticket = given ?? this.enter(meta);
     let result: RpcResult;
     try {
-      if (!(ticket instanceof AdmissionTicket)) throw new RefusedError(ticket);
+      if (!(ticket instanceof AdmissionTicket)) throw new RefusedError(ticket.status);
       ticket.claim();
       const work = this.authorizeAndHandle(method, request, meta, requestId, scope, ticket.caller);
       // The hold on the limit lasts as long as the work does, even when the call is answered

@@ -1,0 +1,182 @@
+// Per-caller bounds on HTTP/2 streams, so that a storm's excess waits in the storming client and not
+// in front of our event loop.
+//
+// node:http2 reads everything a connection has sent and parses every HEADERS frame in one turn of the
+// event loop, before admission control sees any of them: with 20,000 calls in flight a turn lasts
+// seconds, and a canary that admission would admit at once waits for it (docs/performance.md,
+// Overload). SETTINGS_MAX_CONCURRENT_STREAMS is the one bound a client obeys before it sends. So:
+//
+// - a connection starts with FIRST_STREAMS, until its first stream says what it carries: a storm
+//   of new connections brings a few streams each, not a hundred;
+// - once a gRPC unary call names its caller, the connection gets that caller's share of the
+//   admission limit spread over the caller's connections (at least one stream): a caller that
+//   opens 200 connections gets no more streams than one that opens one, beyond that one each;
+// - a connection that carries more than one caller, a call that authenticates as nobody, or a
+//   pipeline stream whose caller the transport does not learn (Connect, gRPC-Web, the change feed)
+//   is mixed: a proxy's connection, never held for one of its callers, and it gets
+//   HTTP2_MAX_CONCURRENT_STREAMS from then on;
+// - health and reflection streams need no credentials and change nothing but the room they take:
+//   a connection that carries only them gets HTTP2_MAX_CONCURRENT_STREAMS, and a held one gets one
+//   more stream for each that is open on it (a health Watch never starves its client's calls).
+//
+// Streams a client opened before it saw a lowered limit get RST_STREAM REFUSED_STREAM from nghttp2
+// before node sees them, which gRPC clients retry transparently (the server never saw the call).
+// The limits follow the admission limit and the connections' count on a timer, and a connection's
+// is resent only when it moves by a quarter, once the previous one was acknowledged, and lowered
+// no sooner than a second after it: neither the AIMD limit's steps nor connections coming and going
+// make a storm of SETTINGS frames (nor of the refusals each lowering causes).
+
+import type { Http2Session } from "node:http2";
+
+/** What a connection may open before its first stream is seen. */
+export const FIRST_STREAMS = 4;
+/** How often the held connections' limits follow the admission limit and the connections' count. */
+const RECOMPUTE_MS = 250;
+/** A recomputation lowers a connection's limit no sooner than this after its last SETTINGS. */
+const STEADY_MS = 1_000;
+
+/** A connection that carries one caller's calls (or none yet), with the limit last sent to it. */
+interface Single {
+  /** Undefined until a call names it. */
+  caller: string | undefined;
+  limit: number;
+  /** When its last SETTINGS was sent (performance.now()). */
+  sentAt: number;
+  /** Health and reflection streams open on it, which need room beside the calls. */
+  beside: number;
+}
+
+/** A connection that carried more than one caller's calls, or calls of no known caller: never held. */
+const MIXED = "mixed";
+
+export class CallerStreamShares {
+  private readonly sessions = new Map<Http2Session, Single | typeof MIXED>();
+  private readonly byCaller = new Map<string, Set<Http2Session>>();
+  private timer: NodeJS.Timeout | undefined;
+
+  /**
+   * @param share each active caller's part of the admission limit now
+   * @param configured HTTP2_MAX_CONCURRENT_STREAMS: what a mixed or health-only connection gets, and
+   *   the most a held one gets
+   */
+  constructor(
+    private readonly share: () => number,
+    private readonly configured: number,
+  ) {}
+
+  /** The SETTINGS_MAX_CONCURRENT_STREAMS every connection starts with. */
+  get firstStreams(): number {
+    return Math.min(FIRST_STREAMS, this.configured);
+  }
+
+  /** A new connection: FIRST_STREAMS until its first stream. */
+  opened(session: Http2Session): void {
+    this.sessions.set(session, { caller: undefined, limit: this.firstStreams, sentAt: performance.now(), beside: 0 });
+    session.once("close", () => {
+      const state = this.sessions.get(session);
+      this.sessions.delete(session);
+      if (state !== undefined && state !== MIXED && state.caller !== undefined) this.release(session, state.caller);
+    });
+  }
+
+  /** A unary call on `session` authenticated as `caller` (undefined: as nobody). */
+  called(session: Http2Session | undefined, caller: string | undefined): void {
+    const state = session === undefined ? undefined : this.sessions.get(session);
+    if (session === undefined || state === undefined || state === MIXED) return;
+    if (caller !== undefined && state.caller === caller) return;
+    if (caller !== undefined && state.caller === undefined) this.hold(session, state, caller);
+    else this.mix(session, state);
+  }
+
+  /** A pipeline stream on `session` whose caller the transport does not learn. */
+  unattributed(session: Http2Session | undefined): void {
+    const state = session === undefined ? undefined : this.sessions.get(session);
+    if (session !== undefined && state !== undefined && state !== MIXED) this.mix(session, state);
+  }
+
+  /** A stream that needs no credentials (health, reflection): room for it beside the calls, while it lasts. */
+  beside(session: Http2Session | undefined, closed: (listener: () => void) => void): void {
+    const state = session === undefined ? undefined : this.sessions.get(session);
+    if (session === undefined || state === undefined || state === MIXED) return;
+    state.beside++;
+    closed(() => state.beside--);
+    // More room at once (raising a limit refuses nothing); less only at a recomputation.
+    const limit = this.limitOf(state);
+    if (limit > state.limit) this.send(session, state, limit, true);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** What a connection that carries one caller's calls, or none yet, may have open now. */
+  private limitOf(state: Single): number {
+    if (state.caller === undefined) return this.configured;
+    const connections = this.byCaller.get(state.caller)?.size ?? 1;
+    const calls = Math.max(1, Math.floor(this.share() / connections));
+    return Math.min(this.configured, calls + state.beside);
+  }
+
+  private hold(session: Http2Session, state: Single, caller: string): void {
+    state.caller = caller;
+    let sessions = this.byCaller.get(caller);
+    if (sessions === undefined) {
+      sessions = new Set();
+      this.byCaller.set(caller, sessions);
+    }
+    sessions.add(session);
+    // Lower at once, so that a storm's connection is held from its first call. Raised only at the
+    // next recomputation: connections that open together are counted together there, instead of
+    // the first getting the whole share, the second half of it, and so on until they are counted.
+    const limit = this.limitOf(state);
+    if (limit < state.limit) this.send(session, state, limit, true);
+    this.timer ??= setInterval(() => this.recompute(), RECOMPUTE_MS).unref();
+  }
+
+  private mix(session: Http2Session, state: Single): void {
+    this.sessions.set(session, MIXED);
+    if (state.caller !== undefined) this.release(session, state.caller);
+    if (state.limit !== this.configured) this.send(session, state, this.configured, true);
+  }
+
+  private release(session: Http2Session, caller: string): void {
+    const sessions = this.byCaller.get(caller);
+    sessions?.delete(session);
+    if (sessions?.size === 0) this.byCaller.delete(caller);
+  }
+
+  private recompute(): void {
+    if (this.byCaller.size === 0) {
+      this.stop();
+      return;
+    }
+    const now = performance.now();
+    for (const sessions of this.byCaller.values()) {
+      for (const session of sessions) {
+        const state = this.sessions.get(session);
+        if (state === undefined || state === MIXED) continue;
+        const limit = this.limitOf(state);
+        // Moves of less than a quarter are not worth a SETTINGS frame; lowering refuses the streams
+        // on the wire, so it waits a while after the previous SETTINGS.
+        const worth = Math.abs(limit - state.limit) * 4 >= state.limit;
+        if (worth && (limit > state.limit || now - state.sentAt >= STEADY_MS)) this.send(session, state, limit, false);
+      }
+    }
+  }
+
+  /**
+   * Sends `limit`. A recomputation waits until the previous SETTINGS is acknowledged (the next round
+   * tries again); holding, releasing and making room do not wait.
+   */
+  private send(session: Http2Session, state: Single, limit: number, evenIfPending: boolean): void {
+    if (session.closed || session.destroyed || (session.pendingSettingsAck && !evenIfPending)) return;
+    try {
+      session.settings({ maxConcurrentStreams: limit });
+      state.limit = limit;
+      state.sentAt = performance.now();
+    } catch {
+      // Too many SETTINGS unacknowledged (a client that does not answer them): left as it is.
+    }
+  }
+}
