@@ -8,7 +8,8 @@
 // SAVEPOINT, so a write that fails rolls back alone and the others commit. Its writes are
 // acknowledged once the WAL is flushed (wal-flush.ts, off the event loop), and the next group
 // commits while that flush runs. A group holds at most MAX_GROUP writes, so no write waits longer
-// than the group in front of it and its own. PostgreSQL groups concurrent commits by itself.
+// than the group in front of it and its own. PostgreSQL groups concurrent commits by itself; there
+// a write that is one statement is sent with its BEGIN and COMMIT in one go (writeStatement).
 
 import { setTimeout as sleep } from "node:timers/promises";
 import { CompiledQuery, type Kysely, type QueryResult } from "kysely";
