@@ -279,7 +279,9 @@ export class StorePool {
    * transaction() would, but sends BEGIN (with the statement timeout), the statement and COMMIT
    * together: on a pipelining client, one write to the socket and one wait for the answers, not
    * three. The server runs them in order; if the statement fails, COMMIT finds the transaction
-   * aborted and rolls it back, so nothing of it commits. When `signal` aborts while the three are
+   * aborted and rolls it back, so nothing of it commits. (BEGIN itself fails only with its
+   * connection, and then nothing after it runs; were it to fail alone, the statement would still
+   * be atomic, only outside REPEATABLE READ and the timeout.) When `signal` aborts while the three are
    * at the server, the running one is cancelled as in reserve(): a cancelled statement rolls back,
    * a COMMIT that already ran has committed (as before, when the abort came during COMMIT).
    */
