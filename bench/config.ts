@@ -48,6 +48,12 @@ export const config = {
   targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres,scale").split(",")),
   /** The writes section (bench/writes.ts); BENCH_TARGETS=none with BENCH_WRITES=on runs it alone. */
   writes: process.env.BENCH_WRITES !== "off",
+  /** Its deployments: BENCH_WRITES=sqlite or =postgres runs only that one (for profiling one of them). */
+  writesDeployments: new Set(
+    process.env.BENCH_WRITES === "sqlite" || process.env.BENCH_WRITES === "postgres"
+      ? [process.env.BENCH_WRITES]
+      : ["sqlite", "postgres"],
+  ),
 };
 
 /** A goal on a ratio of figures taken in the same run: met when the ratio is at least, or at most, this. */

@@ -146,8 +146,8 @@ async function main(): Promise<void> {
   printProfiles(targets, headline, distinct);
   if (config.writes) {
     if (!targets.some((target) => target.service !== undefined)) buildService();
-    const { logLevel, postgresAdminUrl, seconds, cpuProfileDir } = config;
-    await runWritesBench({ workDir, postgresAdminUrl, logLevel, seconds, log, progress, cpuProfileDir });
+    const { logLevel, postgresAdminUrl, seconds, cpuProfileDir, writesDeployments: deployments } = config;
+    await runWritesBench({ workDir, postgresAdminUrl, logLevel, seconds, log, progress, cpuProfileDir, deployments });
   }
   printGoals(
     verdicts,

@@ -48,6 +48,8 @@ export interface WritesOptions {
   readonly progress: (line: string) => void;
   /** When set, the services run with --cpu-prof; the first one's profile over the creates is summarised. */
   readonly cpuProfileDir: string | undefined;
+  /** Which deployments run: "sqlite", "postgres" (the latter only with postgresAdminUrl). */
+  readonly deployments: ReadonlySet<string>;
 }
 
 const IN_FLIGHT = 64;
@@ -214,8 +216,8 @@ const nowUs = () => Number(process.hrtime.bigint() / 1000n);
 
 interface WriteFigures {
   readonly label: string;
-  /** The summary of the first service's CPU profile over the measured creates, when profiled. */
-  readonly profile: readonly string[];
+  /** Summaries of the first service's CPU profile over the measured creates and transitions, when profiled. */
+  readonly profiles: { readonly creates: readonly string[]; readonly transitions: readonly string[] };
   readonly creates: PhaseResult;
   readonly transitions: PhaseResult;
   readonly checks: PhaseResult;
@@ -319,7 +321,11 @@ async function measure(
         throw new Error(`${kind} of ${connection.id} answered state ${answer.connection?.state}`);
       }
     };
-    const activations = await closedLoop(created, options.seconds, (connection) => transition("activate", connection));
+    const activationsFrom = nowUs();
+    const activations = await withCpu(pids, () =>
+      closedLoop(created, options.seconds, (connection) => transition("activate", connection)),
+    );
+    const activationsWindow = [activationsFrom, nowUs()] as const;
     const active = created.slice(0, activations.done);
 
     options.progress(`  ${label}: CheckConnection of the active ones`);
@@ -344,14 +350,21 @@ async function measure(
     const checkItems = Array.from({ length: 2_000_000 }, (_, index) => active[index % active.length] as Created);
     const checks = await withCpu(pids, () => closedLoop(checkItems, options.seconds, check));
 
-    const deactivations = await closedLoop(active, options.seconds, (connection) =>
-      transition("deactivate", connection),
+    const deactivationsFrom = nowUs();
+    const deactivations = await withCpu(pids, () =>
+      closedLoop(active, options.seconds, (connection) => transition("deactivate", connection)),
     );
+    const transitionWindows = [activationsWindow, [deactivationsFrom, nowUs()] as const];
+    const done = activations.done + deactivations.done;
     const transitions: PhaseResult = {
-      done: activations.done + deactivations.done,
+      done,
       seconds: activations.seconds + deactivations.seconds,
-      perSecond: (activations.done + deactivations.done) / (activations.seconds + deactivations.seconds),
+      perSecond: done / (activations.seconds + deactivations.seconds),
       p99Ms: Math.max(activations.p99Ms, deactivations.p99Ms),
+      cpuUsPerCall:
+        ((activations.cpuUsPerCall ?? Number.NaN) * activations.done +
+          (deactivations.cpuUsPerCall ?? Number.NaN) * deactivations.done) /
+        done,
     };
 
     options.progress(`  ${label}: CreateConnection at half that rate, on a schedule`);
@@ -363,7 +376,7 @@ async function measure(
     );
     const failures = Object.entries(client.errors.counts);
     if (failures.length > 0) throw new Error(`${label}: transport failures ${JSON.stringify(failures)}`);
-    return { creates, transitions, checks, halfLoad, createsWindow };
+    return { creates, transitions, checks, halfLoad, createsWindow, transitionWindows };
   } finally {
     client.close();
   }
@@ -432,16 +445,19 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
     // The profile is written when the process exits.
     const dir = options.cpuProfileDir === undefined ? undefined : join(options.cpuProfileDir, `writes-${name}`);
     const file = dir === undefined ? undefined : readdirSync(dir).find((entry) => entry.endsWith(".cpuprofile"));
-    const profile =
-      dir === undefined || file === undefined ? [] : summariseProfile(join(dir, file), [measured.createsWindow]);
-    figures.push({ label, createGoal, profile, ...measured });
+    const summary = (windows: readonly (readonly [number, number])[]) =>
+      dir === undefined || file === undefined ? [] : summariseProfile(join(dir, file), windows);
+    const profiles = { creates: summary([measured.createsWindow]), transitions: summary(measured.transitionWindows) };
+    figures.push({ label, createGoal, profiles, ...measured });
   };
-  await deploy("sqlite", "SQLite, one service, every write flushed", GOALS.sqliteCreates, async () => [
-    await start("sqlite", `sqlite:${join(options.workDir, "writes.db")}`),
-  ]);
-  if (options.postgresAdminUrl === undefined) {
+  if (options.deployments.has("sqlite")) {
+    await deploy("sqlite", "SQLite, one service, every write flushed", GOALS.sqliteCreates, async () => [
+      await start("sqlite", `sqlite:${join(options.workDir, "writes.db")}`),
+    ]);
+  }
+  if (options.deployments.has("postgres") && options.postgresAdminUrl === undefined) {
     options.progress("writes: PostgreSQL skipped (set BENCH_DATABASE_URL)");
-  } else {
+  } else if (options.deployments.has("postgres") && options.postgresAdminUrl !== undefined) {
     const url = await postgresDatabase(options.postgresAdminUrl);
     // The first replica migrates; the others start on the migrated database.
     await deploy("postgres", `PostgreSQL, ${POSTGRES_REPLICAS} replicas`, GOALS.postgresCreates, async () => {
@@ -475,6 +491,7 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     count(figure.checks.perSecond),
     `${(figure.creates.perSecond / figure.checks.perSecond).toFixed(2)}x`,
     count(figure.creates.cpuUsPerCall ?? Number.NaN),
+    count(figure.transitions.cpuUsPerCall ?? Number.NaN),
     count(figure.checks.cpuUsPerCall ?? Number.NaN),
     `${((figure.checks.cpuUsPerCall ?? Number.NaN) / (figure.creates.cpuUsPerCall ?? Number.NaN)).toFixed(2)}x`,
     `${count(figure.halfLoad.perSecond)}/s`,
@@ -488,6 +505,7 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     "checks/s",
     "creates/checks",
     "CPU us/create",
+    "CPU us/transition",
     "CPU us/check",
     "by CPU",
     "half load",
@@ -506,9 +524,11 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     );
   }
   for (const figure of figures) {
-    if (figure.profile.length === 0) continue;
-    log();
-    log(`CPU profile of the ${figure.label} service (the first replica) over its measured creates`);
-    for (const line of figure.profile) log(`  ${line}`);
+    for (const [phase, lines] of Object.entries(figure.profiles)) {
+      if (lines.length === 0) continue;
+      log();
+      log(`CPU profile of the ${figure.label} service (the first replica) over its measured ${phase}`);
+      for (const line of lines) log(`  ${line}`);
+    }
   }
 }

@@ -1,11 +1,13 @@
 // Wakes this process's change-feed readers when another replica commits an event, and tells the
 // other replicas when this one did: a dedicated PostgreSQL connection (not one of the pool's, which
 // must stay free for RPCs) LISTENs on the feed's channel and sends the NOTIFY that announces this
-// process's commits. The NOTIFY goes out after the commit, one for every write committed while the
-// previous one was on its way: inside the writing transaction it would make every commit of every
-// replica queue for PostgreSQL's notify lock. Notifications are a latency hint, never the source of
-// truth: one lost while the connection was down only delays delivery until the feed's next periodic
-// poll, and every (re)connection wakes the readers so that they look at once.
+// process's commits. The NOTIFY goes out after the commit, at most one every ANNOUNCE_SPACING_MS
+// (the first at once, the next for every write committed since): inside the writing transaction it
+// would make every commit of every replica queue for PostgreSQL's notify lock, and one per write
+// cost a replica under load about a third as much CPU as the writes' own statements (a send(2) of
+// its own, a read at every replica, a transaction at the server). Notifications are a latency hint,
+// never the source of truth: one lost while the connection was down only delays delivery until the
+// feed's next periodic poll, and every (re)connection wakes the readers so that they look at once.
 
 import pg from "pg";
 import type { Logger } from "pino";
@@ -14,6 +16,8 @@ import { FEED_CHANNEL } from "./migrations.js";
 const FIRST_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
 const CONNECT_TIMEOUT_MS = 2_000;
+/** After a NOTIFY, the next waits this long: it then tells of every write committed meanwhile. */
+export const ANNOUNCE_SPACING_MS = 5;
 
 export class FeedListener {
   readonly #listeners = new Set<() => void>();
@@ -21,9 +25,12 @@ export class FeedListener {
   #retryMs = FIRST_RETRY_MS;
   #retryTimer: NodeJS.Timeout | undefined;
   #closed = false;
-  /** A NOTIFY is on its way; `#announceAgain` asks for one more after it. */
+  /** A write committed that no NOTIFY has told of yet. */
+  #unannounced = false;
+  /** A NOTIFY is on its way. */
   #announcing = false;
-  #announceAgain = false;
+  /** Runs until the next NOTIFY may go out. */
+  #spacing: NodeJS.Timeout | undefined;
   #connecting = false;
 
   constructor(
@@ -41,20 +48,32 @@ export class FeedListener {
   /** Tells every replica that this process committed a write (coalesced; connects if need be). */
   announce(): void {
     if (this.#closed) return;
+    this.#unannounced = true;
+    this.#sendAnnouncement();
+  }
+
+  /** The NOTIFY for the writes not yet announced, unless one is on its way or was sent just now. */
+  #sendAnnouncement(): void {
+    if (!this.#unannounced || this.#announcing || this.#spacing !== undefined || this.#closed) return;
     const client = this.#client;
-    if (this.#announcing || client === undefined) {
-      this.#announceAgain = true;
-      if (client === undefined && this.#retryTimer === undefined && !this.#connecting) void this.#connect();
+    if (client === undefined) {
+      // Sent once connected.
+      if (this.#retryTimer === undefined && !this.#connecting) void this.#connect();
       return;
     }
+    this.#unannounced = false;
     this.#announcing = true;
-    this.#announceAgain = false;
+    this.#spacing = setTimeout(() => {
+      this.#spacing = undefined;
+      this.#sendAnnouncement();
+    }, ANNOUNCE_SPACING_MS);
+    this.#spacing.unref();
     client
       .query(`notify ${FEED_CHANNEL}`)
       .catch((error: unknown) => this.logger?.debug({ err: error }, "change feed notification not sent"))
       .finally(() => {
         this.#announcing = false;
-        if (this.#announceAgain) this.announce();
+        this.#sendAnnouncement();
       });
   }
 
@@ -71,6 +90,7 @@ export class FeedListener {
   async close(): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#spacing);
     const client = this.#client;
     this.#client = undefined;
     await client?.end().catch(() => undefined);
@@ -129,7 +149,7 @@ export class FeedListener {
     // Anything committed while no one listened is read now rather than at the next poll, and
     // announced if it was committed here.
     this.#wake();
-    if (this.#announceAgain) this.announce();
+    this.#sendAnnouncement();
   }
 
   #wake(): void {

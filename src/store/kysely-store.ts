@@ -136,7 +136,9 @@ export class KyselyStore implements Store {
   readonly #insertEvent: (row: Insertable<ConnectionEventsTable>) => CompiledQuery;
   readonly #insertAnswer: (row: Insertable<IdempotencyRecordsTable>) => CompiledQuery;
   /** PostgreSQL: a create's rows in one statement (one round trip, not three); see createConnection. */
-  readonly #insertCreated: CreatedRowsStatements | undefined;
+  readonly #insertCreated: WriteStatements | undefined;
+  /** PostgreSQL: a transition's UPDATE, event and answer in one statement; see saveTransition. */
+  readonly #saveTransitioned: WriteStatements | undefined;
 
   readonly #updateConnection: (values: Readonly<Record<(typeof TRANSITION_COLUMNS)[number], unknown>>) => CompiledQuery;
   readonly #connectionByPair: (values: { source: string; destination: string }) => CompiledQuery<ConnectionRow>;
@@ -171,6 +173,7 @@ export class KyselyStore implements Store {
     this.#insertEvent = preparedQuery(EVENT_WRITE_COLUMNS, (row) => db.insertInto("connection_events").values(row));
     this.#insertAnswer = preparedQuery(IDEMPOTENCY_COLUMNS, (row) => db.insertInto("idempotency_records").values(row));
     this.#insertCreated = options.dialect === "postgres" ? createdRowsStatements(db) : undefined;
+    this.#saveTransitioned = options.dialect === "postgres" ? transitionStatements(db) : undefined;
     this.#updateConnection = preparedQuery(TRANSITION_COLUMNS, (values) =>
       db
         .updateTable("connections")
@@ -263,20 +266,16 @@ export class KyselyStore implements Store {
     answer?: IdempotencyRecord,
   ): Promise<void> {
     const created = this.#insertCreated;
-    await this.#transactions.write(signal, async (trx) => {
-      if (created !== undefined) {
-        const rows = { connection: toConnectionRow(connection), event: toEventRow(event) };
-        await trx.executeQuery(
-          answer === undefined
-            ? created.withoutAnswer(rows)
-            : created.withAnswer({ ...rows, answer: toIdempotencyRow(answer) }),
-        );
-        return;
-      }
-      await trx.executeQuery(this.#insertConnection(toConnectionRow(connection)));
-      await trx.executeQuery(this.#insertEvent(toEventRow(event)));
-      await this.#saveAnswer(trx, answer);
-    });
+    if (created !== undefined) {
+      const rows = { connection: toConnectionRow(connection), event: toEventRow(event) };
+      await this.#transactions.writeStatement(signal, created.statement(rows, answer));
+    } else {
+      await this.#transactions.write(signal, async (trx) => {
+        await trx.executeQuery(this.#insertConnection(toConnectionRow(connection)));
+        await trx.executeQuery(this.#insertEvent(toEventRow(event)));
+        await this.#saveAnswer(trx, answer);
+      });
+    }
     this.#checks.written(connection);
   }
 
@@ -346,25 +345,34 @@ export class KyselyStore implements Store {
     signal?: AbortSignal,
     answer?: IdempotencyRecord,
   ): Promise<boolean> {
-    const saved = await this.#transactions.write(signal, async (trx) => {
-      const result = await trx.executeQuery(
-        this.#updateConnection({
-          id: next.id,
-          name: next.name,
-          scopes: JSON.stringify(next.scopes),
-          state: next.state,
-          update_time: next.updateTime.toISOString(),
-          activate_time: next.activateTime?.toISOString() ?? null,
-          deactivate_time: next.deactivateTime?.toISOString() ?? null,
-          version: next.version,
-          previous_version: next.version - 1,
-        }),
-      );
-      if (result.numAffectedRows === 0n) return false;
-      await trx.executeQuery(this.#insertEvent(toEventRow(event)));
-      await this.#saveAnswer(trx, answer);
-      return true;
-    });
+    const values = {
+      id: next.id,
+      name: next.name,
+      scopes: JSON.stringify(next.scopes),
+      state: next.state,
+      update_time: next.updateTime.toISOString(),
+      activate_time: next.activateTime?.toISOString() ?? null,
+      deactivate_time: next.deactivateTime?.toISOString() ?? null,
+      version: next.version,
+      previous_version: next.version - 1,
+    };
+    const transitioned = this.#saveTransitioned;
+    let saved: boolean;
+    if (transitioned !== undefined) {
+      // The event and the answer are inserted only if the UPDATE found the version: a count of 0
+      // is a lost race, as below.
+      const rows = { connection: values, event: toEventRow(event) };
+      const result = await this.#transactions.writeStatement(signal, transitioned.statement(rows, answer));
+      saved = result.numAffectedRows !== 0n;
+    } else {
+      saved = await this.#transactions.write(signal, async (trx) => {
+        const result = await trx.executeQuery(this.#updateConnection(values));
+        if (result.numAffectedRows === 0n) return false;
+        await trx.executeQuery(this.#insertEvent(toEventRow(event)));
+        await this.#saveAnswer(trx, answer);
+        return true;
+      });
+    }
     if (saved) this.#checks.written(next);
     return saved;
   }
@@ -563,34 +571,106 @@ export class KyselyStore implements Store {
 }
 
 /**
- * PostgreSQL's create: the Connection, its event and (for an idempotent write) the answer, inserted
- * by one statement through data-modifying CTEs. Each round trip to the server costs the replica
- * more CPU than the rows do; a write's transaction still runs at REPEATABLE READ with its statement
- * timeout (transactions.ts), and the event's foreign key is checked at the end of the statement,
+ * PostgreSQL's writes of a Connection as one statement each, through data-modifying CTEs, sent with
+ * their BEGIN and COMMIT in one go (Transactions.writeStatement): each round trip to the server
+ * costs the replica more CPU than the rows do. A write's transaction still runs at REPEATABLE READ
+ * with its statement timeout, and an event's foreign key is checked at the end of the statement,
  * when the Connection's row is there. SQLite has no such CTEs, and no round trips to save.
  */
-interface CreatedRowsStatements {
-  readonly withAnswer: ReturnType<typeof preparedCreate<true>>;
-  readonly withoutAnswer: ReturnType<typeof preparedCreate<false>>;
+interface WriteStatements {
+  /** The statement for these rows, with the answer's row when the write has an idempotency record. */
+  statement(
+    rows: { readonly connection: Readonly<Record<string, unknown>>; readonly event: Insertable<ConnectionEventsTable> },
+    answer: IdempotencyRecord | undefined,
+  ): CompiledQuery;
 }
 
-function createdRowsStatements(db: Kysely<Database>): CreatedRowsStatements {
-  return { withAnswer: preparedCreate(db, true), withoutAnswer: preparedCreate(db, false) };
+/** A prepared write statement: each row's values under its name (preparedStatement). */
+type RowsStatement = (rows: {
+  readonly connection: Readonly<Record<string, unknown>>;
+  readonly event: Insertable<ConnectionEventsTable>;
+  readonly answer?: Insertable<IdempotencyRecordsTable>;
+}) => CompiledQuery;
+
+/** The statement with the answer's row and the one without, each prepared once. */
+function writeStatements(withAnswer: RowsStatement, withoutAnswer: RowsStatement): WriteStatements {
+  return {
+    statement: (rows, answer) =>
+      answer === undefined ? withoutAnswer(rows) : withAnswer({ ...rows, answer: toIdempotencyRow(answer) }),
+  };
 }
 
-function preparedCreate<A extends boolean>(db: Kysely<Database>, withAnswer: A) {
-  const rows = {
-    connection: CONNECTION_RECORD_COLUMNS,
-    event: EVENT_WRITE_COLUMNS,
-    answer: withAnswer ? IDEMPOTENCY_COLUMNS : [],
-  } as const;
-  return preparedStatement(rows, (markers) => {
-    const connection = db.with("new_connection", (cte) => cte.insertInto("connections").values(markers.connection));
-    return withAnswer
-      ? connection
-          .with("new_event", (cte) => cte.insertInto("connection_events").values(markers.event))
-          .insertInto("idempotency_records")
-          .values(markers.answer as Insertable<IdempotencyRecordsTable>)
-      : connection.insertInto("connection_events").values(markers.event);
-  });
+/** A create: the Connection, its event and (for an idempotent write) the answer. */
+function createdRowsStatements(db: Kysely<Database>): WriteStatements {
+  const prepare = (withAnswer: boolean) =>
+    preparedStatement(
+      {
+        connection: CONNECTION_RECORD_COLUMNS,
+        event: EVENT_WRITE_COLUMNS,
+        answer: withAnswer ? IDEMPOTENCY_COLUMNS : [],
+      },
+      (markers) => {
+        const connection = db.with("new_connection", (cte) => cte.insertInto("connections").values(markers.connection));
+        return withAnswer
+          ? connection
+              .with("new_event", (cte) => cte.insertInto("connection_events").values(markers.event))
+              .insertInto("idempotency_records")
+              .values(markers.answer as Insertable<IdempotencyRecordsTable>)
+          : connection.insertInto("connection_events").values(markers.event);
+      },
+    );
+  return writeStatements(prepare(true), prepare(false));
+}
+
+/**
+ * A transition: the UPDATE under the optimistic version lock, then the event and (for an
+ * idempotent write) the answer, each inserted from the UPDATE's result, so only when it found the
+ * version. The statement's count of rows is then 1, or 0 for a lost race. PostgreSQL takes the
+ * parameters' types from the columns they are inserted into.
+ */
+function transitionStatements(db: Kysely<Database>): WriteStatements {
+  const prepare = (withAnswer: boolean) =>
+    preparedStatement(
+      { connection: TRANSITION_COLUMNS, event: EVENT_WRITE_COLUMNS, answer: withAnswer ? IDEMPOTENCY_COLUMNS : [] },
+      (markers) => {
+        const values = markers.connection;
+        const updated = db.with("updated", (cte) =>
+          cte
+            .updateTable("connections")
+            .set({
+              name: values.name,
+              scopes: values.scopes,
+              state: values.state,
+              update_time: values.update_time,
+              activate_time: values.activate_time,
+              deactivate_time: values.deactivate_time,
+              version: values.version,
+            })
+            .where("id", "=", values.id)
+            .where("version", "=", values.previous_version)
+            .returning("id"),
+        );
+        /** `row` as one row per updated Connection (none when the version was not found). */
+        const ifUpdated = (row: Readonly<Record<string, never>>) =>
+          db
+            .selectFrom("updated" as never)
+            .select((eb) => Object.entries(row).map(([column, marker]) => eb.val(marker).as(column)));
+        return withAnswer
+          ? updated
+              .with("new_event", (cte) =>
+                cte
+                  .insertInto("connection_events")
+                  .columns([...EVENT_WRITE_COLUMNS])
+                  .expression(ifUpdated(markers.event)),
+              )
+              .insertInto("idempotency_records")
+              .columns([...IDEMPOTENCY_COLUMNS])
+              .expression(ifUpdated(markers.answer as Readonly<Record<string, never>>))
+          : updated
+              .insertInto("connection_events")
+              .columns([...EVENT_WRITE_COLUMNS])
+              .expression(ifUpdated(markers.event));
+      },
+    );
+  return writeStatements(prepare(true), prepare(false));
 }

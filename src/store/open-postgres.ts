@@ -42,6 +42,8 @@ export async function openPostgres(url: string, options: OpenStoreOptions): Prom
   const pool = new pg.Pool({
     ...connection,
     max: poolSize,
+    // Messages go out without waiting for the answers to those before them (StorePool.writeStatement).
+    pipeline: true,
     // The client's own clock: a database that stops answering (frozen, partitioned, no packets at
     // all) fails the query instead of holding the connection; the server's statement_timeout
     // cannot, since it never gets to run.

@@ -7,11 +7,13 @@
 // committing form the next group, which runs as ONE transaction with each write in its own
 // SAVEPOINT, so a write that fails rolls back alone and the others commit. Its writes are
 // acknowledged once the WAL is flushed (wal-flush.ts, off the event loop), and the next group
-// commits while that flush runs; between two groups, now and then, the WAL is checkpointed. A group holds at most MAX_GROUP writes, so no write waits longer
-// than the group in front of it and its own. PostgreSQL groups concurrent commits by itself.
+// commits while that flush runs; between two groups, now and then, the WAL is checkpointed. A
+// group holds at most MAX_GROUP writes, so no write waits longer than the group in front of it and
+// its own. PostgreSQL groups concurrent commits by itself; there a write that is one statement is
+// sent with its BEGIN and COMMIT in one go (writeStatement).
 
 import { setTimeout as sleep } from "node:timers/promises";
-import { CompiledQuery, type Kysely } from "kysely";
+import { CompiledQuery, type Kysely, type QueryResult } from "kysely";
 import { classifyError, translateError } from "./errors.js";
 import type { StorePool } from "./pg-pool.js";
 import type { Database } from "./schema.js";
@@ -84,16 +86,34 @@ export class Transactions {
       signal?.throwIfAborted();
       return result;
     };
+    return this.#attempts(signal, () =>
+      this.#groups !== undefined
+        ? this.#groups.run(signal, workThenCheck)
+        : (this.#pool as StorePool).reserve(signal, (db) =>
+            // REPEATABLE READ: the change feed's order within a Connection relies on it (see
+            // feedTransactionOrder in migrations.ts); a write that lost a race retries.
+            db.transaction().setIsolationLevel("repeatable read").execute(workThenCheck),
+          ),
+    );
+  }
+
+  /**
+   * PostgreSQL: a write that is one statement, as `write` runs it (REPEATABLE READ, the statement
+   * timeout, retries, cancellation), with its BEGIN and COMMIT sent along in one go
+   * (StorePool.writeStatement). A signal that aborts while it is at the server cancels it there.
+   */
+  async writeStatement<R>(signal: AbortSignal | undefined, statement: CompiledQuery<R>): Promise<QueryResult<R>> {
+    const pool = this.#pool;
+    if (pool === undefined) throw new Error("writeStatement is for PostgreSQL");
+    return this.#attempts(signal, () => pool.writeStatement(signal, statement));
+  }
+
+  /** Runs a write's transaction, again when it lost a race; tells `ended` how each attempt ended. */
+  async #attempts<T>(signal: AbortSignal | undefined, transaction: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
         signal?.throwIfAborted();
-        const result = await (this.#groups !== undefined
-          ? this.#groups.run(signal, workThenCheck)
-          : (this.#pool as StorePool).reserve(signal, (db) =>
-              // REPEATABLE READ: the change feed's order within a Connection relies on it (see
-              // feedTransactionOrder in migrations.ts); a write that lost a race retries.
-              db.transaction().setIsolationLevel("repeatable read").execute(workThenCheck),
-            ));
+        const result = await transaction();
         this.#ended(true);
         return result;
       } catch (error) {

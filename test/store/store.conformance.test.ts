@@ -277,6 +277,20 @@ describeEachDatabase("Store", (database) => {
       ]);
     });
 
+    it("saves no answer with a stale version: the answer comes only with the write", async () => {
+      const connection = await create(connectionRecord(await newOrganization(store), await newOrganization(store)));
+      await advance(connection, "ACTIVE");
+      const stale = transition(connection, "INACTIVE");
+      const answer = answerRecord({ scope: `organization:${connection.sourceOrganizationId}` });
+      expect(await store.saveTransition(stale.next, stale.event, undefined, answer)).toBe(false);
+      expect(await store.findIdempotencyRecord(answer.scope, answer.requestId)).toBeUndefined();
+      // The key stays free for the retry that decides again.
+      const current = (await store.getConnection(connection.id)) as ConnectionRecord;
+      const retried = transition(current, "INACTIVE");
+      expect(await store.saveTransition(retried.next, retried.event, undefined, answer)).toBe(true);
+      expect(await store.findIdempotencyRecord(answer.scope, answer.requestId)).toEqual(answer);
+    });
+
     it("refuses a transition of a connection that does not exist", async () => {
       const ghost = connectionRecord(await newOrganization(store), await newOrganization(store));
       const { next, event } = transition(ghost, "ACTIVE");
@@ -539,5 +553,38 @@ describeEachDatabase("Store", (database) => {
         expect(answer).toEqual(connections[i % ids.length]);
       });
     });
+  });
+});
+
+describeEachDatabase("Store writes that fail, on a store of one connection", (database) => {
+  let testStore: TestStore;
+  beforeAll(async () => {
+    testStore = await createTestStore(database, { poolSize: 1 });
+  });
+  afterAll(async () => {
+    await testStore.dispose();
+  });
+
+  // On PostgreSQL each of these is one statement sent with its BEGIN and COMMIT: a failing one must
+  // leave the one connection out of any transaction, or every later write would fail or join it.
+  it("leave the connection usable, and nothing of them committed", async () => {
+    const { store } = testStore;
+    const source = await newOrganization(store);
+    const connection = connectionRecord(source, await newOrganization(store));
+    await store.createConnection(connection, createdEvent(connection));
+
+    const twin = connectionRecord(source, connection.destinationOrganizationId);
+    await expectAlreadyExists(store.createConnection(twin, createdEvent(twin)), "pair");
+    const taken = answerRecord({ scope: `organization:${source}` });
+    await store.saveIdempotencyRecord(taken);
+    const { next, event } = transition(connection, "ACTIVE");
+    await expectAlreadyExists(store.saveTransition(next, event, undefined, taken), "request_id");
+    expect(await store.getConnection(connection.id)).toEqual(connection);
+
+    expect(await store.saveTransition(next, event)).toBe(true);
+    expect(await store.getConnection(connection.id)).toEqual(next);
+    const events = await store.listEvents({ connectionId: connection.id, after: undefined, limit: 10 });
+    expect(events.items.map((e) => e.type)).toEqual(["CREATED", "ACTIVATED"]);
+    expect(await store.getConnection(twin.id)).toBeUndefined();
   });
 });
