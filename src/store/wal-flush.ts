@@ -11,7 +11,7 @@
 //   fdatasync of the WAL file on libuv's thread pool. A flush that starts after a COMMIT covers it
 //   (fdatasync covers every write to the file before it), so groups that commit while one flush
 //   runs share the next one;
-// - runs `checkpoint()` between two groups once the WAL has grown by about CHECKPOINT_PAGES: the
+// - runs `checkpoint()` between two groups once the WAL has grown past CHECKPOINT_BYTES: the
 //   WAL is flushed first (the database file must never receive a page the WAL could still lose: a
 //   power cut would leave half a transaction in the file), the pages are copied (writes into the
 //   page cache, on the event loop), and the database file is flushed on the thread pool before the
@@ -27,18 +27,18 @@
 // succeed without them: every flush after a failure fails too, so no write is acknowledged again
 // until the process restarts and SQLite recovers from what the disk holds.
 
+import { fstatSync } from "node:fs";
 import { open } from "node:fs/promises";
 import type SqliteDatabase from "better-sqlite3";
 
 type FileHandle = Awaited<ReturnType<typeof open>>;
 
-/** WAL pages (of 4 KiB) between checkpoints: a WAL of about 8 MiB (SQLite's default is 1000 pages). */
-export const CHECKPOINT_PAGES = 2048;
 /**
- * The WAL pages a group is assumed to add until the first checkpoint measures it: high, so that a
- * first run of large groups cannot take the WAL far past its bound.
+ * The WAL's size at which it is checkpointed (8 MiB; SQLite's default is 1000 pages of 4 KiB). The
+ * file is also truncated back to it after a checkpoint (`journal_size_limit`, open.ts), so from then
+ * on it grows past this size exactly when the WAL written since the last checkpoint does.
  */
-const FIRST_PAGES_PER_GROUP = 64;
+export const CHECKPOINT_BYTES = 8 * 1024 * 1024;
 
 /** Runs `copy` while no statement of anyone else's is running on the connection. */
 export type ExclusiveUse = <T>(copy: () => T) => Promise<T>;
@@ -47,11 +47,11 @@ export class WalFlusher {
   readonly #walPath: string;
   readonly #databasePath: string;
   readonly #database: SqliteDatabase.Database;
-  readonly #checkpointPages: number;
+  readonly #checkpointBytes: number;
   #file: Promise<FileHandle> | undefined;
+  /** The WAL file's descriptor once opened: its size says when to checkpoint. */
+  #walDescriptor: number | undefined;
   #databaseFile: Promise<FileHandle> | undefined;
-  #groupsSinceCheckpoint = 0;
-  #pagesPerGroup = FIRST_PAGES_PER_GROUP;
   /** A group committed after the running flush (if any) began: that flush does not cover it. */
   #committedSinceFlushBegan = false;
   /** The flush running now. */
@@ -60,25 +60,24 @@ export class WalFlusher {
   #queued: Promise<void> | undefined;
   #failure: unknown;
 
-  constructor(databasePath: string, database: SqliteDatabase.Database, checkpointPages = CHECKPOINT_PAGES) {
+  constructor(databasePath: string, database: SqliteDatabase.Database, checkpointBytes = CHECKPOINT_BYTES) {
     this.#walPath = `${databasePath}-wal`;
     this.#databasePath = databasePath;
     this.#database = database;
-    this.#checkpointPages = checkpointPages;
+    this.#checkpointBytes = checkpointBytes;
     // SQLite flushes nothing itself and runs no checkpoint of its own: both are done here.
     database.pragma("synchronous = OFF");
     database.pragma("wal_autocheckpoint = 0");
   }
 
-  /** Notes that a group committed: the WAL grew by about a group's pages. */
+  /** Notes that a group committed, before its flush() is asked for. */
   committed(): void {
-    this.#groupsSinceCheckpoint++;
     this.#committedSinceFlushBegan = true;
   }
 
-  /** Whether the WAL has grown enough since the last checkpoint to copy it into the database file. */
+  /** Whether the WAL has grown past CHECKPOINT_BYTES since the last checkpoint (one fstat). */
   get checkpointDue(): boolean {
-    return this.#groupsSinceCheckpoint * this.#pagesPerGroup >= this.#checkpointPages;
+    return this.#walDescriptor !== undefined && fstatSync(this.#walDescriptor).size > this.#checkpointBytes;
   }
 
   /**
@@ -90,13 +89,7 @@ export class WalFlusher {
     // nothing copied from a WAL whose flush failed.
     if (this.#failure !== undefined) throw this.#failure;
     await (this.#committedSinceFlushBegan ? this.flush() : this.#running);
-    const [result] = (await exclusively(() => this.#database.pragma("wal_checkpoint(PASSIVE)"))) as {
-      log: number;
-    }[];
-    // What the WAL held is what these groups wrote (the previous checkpoint copied all it had).
-    const groups = this.#groupsSinceCheckpoint;
-    if (groups > 0 && result !== undefined && result.log > 0) this.#pagesPerGroup = Math.max(1, result.log / groups);
-    this.#groupsSinceCheckpoint = 0;
+    await exclusively(() => this.#database.pragma("wal_checkpoint(PASSIVE)"));
     await this.#sync(() => (this.#databaseFile ??= open(this.#databasePath, "r")));
   }
 
@@ -115,6 +108,7 @@ export class WalFlusher {
     this.#database.pragma("synchronous = FULL");
     const files = [this.#file, this.#databaseFile];
     this.#file = undefined;
+    this.#walDescriptor = undefined;
     this.#databaseFile = undefined;
     // A file that never opened failed its flushes already: nothing to close.
     for (const file of files) {
@@ -139,7 +133,11 @@ export class WalFlusher {
 
   #datasync(): Promise<void> {
     // Opened at the first flush: the file exists once a transaction has committed.
-    return this.#sync(() => (this.#file ??= open(this.#walPath, "r")));
+    this.#file ??= open(this.#walPath, "r").then((handle) => {
+      this.#walDescriptor = handle.fd;
+      return handle;
+    });
+    return this.#sync(() => this.#file as Promise<FileHandle>);
   }
 
   async #sync(file: () => Promise<FileHandle>): Promise<void> {

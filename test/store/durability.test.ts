@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const WRITES = 60;
-const LARGE_WRITES = 1_200;
+const LARGE_WRITES = 1_600;
 const ACKNOWLEDGED = "acknowledged";
 const FLUSH_STARTED = /\b(fsync|fdatasync)\(/;
 /** A flush that returned 0: in one line, or the end of one that strace split across lines. */
@@ -91,8 +91,7 @@ describe.skipIf(!hasStrace)("SQLite writes on the disk (strace; .ci/run installs
   }, 240_000);
 
   it("checkpoints off the event loop, the WAL on the disk before it is copied, the file before the WAL starts over", async () => {
-    // 1,200 writes of 8 KB: about 10 MiB, through a WAL checkpointed after its first groups (the
-    // first estimate of a group's pages is high) and then every 8 MiB or so.
+    // 1,600 writes of 8 KB: about 25 MiB through a WAL checkpointed each time it passes 8 MiB.
     const lines = await trace("large", LARGE_WRITES);
     const eventLoop = lines.map((line) => /"event loop (\d+)"/.exec(line)?.[1]).find((pid) => pid !== undefined);
     expect(eventLoop).toBeDefined();
