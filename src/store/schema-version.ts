@@ -139,14 +139,16 @@ async function takeMigrationLock(connection: Kysely<unknown>, logger: Logger | u
   }
 }
 
-/** The sessions that hold the migration lock, as pg_stat_activity describes them. */
+/**
+ * The sessions that hold the migration lock, as pg_stat_activity describes them. Advisory locks
+ * are per database: a service migrating another database of the cluster holds its own, not this.
+ */
 async function lockHolders(connection: Kysely<unknown>): Promise<unknown[]> {
   const { rows } = await sql`select l.pid, a.application_name, a.client_addr::text, a.state,
       a.backend_start, a.xact_start, a.state_change
     from pg_locks l left join pg_stat_activity a on a.pid = l.pid
-    where l.locktype = 'advisory' and l.granted and l.classid = 0 and l.objid = ${PG_MIGRATION_LOCK}`.execute(
-    connection,
-  );
+    where l.locktype = 'advisory' and l.granted and l.classid = 0 and l.objid = ${PG_MIGRATION_LOCK}
+      and l.database = (select oid from pg_database where datname = current_database())`.execute(connection);
   return rows;
 }
 

@@ -127,9 +127,15 @@ describePgBouncer("replicas behind PgBouncer in transaction pooling", () => {
     // Held on a session the way an earlier release's session lock could stay held behind a pooler.
     const holder = new pg.Client({ connectionString: database.url, application_name: "lock-holder" });
     await holder.connect();
+    // The same lock in another database of the cluster (another service migrating there) is not
+    // this one's: it blocks nothing here and must not be named.
+    const elsewhere = await provisionPostgres();
+    const otherHolder = new pg.Client({ connectionString: elsewhere.url, application_name: "elsewhere" });
+    await otherHolder.connect();
     let child: ChildProcess | undefined;
     try {
       await holder.query("select pg_advisory_lock($1)", [PG_MIGRATION_LOCK]);
+      await otherHolder.query("select pg_advisory_lock($1)", [PG_MIGRATION_LOCK]);
       child = spawn(process.execPath, [BUILT_MAIN], {
         cwd: ROOT,
         env: { ...process.env, PORT: "0", ADMIN_PORT: "off", DATABASE_URL: bounced, LOG_LEVEL: "info" },
@@ -151,6 +157,8 @@ describePgBouncer("replicas behind PgBouncer in transaction pooling", () => {
     } finally {
       child?.kill("SIGTERM");
       await holder.end();
+      await otherHolder.end();
+      await elsewhere.drop();
     }
   }, 60_000);
 
