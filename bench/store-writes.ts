@@ -10,10 +10,10 @@
 
 import { randomBytes } from "node:crypto";
 import { loadavg } from "node:os";
-import pg from "pg";
 import { Connections } from "../src/app/connections.js";
 import { openStore } from "../src/store/open.js";
 import { integer } from "./config.js";
+import { adminStatement } from "./writes.js";
 
 const adminUrl = process.env.BENCH_DATABASE_URL || process.env.TEST_DATABASE_URL;
 if (adminUrl === undefined) throw new Error("set BENCH_DATABASE_URL to a PostgreSQL server");
@@ -22,15 +22,7 @@ const warmUp = integer("STORE_WRITES_WARM_UP", 1000);
 const inFlight = integer("STORE_WRITES_IN_FLIGHT", 64);
 const ORGANIZATIONS = 200;
 
-async function admin(statement: string): Promise<void> {
-  const client = new pg.Client({ connectionString: adminUrl });
-  await client.connect();
-  try {
-    await client.query(statement);
-  } finally {
-    await client.end();
-  }
-}
+const admin = (statement: string) => adminStatement(adminUrl, statement);
 
 /** Runs `call` for indexes from..from+count-1, `inFlight` at a time; CPU microseconds per call. */
 async function phase(from: number, count: number, call: (index: number) => Promise<void>) {

@@ -382,17 +382,20 @@ async function measure(
   }
 }
 
+/** Runs one statement on a connection of its own (CREATE and DROP DATABASE cannot share one). */
+export async function adminStatement(adminUrl: string, statement: string): Promise<void> {
+  const client = new pg.Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    await client.query(statement);
+  } finally {
+    await client.end();
+  }
+}
+
 async function postgresDatabase(adminUrl: string): Promise<string> {
   const name = `connections_bench_writes_${randomBytes(6).toString("hex")}`;
-  const admin = async (statement: string) => {
-    const client = new pg.Client({ connectionString: adminUrl });
-    await client.connect();
-    try {
-      await client.query(statement);
-    } finally {
-      await client.end();
-    }
-  };
+  const admin = (statement: string) => adminStatement(adminUrl, statement);
   await admin(`CREATE DATABASE ${name}`);
   onCleanUp(`database ${name}`, () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
   const url = new URL(adminUrl);

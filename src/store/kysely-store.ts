@@ -177,15 +177,7 @@ export class KyselyStore implements Store {
     this.#updateConnection = preparedQuery(TRANSITION_COLUMNS, (values) =>
       db
         .updateTable("connections")
-        .set({
-          name: values.name,
-          scopes: values.scopes,
-          state: values.state,
-          update_time: values.update_time,
-          activate_time: values.activate_time,
-          deactivate_time: values.deactivate_time,
-          version: values.version,
-        })
+        .set(transitionSet(values))
         .where("id", "=", values.id)
         .where("version", "=", values.previous_version),
     );
@@ -570,6 +562,19 @@ export class KyselyStore implements Store {
   }
 }
 
+/** What a transition writes: TRANSITION_COLUMNS but the id it matches and the version it replaces. */
+function transitionSet<V>(values: Readonly<Record<(typeof TRANSITION_COLUMNS)[number], V>>) {
+  return {
+    name: values.name,
+    scopes: values.scopes,
+    state: values.state,
+    update_time: values.update_time,
+    activate_time: values.activate_time,
+    deactivate_time: values.deactivate_time,
+    version: values.version,
+  };
+}
+
 /**
  * PostgreSQL's writes of a Connection as one statement each, through data-modifying CTEs, sent with
  * their BEGIN and COMMIT in one go (Transactions.writeStatement): each round trip to the server
@@ -637,15 +642,7 @@ function transitionStatements(db: Kysely<Database>): WriteStatements {
         const updated = db.with("updated", (cte) =>
           cte
             .updateTable("connections")
-            .set({
-              name: values.name,
-              scopes: values.scopes,
-              state: values.state,
-              update_time: values.update_time,
-              activate_time: values.activate_time,
-              deactivate_time: values.deactivate_time,
-              version: values.version,
-            })
+            .set(transitionSet(values))
             .where("id", "=", values.id)
             .where("version", "=", values.previous_version)
             .returning("id"),

@@ -255,23 +255,8 @@ export class StorePool {
    * cancelled on the server and the connection is discarded afterwards (a late cancel must not
    * hit the next user's query).
    */
-  async reserve<T>(signal: AbortSignal | undefined, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
-    const tracked = await this.#connect();
-    if (signal?.aborted) {
-      tracked.release();
-      throw signal.reason;
-    }
-    const cancel = () => {
-      tracked.broken = true;
-      cancelQuery(tracked.client);
-    };
-    signal?.addEventListener("abort", cancel);
-    try {
-      return await work(this.#kyselyFor(tracked));
-    } finally {
-      signal?.removeEventListener("abort", cancel);
-      tracked.release();
-    }
+  reserve<T>(signal: AbortSignal | undefined, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
+    return this.#withConnection(signal, (tracked) => work(this.#kyselyFor(tracked)));
   }
 
   /**
@@ -285,19 +270,9 @@ export class StorePool {
    * at the server, the running one is cancelled as in reserve(): a cancelled statement rolls back,
    * a COMMIT that already ran has committed (as before, when the abort came during COMMIT).
    */
-  async writeStatement<R>(signal: AbortSignal | undefined, statement: CompiledQuery<R>): Promise<QueryResult<R>> {
-    const tracked = await this.#connect();
-    if (signal?.aborted) {
-      tracked.release();
-      throw signal.reason;
-    }
-    const cancel = () => {
-      tracked.broken = true;
-      cancelQuery(tracked.client);
-    };
-    signal?.addEventListener("abort", cancel);
-    const stream = (tracked.client as unknown as { connection?: { stream?: net.Socket } }).connection?.stream;
-    try {
+  writeStatement<R>(signal: AbortSignal | undefined, statement: CompiledQuery<R>): Promise<QueryResult<R>> {
+    return this.#withConnection(signal, async (tracked) => {
+      const stream = (tracked.client as unknown as { connection?: { stream?: net.Socket } }).connection?.stream;
       stream?.cork();
       const sent = [
         tracked.query(WRITE_START, []),
@@ -318,6 +293,23 @@ export class StorePool {
         rows: result.rows as R[],
         ...(ROW_COUNT_COMMANDS.has(result.command) ? { numAffectedRows: BigInt(result.rowCount ?? 0) } : {}),
       };
+    });
+  }
+
+  /** Runs `use` on one connection of the pool, cancelled as reserve() says. */
+  async #withConnection<T>(signal: AbortSignal | undefined, use: (tracked: TrackedClient) => Promise<T>): Promise<T> {
+    const tracked = await this.#connect();
+    if (signal?.aborted) {
+      tracked.release();
+      throw signal.reason;
+    }
+    const cancel = () => {
+      tracked.broken = true;
+      cancelQuery(tracked.client);
+    };
+    signal?.addEventListener("abort", cancel);
+    try {
+      return await use(tracked);
     } finally {
       signal?.removeEventListener("abort", cancel);
       tracked.release();
