@@ -105,7 +105,7 @@ export class WalFlusher {
   /** Call after the last write: SQLite's own checkpoint at close then flushes what it copies. */
   async close(): Promise<void> {
     await Promise.allSettled([this.#running, this.#queued]);
-    this.#database.pragma("synchronous = FULL");
+    if (this.#database.open) this.#database.pragma("synchronous = FULL");
     const files = [this.#file, this.#databaseFile];
     this.#file = undefined;
     this.#walDescriptor = undefined;
