@@ -97,8 +97,22 @@ describe.skipIf(!hasStrace)("SQLite writes on the disk (strace; .ci/run installs
     expect(eventLoop).toBeDefined();
     const written = (line: string, file: "database" | "wal") =>
       /\bpwrite64\(\d+<[^>]*>/.test(line) && line.includes(file === "wal" ? ".db-wal>" : ".db>");
-    const flushed = (line: string, file: "database" | "wal") =>
-      FLUSH_ENDED.test(line) && line.includes(file === "wal" ? ".db-wal>" : ".db>");
+    // The file a flush that returned 0 on this line flushed. A flush that another thread's call
+    // interrupted shows as "<tid> fdatasync(18</x.db> <unfinished ...>" and later as
+    // "<tid> <... fdatasync resumed>) = 0": only the first line names the file.
+    const interrupted = new Map<string, string>();
+    const flushedFile = (line: string): string | undefined => {
+      const thread = line.split(" ")[0] ?? "";
+      const started = /\b(?:fsync|fdatasync)\(\d+<([^>]*)>/.exec(line)?.[1];
+      if (started !== undefined && line.includes("<unfinished ...>")) {
+        interrupted.set(thread, started);
+        return undefined;
+      }
+      if (!FLUSH_ENDED.test(line)) return undefined;
+      const file = started ?? interrupted.get(thread);
+      interrupted.delete(thread);
+      return file;
+    };
     let walUnflushed = false;
     let databaseUnflushed = false;
     let acknowledged = 0;
@@ -117,10 +131,13 @@ describe.skipIf(!hasStrace)("SQLite writes on the disk (strace; .ci/run installs
         if (writing && walUnflushed) problems.push(`pages copied from a WAL not yet flushed: ${line}`);
         if (writing) copies++;
         databaseUnflushed = true;
-      } else if (flushed(line, "wal")) walUnflushed = false;
-      else if (flushed(line, "database")) {
-        databaseUnflushed = false;
-        if (writing) databaseFlushes++;
+      } else {
+        const file = flushedFile(line);
+        if (file?.endsWith(".db-wal")) walUnflushed = false;
+        else if (file?.endsWith(".db")) {
+          databaseUnflushed = false;
+          if (writing) databaseFlushes++;
+        }
       }
     }
     expect(acknowledged).toBe(LARGE_WRITES);
