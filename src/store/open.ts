@@ -17,7 +17,7 @@ import { prepareSchema } from "./schema-version.js";
 import { EventLoopFriendlySqliteDialect } from "./sqlite-dialect.js";
 import { checkAtStart } from "./sqlite-integrity.js";
 import type { Store } from "./store.js";
-import { CHECKPOINT_BYTES, WalFlusher } from "./wal-flush.js";
+import { WalFlusher } from "./wal-flush.js";
 
 export interface OpenStoreOptions {
   readonly databaseUrl: string;
@@ -52,11 +52,6 @@ const SQLITE_CACHE_KIB = 32 * 1024;
 /** The most of the file SQLite reads through a memory map: its compile-time limit (0x7fff0000 bytes), in MiB. */
 export const MAX_SQLITE_MMAP_MIB = 2047;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
-/**
- * After a checkpoint the WAL file is truncated to at most this: the size it grows to anyway, and the
- * size past which it grows again exactly when the next checkpoint is due (wal-flush.ts).
- */
-const SQLITE_WAL_BYTES = CHECKPOINT_BYTES;
 
 /** Throws an error naming what is wrong with the URL (never echoing credentials). */
 export function parseDatabaseUrl(databaseUrl: string): DatabaseTarget {
@@ -124,9 +119,6 @@ function openSqliteFile(
   // Writes touch every index of a Connection and its event at random keys: SQLite's default page
   // cache (2 MB) soon misses on each of them.
   database.pragma(`cache_size = -${SQLITE_CACHE_KIB}`);
-  // A bounded WAL: checkpointed once it passes CHECKPOINT_BYTES, and truncated back to
-  // SQLITE_WAL_BYTES afterwards, so that a small volume that filled up once has room again.
-  database.pragma(`journal_size_limit = ${SQLITE_WAL_BYTES}`);
   // Reads through a memory map: a check that misses the cache reads a random page of a file far
   // larger than SQLite's page cache, and through the map that costs no read() and no copy
   // (docs/performance.md). Writes still go through write(). The price: an I/O error while reading

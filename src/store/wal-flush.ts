@@ -35,10 +35,10 @@ type FileHandle = Awaited<ReturnType<typeof open>>;
 
 /**
  * The WAL's size at which it is checkpointed (8 MiB; SQLite's default is 1000 pages of 4 KiB). The
- * file is also truncated back to it after a checkpoint (`journal_size_limit`, open.ts), so from then
- * on it grows past this size exactly when the WAL written since the last checkpoint does.
+ * file is also truncated back to it after a checkpoint (`journal_size_limit`), so from then on it
+ * grows past this size exactly when the WAL written since the last checkpoint does.
  */
-export const CHECKPOINT_BYTES = 8 * 1024 * 1024;
+const CHECKPOINT_BYTES = 8 * 1024 * 1024;
 
 /** Runs `copy` while no statement of anyone else's is running on the connection. */
 export type ExclusiveUse = <T>(copy: () => T) => Promise<T>;
@@ -47,7 +47,6 @@ export class WalFlusher {
   readonly #walPath: string;
   readonly #databasePath: string;
   readonly #database: SqliteDatabase.Database;
-  readonly #checkpointBytes: number;
   #file: Promise<FileHandle> | undefined;
   /** The WAL file's descriptor once opened: its size says when to checkpoint. */
   #walDescriptor: number | undefined;
@@ -60,14 +59,16 @@ export class WalFlusher {
   #queued: Promise<void> | undefined;
   #failure: unknown;
 
-  constructor(databasePath: string, database: SqliteDatabase.Database, checkpointBytes = CHECKPOINT_BYTES) {
+  constructor(databasePath: string, database: SqliteDatabase.Database) {
     this.#walPath = `${databasePath}-wal`;
     this.#databasePath = databasePath;
     this.#database = database;
-    this.#checkpointBytes = checkpointBytes;
     // SQLite flushes nothing itself and runs no checkpoint of its own: both are done here.
     database.pragma("synchronous = OFF");
     database.pragma("wal_autocheckpoint = 0");
+    // After a checkpoint the file is truncated back to the bound, so that its size says when the
+    // next is due, and a small volume that filled up once has room again.
+    database.pragma(`journal_size_limit = ${CHECKPOINT_BYTES}`);
   }
 
   /** Notes that a group committed, before its flush() is asked for. */
@@ -77,7 +78,7 @@ export class WalFlusher {
 
   /** Whether the WAL has grown past CHECKPOINT_BYTES since the last checkpoint (one fstat). */
   get checkpointDue(): boolean {
-    return this.#walDescriptor !== undefined && fstatSync(this.#walDescriptor).size > this.#checkpointBytes;
+    return this.#walDescriptor !== undefined && fstatSync(this.#walDescriptor).size > CHECKPOINT_BYTES;
   }
 
   /**

@@ -124,6 +124,12 @@ export interface ConnectEdgeOptions {
   readonly contextValues?: (request: NodeRequest) => ContextValues;
 }
 
+/** A request's path without its query (Connect GET requests carry their message there). */
+export function pathOf(url: string): string {
+  const query = url.indexOf("?");
+  return query === -1 ? url : url.slice(0, query);
+}
+
 export class ConnectEdge {
   private readonly handlers = new Map<string, UniversalHandler>();
 
@@ -146,8 +152,7 @@ export class ConnectEdge {
   private dispatch(request: NodeRequest, response: NodeResponse, receivedAt: number): void {
     const started = performance.now();
     const url = request.url ?? "";
-    const query = url.indexOf("?");
-    const path = query === -1 ? url : url.slice(0, query);
+    const path = pathOf(url);
     const handler = this.handlers.get(path);
     const labels = handler === undefined ? UNKNOWN_METHOD_LABELS : labelsOf(handler.method);
     // Decided here, so that refusals and the pipeline's answer carry the same request id.

@@ -24,7 +24,7 @@ import type { Logger } from "pino";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import type { RpcPipeline } from "../api/rpc/pipeline.js";
-import { ConnectEdge } from "./connect-edge.js";
+import { ConnectEdge, pathOf } from "./connect-edge.js";
 import { ABANDON_REQUEST, CONNECTION_AGING, routePipeline } from "./connect-routes.js";
 import { closeGracefully } from "./goaway.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";
@@ -195,13 +195,6 @@ function abandonRequest(request: http.IncomingMessage | http2.Http2ServerRequest
   else request.socket.destroy();
 }
 
-/** The request path without its query (Connect GET requests carry their message there). */
-function pathOf(headers: http2.IncomingHttpHeaders): string {
-  const path = headers[":path"] ?? "";
-  const query = path.indexOf("?");
-  return query === -1 ? path : path.slice(0, query);
-}
-
 function servicesOf(pipeline: RpcPipeline): DescService[] {
   const services = new Map<string, DescService>();
   for (const { method } of pipeline.registered()) services.set(method.parent.typeName, method.parent);
@@ -308,7 +301,7 @@ class MultiProtocolServer implements RunningServer {
         // A pipeline call through connect-node (Connect, gRPC-Web, the change feed): its caller is
         // not learnt here, so its connection is never held to one caller's share. Anything else
         // (health, reflection) needs no credentials: room for it beside the calls.
-        if (this.fastPath.pipeline.lookup(pathOf(headers)) !== undefined) this.shares.unattributed(stream.session);
+        if (this.fastPath.pipeline.lookup(pathOf(headers[":path"] ?? "")) !== undefined) this.shares.unattributed(stream.session);
         else this.shares.beside(stream.session, (listener) => stream.once("close", listener));
       }
       this.edge.serve(

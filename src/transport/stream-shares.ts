@@ -111,10 +111,10 @@ export class CallerStreamShares {
   }
 
   /** What a connection that carries one caller's calls, or none yet, may have open now. */
-  private limitOf(state: Single): number {
+  private limitOf(state: Single, share = this.share()): number {
     if (state.caller === undefined) return this.configured;
     const connections = this.byCaller.get(state.caller)?.size ?? 1;
-    const calls = Math.max(1, Math.floor(this.share() / connections));
+    const calls = Math.max(1, Math.floor(share / connections));
     return Math.min(this.configured, calls + state.beside);
   }
 
@@ -152,11 +152,13 @@ export class CallerStreamShares {
       return;
     }
     const now = performance.now();
+    // Once per round: the share walks every caller admission knows.
+    const share = this.share();
     for (const sessions of this.byCaller.values()) {
       for (const session of sessions) {
         const state = this.sessions.get(session);
         if (state === undefined || state === MIXED) continue;
-        const limit = this.limitOf(state);
+        const limit = this.limitOf(state, share);
         // Moves of less than a quarter are not worth a SETTINGS frame; lowering refuses the streams
         // on the wire, so it waits a while after the previous SETTINGS.
         const worth = Math.abs(limit - state.limit) * 4 >= state.limit;
