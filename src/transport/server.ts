@@ -301,7 +301,8 @@ class MultiProtocolServer implements RunningServer {
         // A pipeline call through connect-node (Connect, gRPC-Web, the change feed): its caller is
         // not learnt here, so its connection is never held to one caller's share. Anything else
         // (health, reflection) needs no credentials: room for it beside the calls.
-        if (this.fastPath.pipeline.lookup(pathOf(headers[":path"] ?? "")) !== undefined) this.shares.unattributed(stream.session);
+        if (this.fastPath.pipeline.lookup(pathOf(headers[":path"] ?? "")) !== undefined)
+          this.shares.unattributed(stream.session);
         else this.shares.beside(stream.session, (listener) => stream.once("close", listener));
       }
       this.edge.serve(
