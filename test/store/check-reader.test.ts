@@ -384,6 +384,21 @@ describe("CachingCheckReader on SQLite (SqliteCheckSource)", () => {
     expect(await cold().getConnectionForCheck(c.id)).toEqual(c);
   });
 
+  it("reads text that JSON escapes and times at the ends of the range exactly as stored", async () => {
+    const [x, y] = [await newOrganization(writer), await newOrganization(writer)];
+    const odd = connectionRecord(x, y, {
+      name: 'quote " backslash \\ nul \u0000 tab \t bell \u0007 separator \u2028 accents é 😀',
+      creator: "user:ü\u0000\\",
+      createTime: new Date("1969-12-31T23:59:59.999Z"),
+      updateTime: new Date("9999-12-31T23:59:59.999Z"),
+      activateTime: new Date("0001-01-01T00:00:00.001Z"),
+      deactivateTime: new Date("2024-02-29T12:00:00.500Z"),
+    });
+    await writer.createConnection(odd, createdEvent(odd));
+    expect(await cold().getConnectionForCheck(odd.id)).toEqual(odd);
+    expect(await cold().getConnectionsForCheck([a.id, odd.id])).toEqual([a, odd]);
+  });
+
   it("reads a batch of more ids than one statement binds", async () => {
     const ids = Array.from({ length: 250 }, (_, index) => `cxn_unknown_${index}`);
     ids[3] = a.id;
