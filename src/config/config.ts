@@ -209,7 +209,9 @@ type IntegerReader = (name: string, fallback: number, min: number, max: number) 
 function admissionSettings(integer: IntegerReader): AdmissionSettings | undefined {
   const defaults = DEFAULT_ADMISSION_SETTINGS;
   // Off unless set: against a storm that ignores grpc-retry-pushback-ms, other callers are answered
-  // (per-caller stream limits) but seconds late, and goodput drops (docs/performance.md, Overload).
+  // (per-caller stream limits and read budgets) but their p99 is still hundreds of ms, and one
+  // client's burst beyond the adaptive limit is refused: gRPC C-core's 650 concurrent calls in the
+  // interop suite were, on a loaded machine (docs/performance.md, Overload).
   // defaults.maxInFlight is the ceiling to start from when turning it on.
   const maxInFlight = integer("ADMISSION_MAX_IN_FLIGHT", 0, 0, 1_000_000);
   const settings: AdmissionSettings = {

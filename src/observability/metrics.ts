@@ -157,6 +157,7 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, 
   private readonly portRefusals = new Map<PortRefusalReason, number>(PORT_REFUSAL_REASONS.map((reason) => [reason, 0]));
   /** Admission's refusals by caller, then reason: plain numbers, read when scraped (a storm refuses many a second). */
   private readonly admissionRefusals = new Map<string, Map<AdmissionRefusal, number>>();
+  private readonly readsHeldByCaller = new Map<string, number>();
   private readonly rpcs: RpcMetrics;
   private readonly reloadSuccess: Gauge<"source">;
   private readonly reloadFailures: Counter<"source">;
@@ -187,6 +188,17 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, 
       .labels(packageVersion(), process.version)
       .set(1);
     const portRefusals = this.portRefusals;
+    const readsHeld = this.readsHeldByCaller;
+    new Counter({
+      name: "connections_port_reads_held_total",
+      help: "Turns of the event loop in which a caller's connections stopped reading because its calls read in that turn reached its share (admission control on; docs/API.md).",
+      labelNames: ["caller"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [caller, count] of readsHeld) this.labels(caller).inc(count);
+      },
+    });
     new Counter({
       name: "connections_port_refusals_total",
       help: "Requests and connections the port turned away before the pipeline ran, by reason (docs/operations.md).",
@@ -323,6 +335,10 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, 
       this.admissionRefusals.set(caller, byReason);
     }
     byReason.set(reason, (byReason.get(reason) ?? 0) + 1);
+  }
+
+  readsHeld(caller: string): void {
+    this.readsHeldByCaller.set(caller, (this.readsHeldByCaller.get(caller) ?? 0) + 1);
   }
 
   portRefused(reason: PortRefusalReason): void {

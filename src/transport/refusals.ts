@@ -41,9 +41,11 @@ export const PORT_REFUSAL_REASONS = [
 
 export type PortRefusalReason = (typeof PORT_REFUSAL_REASONS)[number];
 
-/** Hears of everything the port turns away (the metrics). */
+/** Hears of everything the port turns away or holds back (the metrics). */
 export interface PortObserver {
   portRefused(reason: PortRefusalReason): void;
+  /** A caller's held connections stopped reading for the rest of a turn: its calls in that turn reached its share. */
+  readsHeld(caller: string): void;
 }
 
 /** Thrown while reading a request that the transport answers without calling the handler. */

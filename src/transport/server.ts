@@ -168,7 +168,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   const shares =
     options.callerShare === undefined
       ? undefined
-      : new CallerStreamShares(options.callerShare, limits.http2MaxConcurrentStreams);
+      : new CallerStreamShares(options.callerShare, limits.http2MaxConcurrentStreams, options.observer);
   const fastPath = new GrpcFastPath(pipeline, options.maxRequestBytes, limits, readDeadlines, logger, {
     observer: options.observer,
     shares,

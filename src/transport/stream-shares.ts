@@ -19,6 +19,17 @@
 //   a connection that carries only them gets HTTP2_MAX_CONCURRENT_STREAMS, and a held one gets one
 //   more stream for each that is open on it (a health Watch never starves its client's calls).
 //
+// Stream limits bound what a caller has open, not what it sends in one turn of the event loop: a
+// storm of 200 connections with one stream each still brings 200 calls per turn, answered at once
+// and resent at once, and every other caller's call waits for that turn. So a caller also has a
+// read budget per turn, its share: once that many of its calls were read in one turn, reading its
+// held connections stops (the socket's handle: the kernel keeps their bytes, TCP flow control
+// holds the client) until the loop has turned, when all of them are read again. The next turn
+// starts with the bytes waiting, so the service never idles while a storm waits, and a turn holds
+// about one share of the storm's calls whatever the count of its connections. Only reading stops:
+// answers are written as always, and no connection stays paused past the turn (keepalive PINGs
+// are read the next turn).
+//
 // Streams a client opened before it saw a lowered limit get RST_STREAM REFUSED_STREAM from nghttp2
 // before node sees them, which gRPC clients retry transparently (the server never saw the call).
 // The limits follow the admission limit and the connections' count on a timer, and a connection's
@@ -27,6 +38,7 @@
 // make a storm of SETTINGS frames (nor of the refusals each lowering causes).
 
 import type { Http2Session } from "node:http2";
+import type { PortObserver } from "./refusals.js";
 
 /** What a connection may open before its first stream is seen. */
 export const FIRST_STREAMS = 4;
@@ -49,10 +61,23 @@ interface Single {
 /** A connection that carried more than one caller's calls, or calls of no known caller: never held. */
 const MIXED = "mixed";
 
+/** The handle under a session's socket (node:http2 reads it itself): stopping it stops the reading. */
+interface ReadingHandle {
+  readStart(): number;
+  readStop(): number;
+}
+
 export class CallerStreamShares {
   private readonly sessions = new Map<Http2Session, Single | typeof MIXED>();
   private readonly byCaller = new Map<string, Set<Http2Session>>();
   private timer: NodeJS.Timeout | undefined;
+  /** Calls read in this turn of the event loop, by caller; forgotten when the loop turns. */
+  private readonly readThisTurn = new Map<string, number>();
+  /** This turn's read budget of each caller (its share), read once per turn. */
+  private turnBudget: number | undefined;
+  /** Held connections whose reading stopped for the rest of this turn. */
+  private readonly stopped = new Set<Http2Session>();
+  private turnEnd: NodeJS.Immediate | undefined;
 
   /**
    * @param share each active caller's part of the admission limit now
@@ -62,6 +87,7 @@ export class CallerStreamShares {
   constructor(
     private readonly share: () => number,
     private readonly configured: number,
+    private readonly observer?: PortObserver,
   ) {}
 
   /** The SETTINGS_MAX_CONCURRENT_STREAMS every connection starts with. */
@@ -83,8 +109,8 @@ export class CallerStreamShares {
   called(session: Http2Session | undefined, caller: string | undefined): void {
     const state = session === undefined ? undefined : this.sessions.get(session);
     if (session === undefined || state === undefined || state === MIXED) return;
-    if (caller !== undefined && state.caller === caller) return;
-    if (caller !== undefined && state.caller === undefined) this.hold(session, state, caller);
+    if (caller !== undefined && state.caller === caller) this.count(session, caller);
+    else if (caller !== undefined && state.caller === undefined) this.hold(session, state, caller);
     else this.mix(session, state);
   }
 
@@ -108,6 +134,38 @@ export class CallerStreamShares {
   stop(): void {
     clearInterval(this.timer);
     this.timer = undefined;
+    this.resumeReading();
+  }
+
+  /**
+   * One more of `caller`'s calls read on its held connection `session`: at its budget its
+   * connections stop reading for the rest of the turn (and any of them read after that, too).
+   */
+  private count(session: Http2Session, caller: string): void {
+    const read = (this.readThisTurn.get(caller) ?? 0) + 1;
+    this.readThisTurn.set(caller, read);
+    this.turnBudget ??= this.share();
+    if (read < this.turnBudget) return;
+    // Immediates run once this turn's reads are done: reading resumes with the next turn.
+    this.turnEnd ??= setImmediate(() => this.resumeReading());
+    if (read === this.turnBudget) this.observer?.readsHeld(caller);
+    for (const held of read === this.turnBudget ? (this.byCaller.get(caller) ?? []) : [session]) {
+      const handle = readingHandleOf(held);
+      if (handle === undefined || this.stopped.has(held)) continue;
+      handle.readStop();
+      this.stopped.add(held);
+    }
+  }
+
+  private resumeReading(): void {
+    if (this.turnEnd !== undefined) clearImmediate(this.turnEnd);
+    this.turnEnd = undefined;
+    this.readThisTurn.clear();
+    this.turnBudget = undefined;
+    for (const session of this.stopped) {
+      if (!session.destroyed) readingHandleOf(session)?.readStart();
+    }
+    this.stopped.clear();
   }
 
   /** What a connection that carries one caller's calls, or none yet, may have open now. */
@@ -132,6 +190,7 @@ export class CallerStreamShares {
     const limit = this.limitOf(state);
     if (limit < state.limit) this.send(session, state, limit, true);
     this.timer ??= setInterval(() => this.recompute(), RECOMPUTE_MS).unref();
+    this.count(session, caller);
   }
 
   private mix(session: Http2Session, state: Single): void {
@@ -181,4 +240,13 @@ export class CallerStreamShares {
       // Too many SETTINGS unacknowledged (a client that does not answer them): left as it is.
     }
   }
+}
+
+/** The socket handle a session reads from, while it has one (node:http2's socket proxy passes `_handle` through). */
+function readingHandleOf(session: Http2Session): ReadingHandle | undefined {
+  if (session.destroyed) return undefined;
+  const handle = (session.socket as { _handle?: Partial<ReadingHandle> | null } | undefined)?._handle;
+  return typeof handle?.readStop === "function" && typeof handle.readStart === "function"
+    ? (handle as ReadingHandle)
+    : undefined;
 }

@@ -4,6 +4,10 @@
 // still be up, its resident memory bounded, and a canary call (on a fresh connection) answered.
 // Short limits are configured so that the attacks end quickly, yet loose enough that a loaded test
 // machine's own clients (the canary) are not taken for attackers; nothing asserts a duration.
+// Every attack runs twice: with admission control off (the default) and on, where every new
+// HTTP/2 connection starts with FIRST_STREAMS streams and a caller's connections are held to its
+// share (stream-shares.ts), so that a flood's streams beyond those are reset REFUSED_STREAM by
+// nghttp2 before the service sees them: a refusal as good as the service's own.
 
 import { readFileSync } from "node:fs";
 import http2 from "node:http2";
@@ -14,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GetOrganizationRequestSchema } from "../../gen/connections/v1/organization_service_pb.js";
 import { HealthCheckRequestSchema } from "../../gen/grpc/health/v1/health_pb.js";
 import { type ServiceProcess, startServiceProcess } from "../support/process.js";
-import { closedWithin, envelope, h2Open, h2Request } from "../support/wire.js";
+import { closedWithin, envelope, h2Open, h2Request, type WireAnswer } from "../support/wire.js";
 
 const GET_ORGANIZATION = "/connections.v1.OrganizationService/GetOrganization";
 const HEALTH_WATCH = "/grpc.health.v1.Health/Watch";
@@ -31,13 +35,32 @@ const getOrganization = envelope(
 );
 const healthCheck = envelope(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, {})));
 
+const NGHTTP2_REFUSED_STREAM = 7;
+
+/** What refused a request: the service's ErrorInfo reason, or REFUSED_STREAM when nghttp2 reset it unseen. */
+function refusalOf(answer: WireAnswer): string | undefined {
+  return answer.rstCode === NGHTTP2_REFUSED_STREAM ? "REFUSED_STREAM" : answer.errorInfo?.reason;
+}
+
+interface Setting {
+  readonly admission: "off" | "on";
+  readonly env: Readonly<Record<string, string>>;
+  /** Refusals that the service never saw, accepted beside its own. */
+  readonly unseenRefusals: readonly string[];
+}
+
+const SETTINGS: readonly Setting[] = [
+  { admission: "off", env: {}, unseenRefusals: [] },
+  { admission: "on", env: { ADMISSION_MAX_IN_FLIGHT: "1000" }, unseenRefusals: ["REFUSED_STREAM"] },
+];
+
 function rssOf(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const kilobytes = /VmRSS:\s+(\d+) kB/.exec(status)?.[1];
   return Number(kilobytes) * 1024;
 }
 
-describe("abuse of the port", () => {
+describe.each(SETTINGS)("abuse of the port, admission control $admission", ({ env, unseenRefusals }) => {
   let service: ServiceProcess;
   let baselineRss: number;
 
@@ -57,6 +80,7 @@ describe("abuse of the port", () => {
       HTTP2_KEEPALIVE_TIMEOUT_MS: "3000",
       HTTP2_MAX_CONCURRENT_STREAMS: "100",
       MAX_HEALTH_WATCHERS: String(MAX_HEALTH_WATCHERS),
+      ...env,
     });
     await canary();
     baselineRss = rssOf(service.child.pid as number);
@@ -198,7 +222,9 @@ describe("abuse of the port", () => {
         answers.push(
           answer.then(
             (received) => {
-              if (received.errorInfo?.reason === "TOO_MANY_WATCHERS" && ++refused === beyondCap) allRefused();
+              const refusal = refusalOf(received);
+              const counted = refusal === "TOO_MANY_WATCHERS" || unseenRefusals.includes(refusal ?? "");
+              if (counted && ++refused === beyondCap) allRefused();
             },
             () => undefined,
           ),
@@ -206,7 +232,8 @@ describe("abuse of the port", () => {
       }
     }
     await canary();
-    // Beyond the cap, Watch ends at once with RESOURCE_EXHAUSTED TOO_MANY_WATCHERS; the rest stay open.
+    // Beyond the cap, Watch ends at once with RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (or, with
+    // admission control, is reset unseen beyond the connection's first streams); the rest stay open.
     await refusedBeyondCap;
     for (const session of sessions) session.destroy();
     await Promise.all(answers);
@@ -234,7 +261,7 @@ describe("abuse of the port", () => {
       );
       answers.push(
         answer.then(
-          (received) => expect(received.errorInfo?.reason, contentType).toBe("REQUEST_TOO_LARGE"),
+          (received) => expect(["REQUEST_TOO_LARGE", ...unseenRefusals], contentType).toContain(refusalOf(received)),
           () => stream.destroy(),
         ),
       );

@@ -124,6 +124,8 @@ export interface TestServer {
   readonly observed: Observed[];
   /** What the port turned away, in order, as connections_port_refusals_total counts it. */
   readonly portRefusals: PortRefusalReason[];
+  /** The callers whose connections stopped reading for the rest of a turn, once per such turn. */
+  readonly readsHeld: string[];
   readonly address: string;
   readonly baseUrl: string;
   setReady(ready: boolean): void;
@@ -164,6 +166,7 @@ export async function startTestServer(
 ): Promise<TestServer> {
   const observed: Observed[] = [];
   const portRefusals: PortRefusalReason[] = [];
+  const readsHeld: string[] = [];
   const stubs = new Stubs();
   const pipeline = createTestPipeline(stubs, observed, admission);
   let ready = true;
@@ -176,7 +179,10 @@ export async function startTestServer(
     readiness: async () => ready,
     limits,
     tls,
-    observer: { portRefused: (reason) => portRefusals.push(reason) },
+    observer: {
+      portRefused: (reason) => portRefusals.push(reason),
+      readsHeld: (caller) => readsHeld.push(caller),
+    },
     // As the service does: with admission control, one-caller connections are held to its shares.
     callerShare: admission === undefined ? undefined : () => admission.share(performance.now()),
   });
@@ -186,6 +192,7 @@ export async function startTestServer(
     stubs,
     observed,
     portRefusals,
+    readsHeld,
     address,
     baseUrl: `http://${address}`,
     setReady(value) {

@@ -3,8 +3,9 @@
 // to that caller's share of the admission limit spread over its connections, plus room for its
 // health streams; a second caller's connection gets its own; a connection that carries more than
 // one caller, or calls of no known caller, or only health checks, gets HTTP2_MAX_CONCURRENT_STREAMS;
-// and grpc-js clients whose calls go beyond a limit they have not seen yet have the refused ones
-// retried without seeing an error.
+// grpc-js clients whose calls go beyond a limit they have not seen yet have the refused ones
+// retried without seeing an error; and a caller whose calls read in one turn of the event loop reach
+// its share has its connections' reading stopped until the loop turns.
 
 import http2 from "node:http2";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -188,6 +189,34 @@ describe("per-caller stream limits", () => {
       expect(answers.filter((answer) => answer.rstCode !== NGHTTP2_REFUSED_STREAM && answer.code !== 0)).toEqual([]);
       expect(tap.fromService.goaways).toEqual([]);
       expect((await grpcGet(session, tokenService)).code).toBe(0);
+    } finally {
+      await tap.close();
+    }
+  });
+
+  it("stops reading a caller's connections for the rest of a turn once its calls read in that turn reach its share, and reads them the next", async () => {
+    // The token service alone: its share (its streams, and its reads per turn) is the whole limit.
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(FIRST_STREAMS));
+    const tap = await H2FrameTap.start(server.running.port);
+    try {
+      const session = http2.connect(`http://${tap.address}`);
+      session.on("error", () => {});
+      sessions.push(session);
+      await new Promise((resolve) => session.once("remoteSettings", resolve));
+      // As many calls as its share (and as a new connection may open) reach the service in one read.
+      tap.freeze();
+      const calls = Array.from({ length: FIRST_STREAMS }, () => grpcGet(session, tokenService));
+      await until(() => tap.fromClient.headers >= FIRST_STREAMS, "the calls to be on the wire");
+      tap.thaw();
+      // Each is answered: reading stops, answering does not.
+      for (const answer of await Promise.all(calls)) expect(answer.code).toBe(0);
+      expect(server.readsHeld).toEqual(["token-service"]);
+      // The loop turned: the connection is read again.
+      expect((await grpcGet(session, tokenService)).code).toBe(0);
+      // A caller within its reads per turn is never held.
+      const dashboardSession = await connect();
+      expect((await grpcGet(dashboardSession, dashboard)).code).toBe(0);
+      expect(server.readsHeld).toEqual(["token-service"]);
     } finally {
       await tap.close();
     }
