@@ -48,6 +48,8 @@ export const config = {
   targets: new Set((process.env.BENCH_TARGETS || "ceiling,grpc-js,sqlite,postgres,scale").split(",")),
   /** The writes section (bench/writes.ts); BENCH_TARGETS=none with BENCH_WRITES=on runs it alone. */
   writes: process.env.BENCH_WRITES !== "off",
+  /** The replicas of its PostgreSQL deployment (three by default: the goal is for three). */
+  writesReplicas: integer("BENCH_WRITES_REPLICAS", 3),
   /** Its deployments: BENCH_WRITES=sqlite or =postgres runs only that one (for profiling one of them). */
   writesDeployments: new Set(
     process.env.BENCH_WRITES === "sqlite" || process.env.BENCH_WRITES === "postgres"

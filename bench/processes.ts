@@ -2,7 +2,7 @@
 // at the end whatever happened (error, Ctrl-C, SIGTERM).
 
 import { type ChildProcess, execFileSync, fork, spawn } from "node:child_process";
-import { closeSync, openSync, readFileSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync } from "node:fs";
 import http2 from "node:http2";
 import { connect, createServer } from "node:net";
 import { createInterface } from "node:readline";
@@ -333,6 +333,36 @@ export function endedChildrenCpuSeconds(): number {
   const stat = readFileSync("/proc/self/stat", "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS_PER_SECOND;
+}
+
+/**
+ * A process's read and write system calls so far (/proc/<pid>/io, every thread) and its main
+ * thread's voluntary context switches (each a wait for the next event: an event loop's wake-ups).
+ */
+export function processSystemCalls(pid: number): { reads: number; writes: number; wakeUps: number } {
+  const io = readFileSync(`/proc/${pid}/io`, "utf8");
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const field = (text: string, name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, "m").exec(text)?.[1]);
+  return {
+    reads: field(io, "syscr"),
+    writes: field(io, "syscw"),
+    wakeUps: field(status, "voluntary_ctxt_switches"),
+  };
+}
+
+/** CPU seconds used so far by each running process whose command is `command` (e.g. "postgres"), by pid. */
+export function cpuSecondsOfProcessesNamed(command: string): Map<number, number> {
+  const used = new Map<number, number>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, "utf8").trim() === command)
+        used.set(Number(entry), processCpuSeconds(Number(entry)));
+    } catch {
+      // Exited while the list was read.
+    }
+  }
+  return used;
 }
 
 /** Busy and total CPU seconds of the whole machine so far (all cores). */

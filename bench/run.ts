@@ -147,7 +147,17 @@ async function main(): Promise<void> {
   if (config.writes) {
     if (!targets.some((target) => target.service !== undefined)) buildService();
     const { logLevel, postgresAdminUrl, seconds, cpuProfileDir, writesDeployments: deployments } = config;
-    await runWritesBench({ workDir, postgresAdminUrl, logLevel, seconds, log, progress, cpuProfileDir, deployments });
+    await runWritesBench({
+      workDir,
+      postgresAdminUrl,
+      logLevel,
+      seconds,
+      log,
+      progress,
+      cpuProfileDir,
+      deployments,
+      postgresReplicas: config.writesReplicas,
+    });
   }
   printGoals(
     verdicts,

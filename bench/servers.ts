@@ -61,7 +61,11 @@ export function writeProductionCallers<C extends string>(
   const digests = Object.fromEntries(
     callers.map((caller) => [caller, [`sha256:${createHash("sha256").update(tokens[caller]).digest("hex")}`]]),
   );
-  const path = join(workDir, fileName);
+  // A directory of its own, as deployed: the service watches the file's directory, and the logs and
+  // databases the bench writes into workDir would wake every service on each line and each write.
+  const directory = join(workDir, "callers");
+  mkdirSync(directory, { recursive: true });
+  const path = join(directory, fileName);
   writeFileSync(path, JSON.stringify(digests), { mode: 0o600 });
   return { path, tokens };
 }

@@ -30,8 +30,17 @@ import {
   CreateOrganizationRequestSchema,
   CreateOrganizationResponseSchema,
 } from "../gen/connections/v1/organization_service_pb.js";
+import { integer } from "./config.js";
 import { type Channel, Errors, failureOf, frame, openChannel } from "./grpc-client.js";
-import { type Child, onCleanUp, processCpuSeconds, startService } from "./processes.js";
+import {
+  type Child,
+  cpuSecondsOfProcessesNamed,
+  machineCpuSeconds,
+  onCleanUp,
+  processCpuSeconds,
+  processSystemCalls,
+  startService,
+} from "./processes.js";
 import { summariseProfile } from "./profile.js";
 import { table } from "./report.js";
 import { writeProductionCallers } from "./servers.js";
@@ -48,13 +57,20 @@ export interface WritesOptions {
   readonly progress: (line: string) => void;
   /** When set, the services run with --cpu-prof; the first one's profile over the creates is summarised. */
   readonly cpuProfileDir: string | undefined;
+  /** How many replicas serve the PostgreSQL deployment (the client spreads its calls over them). */
+  readonly postgresReplicas: number;
   /** Which deployments run: "sqlite", "postgres" (the latter only with postgresAdminUrl). */
   readonly deployments: ReadonlySet<string>;
 }
 
-const IN_FLIGHT = 64;
+// 64 unless BENCH_WRITES_IN_FLIGHT says otherwise (the issue measures at 64).
+const IN_FLIGHT = integer("BENCH_WRITES_IN_FLIGHT", 64);
+// The open-loop phase's rate: half the measured creates unless BENCH_WRITES_OPEN_RATE sets one
+// (to compare the CPU per create of deployments at the same rate per replica).
+const HALF_LOAD_RATE = integer("BENCH_WRITES_OPEN_RATE", 0) || undefined;
 const ORGANIZATIONS = 400;
-const POSTGRES_REPLICAS = 3;
+/** Unmeasured calls of each RPC per replica before the measured phases. */
+const WARM_UP_CALLS = 1500;
 const SESSIONS_PER_REPLICA = 2;
 const SCOPE = "account.read";
 const GOALS = { sqliteCreates: 3000, postgresCreates: 2000, createsVsChecks: 0.25, p99HalfLoadMs: 20 } as const;
@@ -125,15 +141,100 @@ interface PhaseResult {
   readonly p99Ms: number;
   /** The services' CPU time (every replica, not the database) per call, in microseconds. */
   cpuUsPerCall?: number;
+  /** Where the machine's CPU went over the phase, in microseconds per call. */
+  cpuSplit?: CpuSplit;
 }
 
-/** Runs a phase and puts the services' CPU time per call on its result. */
+/**
+ * CPU time per call of each replica, of this process (the client), of PostgreSQL's processes, and of
+ * the machine; and the replicas' read and write system calls and wake-ups per call (all replicas).
+ */
+interface CpuSplit {
+  readonly replicas: readonly number[];
+  readonly reads: number;
+  readonly writes: number;
+  readonly wakeUps: number;
+  readonly client: number;
+  readonly database: number;
+  readonly machine: number;
+}
+
+/** The CPU seconds used so far by the replicas, this process, PostgreSQL's processes (by pid) and the machine. */
+function cpuNow(pids: readonly number[]) {
+  const own = process.cpuUsage();
+  return {
+    replicas: pids.map(processCpuSeconds),
+    calls: pids.map(processSystemCalls),
+    client: (own.user + own.system) / 1e6,
+    database: cpuSecondsOfProcessesNamed("postgres"),
+    machine: machineCpuSeconds().busy,
+  };
+}
+
+/** What each part used between two readings of cpuNow, in microseconds per call. */
+function cpuPerCall(before: ReturnType<typeof cpuNow>, after: ReturnType<typeof cpuNow>, calls: number): CpuSplit {
+  const perCall = (seconds: number) => (seconds / calls) * 1e6;
+  let database = 0;
+  // A backend that started in the window counts from zero; one that ended in it is lost.
+  for (const [pid, seconds] of after.database) database += seconds - (before.database.get(pid) ?? 0);
+  const callsPerCall = (kind: "reads" | "writes" | "wakeUps") =>
+    after.calls.reduce((sum, counts, index) => sum + counts[kind] - (before.calls[index]?.[kind] ?? 0), 0) / calls;
+  return {
+    replicas: after.replicas.map((seconds, index) => perCall(seconds - (before.replicas[index] ?? 0))),
+    reads: callsPerCall("reads"),
+    writes: callsPerCall("writes"),
+    wakeUps: callsPerCall("wakeUps"),
+    client: perCall(after.client - before.client),
+    database: perCall(database),
+    machine: perCall(after.machine - before.machine),
+  };
+}
+
+/** Runs a phase and puts the services' CPU time per call, and the machine's split, on its result. */
 async function withCpu(pids: readonly number[], phase: () => Promise<PhaseResult>): Promise<PhaseResult> {
-  const cpu = () => pids.reduce((sum, pid) => sum + processCpuSeconds(pid), 0);
-  const before = cpu();
+  const before = cpuNow(pids);
   const result = await phase();
-  result.cpuUsPerCall = ((cpu() - before) / result.done) * 1e6;
+  result.cpuSplit = cpuPerCall(before, cpuNow(pids), result.done);
+  result.cpuUsPerCall = result.cpuSplit.replicas.reduce((sum, value) => sum + value, 0);
   return result;
+}
+
+const IDLE_SECONDS = 2;
+
+/** Each replica's CPU over IDLE_SECONDS without calls, in % of a core. */
+async function idleCpu(pids: readonly number[]): Promise<number[]> {
+  const before = pids.map(processCpuSeconds);
+  const started = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
+  const seconds = (performance.now() - started) / 1000;
+  return pids.map((pid, index) => ((processCpuSeconds(pid) - (before[index] ?? 0)) / seconds) * 100);
+}
+
+/** Two phases' figures as one (activations and deactivations: the transitions). */
+function together(first: PhaseResult, second: PhaseResult): PhaseResult {
+  const done = first.done + second.done;
+  const mean = (a: number | undefined, b: number | undefined) =>
+    ((a ?? Number.NaN) * first.done + (b ?? Number.NaN) * second.done) / done;
+  const [a, b] = [first.cpuSplit, second.cpuSplit];
+  return {
+    done,
+    seconds: first.seconds + second.seconds,
+    perSecond: done / (first.seconds + second.seconds),
+    p99Ms: Math.max(first.p99Ms, second.p99Ms),
+    cpuUsPerCall: mean(first.cpuUsPerCall, second.cpuUsPerCall),
+    cpuSplit:
+      a === undefined || b === undefined
+        ? undefined
+        : {
+            replicas: a.replicas.map((value, index) => mean(value, b.replicas[index])),
+            reads: mean(a.reads, b.reads),
+            writes: mean(a.writes, b.writes),
+            wakeUps: mean(a.wakeUps, b.wakeUps),
+            client: mean(a.client, b.client),
+            database: mean(a.database, b.database),
+            machine: mean(a.machine, b.machine),
+          },
+  };
 }
 
 function p99(latencies: number[]): number {
@@ -216,6 +317,8 @@ const nowUs = () => Number(process.hrtime.bigint() / 1000n);
 
 interface WriteFigures {
   readonly label: string;
+  /** Each replica's CPU without calls, in % of a core. */
+  readonly idle: readonly number[];
   /** Summaries of the first service's CPU profile over the measured creates and transitions, when profiled. */
   readonly profiles: { readonly creates: readonly string[]; readonly transitions: readonly string[] };
   readonly creates: PhaseResult;
@@ -240,6 +343,8 @@ async function measure(
     ...(organizationId === undefined ? {} : { "x-organization-id": organizationId }),
   });
   try {
+    // What the replicas use with no call at all (timers, pollers, connections): not counted per call.
+    const idle = await idleCpu(pids);
     const run = randomBytes(3).toString("hex");
     const organizations = Array.from({ length: ORGANIZATIONS }, (_, index) => `org_w${run}_${index}`);
     options.progress(`  ${label}: registering ${ORGANIZATIONS} organizations`);
@@ -277,27 +382,12 @@ async function measure(
       return { ...pair, id: connection.id };
     };
 
-    // Warm-up, unmeasured: the JIT and the database's caches see writes before the first figure.
-    options.progress(`  ${label}: CreateConnection`);
     let used = 0;
     const take = (count: number) => {
       const taken = free.slice(used, used + count);
       used += taken.length;
       return taken;
     };
-    await closedLoop(take(2000), 2, async (pair) => void (await createCall(pair)));
-    const created: Created[] = [];
-    const creatable = take(60_000);
-    const createsFrom = nowUs();
-    const creates = await withCpu(pids, () =>
-      closedLoop(creatable, options.seconds, async (pair) => {
-        created.push(await createCall(pair));
-      }),
-    );
-    const createsWindow = [createsFrom, nowUs()] as const;
-    used -= creatable.length - creates.done;
-
-    options.progress(`  ${label}: Activate, then Deactivate, what was created`);
     const transition = async (kind: "activate" | "deactivate", connection: Created) => {
       const answer =
         kind === "activate"
@@ -321,14 +411,6 @@ async function measure(
         throw new Error(`${kind} of ${connection.id} answered state ${answer.connection?.state}`);
       }
     };
-    const activationsFrom = nowUs();
-    const activations = await withCpu(pids, () =>
-      closedLoop(created, options.seconds, (connection) => transition("activate", connection)),
-    );
-    const activationsWindow = [activationsFrom, nowUs()] as const;
-    const active = created.slice(0, activations.done);
-
-    options.progress(`  ${label}: CheckConnection of the active ones`);
     const check = async (connection: Created) => {
       const request = create(CheckConnectionRequestSchema, {
         connectionId: connection.id,
@@ -346,6 +428,39 @@ async function measure(
         throw new Error(`CheckConnection of ${connection.id} answered reason ${answer.reason}`);
       }
     };
+    // Warm-up, unmeasured: every RPC of the run, WARM_UP_CALLS of each per replica, so that each
+    // replica's JIT has compiled what the phases run (a replica compiles its code on the calls it
+    // serves: a warm-up of a fixed count for all replicas left three replicas compiling through
+    // the measured phases), and the database's caches have seen writes.
+    options.progress(`  ${label}: warming up`);
+    const warmUp = WARM_UP_CALLS * urls.length;
+    const warmCreated: Created[] = [];
+    await closedLoop(take(warmUp), 600, async (pair) => void warmCreated.push(await createCall(pair)));
+    await closedLoop(warmCreated, 600, (connection) => transition("activate", connection));
+    await closedLoop(warmCreated, 600, check);
+    await closedLoop(warmCreated, 600, (connection) => transition("deactivate", connection));
+
+    options.progress(`  ${label}: CreateConnection`);
+    const created: Created[] = [];
+    const creatable = take(60_000);
+    const createsFrom = nowUs();
+    const creates = await withCpu(pids, () =>
+      closedLoop(creatable, options.seconds, async (pair) => {
+        created.push(await createCall(pair));
+      }),
+    );
+    const createsWindow = [createsFrom, nowUs()] as const;
+    used -= creatable.length - creates.done;
+
+    options.progress(`  ${label}: Activate, then Deactivate, what was created`);
+    const activationsFrom = nowUs();
+    const activations = await withCpu(pids, () =>
+      closedLoop(created, options.seconds, (connection) => transition("activate", connection)),
+    );
+    const activationsWindow = [activationsFrom, nowUs()] as const;
+    const active = created.slice(0, activations.done);
+
+    options.progress(`  ${label}: CheckConnection of the active ones`);
     // As many checks as the pool allows, over and over: a check changes nothing.
     const checkItems = Array.from({ length: 2_000_000 }, (_, index) => active[index % active.length] as Created);
     const checks = await withCpu(pids, () => closedLoop(checkItems, options.seconds, check));
@@ -355,28 +470,18 @@ async function measure(
       closedLoop(active, options.seconds, (connection) => transition("deactivate", connection)),
     );
     const transitionWindows = [activationsWindow, [deactivationsFrom, nowUs()] as const];
-    const done = activations.done + deactivations.done;
-    const transitions: PhaseResult = {
-      done,
-      seconds: activations.seconds + deactivations.seconds,
-      perSecond: done / (activations.seconds + deactivations.seconds),
-      p99Ms: Math.max(activations.p99Ms, deactivations.p99Ms),
-      cpuUsPerCall:
-        ((activations.cpuUsPerCall ?? Number.NaN) * activations.done +
-          (deactivations.cpuUsPerCall ?? Number.NaN) * deactivations.done) /
-        done,
-    };
+    const transitions = together(activations, deactivations);
 
     options.progress(`  ${label}: CreateConnection at half that rate, on a schedule`);
-    const halfLoad = await openLoop(
-      take(Math.ceil(creates.perSecond * options.seconds)),
-      creates.perSecond / 2,
-      options.seconds,
-      async (pair) => void (await createCall(pair)),
+    const halfRate = HALF_LOAD_RATE ?? creates.perSecond / 2;
+    const halfLoad = await withCpu(pids, () =>
+      openLoop(take(Math.ceil(halfRate * options.seconds)), halfRate, options.seconds, async (pair) => {
+        await createCall(pair);
+      }),
     );
     const failures = Object.entries(client.errors.counts);
     if (failures.length > 0) throw new Error(`${label}: transport failures ${JSON.stringify(failures)}`);
-    return { creates, transitions, checks, halfLoad, createsWindow, transitionWindows };
+    return { idle, creates, transitions, checks, halfLoad, createsWindow, transitionWindows };
   } finally {
     client.close();
   }
@@ -463,13 +568,19 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
   } else if (options.deployments.has("postgres") && options.postgresAdminUrl !== undefined) {
     const url = await postgresDatabase(options.postgresAdminUrl);
     // The first replica migrates; the others start on the migrated database.
-    await deploy("postgres", `PostgreSQL, ${POSTGRES_REPLICAS} replicas`, GOALS.postgresCreates, async () => {
-      const first = await start("postgres", url);
-      const rest = await Promise.all(
-        Array.from({ length: POSTGRES_REPLICAS - 1 }, (_, index) => start(`postgres-${index + 1}`, url)),
-      );
-      return [first, ...rest];
-    });
+    const replicas = options.postgresReplicas;
+    await deploy(
+      "postgres",
+      `PostgreSQL, ${replicas} replica${replicas === 1 ? "" : "s"}`,
+      GOALS.postgresCreates,
+      async () => {
+        const first = await start("postgres", url);
+        const rest = await Promise.all(
+          Array.from({ length: replicas - 1 }, (_, index) => start(`postgres-${index + 1}`, url)),
+        );
+        return [first, ...rest];
+      },
+    );
   }
   print(figures, options);
 }
@@ -526,6 +637,45 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
         `${met(figure.halfLoad.p99Ms <= GOALS.p99HalfLoadMs)}`,
     );
   }
+  log();
+  log(
+    "Where the CPU went, in microseconds per call: each replica (from /proc), the bench's own process (the " +
+      "client), PostgreSQL (every process of the server, background ones included) and the whole machine; the " +
+      "replicas' read and write system calls and event-loop wake-ups (voluntary context switches) per call; idle: " +
+      `each replica's CPU over ${IDLE_SECONDS} s before the first call, in % of a core`,
+  );
+  const list = (values: readonly number[]) => values.map(count).join(" + ");
+  table(
+    [
+      "deployment",
+      "phase",
+      "replicas",
+      "client",
+      "PostgreSQL",
+      "machine",
+      "reads",
+      "writes",
+      "wake-ups",
+      "replicas idle",
+    ],
+    figures.flatMap((figure) =>
+      (["creates", "transitions", "checks", "halfLoad"] as const).map((phase) => {
+        const split = figure[phase].cpuSplit;
+        return [
+          figure.label,
+          phase === "halfLoad" ? `creates at ${count(figure.halfLoad.perSecond)}/s` : phase,
+          split === undefined ? "" : list(split.replicas),
+          split === undefined ? "" : count(split.client),
+          split === undefined ? "" : count(split.database),
+          split === undefined ? "" : count(split.machine),
+          split === undefined ? "" : split.reads.toFixed(1),
+          split === undefined ? "" : split.writes.toFixed(1),
+          split === undefined ? "" : split.wakeUps.toFixed(1),
+          figure.idle.map((value) => `${value.toFixed(1)}%`).join(" "),
+        ];
+      }),
+    ),
+  );
   for (const figure of figures) {
     for (const [phase, lines] of Object.entries(figure.profiles)) {
       if (lines.length === 0) continue;

@@ -339,7 +339,17 @@ export function binaryDecoderFor(schema: DescMessage): (bytes: Uint8Array) => Me
   return BINARY_DECODERS.get(schema.typeName) ?? ((bytes) => fromBinary(schema, bytes));
 }
 
+/** Responses encoded before they were sent (an idempotent write saves its answer's bytes), by message. */
+const ENCODED = new WeakMap<Message, Uint8Array>();
+
+/** toBinary, remembered for `message`: when it is then sent, these bytes go out and it is not encoded again. */
+export function encodeForSending(schema: DescMessage, message: Message): Uint8Array {
+  const bytes = toBinary(schema, message);
+  ENCODED.set(message, bytes);
+  return bytes;
+}
+
 /** How the gRPC fast path encodes a response of `schema`. */
 export function binaryEncoderFor(schema: DescMessage): (message: Message) => Uint8Array {
-  return BINARY_ENCODERS.get(schema.typeName) ?? ((message) => toBinary(schema, message));
+  return BINARY_ENCODERS.get(schema.typeName) ?? ((message) => ENCODED.get(message) ?? toBinary(schema, message));
 }

@@ -18,6 +18,7 @@ import { Code } from "@connectrpc/connect";
 import { type ErrorReason, invalidArgument, ServiceError } from "../app/errors.js";
 import type { Idempotency, IdempotencyKey } from "../app/idempotency.js";
 import { AlreadyExistsError, type IdempotencyRecord } from "../store/store.js";
+import { encodeForSending } from "./check-encoding.js";
 import { toRpcStatus } from "./status.js";
 
 const MAX_REQUEST_ID_LENGTH = 128;
@@ -73,11 +74,12 @@ export class IdempotentWrites {
     const key: IdempotencyKey = { scope, requestId, method: method.name, fingerprint: fingerprintOf(method, request) };
     return this.idempotency.exclusive(key, async () => {
       try {
-        // The response saved with the write is the one returned: made once, and the same bytes.
+        // The response saved with the write is the one returned: made once, encoded once, and the
+        // bytes saved are the bytes sent.
         let answered: { readonly result: R; readonly response: MessageShape<O> } | undefined;
         const result = await write((made) => {
           answered = { result: made, response: respond(made) };
-          return this.idempotency.record(key, { response: toBinary(method.output, answered.response) });
+          return this.idempotency.record(key, { response: encodeForSending(method.output, answered.response) });
         });
         return answered?.result === result ? answered.response : respond(result);
       } catch (error) {

@@ -3,14 +3,14 @@
 //
 // The watch is on each file's directory, not on the file: editors and Kubernetes replace a file
 // by renaming another onto it (a secret volume swaps its `..data` symlink), which ends a watch on
-// the old inode. Events are debounced, and a source is re-read only when the bytes of its files
-// differ from what was last read, so unrelated churn in the directory costs one small read. A
+// the old inode. Events on other files of the directory are passed over, the rest are debounced,
+// and a source is re-read only when the bytes of its files differ from what was last read. A
 // file that does not parse or validate is refused with an error log and a counted failure; what
 // was in force stays in force.
 
 import { createHash } from "node:crypto";
 import { type FSWatcher, readFileSync, watch } from "node:fs";
-import { dirname } from "node:path";
+import { basename, dirname } from "node:path";
 import type { Logger } from "pino";
 
 /** Where reloads are reported, e.g. Prometheus. */
@@ -66,10 +66,17 @@ export class ConfigReloader {
 
   /** Watches the directories of every file added so far. */
   watch(): void {
-    const directories = new Set(this.#sources.flatMap((source) => source.paths.map((path) => dirname(path))));
-    for (const directory of directories) {
+    const namesByDirectory = new Map<string, Set<string>>();
+    for (const path of this.#sources.flatMap((source) => source.paths)) {
+      const names = namesByDirectory.get(dirname(path)) ?? new Set<string>();
+      names.add(basename(path));
+      namesByDirectory.set(dirname(path), names);
+    }
+    for (const [directory, names] of namesByDirectory) {
       try {
-        const watcher = watch(directory, { persistent: false }, () => this.#schedule());
+        const watcher = watch(directory, { persistent: false }, (_event, name) => {
+          if (concerns(name, names)) this.#schedule();
+        });
         watcher.on("error", (error) =>
           this.logger.warn(
             { err: error, directory },
@@ -129,6 +136,17 @@ export class ConfigReloader {
       "configuration reload refused; the previous configuration stays in force",
     );
   }
+}
+
+/**
+ * Whether a watch event on `name` may have changed one of `files`: the file itself, or an entry
+ * whose name starts with ".." (a Kubernetes volume swaps its `..data` symlink, through which the
+ * files point). Other files in the directory (say, logs written beside it) are passed over: each
+ * of their writes would otherwise restart the debounce, and a directory written to more often than
+ * DEBOUNCE_MS would never be read again. Without a name (some platforms), anything may have changed.
+ */
+function concerns(name: string | null, files: ReadonlySet<string>): boolean {
+  return name === null || files.has(name) || name.startsWith("..");
 }
 
 function digestOf(paths: readonly string[]): string {

@@ -1,7 +1,9 @@
 // Wakes this process's change-feed readers when another replica commits an event, and tells the
 // other replicas when this one did: a dedicated PostgreSQL connection (not one of the pool's, which
 // must stay free for RPCs) LISTENs on the feed's channel and sends the NOTIFY that announces this
-// process's commits. The NOTIFY goes out after the commit, at most one every ANNOUNCE_SPACING_MS
+// process's commits. It LISTENs only while this process has a reader (a watcher): a replica
+// without one would otherwise be woken by every other replica's NOTIFY for nothing (under writes
+// spread over three replicas, about as many wake-ups as its own calls made). The NOTIFY goes out after the commit, at most one every ANNOUNCE_SPACING_MS
 // (the first at once, the next for every write committed since): inside the writing transaction it
 // would make every commit of every replica queue for PostgreSQL's notify lock, and one per write
 // cost a replica under load about a third as much CPU as the writes' own statements (a send(2) of
@@ -32,17 +34,26 @@ export class FeedListener {
   /** Runs until the next NOTIFY may go out. */
   #spacing: NodeJS.Timeout | undefined;
   #connecting = false;
+  /** What PostgreSQL was last told for this connection: LISTEN (true) or UNLISTEN. */
+  #listening = false;
 
   constructor(
     private readonly url: string,
     private readonly logger: Logger | undefined,
   ) {}
 
-  /** Calls `listener` on every notification and after every (re)connection. */
+  /**
+   * Calls `listener` on every notification, after every (re)connection and once the LISTEN it
+   * needed is in force (what committed before that is then read).
+   */
   subscribe(listener: () => void): () => void {
     this.#listeners.add(listener);
     if (this.#client === undefined && this.#retryTimer === undefined && !this.#connecting) void this.#connect();
-    return () => this.#listeners.delete(listener);
+    else this.#listenWhileSubscribed();
+    return () => {
+      this.#listeners.delete(listener);
+      this.#listenWhileSubscribed();
+    };
   }
 
   /** Tells every replica that this process committed a write (coalesced; connects if need be). */
@@ -77,9 +88,9 @@ export class FeedListener {
       });
   }
 
-  /** True while the LISTEN connection is up (for tests and health of the feed). */
+  /** True while the connection is up and LISTENs (for tests). */
   get listening(): boolean {
-    return this.#client !== undefined;
+    return this.#client !== undefined && this.#listening;
   }
 
   /** Drops the connection as if the network had failed (tests); it reconnects with backoff. */
@@ -135,7 +146,6 @@ export class FeedListener {
     });
     try {
       await client.connect();
-      await client.query(`listen ${FEED_CHANNEL}`);
     } catch (error) {
       fail(error);
       return;
@@ -145,11 +155,27 @@ export class FeedListener {
       return;
     }
     this.#client = client;
+    this.#listening = false;
     this.#retryMs = FIRST_RETRY_MS;
-    // Anything committed while no one listened is read now rather than at the next poll, and
-    // announced if it was committed here.
-    this.#wake();
+    // LISTEN (when there is a reader) goes before the NOTIFY on the connection; then anything
+    // committed while no one listened is read, and announced if it was committed here.
+    this.#listenWhileSubscribed();
     this.#sendAnnouncement();
+  }
+
+  /** LISTENs while there is a listener, UNLISTENs when the last has gone (queued in order on the connection). */
+  #listenWhileSubscribed(): void {
+    const client = this.#client;
+    const wanted = this.#listeners.size > 0;
+    if (client === undefined || wanted === this.#listening) return;
+    this.#listening = wanted;
+    // A failure here is the connection's ('error' or 'end' reconnects, and LISTENs again).
+    client.query(`${wanted ? "listen" : "unlisten"} ${FEED_CHANNEL}`).then(
+      () => {
+        if (wanted && this.#client === client) this.#wake();
+      },
+      () => undefined,
+    );
   }
 
   #wake(): void {

@@ -1,6 +1,6 @@
 // The NOTIFY that tells other replicas of this one's commits: a burst of writes is told in few
 // notifications, and the last write of a burst is always told, also when it came while a NOTIFY was
-// on its way or had just been sent.
+// on its way or had just been sent. And the LISTEN: only while the process has a reader.
 
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
@@ -46,6 +46,12 @@ describePostgres("FeedListener's announcements", () => {
       check();
     });
 
+  /** Waits (up to 5 s) until `condition` holds. */
+  const until = async (condition: () => boolean) => {
+    for (let waited = 0; waited < 5_000 && !condition(); waited += 10)
+      await new Promise((resolve) => setTimeout(resolve, 10));
+  };
+
   /** Lets every NOTIFY that is due go out and arrive (a SELECT on the same connection follows them). */
   const settled = async () => {
     await new Promise((resolve) => setTimeout(resolve, ANNOUNCE_SPACING_MS * 4));
@@ -76,5 +82,36 @@ describePostgres("FeedListener's announcements", () => {
     announcer.announce();
     await notifications(before + 3);
     expect(received.length).toBe(before + 3);
+  });
+
+  it("LISTENs only while it has a listener, and wakes it once the LISTEN is in force", async () => {
+    const replica = new FeedListener(database.url, undefined);
+    try {
+      // Writes alone connect it (to NOTIFY), but a replica without a reader is not woken by others' writes.
+      const before = received.length;
+      replica.announce();
+      await until(() => received.length > before);
+      expect(received.length).toBeGreaterThan(before);
+      expect(replica.listening).toBe(false);
+
+      let wakes = 0;
+      const unsubscribe = replica.subscribe(() => wakes++);
+      await until(() => wakes > 0);
+      expect(replica.listening).toBe(true);
+      const woken = wakes;
+      await other.query(`notify ${FEED_CHANNEL}`);
+      await until(() => wakes > woken);
+      expect(wakes).toBeGreaterThan(woken);
+
+      unsubscribe();
+      expect(replica.listening).toBe(false);
+      // A new reader gets the LISTEN back, and is woken once it is in force.
+      let later = 0;
+      replica.subscribe(() => later++);
+      await until(() => later > 0);
+      expect(replica.listening).toBe(true);
+    } finally {
+      await replica.close();
+    }
   });
 });
