@@ -12,7 +12,7 @@
 // its own. PostgreSQL groups concurrent commits by itself; there a write that is one statement is
 // sent with its BEGIN and COMMIT in one go (writeStatement).
 
-import { setTimeout as sleep } from "node:timers/promises";
+import { setImmediate as nextTurn, setTimeout as sleep } from "node:timers/promises";
 import { CompiledQuery, type Kysely, type QueryResult } from "kysely";
 import { classifyError, translateError } from "./errors.js";
 import type { StorePool } from "./pg-pool.js";
@@ -174,8 +174,12 @@ class GroupCommit {
           .then(() => true, rejectQueued);
         if (!checkpointed) continue;
       }
-      // The group is taken once the connection is ours: writes that arrived while the previous
-      // group (or a read) held it join this one.
+      // The group is taken on the next turn of the event loop, once the connection is ours: the
+      // writes read from every socket in this turn join it, and those that arrived while the
+      // previous group (or a read) held the connection. Taken at once, it would hold only the
+      // writes of the one socket callback that started it (node runs the promises after each I/O
+      // callback): groups of a few writes, about 1.5x the CPU per write (docs/performance.md).
+      await nextTurn();
       await this.#db
         .connection()
         .execute((connection) => this.#commitGroup(connection, this.#queue.splice(0, MAX_GROUP)))

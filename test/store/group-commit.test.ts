@@ -73,6 +73,22 @@ describe("SQLite group commit", () => {
     expect((await store.listEvents({ connectionId: first.id, after: undefined, limit: 10 })).items).toHaveLength(1);
   });
 
+  it("groups the writes that arrive in separate callbacks of one turn of the event loop", async () => {
+    const source = await newOrganization(store);
+    const destinations = await Promise.all(Array.from({ length: 5 }, () => newOrganization(store)));
+    const connections = destinations.map((destination) => connectionRecord(source, destination));
+    const before = commits;
+    // As requests read from several sockets arrive: one I/O callback each, promises run after each.
+    const written = connections.map(
+      (connection) =>
+        new Promise<void>((resolve, reject) =>
+          setImmediate(() => store.createConnection(connection, createdEvent(connection)).then(resolve, reject)),
+        ),
+    );
+    await Promise.all(written);
+    expect(commits - before).toBe(1);
+  });
+
   it("does not commit a write cut short after its savepoint, while a later write of its group ran", async () => {
     const connection = connectionRecord(await newOrganization(store), await newOrganization(store));
     await store.createConnection(connection, createdEvent(connection));
