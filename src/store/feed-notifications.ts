@@ -3,11 +3,12 @@
 // must stay free for RPCs) LISTENs on the feed's channel and sends the NOTIFY that announces this
 // process's commits. It LISTENs only while this process has a reader (a watcher): a replica
 // without one would otherwise be woken by every other replica's NOTIFY for nothing (under writes
-// spread over three replicas, about as many wake-ups as its own calls made). The NOTIFY goes out after the commit, at most one every ANNOUNCE_SPACING_MS
-// (the first at once, the next for every write committed since): inside the writing transaction it
-// would make every commit of every replica queue for PostgreSQL's notify lock, and one per write
-// cost a replica under load about a third as much CPU as the writes' own statements (a send(2) of
-// its own, a read at every replica, a transaction at the server). Notifications are a latency hint,
+// spread over three replicas, about as many wake-ups as its own calls made). The NOTIFY goes out
+// after the commit, at most one every ANNOUNCE_SPACING_MS (the first at once, the next for every
+// write committed since): inside the writing transaction it would make every commit of every
+// replica queue for PostgreSQL's notify lock, and one per write cost a replica under load about a
+// third as much CPU as the writes' own statements (a send(2) of its own, a read at every replica,
+// a transaction at the server). Notifications are a latency hint,
 // never the source of truth: one lost while the connection was down only delays delivery until the
 // feed's next periodic poll, and every (re)connection wakes the readers so that they look at once.
 
