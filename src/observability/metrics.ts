@@ -187,28 +187,18 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, 
     })
       .labels(packageVersion(), process.version)
       .set(1);
-    const portRefusals = this.portRefusals;
-    const readsHeld = this.readsHeldByCaller;
-    new Counter({
-      name: "connections_port_reads_held_total",
-      help: "Turns of the event loop in which a caller's connections stopped reading because its calls read in that turn reached its share (admission control on; docs/API.md).",
-      labelNames: ["caller"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const [caller, count] of readsHeld) this.labels(caller).inc(count);
-      },
-    });
-    new Counter({
-      name: "connections_port_refusals_total",
-      help: "Requests and connections the port turned away before the pipeline ran, by reason (docs/operations.md).",
-      labelNames: ["reason"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const [reason, count] of portRefusals) this.labels(reason).inc(count);
-      },
-    });
+    this.countsCounter(
+      "connections_port_reads_held_total",
+      "Turns of the event loop in which a caller's connections stopped reading because its calls read in that turn reached its share (admission control on; docs/API.md).",
+      "caller",
+      this.readsHeldByCaller,
+    );
+    this.countsCounter(
+      "connections_port_refusals_total",
+      "Requests and connections the port turned away before the pipeline ran, by reason (docs/operations.md).",
+      "reason",
+      this.portRefusals,
+    );
     this.idempotencyReplays = new Counter({
       name: "connections_idempotency_replays_total",
       help: "Writes answered from the record of an earlier call with the same request_id (retries), by method.",
@@ -335,6 +325,20 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, 
       this.admissionRefusals.set(caller, byReason);
     }
     byReason.set(reason, (byReason.get(reason) ?? 0) + 1);
+  }
+
+  /** A counter of one label whose values are the plain counts in `counts`, read when scraped. */
+  private countsCounter(name: string, help: string, label: string, counts: ReadonlyMap<string, number>): void {
+    new Counter({
+      name,
+      help,
+      labelNames: [label],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [value, count] of counts) this.labels(value).inc(count);
+      },
+    });
   }
 
   readsHeld(caller: string): void {
