@@ -19,22 +19,16 @@ let taken = ENTROPY_BYTES;
 const ORDERED_DIGITS = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
 /** Eight such digits hold 48 bits of milliseconds since 1970, enough until the year 10889. */
 const TIME_DIGITS = 8;
-let lastMs = Number.NaN;
-let lastTime = "";
 
-/** `ms` as TIME_DIGITS ordered digits; the same millisecond's is reused. */
+/** `ms` as TIME_DIGITS ordered digits. */
 function timeDigits(ms: number): string {
-  if (ms !== lastMs) {
-    let rest = ms;
-    let digits = "";
-    for (let place = 0; place < TIME_DIGITS; place++) {
-      digits = ORDERED_DIGITS.charAt(rest % 64) + digits;
-      rest = Math.floor(rest / 64);
-    }
-    lastMs = ms;
-    lastTime = digits;
+  let rest = ms;
+  let digits = "";
+  for (let place = 0; place < TIME_DIGITS; place++) {
+    digits = ORDERED_DIGITS.charAt(rest % 64) + digits;
+    rest = Math.floor(rest / 64);
   }
-  return lastTime;
+  return digits;
 }
 
 /** A prefixed id, URL-safe: the time, then random bytes used once, never shared. */
