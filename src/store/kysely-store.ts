@@ -389,7 +389,7 @@ export class KyselyStore implements Store {
     const row = await this.#transactions.read(() =>
       this.#db
         .selectFrom("idempotency_records")
-        .selectAll()
+        .select(IDEMPOTENCY_COLUMNS)
         .where("scope", "=", scope)
         .where("request_id", "=", requestId)
         .executeTakeFirst(),
@@ -462,12 +462,13 @@ export class KyselyStore implements Store {
   async readFeed(query: FeedQuery): Promise<FeedEntry[]> {
     const feed = FEED[this.#dialect];
     const rows = await this.#transactions.read(() => {
-      // Every event column that ListConnectionEvents reads (toEvent), whatever migrations add.
+      // Named columns, not `*`: a prepared statement whose `*` a migration widens fails with
+      // "cached plan must not change result type" (pg-pool.ts).
       let select = this.#db
         .selectFrom("connection_events")
         .innerJoin("connections", "connections.id", "connection_events.connection_id")
-        .selectAll("connection_events")
-        .select(feed.transaction)
+        .select(EVENT_COLUMNS.map((column) => `connection_events.${column}` as const))
+        .select(["connection_events.feed_position", feed.transaction])
         .where(feed.visible)
         .select([
           "connections.source_organization_id as feed_source_organization_id",
