@@ -38,7 +38,8 @@ export async function openPostgres(url: string, options: OpenStoreOptions): Prom
   const connection = pgConnection(url);
   // Migrations may wait on replicas that migrate first: no client-side timeout on their connection.
   if (options.migrate ?? true) await migratePostgres(options.migrationUrl ?? url, options);
-  const feedListener = await feedListenerFor(url, options);
+  const pooled = await throughPooler(url);
+  const feedListener = feedListenerFor(url, pooled, options);
   const pool = new pg.Pool({
     ...connection,
     max: poolSize,
@@ -59,6 +60,7 @@ export async function openPostgres(url: string, options: OpenStoreOptions): Prom
   const storePool = new StorePool(pool, poolSize, {
     connection,
     statementTimeoutMs,
+    namedStatements: !pooled,
     onReachability(reachable, cause) {
       if (reachable) options.logger?.info("PostgreSQL answers again: serving calls");
       else
@@ -83,9 +85,9 @@ export async function openPostgres(url: string, options: OpenStoreOptions): Prom
  * directly; none (the feed polls) when DATABASE_URL goes through a pooler, where LISTEN runs on one
  * server connection and is then lost to whichever client gets it next.
  */
-async function feedListenerFor(url: string, options: OpenStoreOptions): Promise<FeedListener | undefined> {
+function feedListenerFor(url: string, pooled: boolean, options: OpenStoreOptions): FeedListener | undefined {
   if (options.listenUrl !== undefined) return new FeedListener(options.listenUrl, options.logger);
-  if (!(await throughPooler(url))) return new FeedListener(url, options.logger);
+  if (!pooled) return new FeedListener(url, options.logger);
   options.logger?.warn(
     "DATABASE_URL reaches PostgreSQL through a connection pooler (PgBouncer?), where LISTEN does not work: the " +
       "change feed only polls (every WATCH_POLL_INTERVAL_MS), so events committed on other replicas reach " +
