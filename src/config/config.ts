@@ -208,7 +208,7 @@ type IntegerReader = (name: string, fallback: number, min: number, max: number) 
 
 function admissionSettings(integer: IntegerReader): AdmissionSettings | undefined {
   const defaults = DEFAULT_ADMISSION_SETTINGS;
-  const maxInFlight = integer("ADMISSION_MAX_IN_FLIGHT", 0, 0, 1_000_000);
+  const maxInFlight = integer("ADMISSION_MAX_IN_FLIGHT", defaults.maxInFlight, 0, 1_000_000);
   const settings: AdmissionSettings = {
     maxInFlight,
     minInFlight: integer("ADMISSION_MIN_IN_FLIGHT", defaults.minInFlight, 1, 1_000_000),
