@@ -152,9 +152,21 @@ describe("admission control: a burst beyond the limit waits for room", () => {
         { headers: provisioning },
       );
       expect(created.ok).toBe(true);
-      const gateway = { ...bearer("dev-api-gateway"), ...actingFor };
-      const calls = Array.from({ length: 650 }, () =>
-        client.call(ConnectionService.method.getConnection, { id: HOLD_ID }, { headers: gateway, timeoutMs: 120_000 }),
+      const dashboardBurst = { ...bearer("dev-dashboard-bff"), ...actingFor };
+      // 600 reads held at work, and among them 50 writes: each waits its turn and is done once.
+      const activations = server.stubs.activations;
+      const calls = Array.from({ length: 650 }, (_, index) =>
+        index % 13 === 6
+          ? client.call(
+              ConnectionService.method.activateConnection,
+              { id: "cxn_a" },
+              { headers: dashboardBurst, timeoutMs: 120_000 },
+            )
+          : client.call(
+              ConnectionService.method.getConnection,
+              { id: HOLD_ID },
+              { headers: dashboardBurst, timeoutMs: 120_000 },
+            ),
       );
       let settled = false;
       const all = Promise.all(calls).finally(() => {
@@ -170,9 +182,10 @@ describe("admission control: a burst beyond the limit waits for room", () => {
       const outcomes = await all;
       const failures = outcomes.filter((outcome) => !outcome.ok);
       expect(failures.map((failure) => !failure.ok && `${failure.code} ${failure.errorInfo?.reason}`)).toEqual([]);
+      expect(server.stubs.activations - activations).toBe(50);
       expect(mostAtWork).toBeGreaterThan(0);
       expect(mostAtWork).toBeLessThanOrEqual(controller.limit);
-      const waits = controller.snapshot().waitsByCaller.get("api-gateway");
+      const waits = controller.snapshot().waitsByCaller.get("dashboard-bff");
       expect(waits?.admitted, "calls that waited and were then admitted").toBeGreaterThan(0);
       expect(controller.snapshot().inFlight).toBe(0);
       expect(controller.snapshot().waitingByCaller).toEqual(new Map());
@@ -207,32 +220,35 @@ describe("admission control: a wait for room ends at the call's deadline", () =>
   });
 
   it.each(["grpc-js", "connect-node Connect JSON (HTTP/1.1)"] as const)(
-    "%s: a call that waits past its deadline is answered DEADLINE_EXCEEDED without reaching its handler",
+    "%s: a write that waits past its deadline is answered DEADLINE_EXCEEDED and never done",
     async (kind) => {
       const client = createTestClient(kind, server);
       const holder = createTestClient("grpc-js", server);
       try {
         const holding = Array.from({ length: controller.limit }, () =>
-          holder.call(ConnectionService.method.getConnection, { id: HOLD_ID }, { headers: tokenService }),
+          holder.call(ConnectionService.method.getConnection, { id: HOLD_ID }, { headers: dashboard }),
         );
         while (server.stubs.held < controller.limit) await new Promise((resolve) => setTimeout(resolve, 10));
         const handled = server.observed.length;
         // Ended by the service's sweep (expired) or by the client's own timer first (cancelled).
         const ended = () => {
-          const waits = controller.snapshot().waitsByCaller.get("token-service");
+          const waits = controller.snapshot().waitsByCaller.get("dashboard-bff");
           return (waits?.expired ?? 0) + (waits?.cancelled ?? 0);
         };
         const endedBefore = ended();
+        const activations = server.stubs.activations;
         const late = await client.call(
-          ConnectionService.method.getConnection,
+          ConnectionService.method.activateConnection,
           { id: "cxn_late" },
-          { headers: tokenService, timeoutMs: 300 },
+          { headers: dashboard, timeoutMs: 300 },
         );
         expect(late.ok).toBe(false);
         if (!late.ok) expect(late.code).toBe(Code.DeadlineExceeded);
         while (ended() === endedBefore) await new Promise((resolve) => setTimeout(resolve, 10));
         expect(controller.snapshot().waitingByCaller).toEqual(new Map());
-        expect(server.observed.length, "no call reached a handler").toBe(handled);
+        // The only trace of it is the refusal, if the service answered before the client gave up.
+        expect(server.observed.slice(handled).map((entry) => entry.code)).not.toContain(0);
+        expect(server.stubs.activations, "the write was never done").toBe(activations);
         let settled = false;
         const all = Promise.all(holding).finally(() => {
           settled = true;
