@@ -79,7 +79,7 @@ export class RpcPipeline {
    */
   private readonly rpcLog: Logger;
 
-  /** The one answer to every call that admission refuses, or whose wait for room ends before its deadline. */
+  /** The one answer to every call that admission refuses, or whose wait for room reached MAX_DEADLINE_MS. */
   readonly overloaded: RpcStatus;
 
   constructor(private readonly options: RpcPipelineOptions) {
