@@ -11,6 +11,7 @@ import {
   AdmissionTicket,
   BUSY,
 } from "../../src/api/rpc/admission.js";
+import { Metrics } from "../../src/observability/metrics.js";
 
 const SETTINGS: AdmissionSettings = {
   maxInFlight: 12,
@@ -276,5 +277,26 @@ describe("admission control: calls that wait for room", () => {
   it("refuses at once, as before, when no call may wait (maxQueued 0)", () => {
     const controller = new AdmissionController({ ...SETTINGS, maxQueued: 0 });
     expect(enterMany(controller, "api-gateway", 12).refusals).toEqual(["limit", "limit"]);
+  });
+});
+
+describe("admission control's metrics", () => {
+  it("count the calls waiting, how each wait ended and how long the admitted ones waited, and the refusals", async () => {
+    const controller = new AdmissionController({ ...SETTINGS, maxQueued: 2 });
+    const metrics = new Metrics(undefined);
+    metrics.watchAdmission(controller);
+    const { held, waiting, refusals } = enterMany(controller, "api-gateway", 13, 0);
+    for (const refusal of refusals) metrics.admissionRefused("api-gateway", refusal);
+    waiting[0]?.expire();
+    controller.admitWaiting(250);
+    expect(await metrics.registry.metrics()).toContain('connections_admission_waiting{caller="api-gateway"} 1');
+    held[0]?.release();
+    const scraped = await metrics.registry.metrics();
+    expect(scraped).not.toContain('connections_admission_waiting{caller="api-gateway"}');
+    expect(scraped).toContain('connections_admission_waits_total{caller="api-gateway",outcome="admitted"} 1');
+    expect(scraped).toContain('connections_admission_waits_total{caller="api-gateway",outcome="expired"} 1');
+    expect(scraped).toContain('connections_admission_waits_total{caller="api-gateway",outcome="cancelled"} 0');
+    expect(scraped).toContain('connections_admission_wait_seconds_total{caller="api-gateway"} 0.25');
+    expect(scraped).toContain('connections_admission_refused_total{caller="api-gateway",reason="limit"} 1');
   });
 });
