@@ -208,18 +208,14 @@ type IntegerReader = (name: string, fallback: number, min: number, max: number) 
 
 function admissionSettings(integer: IntegerReader): AdmissionSettings | undefined {
   const defaults = DEFAULT_ADMISSION_SETTINGS;
-  // Off unless set: against a storm that ignores grpc-retry-pushback-ms, other callers are answered
-  // (per-caller stream limits and read budgets) but their p99 is still hundreds of ms, and one
-  // client's burst beyond the adaptive limit is refused: gRPC C-core's 650 concurrent calls in the
-  // interop suite were, on a loaded machine (docs/performance.md, Overload).
-  // defaults.maxInFlight is the ceiling to start from when turning it on.
-  const maxInFlight = integer("ADMISSION_MAX_IN_FLIGHT", 0, 0, 1_000_000);
+  const maxInFlight = integer("ADMISSION_MAX_IN_FLIGHT", defaults.maxInFlight, 0, 1_000_000);
   const settings: AdmissionSettings = {
     maxInFlight,
     minInFlight: integer("ADMISSION_MIN_IN_FLIGHT", defaults.minInFlight, 1, 1_000_000),
     targetDelayMs: integer("ADMISSION_TARGET_DELAY_MS", defaults.targetDelayMs, 1, 60_000),
     callerIdleMs: integer("ADMISSION_CALLER_IDLE_MS", defaults.callerIdleMs, 10, 3_600_000),
     pushbackMs: integer("ADMISSION_PUSHBACK_MS", defaults.pushbackMs, 0, 600_000),
+    maxQueued: integer("ADMISSION_MAX_QUEUED", defaults.maxQueued, 0, 1_000_000),
   };
   return maxInFlight === 0 ? undefined : settings;
 }

@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
-import type { AdmissionController, AdmissionRefusal } from "../api/rpc/admission.js";
+import type { AdmissionController, AdmissionRefusal, WaitOutcome } from "../api/rpc/admission.js";
 import { codeName } from "../api/rpc/pipeline.js";
 import type { AdmissionObserver, RpcLabels, RpcObserver } from "../api/rpc/types.js";
 import type { FeedStats } from "../app/feed.js";
@@ -150,6 +150,8 @@ function histogramValues(figures: MethodFigures): MetricValue[] {
   values.push({ metricName: "connections_rpc_duration_seconds_count", labels: figures.labels, value: figures.count });
   return values;
 }
+
+const WAIT_OUTCOMES: readonly WaitOutcome[] = ["admitted", "expired", "cancelled"];
 
 export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, PortObserver {
   readonly registry = new Registry();
@@ -304,9 +306,42 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, 
         for (const [caller, count] of controller.snapshot().inFlightByCaller) this.labels(caller).set(count);
       },
     });
+    new Gauge({
+      name: "connections_admission_waiting",
+      help: "Unary calls waiting for room now (their bodies not read yet), by caller.",
+      labelNames: ["caller"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [caller, count] of controller.snapshot().waitingByCaller) this.labels(caller).set(count);
+      },
+    });
+    new Counter({
+      name: "connections_admission_waits_total",
+      help: "Unary calls that waited for room, by caller and how the wait ended (admitted; expired: the call's deadline came first; cancelled: the client went away).",
+      labelNames: ["caller", "outcome"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [caller, counts] of controller.snapshot().waitsByCaller) {
+          for (const outcome of WAIT_OUTCOMES) this.labels(caller, outcome).inc(counts[outcome]);
+        }
+      },
+    });
+    new Counter({
+      name: "connections_admission_wait_seconds_total",
+      help: 'Seconds that the calls admitted after a wait waited in all, by caller (over connections_admission_waits_total{outcome="admitted"}: the mean wait).',
+      labelNames: ["caller"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [caller, counts] of controller.snapshot().waitsByCaller)
+          this.labels(caller).inc(counts.admittedSeconds);
+      },
+    });
     new Counter({
       name: "connections_admission_refused_total",
-      help: "Calls refused with RESOURCE_EXHAUSTED OVERLOADED before any work, by caller and reason (limit: the replica was at its limit; share: the caller was over its fair share).",
+      help: "Calls refused with RESOURCE_EXHAUSTED OVERLOADED before any work, by caller and reason: no room, and the caller's queue of waiting calls was full (limit: the replica was at its limit; share: the caller was over its fair share).",
       labelNames: ["caller", "reason"],
       registers: [this.registry],
       collect() {

@@ -30,7 +30,7 @@ import { AdmissionTicket } from "../api/rpc/admission.js";
 import type { RpcPipeline } from "../api/rpc/pipeline.js";
 import type { RpcStatus } from "../api/status.js";
 import { respondTrailersOnly, trailersOnlyHeaders } from "./envelope.js";
-import type { ReadDeadlines, TransportLimits } from "./limits.js";
+import type { PendingRead, ReadDeadlines, TransportLimits } from "./limits.js";
 import {
   grpcStatusHeaders,
   labelsOf,
@@ -182,78 +182,101 @@ export class ConnectEdge {
       return;
     }
     const { timeoutMs, gzipped } = head;
-    // Admission control for the pipeline's unary RPCs, before any of the body is read.
-    const registered = this.options.pipeline.lookup(path);
-    let ticket: AdmissionTicket | undefined;
-    if (registered?.kind === "unary") {
-      const entered = this.options.pipeline.enter({
-        header: (name) => single(request.headers[name]),
-        peerSpiffeId: () => peerSpiffeIdOf(request.socket),
-      });
-      if (!(entered instanceof AdmissionTicket)) {
-        refused(new Refusal(entered.status), spoken);
-        return;
-      }
-      ticket = entered;
-      // Abandoned if the exchange ends before the pipeline ran the call (a refused body, a reset).
-      response.once("close", () => entered.abandon());
-    }
-
     const deadline = timeoutMs === undefined ? undefined : receivedAt + timeoutMs;
-    const bodyReadBy = receivedAt + this.options.limits.bodyReadTimeoutMs;
-    // A refusal found in the body is answered here at once, while the client may still be sending:
-    // connect-node would answer it too, but only finishes once the client has stopped sending.
-    let answeredHere = false;
-    const onRefusal = (refusal: Refusal) => {
-      if (response.headersSent) return; // a stream already under way: connect-node ends it
-      answeredHere = true;
-      refused(refusal, spoken);
-    };
-    const body = new CheckedBody(
-      request,
-      {
-        method: handler.method,
-        enveloped: spoken.name !== "connect" || spoken.connectStream,
-        binary: spoken.binary,
-        gzipped,
-        maxMessageBytes: this.options.maxRequestBytes,
-        // A streaming request (reflection) is read for as long as the stream lasts.
-        readBy:
-          handler.method.methodKind === "bidi_streaming"
-            ? Number.POSITIVE_INFINITY
-            : Math.min(deadline ?? Number.POSITIVE_INFINITY, bodyReadBy),
-        readByIsDeadline: deadline !== undefined && deadline <= bodyReadBy,
-        readTimeoutMs: this.options.limits.bodyReadTimeoutMs,
-      },
-      this.options.readDeadlines,
-      onRefusal,
-    );
-    const universal: UniversalServerRequest = {
-      httpVersion: request.httpVersion,
-      method: "POST",
-      // Built from the path alone: connect-node needs a URL, and nothing here needs the authority.
-      url: `http://localhost${url}`,
-      header: headersFor(request, spoken),
-      body,
-      signal: closeSignal(response),
-      contextValues: (this.options.contextValues?.(request) ?? createContextValues())
-        .set(REQUEST_DEADLINE, deadline)
-        .set(ADMISSION_TICKET, ticket),
-    };
-    handler(universal)
-      .then(async (answer) => {
-        if (!answeredHere) return universalResponseToNodeResponse(answer, response);
-        // Already answered: let connect-node's side of the call finish and let go of it.
-        await answer.body?.[Symbol.asyncIterator]().return?.();
-      })
-      .then(
-        () => {},
-        (error: unknown) => {
-          // The client went away, or the stream was reset: nothing is left to answer.
-          this.options.logger.debug({ err: error, method: labels.path }, "could not finish the answer");
-          abandon(request, response);
+
+    /** Hands the request to connect-node, its body checked as it is read. */
+    const handle = (ticket: AdmissionTicket | undefined) => {
+      // Counted from now: a call that waited for room was not read until now.
+      const bodyReadBy = Date.now() + this.options.limits.bodyReadTimeoutMs;
+      // A refusal found in the body is answered here at once, while the client may still be sending:
+      // connect-node would answer it too, but only finishes once the client has stopped sending.
+      let answeredHere = false;
+      const onRefusal = (refusal: Refusal) => {
+        if (response.headersSent) return; // a stream already under way: connect-node ends it
+        answeredHere = true;
+        refused(refusal, spoken);
+      };
+      const body = new CheckedBody(
+        request,
+        {
+          method: handler.method,
+          enveloped: spoken.name !== "connect" || spoken.connectStream,
+          binary: spoken.binary,
+          gzipped,
+          maxMessageBytes: this.options.maxRequestBytes,
+          // A streaming request (reflection) is read for as long as the stream lasts.
+          readBy:
+            handler.method.methodKind === "bidi_streaming"
+              ? Number.POSITIVE_INFINITY
+              : Math.min(deadline ?? Number.POSITIVE_INFINITY, bodyReadBy),
+          readByIsDeadline: deadline !== undefined && deadline <= bodyReadBy,
+          readTimeoutMs: this.options.limits.bodyReadTimeoutMs,
         },
+        this.options.readDeadlines,
+        onRefusal,
       );
+      const universal: UniversalServerRequest = {
+        httpVersion: request.httpVersion,
+        method: "POST",
+        // Built from the path alone: connect-node needs a URL, and nothing here needs the authority.
+        url: `http://localhost${url}`,
+        header: headersFor(request, spoken),
+        body,
+        signal: closeSignal(response),
+        contextValues: (this.options.contextValues?.(request) ?? createContextValues())
+          .set(REQUEST_DEADLINE, deadline)
+          .set(ADMISSION_TICKET, ticket),
+      };
+      handler(universal)
+        .then(async (answer) => {
+          if (!answeredHere) return universalResponseToNodeResponse(answer, response);
+          // Already answered: let connect-node's side of the call finish and let go of it.
+          await answer.body?.[Symbol.asyncIterator]().return?.();
+        })
+        .then(
+          () => {},
+          (error: unknown) => {
+            // The client went away, or the stream was reset: nothing is left to answer.
+            this.options.logger.debug({ err: error, method: labels.path }, "could not finish the answer");
+            abandon(request, response);
+          },
+        );
+    };
+
+    // Admission control for the pipeline's unary RPCs, before any of the body is read.
+    const pipeline = this.options.pipeline;
+    if (pipeline.lookup(path)?.kind !== "unary") {
+      handle(undefined);
+      return;
+    }
+    const ticket = pipeline.enter({
+      header: (name) => single(request.headers[name]),
+      peerSpiffeId: () => peerSpiffeIdOf(request.socket),
+    });
+    if (!(ticket instanceof AdmissionTicket)) {
+      refused(new Refusal(ticket.status), spoken);
+      return;
+    }
+    // Abandoned if the exchange ends before the pipeline ran the call (a refused body, a reset, the
+    // client gone while the call waited for room).
+    response.once("close", () => ticket.abandon());
+    // Nothing of the body is read while the call waits for room; the wait ends at its deadline.
+    const wait: PendingRead | undefined = ticket.waiting
+      ? {
+          readBy: pipeline.waitUntil(deadline),
+          expire(now) {
+            if (!ticket.waiting) return;
+            ticket.expire();
+            const deadlinePassed = deadline !== undefined && deadline <= now;
+            refused(deadlinePassed ? refuse.deadlinePassed() : new Refusal(pipeline.overloaded), spoken);
+          },
+        }
+      : undefined;
+    if (wait !== undefined) this.options.readDeadlines.add(wait);
+    ticket.whenAdmitted(() => {
+      if (wait !== undefined) this.options.readDeadlines.delete(wait);
+      handle(ticket);
+    });
   }
 }
 

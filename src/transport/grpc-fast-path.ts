@@ -89,13 +89,12 @@ export class GrpcFastPath {
       this.refuse(stream, headers, method, new Refusal(ticket.status), 0);
       return;
     }
-    call.admitted(ticket);
     (stream as CallStream)[CALL] = call;
-    stream.on("data", onRequestData);
-    stream.on("end", onRequestEnd);
     // Cancellation (lifecycle): a stream that closes before the answer (RST_STREAM from the
-    // client, a dropped connection, shutdown destroying the session) aborts the call's signal.
+    // client, a dropped connection, shutdown destroying the session) aborts the call's signal,
+    // and takes a call that waits for room out of its queue.
     stream.on("close", onStreamClose);
+    call.entered(ticket);
   }
 
   /** Answers without the pipeline, and stops the client from sending the rest of its request. */
@@ -138,7 +137,8 @@ function sendOkTrailers(this: ServerHttp2Stream): void {
 class UnaryCall implements RequestMeta, PendingRead {
   readonly protocol = "grpc";
   readonly deadline: number | undefined;
-  readonly readBy: number;
+  /** While the call waits for room, the end of its wait; then when its body must have arrived. */
+  readBy: number;
   private readonly receivedAt: number;
   /** Cancellation (lifecycle): told when the stream closes before the call is answered. */
   private clientGone: (() => void) | undefined;
@@ -167,16 +167,32 @@ class UnaryCall implements RequestMeta, PendingRead {
     // Counted from the stream's first byte, as the client counts it.
     const timeoutMs = parseGrpcTimeout(single(headers, "grpc-timeout"));
     this.deadline = timeoutMs === undefined ? undefined : this.receivedAt + timeoutMs;
-    this.readBy = Math.min(
-      this.deadline ?? Number.POSITIVE_INFINITY,
-      this.receivedAt + fastPath.limits.bodyReadTimeoutMs,
-    );
+    this.readBy = this.deadline ?? Number.POSITIVE_INFINITY;
   }
 
-  /** Past admission: the body is read from now on. */
-  admitted(ticket: AdmissionTicket): void {
+  /**
+   * Past admission: the body is read once the ticket holds a place. Until then the stream is not
+   * read (what arrives stays in its buffer, then in the client, by flow control) and the wait is
+   * ended at `waitUntil`.
+   */
+  entered(ticket: AdmissionTicket): void {
     this.ticket = ticket;
+    if (ticket.waiting) {
+      this.readBy = this.fastPath.pipeline.waitUntil(this.deadline);
+      this.fastPath.readDeadlines.add(this);
+    }
+    ticket.whenAdmitted(() => this.read());
+  }
+
+  /** Reads the body: it must have arrived within BODY_READ_TIMEOUT_MS from now (and the deadline). */
+  private read(): void {
+    this.readBy = Math.min(
+      this.deadline ?? Number.POSITIVE_INFINITY,
+      Date.now() + this.fastPath.limits.bodyReadTimeoutMs,
+    );
     this.fastPath.readDeadlines.add(this);
+    this.stream.on("data", onRequestData);
+    this.stream.on("end", onRequestEnd);
   }
 
   header(name: string): string | undefined {
@@ -210,14 +226,18 @@ class UnaryCall implements RequestMeta, PendingRead {
     }
   }
 
-  /** The body did not arrive in time: answered now, whatever the client is still sending. */
+  /** The wait for room, or then the body, did not end in time: answered now, whatever the client is still sending. */
   expire(now: number): void {
     // A stream that the client reset is gone: nothing to answer, and not a refusal.
     if (this.refused || this.stream.destroyed) return;
-    const expired =
-      this.deadline !== undefined && this.deadline <= now
-        ? refuse.deadlinePassed()
-        : refuse.bodyTooSlow(this.fastPath.limits.bodyReadTimeoutMs);
+    const deadlinePassed = this.deadline !== undefined && this.deadline <= now;
+    let expired: Refusal;
+    if (this.ticket?.waiting) {
+      this.ticket.expire();
+      expired = deadlinePassed ? refuse.deadlinePassed() : new Refusal(this.fastPath.pipeline.overloaded);
+    } else {
+      expired = deadlinePassed ? refuse.deadlinePassed() : refuse.bodyTooSlow(this.fastPath.limits.bodyReadTimeoutMs);
+    }
     this.refuseNow(expired);
   }
 

@@ -1,13 +1,17 @@
 // Admission control's decisions on figures alone: the limit, the fair shares between callers, the
-// adaptation to event-loop delay, and the tickets that hold a place. No server, no real clock.
+// adaptation to event-loop delay, the tickets that hold a place, and the calls that wait for one.
+// No server, no real clock.
 
 import { describe, expect, it } from "vitest";
+import type { CallerName } from "../../src/api/callers.js";
 import {
   AdmissionController,
   type AdmissionRefusal,
   type AdmissionSettings,
   AdmissionTicket,
+  BUSY,
 } from "../../src/api/rpc/admission.js";
+import { Metrics } from "../../src/observability/metrics.js";
 
 const SETTINGS: AdmissionSettings = {
   maxInFlight: 12,
@@ -15,6 +19,7 @@ const SETTINGS: AdmissionSettings = {
   targetDelayMs: 50,
   callerIdleMs: 1_000,
   pushbackMs: 100,
+  maxQueued: 3,
 };
 
 /** Admits `count` calls of `caller` at `now`: how many got in, and the refusals of the rest. */
@@ -137,7 +142,161 @@ describe("admission control", () => {
     expect(controller.snapshot().inFlight).toBe(0);
   });
 
+  it("leaves the limit alone when the loop's delay came with an idle loop (other processes' load), and shrinks it when the loop was busy", () => {
+    const controller = new AdmissionController(SETTINGS);
+    controller.adapt(500, 0.3);
+    expect(controller.limit).toBe(10);
+    controller.adapt(500, BUSY - 0.01);
+    expect(controller.limit).toBe(10);
+    controller.adapt(60, BUSY);
+    expect(controller.limit).toBe(8);
+  });
+
   it("refuses settings whose floor is above the ceiling", () => {
     expect(() => new AdmissionController({ ...SETTINGS, minInFlight: 13 })).toThrow(RangeError);
+  });
+});
+
+/** Enters `count` calls of `caller` at `now`: the tickets, and the refusals. */
+function enterMany(controller: AdmissionController, caller: CallerName, count: number, now = 0) {
+  const tickets: AdmissionTicket[] = [];
+  const refusals: AdmissionRefusal[] = [];
+  for (let index = 0; index < count; index++) {
+    const entered = controller.enter(caller, now);
+    if (entered instanceof AdmissionTicket) tickets.push(entered);
+    else refusals.push(entered);
+  }
+  return {
+    held: tickets.filter((ticket) => !ticket.waiting),
+    waiting: tickets.filter((ticket) => ticket.waiting),
+    refusals,
+  };
+}
+
+describe("admission control: calls that wait for room", () => {
+  it("makes a lone caller's burst beyond the limit wait, first in first admitted as its calls end, and refuses only past its queue", () => {
+    const controller = new AdmissionController(SETTINGS);
+    const { held, waiting, refusals } = enterMany(controller, "api-gateway", 14);
+    expect([held.length, waiting.length]).toEqual([10, 3]);
+    expect(refusals).toEqual(["limit"]);
+    const admitted: number[] = [];
+    for (const [index, ticket] of waiting.entries()) ticket.whenAdmitted(() => admitted.push(index));
+    expect(admitted).toEqual([]);
+    // A later call of the same caller waits behind the earlier ones, even when room was just made.
+    held[0]?.release();
+    expect(admitted).toEqual([0]);
+    held[1]?.release();
+    held[2]?.release();
+    expect(admitted).toEqual([0, 1, 2]);
+    expect(waiting.every((ticket) => !ticket.waiting)).toBe(true);
+    const snapshot = controller.snapshot();
+    expect(snapshot.inFlight).toBe(10);
+    expect(snapshot.waitingByCaller).toEqual(new Map());
+    expect(snapshot.waitsByCaller.get("api-gateway")).toMatchObject({ admitted: 3, expired: 0, cancelled: 0 });
+  });
+
+  it("keeps a newcomer's call ahead of a storm's queue, and gives the room the storm's calls leave to its own queue only within its share", () => {
+    const controller = new AdmissionController(SETTINGS);
+    const storm = enterMany(controller, "token-service", 20);
+    expect([storm.held.length, storm.waiting.length, storm.refusals.length]).toEqual([10, 3, 7]);
+    // The dashboard is owed half of the limit: admitted at once, whatever waits in the storm's queue.
+    expect(enterMany(controller, "dashboard-bff", 2, 1).held).toHaveLength(2);
+    const admitted: AdmissionTicket[] = [];
+    for (const ticket of storm.waiting) ticket.whenAdmitted(() => admitted.push(ticket));
+    // The storm's own calls end: its waiting calls get in only once it is back within what it may have
+    // (5, its share, while the dashboard is owed 3 more).
+    for (const ticket of storm.held.slice(0, 5)) ticket.release();
+    expect(admitted).toEqual([]);
+    storm.held[5]?.release();
+    expect(admitted).toEqual([storm.waiting[0]]);
+    expect(controller.snapshot().inFlightByCaller).toEqual(
+      new Map([
+        ["token-service", 5],
+        ["dashboard-bff", 2],
+      ]),
+    );
+  });
+
+  it("lets callers with waiting calls take turns at room that either may have", () => {
+    const controller = new AdmissionController(SETTINGS);
+    controller.adapt(60);
+    expect(controller.limit).toBe(8);
+    // Both active, a part of 4 each: two calls of each wait.
+    enterMany(controller, "api-gateway", 1);
+    enterMany(controller, "token-service", 1);
+    const waiting = [
+      ...enterMany(controller, "api-gateway", 5).waiting,
+      ...enterMany(controller, "token-service", 5).waiting,
+    ];
+    expect(waiting).toHaveLength(4);
+    const order: string[] = [];
+    for (const ticket of waiting) ticket.whenAdmitted(() => order.push(ticket.caller ?? ""));
+    // The limit grows back to 10: a part of 5 each, one more call for each caller.
+    controller.adapt(10);
+    controller.admitWaiting(0);
+    expect(order).toEqual(["api-gateway", "token-service"]);
+  });
+
+  it("takes a call out of its queue when the client goes away or its deadline comes, counting each, and the next in line moves up", () => {
+    const controller = new AdmissionController(SETTINGS);
+    const { held, waiting } = enterMany(controller, "api-gateway", 13);
+    const [cancelled, expired, last] = waiting;
+    cancelled?.abandon();
+    expired?.expire();
+    expect(controller.snapshot().waitingByCaller).toEqual(new Map([["api-gateway", 1]]));
+    let lastAdmitted = false;
+    last?.whenAdmitted(() => {
+      lastAdmitted = true;
+    });
+    held[0]?.release();
+    expect(lastAdmitted).toBe(true);
+    expect(controller.snapshot().waitsByCaller.get("api-gateway")).toMatchObject({
+      admitted: 1,
+      expired: 1,
+      cancelled: 1,
+    });
+    // Left or admitted, a ticket counts once.
+    last?.release();
+    last?.release();
+    expect(controller.snapshot().inFlight).toBe(9);
+  });
+
+  it("admits waiting calls when the limit grows or another caller goes idle", () => {
+    const controller = new AdmissionController(SETTINGS);
+    enterMany(controller, "dashboard-bff", 1).held[0]?.release();
+    // The dashboard idle but active: the gateway may have half of the limit; the rest of its burst waits.
+    const { held, waiting } = enterMany(controller, "api-gateway", 8, 10);
+    expect([held.length, waiting.length]).toEqual([5, 3]);
+    controller.admitWaiting(500);
+    expect(waiting.filter((ticket) => !ticket.waiting)).toHaveLength(0);
+    // ADMISSION_CALLER_IDLE_MS later the dashboard's part goes back to the gateway.
+    controller.admitWaiting(1_000);
+    expect(waiting.filter((ticket) => !ticket.waiting)).toHaveLength(3);
+  });
+
+  it("refuses at once, as before, when no call may wait (maxQueued 0)", () => {
+    const controller = new AdmissionController({ ...SETTINGS, maxQueued: 0 });
+    expect(enterMany(controller, "api-gateway", 12).refusals).toEqual(["limit", "limit"]);
+  });
+});
+
+describe("admission control's metrics", () => {
+  it("count the calls waiting, how each wait ended and how long the admitted ones waited, and the refusals", async () => {
+    const controller = new AdmissionController({ ...SETTINGS, maxQueued: 2 });
+    const metrics = new Metrics(undefined);
+    metrics.watchAdmission(controller);
+    const { held, waiting, refusals } = enterMany(controller, "api-gateway", 13, 0);
+    for (const refusal of refusals) metrics.admissionRefused("api-gateway", refusal);
+    waiting[0]?.expire();
+    controller.admitWaiting(250);
+    expect(await metrics.registry.metrics()).toContain('connections_admission_waiting{caller="api-gateway"} 1');
+    held[0]?.release();
+    const scraped = await metrics.registry.metrics();
+    expect(scraped).not.toContain('connections_admission_waiting{caller="api-gateway"}');
+    expect(scraped).toContain('connections_admission_waits_total{caller="api-gateway",outcome="admitted"} 1');
+    expect(scraped).toContain('connections_admission_waits_total{caller="api-gateway",outcome="expired"} 1');
+    expect(scraped).toContain('connections_admission_waits_total{caller="api-gateway",outcome="cancelled"} 0');
+    expect(scraped).toContain('connections_admission_wait_seconds_total{caller="api-gateway"} 0.25');
+    expect(scraped).toContain('connections_admission_refused_total{caller="api-gateway",reason="limit"} 1');
   });
 });

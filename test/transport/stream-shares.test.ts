@@ -12,7 +12,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { afterEach, describe, expect, it } from "vitest";
 import { ConnectionService, GetConnectionRequestSchema } from "../../gen/connections/v1/connection_service_pb.js";
-import { AdmissionController } from "../../src/api/rpc/admission.js";
+import { AdmissionController, DEFAULT_ADMISSION_SETTINGS } from "../../src/api/rpc/admission.js";
 import { FIRST_STREAMS } from "../../src/transport/stream-shares.js";
 import { H2FrameTap } from "../interop/h2-frame-tap.js";
 import { until } from "../support/until.js";
@@ -39,6 +39,7 @@ function controllerAt(limit: number): AdmissionController {
     targetDelayMs: 50,
     callerIdleMs: 600_000,
     pushbackMs: 100,
+    maxQueued: DEFAULT_ADMISSION_SETTINGS.maxQueued,
   });
   while (controller.limit > limit) controller.adapt(Number.POSITIVE_INFINITY);
   return controller;

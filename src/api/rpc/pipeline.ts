@@ -79,8 +79,8 @@ export class RpcPipeline {
    */
   private readonly rpcLog: Logger;
 
-  /** The one answer to every call that admission refuses. */
-  private readonly overloaded: RpcStatus;
+  /** The one answer to every call that admission refuses, or whose wait for room reached MAX_DEADLINE_MS. */
+  readonly overloaded: RpcStatus;
 
   constructor(private readonly options: RpcPipelineOptions) {
     this.rpcLog = options.logger.child({}, { redact: [] });
@@ -121,16 +121,27 @@ export class RpcPipeline {
    * Admission control for a unary call, before its body is read: authenticates the caller (once:
    * the ticket carries it on to `invoke`) and asks the limiter for room. Returns the ticket to pass
    * to `invoke` (the transport abandons it if the call ends before that), or the RESOURCE_EXHAUSTED
-   * OVERLOADED status to answer at once, without reading the body. Either names the caller.
+   * OVERLOADED status to answer at once, without reading the body. Either names the caller. A
+   * ticket that is `waiting` has no room yet: the transport reads the body once `whenAdmitted`
+   * says so, and ends the wait (`expire`) at `waitUntil`.
    */
   enter(meta: AdmissionMeta): AdmissionTicket | AdmissionRefused {
     const caller = this.authenticate(meta);
     const admission = this.options.admission;
     if (admission === undefined) return new AdmissionTicket(undefined, caller);
-    const refusal = admission.controller.tryAdmit(keyOf(caller), performance.now());
-    if (refusal === undefined) return new AdmissionTicket(admission.controller, caller);
-    admission.observer?.admissionRefused(keyOf(caller), refusal);
+    const entered = admission.controller.enter(caller, performance.now());
+    if (entered instanceof AdmissionTicket) return entered;
+    admission.observer?.admissionRefused(keyOf(caller), entered);
     return new AdmissionRefused(this.overloaded, caller);
+  }
+
+  /**
+   * Until when (epoch ms) a call that entered now may wait for room: its deadline, capped as every
+   * call's is. A wait that ends at the cap is answered OVERLOADED (nothing was done), at the
+   * client's own deadline DEADLINE_EXCEEDED.
+   */
+  waitUntil(deadline: number | undefined): number {
+    return Math.min(deadline ?? Number.POSITIVE_INFINITY, Date.now() + this.options.maxDeadlineMs);
   }
 
   /**
@@ -161,6 +172,11 @@ export class RpcPipeline {
     let result: RpcResult;
     try {
       if (!(ticket instanceof AdmissionTicket)) throw new RefusedError(ticket.status);
+      // A call entered here has been read already: it is not made to wait for room.
+      if (ticket.waiting) {
+        ticket.abandon();
+        throw new RefusedError(this.overloaded);
+      }
       ticket.claim();
       const work = this.authorizeAndHandle(method, request, meta, requestId, scope, ticket.caller);
       // The hold on the limit lasts as long as the work does, even when the call is answered
