@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
-import type { AdmissionController, AdmissionRefusal, WaitOutcome } from "../api/rpc/admission.js";
+import type { AdmissionController, AdmissionRefusal, AdmissionSnapshot, WaitOutcome } from "../api/rpc/admission.js";
 import { codeName } from "../api/rpc/pipeline.js";
 import type { AdmissionObserver, RpcLabels, RpcObserver } from "../api/rpc/types.js";
 import type { FeedStats } from "../app/feed.js";
@@ -296,26 +296,28 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, 
         this.set(controller.limit);
       },
     });
-    new Gauge({
-      name: "connections_admission_in_flight",
-      help: "Unary calls at work now, by caller.",
-      labelNames: ["caller"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const [caller, count] of controller.snapshot().inFlightByCaller) this.labels(caller).set(count);
-      },
-    });
-    new Gauge({
-      name: "connections_admission_waiting",
-      help: "Unary calls waiting for room now (their bodies not read yet), by caller.",
-      labelNames: ["caller"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const [caller, count] of controller.snapshot().waitingByCaller) this.labels(caller).set(count);
-      },
-    });
+    /** A gauge by caller, read from the controller's snapshot when scraped. */
+    const byCaller = (
+      name: string,
+      help: string,
+      counts: (snapshot: AdmissionSnapshot) => ReadonlyMap<string, number>,
+    ) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ["caller"],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const [caller, count] of counts(controller.snapshot())) this.labels(caller).set(count);
+        },
+      });
+    byCaller("connections_admission_in_flight", "Unary calls at work now, by caller.", (now) => now.inFlightByCaller);
+    byCaller(
+      "connections_admission_waiting",
+      "Unary calls waiting for room now (their bodies not read yet), by caller.",
+      (now) => now.waitingByCaller,
+    );
     new Counter({
       name: "connections_admission_waits_total",
       help: "Unary calls that waited for room, by caller and how the wait ended (admitted; expired: the call's deadline came first; cancelled: the client went away).",
