@@ -36,22 +36,27 @@ function expectOverloaded(outcome: Outcome<unknown>): void {
   expect(outcome.headers["grpc-retry-pushback-ms"]).toBe(String(PUSHBACK_MS));
 }
 
+/** A controller whose adaptive limit is brought down to `floor` under a higher ceiling: what a storm leaves. */
+function controllerAtFloor(floor: number, maxInFlight: number, maxQueued: number): AdmissionController {
+  const controller = new AdmissionController({
+    maxInFlight,
+    minInFlight: floor,
+    targetDelayMs: 50,
+    callerIdleMs: 60_000,
+    pushbackMs: PUSHBACK_MS,
+    maxQueued,
+  });
+  while (controller.limit > floor) controller.adapt(Number.POSITIVE_INFINITY);
+  return controller;
+}
+
 describe("admission control", () => {
   let server: TestServer;
   let controller: AdmissionController;
 
   beforeAll(async () => {
-    // The adaptive limit brought down to its floor, under a higher ceiling: what a storm leaves.
-    controller = new AdmissionController({
-      maxInFlight: LIMIT * 2,
-      minInFlight: LIMIT,
-      targetDelayMs: 50,
-      callerIdleMs: 60_000,
-      pushbackMs: PUSHBACK_MS,
-      // No queue: a call for which there is no room is refused at once.
-      maxQueued: 0,
-    });
-    while (controller.limit > LIMIT) controller.adapt(Number.POSITIVE_INFINITY);
+    // No queue: a call for which there is no room is refused at once.
+    controller = controllerAtFloor(LIMIT, LIMIT * 2, 0);
     server = await startTestServer({}, controller);
   });
 
@@ -117,15 +122,7 @@ describe("admission control: a burst beyond the limit waits for room", () => {
   beforeAll(async () => {
     // The adaptive limit at its floor, as a loaded machine or a storm leaves it, and the clock
     // that moves it running as in the service.
-    controller = new AdmissionController({
-      maxInFlight: 64,
-      minInFlight: FLOOR,
-      targetDelayMs: 50,
-      callerIdleMs: 60_000,
-      pushbackMs: PUSHBACK_MS,
-      maxQueued: 1000,
-    });
-    while (controller.limit > FLOOR) controller.adapt(Number.POSITIVE_INFINITY);
+    controller = controllerAtFloor(FLOOR, 64, 1000);
     server = await startTestServer({}, controller);
     stopClock = adaptToEventLoopDelay(controller);
   });
@@ -202,15 +199,7 @@ describe("admission control: a wait for room ends at the call's deadline", () =>
   let controller: AdmissionController;
 
   beforeAll(async () => {
-    controller = new AdmissionController({
-      maxInFlight: 64,
-      minInFlight: LIMIT_HERE,
-      targetDelayMs: 50,
-      callerIdleMs: 60_000,
-      pushbackMs: PUSHBACK_MS,
-      maxQueued: 1000,
-    });
-    while (controller.limit > LIMIT_HERE) controller.adapt(Number.POSITIVE_INFINITY);
+    controller = controllerAtFloor(LIMIT_HERE, 64, 1000);
     server = await startTestServer({}, controller);
   });
 
