@@ -212,9 +212,10 @@ export class StorePool {
     try {
       await this.#select1();
     } catch (first) {
-      // A probe connection the server ended (a restart, pg_terminate_backend) says nothing yet:
-      // ask once more on a new one before failing every call.
-      const retry = classifyError(first).kind === "connection_lost";
+      // A probe connection the server ended (a restart, pg_terminate_backend) says nothing yet, nor
+      // does one slow answer (a machine busy for a second): ask once more on a new connection
+      // before failing every call and cutting every query in flight.
+      const retry = classifyError(first).kind === "connection_lost" || suggestsUnreachable(first);
       try {
         if (!retry) throw first;
         await this.#select1();
@@ -240,7 +241,10 @@ export class StorePool {
         if (this.#closed) throw new UnavailableError();
       }
       const silent = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error("Query read timeout (probe)")), PROBE_TIMEOUT_MS);
+        // Timers run before the event loop reads its sockets: after a stall of this process (a
+        // long GC, a starved CPU) the timer would fire with the answer already waiting unread.
+        // setImmediate rejects only after the loop has read what arrived.
+        timer = setTimeout(() => setImmediate(() => reject(new Error("Query read timeout (probe)"))), PROBE_TIMEOUT_MS);
       });
       await Promise.race([client.query("select 1"), silent]);
     } catch (error) {
