@@ -85,7 +85,8 @@ class TrackedClient {
       // transaction isolation level ...` for writes): the simple protocol takes the timeout with it.
       if (TRANSACTION_START.test(text)) return await this.client.query(`${text}; ${this.owner.transactionTimeout}`);
       const name = values.length > 0 ? this.owner.statementName(text) : undefined;
-      return await this.client.query({ text, values: values as unknown[], ...(name === undefined ? {} : { name }) });
+      // Without a name (undefined), pg sends the statement unnamed: parsed each time.
+      return await this.client.query({ name, text, values: values as unknown[] });
     } catch (error) {
       const { kind } = classifyError(error);
       // A connection whose prepared statement went stale is dropped with it; a new one prepares afresh.
@@ -213,8 +214,8 @@ export class StorePool {
       await this.#select1();
     } catch (first) {
       // A probe connection the server ended (a restart, pg_terminate_backend) says nothing yet, nor
-      // does one slow answer (a machine busy for a second): ask once more on a new connection
-      // before failing every call and cutting every query in flight.
+      // does one slow answer (a machine busy for a second) or one refused connect: ask once more on
+      // a new connection before failing every call and cutting every query in flight.
       const retry = classifyError(first).kind === "connection_lost" || suggestsUnreachable(first);
       try {
         if (!retry) throw first;

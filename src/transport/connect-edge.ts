@@ -42,6 +42,7 @@ import {
   retryPushbackHeader,
   toConnectError,
   UNKNOWN_METHOD_LABELS,
+  waitEnded,
 } from "./refusals.js";
 import { CheckedBody } from "./request-body.js";
 import { peerSpiffeIdOf } from "./tls.js";
@@ -265,10 +266,7 @@ export class ConnectEdge {
       ? {
           readBy: pipeline.waitUntil(deadline),
           expire(now) {
-            if (!ticket.waiting) return;
-            ticket.expire();
-            const deadlinePassed = deadline !== undefined && deadline <= now;
-            refused(deadlinePassed ? refuse.deadlinePassed() : new Refusal(pipeline.overloaded), spoken);
+            if (ticket.waiting) refused(waitEnded(ticket, deadline, now, pipeline.overloaded), spoken);
           },
         }
       : undefined;

@@ -29,7 +29,7 @@ import {
   respondTrailersOnly,
 } from "./envelope.js";
 import type { PendingRead, ReadDeadlines, TransportLimits } from "./limits.js";
-import { type PortObserver, parseGrpcTimeout, Refusal, refuse } from "./refusals.js";
+import { type PortObserver, parseGrpcTimeout, Refusal, refuse, waitEnded } from "./refusals.js";
 import type { CallerStreamShares } from "./stream-shares.js";
 import { peerSpiffeIdOf } from "./tls.js";
 
@@ -230,15 +230,13 @@ class UnaryCall implements RequestMeta, PendingRead {
   expire(now: number): void {
     // A stream that the client reset is gone: nothing to answer, and not a refusal.
     if (this.refused || this.stream.destroyed) return;
-    const deadlinePassed = this.deadline !== undefined && this.deadline <= now;
-    let expired: Refusal;
     if (this.ticket?.waiting) {
-      this.ticket.expire();
-      expired = deadlinePassed ? refuse.deadlinePassed() : new Refusal(this.fastPath.pipeline.overloaded);
+      this.refuseNow(waitEnded(this.ticket, this.deadline, now, this.fastPath.pipeline.overloaded));
+    } else if (this.deadline !== undefined && this.deadline <= now) {
+      this.refuseNow(refuse.deadlinePassed());
     } else {
-      expired = deadlinePassed ? refuse.deadlinePassed() : refuse.bodyTooSlow(this.fastPath.limits.bodyReadTimeoutMs);
+      this.refuseNow(refuse.bodyTooSlow(this.fastPath.limits.bodyReadTimeoutMs));
     }
-    this.refuseNow(expired);
   }
 
   async complete(): Promise<void> {

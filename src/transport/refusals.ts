@@ -9,6 +9,7 @@ import { anyPack } from "@bufbuild/protobuf/wkt";
 import { type Code, ConnectError } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
+import type { AdmissionTicket } from "../api/rpc/admission.js";
 import type { RpcLabels } from "../api/rpc/types.js";
 import { errorInfoOf, type RpcStatus, toRpcStatus } from "../api/status.js";
 import { type ErrorReason, ServiceError } from "../app/errors.js";
@@ -58,6 +59,21 @@ export class Refusal extends Error {
     super(status.message);
     this.name = "Refusal";
   }
+}
+
+/**
+ * A call whose wait for room in admission control ended (`readBy` came) before it was admitted: it
+ * leaves its caller's queue, and nothing of it was done. DEADLINE_EXCEEDED when its own deadline
+ * passed, otherwise (the service's cap on every call) `overloaded`, the pipeline's refusal.
+ */
+export function waitEnded(
+  ticket: AdmissionTicket,
+  deadline: number | undefined,
+  now: number,
+  overloaded: RpcStatus,
+): Refusal {
+  ticket.expire();
+  return deadline !== undefined && deadline <= now ? refuse.deadlinePassed() : new Refusal(overloaded);
 }
 
 function refusal(portReason: PortRefusalReason, reason: ErrorReason, message: string): Refusal {
