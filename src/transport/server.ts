@@ -32,7 +32,7 @@ import { HealthController, routeHealth } from "./health.js";
 import { DEFAULT_TRANSPORT_LIMITS, ReadDeadlines, type TransportLimits } from "./limits.js";
 import { REFLECTION_SERVICES, ReflectionIndex, routeReflection } from "./reflection.js";
 import type { PortObserver, PortRefusalReason } from "./refusals.js";
-import { CallerStreamShares } from "./stream-shares.js";
+import { type CallerShares, CallerStreamShares } from "./stream-shares.js";
 import { createTlsTerminator, type TlsCredentials, type TlsTerminator, tlsContextValues } from "./tls.js";
 
 export interface ServeOptions {
@@ -52,11 +52,11 @@ export interface ServeOptions {
   /** Hears of every request and connection the port turns away. */
   readonly observer?: PortObserver;
   /**
-   * With admission control: each active caller's part of its limit now. A connection that carries
-   * one caller's calls is then held to that part, spread over the caller's connections, as its
-   * SETTINGS_MAX_CONCURRENT_STREAMS (stream-shares.ts).
+   * With admission control: each active caller's part of its limit now, and its backlog. A
+   * connection that carries one caller's calls is then held to that part, spread over the caller's
+   * connections, as its SETTINGS_MAX_CONCURRENT_STREAMS (stream-shares.ts).
    */
-  readonly callerShare?: () => number;
+  readonly callerShares?: CallerShares;
 }
 
 export interface RunningServer {
@@ -166,9 +166,9 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   });
   await health.start();
   const shares =
-    options.callerShare === undefined
+    options.callerShares === undefined
       ? undefined
-      : new CallerStreamShares(options.callerShare, limits.http2MaxConcurrentStreams, options.observer);
+      : new CallerStreamShares(options.callerShares, limits.http2MaxConcurrentStreams, options.observer);
   const fastPath = new GrpcFastPath(pipeline, options.maxRequestBytes, limits, readDeadlines, logger, {
     observer: options.observer,
     shares,

@@ -11,6 +11,14 @@
 // - once a gRPC unary call names its caller, the connection gets that caller's share of the
 //   admission limit spread over the caller's connections (at least one stream): a caller that
 //   opens 200 connections gets no more streams than one that opens one, beyond that one each;
+// - except that a caller whose calls are answered without waiting on I/O (cached checks: at work
+//   under a millisecond on average, and none waiting for room) gets at least BATCHED_STREAMS a
+//   connection. A call alone on its connection costs about twice the CPU of one of several (its
+//   own read, write and HTTP/2 bookkeeping), so a storm on 200 one-stream connections was served
+//   at 0.4x the rate of the same calls on 8 connections. Such calls never pile up at work, and
+//   the read budget below still bounds what one turn reads. A caller whose calls wait on the store
+//   keeps its share alone: more streams would pile its calls up in front of the store, ahead of
+//   every other caller's (docs/performance.md, Overload);
 // - a connection that carries more than one caller, a call that authenticates as nobody, or a
 //   pipeline stream whose caller the transport does not learn (Connect, gRPC-Web, the change feed)
 //   is mixed: a proxy's connection, never held for one of its callers, and it gets
@@ -38,10 +46,13 @@
 // make a storm of SETTINGS frames (nor of the refusals each lowering causes).
 
 import type { Http2Session } from "node:http2";
+import type { AdmissionController } from "../api/rpc/admission.js";
 import type { PortObserver } from "./refusals.js";
 
 /** What a connection may open before its first stream is seen. */
 export const FIRST_STREAMS = 4;
+/** What a connection of a caller whose calls are answered without waiting on I/O may carry at least. */
+export const BATCHED_STREAMS = 16;
 /** How often the held connections' limits follow the admission limit and the connections' count. */
 const RECOMPUTE_MS = 250;
 /** A recomputation lowers a connection's limit no sooner than this after its last SETTINGS. */
@@ -67,9 +78,24 @@ interface ReadingHandle {
   readStop(): number;
 }
 
+/** What admission control says of the callers, read at each recomputation. */
+export interface CallerShares {
+  /** Each active caller's part of the admission limit now. */
+  share(): number;
+  /** Whether a caller's calls are answered without waiting on I/O (admission's `quick`). */
+  quick(caller: string): boolean;
+}
+
+/** Admission control's view of the callers, as the stream limits read it. */
+export function callerSharesOf(admission: AdmissionController): CallerShares {
+  return { share: () => admission.share(performance.now()), quick: (caller) => admission.quick(caller) };
+}
+
 export class CallerStreamShares {
   private readonly sessions = new Map<Http2Session, Single | typeof MIXED>();
   private readonly byCaller = new Map<string, Set<Http2Session>>();
+  /** Callers whose calls are answered without waiting on I/O, as of the last recomputation. */
+  private readonly batched = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   /** Calls read in this turn of the event loop, by caller; forgotten when the loop turns. */
   private readonly readThisTurn = new Map<string, number>();
@@ -80,12 +106,12 @@ export class CallerStreamShares {
   private turnEnd: NodeJS.Immediate | undefined;
 
   /**
-   * @param share each active caller's part of the admission limit now
+   * @param callers each active caller's part of the admission limit, and whether its calls are quick
    * @param configured HTTP2_MAX_CONCURRENT_STREAMS: what a mixed or health-only connection gets, and
    *   the most a held one gets
    */
   constructor(
-    private readonly share: () => number,
+    private readonly callers: CallerShares,
     private readonly configured: number,
     private readonly observer?: PortObserver,
   ) {}
@@ -144,7 +170,7 @@ export class CallerStreamShares {
   private count(session: Http2Session, caller: string): void {
     const read = (this.readThisTurn.get(caller) ?? 0) + 1;
     this.readThisTurn.set(caller, read);
-    this.turnBudget ??= this.share();
+    this.turnBudget ??= this.callers.share();
     if (read < this.turnBudget) return;
     // Immediates run once this turn's reads are done: reading resumes with the next turn.
     this.turnEnd ??= setImmediate(() => this.resumeReading());
@@ -169,10 +195,11 @@ export class CallerStreamShares {
   }
 
   /** What a connection that carries one caller's calls, or none yet, may have open now. */
-  private limitOf(state: Single, share = this.share()): number {
+  private limitOf(state: Single, share = this.callers.share()): number {
     if (state.caller === undefined) return this.configured;
     const connections = this.byCaller.get(state.caller)?.size ?? 1;
-    const calls = Math.max(1, Math.floor(share / connections));
+    const least = this.batched.has(state.caller) ? BATCHED_STREAMS : 1;
+    const calls = Math.max(least, Math.floor(share / connections));
     return Math.min(this.configured, calls + state.beside);
   }
 
@@ -202,7 +229,10 @@ export class CallerStreamShares {
   private release(session: Http2Session, caller: string): void {
     const sessions = this.byCaller.get(caller);
     sessions?.delete(session);
-    if (sessions?.size === 0) this.byCaller.delete(caller);
+    if (sessions?.size === 0) {
+      this.byCaller.delete(caller);
+      this.batched.delete(caller);
+    }
   }
 
   private recompute(): void {
@@ -212,8 +242,10 @@ export class CallerStreamShares {
     }
     const now = performance.now();
     // Once per round: the share walks every caller admission knows.
-    const share = this.share();
-    for (const sessions of this.byCaller.values()) {
+    const share = this.callers.share();
+    for (const [caller, sessions] of this.byCaller) {
+      if (this.callers.quick(caller)) this.batched.add(caller);
+      else this.batched.delete(caller);
       for (const session of sessions) {
         const state = this.sessions.get(session);
         if (state === undefined || state === MIXED) continue;

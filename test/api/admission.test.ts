@@ -152,6 +152,38 @@ describe("admission control", () => {
     expect(controller.limit).toBe(8);
   });
 
+  it("calls a caller quick while its calls are at work under a millisecond on average and none of them waits for room", () => {
+    const controller = new AdmissionController(SETTINGS);
+    // One call at a time, each at work for `ms`.
+    const work = (caller: string, count: number, ms: number) => {
+      for (let index = 0; index < count; index++) {
+        expect(controller.tryAdmit(caller, 0)).toBeUndefined();
+        controller.release(caller, ms);
+      }
+    };
+    expect(controller.quick("token-service")).toBe(false);
+    work("token-service", 3, 0.05);
+    expect(controller.quick("token-service")).toBe(true);
+    // Two calls that wait 20 ms on the store move the average past a millisecond...
+    work("token-service", 2, 20);
+    expect(controller.quick("token-service")).toBe(false);
+    // ...and it takes a run of quick calls to bring it back, not one.
+    work("token-service", 1, 0.05);
+    expect(controller.quick("token-service")).toBe(false);
+    work("token-service", 20, 0.05);
+    expect(controller.quick("token-service")).toBe(true);
+    // A caller with a call waiting for room is not quick, however fast its calls were.
+    const gateway = new AdmissionController(SETTINGS);
+    expect(flood(gateway, "api-gateway", 1).admitted).toBe(1);
+    gateway.release("api-gateway", 0.05);
+    const { held, waiting } = enterMany(gateway, "api-gateway", 11);
+    expect([held.length, waiting.length]).toEqual([10, 1]);
+    expect(gateway.quick("api-gateway")).toBe(false);
+    held[0]?.release();
+    expect(waiting[0]?.waiting).toBe(false);
+    expect(gateway.quick("api-gateway")).toBe(true);
+  });
+
   it("refuses settings whose floor is above the ceiling", () => {
     expect(() => new AdmissionController({ ...SETTINGS, minInFlight: 13 })).toThrow(RangeError);
   });

@@ -13,7 +13,7 @@ import { Code } from "@connectrpc/connect";
 import { afterEach, describe, expect, it } from "vitest";
 import { ConnectionService, GetConnectionRequestSchema } from "../../gen/connections/v1/connection_service_pb.js";
 import { AdmissionController, DEFAULT_ADMISSION_SETTINGS } from "../../src/api/rpc/admission.js";
-import { FIRST_STREAMS } from "../../src/transport/stream-shares.js";
+import { BATCHED_STREAMS, FIRST_STREAMS } from "../../src/transport/stream-shares.js";
 import { H2FrameTap } from "../interop/h2-frame-tap.js";
 import { until } from "../support/until.js";
 import { envelope, h2Open, h2Request, type WireAnswer } from "../support/wire.js";
@@ -29,7 +29,11 @@ const dashboard = { ...bearer("dev-dashboard-bff"), ...actingFor };
 const NGHTTP2_REFUSED_STREAM = 7;
 const NGHTTP2_ENHANCE_YOUR_CALM = 11;
 
-const getBody = envelope(toBinary(GetConnectionRequestSchema, create(GetConnectionRequestSchema, { id: "cxn_1" })));
+/** A GetConnection body; the test stubs answer `cxn_1` from memory and sleep for an id with SLEEP_PREFIX. */
+const getBody = (id: string) =>
+  envelope(toBinary(GetConnectionRequestSchema, create(GetConnectionRequestSchema, { id })));
+/** A call that waits on the store for 5 ms: its caller is never answered at once (BATCHED_STREAMS). */
+const WAITS_ON_STORE = `${SLEEP_PREFIX}5`;
 
 /** Admission control whose limit starts at `limit` (the ceiling's borrowable part, or a floor reached by a storm). */
 function controllerAt(limit: number): AdmissionController {
@@ -63,11 +67,15 @@ describe("per-caller stream limits", () => {
   }
 
   /** A binary gRPC GetConnection (the fast path) with these headers; the answer follows any SETTINGS sent for it. */
-  function grpcGet(session: http2.ClientHttp2Session, headers: Record<string, string>): Promise<WireAnswer> {
+  function grpcGet(
+    session: http2.ClientHttp2Session,
+    headers: Record<string, string>,
+    id = "cxn_1",
+  ): Promise<WireAnswer> {
     return h2Request(session, {
       path: GET_PATH,
       headers: { "content-type": "application/grpc", te: "trailers", ...headers },
-      body: getBody,
+      body: getBody(id),
     });
   }
 
@@ -148,9 +156,10 @@ describe("per-caller stream limits", () => {
 
   it("keeps one stream for calls however small the share, and one more for each health Watch open beside them", async () => {
     server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(2));
+    // Calls that wait on the store: a caller answered at once gets BATCHED_STREAMS instead (below).
     const first = await connect();
     const second = await connect();
-    for (const session of [first, second]) expect((await grpcGet(session, tokenService)).code).toBe(0);
+    for (const session of [first, second]) expect((await grpcGet(session, tokenService, WAITS_ON_STORE)).code).toBe(0);
     // A share of 2 over three connections: none would get a stream without the floor of one.
     const watching = await connect();
     const watch = h2Open(watching, {
@@ -161,13 +170,32 @@ describe("per-caller stream limits", () => {
     watch.stream.end();
     await new Promise((resolve) => watch.stream.once("data", resolve));
     expect(limitOf(watching)).toBe(CONFIGURED_STREAMS);
-    expect((await grpcGet(watching, tokenService)).code).toBe(0);
+    expect((await grpcGet(watching, tokenService, WAITS_ON_STORE)).code).toBe(0);
     expect(limitOf(watching)).toBe(2);
     await until(() => limitOf(first) === 1, "the first connection to take its part of the share");
     // The Watch holds one of the two streams; calls still have the other.
-    expect((await grpcGet(watching, tokenService)).code).toBe(0);
+    expect((await grpcGet(watching, tokenService, WAITS_ON_STORE)).code).toBe(0);
     watch.stream.close();
     await watch.answer;
+  });
+
+  it("gives a caller answered at once BATCHED_STREAMS on each connection however small its share, and its share alone once its calls wait on the store", async () => {
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(2));
+    const connections = [await connect(), await connect(), await connect()];
+    // Checks answered from memory: a share of 2 over three connections would leave one stream each.
+    for (const session of connections) expect((await grpcGet(session, tokenService)).code).toBe(0);
+    await until(
+      () => connections.every((session) => limitOf(session) === BATCHED_STREAMS),
+      "each connection of a caller answered at once to carry BATCHED_STREAMS",
+    );
+    // Its calls now wait on the store: its excess must wait in its client again.
+    for (const session of connections) {
+      expect((await grpcGet(session, tokenService, `${SLEEP_PREFIX}20`)).code).toBe(0);
+    }
+    await until(
+      () => connections.every((session) => limitOf(session) === 1),
+      "each connection to go back to its part of the share",
+    );
   });
 
   it("keeps the connection of a client that had more than 1,000 streams refused while catching up", async () => {
@@ -266,7 +294,7 @@ describe("per-caller stream limits", () => {
     const client = new GrpcJsClient(tap.address);
     try {
       const method = ConnectionService.method.getConnection;
-      expect((await client.call(method, { id: "cxn_1" }, { headers: tokenService })).ok).toBe(true);
+      expect((await client.call(method, { id: WAITS_ON_STORE }, { headers: tokenService })).ok).toBe(true);
       await until(() => tap.fromService.maxConcurrentStreams.at(-1) === 8, "the token service's share to be sent");
       // The service sends no other SETTINGS before the client acknowledged this one.
       await until(
@@ -277,7 +305,7 @@ describe("per-caller stream limits", () => {
       // The link stalls; meanwhile a second token-service connection halves the share of the first.
       tap.freeze();
       const second = await connect();
-      expect((await grpcGet(second, tokenService)).code).toBe(0);
+      expect((await grpcGet(second, tokenService, WAITS_ON_STORE)).code).toBe(0);
       await until(() => tap.fromService.maxConcurrentStreams.at(-1) === 4, "the lowered limit to be sent");
 
       // The client still believes in 8 and sends 8 calls; the service has said 4.

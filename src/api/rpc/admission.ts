@@ -70,7 +70,14 @@ export const BUSY = 0.9;
 interface CallerState {
   inFlight: number;
   lastSeenAt: number;
+  /** How long its recent calls were at work, in ms (a moving average); undefined before the first. */
+  workMs: number | undefined;
 }
+
+/** A caller whose calls are at work for less than this on average is answered without waiting on I/O. */
+const QUICK_WORK_MS = 1;
+/** The weight of each call in a caller's moving average of work time. */
+const WORK_WEIGHT = 0.05;
 
 /**
  * A unary call past admission, with the caller that authentication found (undefined: none, and the
@@ -83,6 +90,8 @@ interface CallerState {
 export class AdmissionTicket {
   #state: "waiting" | "held" | "claimed" | "released";
   #onAdmitted: (() => void) | undefined;
+  /** When the pipeline claimed it (performance.now()). */
+  #claimedAt = 0;
 
   constructor(
     private readonly controller: AdmissionController | undefined,
@@ -107,16 +116,19 @@ export class AdmissionTicket {
 
   /** The pipeline runs the call: from now on only `release` ends the ticket. */
   claim(): void {
-    if (this.#state === "held") this.#state = "claimed";
+    if (this.#state !== "held") return;
+    this.#state = "claimed";
+    this.#claimedAt = performance.now();
   }
 
   /** The call's work settled: its hold on the limit ends. */
   release(): void {
     if (this.#state === "released") return;
     const held = this.#state !== "waiting";
+    const workedMs = this.#state === "claimed" ? performance.now() - this.#claimedAt : undefined;
     this.#state = "released";
     this.#onAdmitted = undefined;
-    if (held) this.controller?.release(keyOf(this.caller));
+    if (held) this.controller?.release(keyOf(this.caller), workedMs);
     else this.controller?.leave(this, "cancelled");
   }
 
@@ -230,10 +242,15 @@ export class AdmissionController {
   }
 
   /** One of `caller`'s calls ended: its room goes to a waiting call, if one may have it. */
-  release(caller: string): void {
+  release(caller: string, workedMs?: number): void {
     this.inFlight--;
     const state = this.callers.get(caller);
-    if (state !== undefined) state.inFlight--;
+    if (state !== undefined) {
+      state.inFlight--;
+      if (workedMs !== undefined) {
+        state.workMs = state.workMs === undefined ? workedMs : state.workMs + (workedMs - state.workMs) * WORK_WEIGHT;
+      }
+    }
     this.admitWaiting(this.clock);
   }
 
@@ -302,6 +319,15 @@ export class AdmissionController {
     return this.shareAt(now, undefined);
   }
 
+  /**
+   * Whether `caller`'s calls are answered without waiting on I/O (a cached check): its recent calls
+   * were at work for less than QUICK_WORK_MS on average, and none of its calls wait for room.
+   */
+  quick(caller: string): boolean {
+    const workMs = this.callers.get(caller)?.workMs;
+    return workMs !== undefined && workMs < QUICK_WORK_MS && !this.queues.has(caller);
+  }
+
   snapshot(): AdmissionSnapshot {
     const inFlightByCaller = new Map<string, number>();
     for (const [caller, state] of this.callers) inFlightByCaller.set(caller, state.inFlight);
@@ -313,7 +339,7 @@ export class AdmissionController {
   private stateOf(caller: string, now: number): CallerState {
     let state = this.callers.get(caller);
     if (state === undefined) {
-      state = { inFlight: 0, lastSeenAt: now };
+      state = { inFlight: 0, lastSeenAt: now, workMs: undefined };
       this.callers.set(caller, state);
     }
     state.lastSeenAt = Math.max(state.lastSeenAt, now);
