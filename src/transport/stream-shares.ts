@@ -52,7 +52,7 @@ import type { PortObserver } from "./refusals.js";
 /** What a connection may open before its first stream is seen. */
 export const FIRST_STREAMS = 4;
 /** What a connection of a caller whose calls are answered without waiting on I/O may carry at least. */
-export const BATCHED_STREAMS = 16;
+export const BATCHED_STREAMS = 8;
 /** How often the held connections' limits follow the admission limit and the connections' count. */
 const RECOMPUTE_MS = 250;
 /** A recomputation lowers a connection's limit no sooner than this after its last SETTINGS. */
