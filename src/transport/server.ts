@@ -89,7 +89,7 @@ const HTTP2_MAX_SESSION_MEMORY_MB = 512;
  * With per-caller stream limits: nghttp2 answers each stream a client opened beyond a limit it had
  * not seen yet with REFUSED_STREAM, and node counts every such stream as an invalid frame, closing
  * the connection past maxSessionInvalidFrames (1,000 by default, over the connection's whole life).
- * A client that starts with 100 streams loses 96 to FIRST_STREAMS alone, and every lowering may
+ * A client that starts with 100 streams loses 84 to FIRST_STREAMS alone, and every lowering may
  * refuse up to the previous limit's worth: an honest client must not be cut off for catching up.
  * Ten times node's default still bounds a client that sends nothing but invalid frames.
  */

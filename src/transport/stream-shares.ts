@@ -49,8 +49,14 @@ import type { Http2Session } from "node:http2";
 import type { AdmissionController } from "../api/rpc/admission.js";
 import type { PortObserver } from "./refusals.js";
 
-/** What a connection may open before its first stream is seen. */
-export const FIRST_STREAMS = 4;
+/**
+ * What a connection may open before its first stream is seen: a client's first burst of up to 16
+ * calls (h2load's -m16; a service's checks at its start) is not refused, while a storm of new
+ * connections brings 16 calls each, not a hundred. Clients send their first streams before they
+ * read any SETTINGS, so with 4 each such burst lost all but 4 to REFUSED_STREAM, which gRPC C-core
+ * reports as UNAVAILABLE and h2load as failures.
+ */
+export const FIRST_STREAMS = 16;
 /** What a connection of a caller whose calls are answered without waiting on I/O may carry at least. */
 export const BATCHED_STREAMS = 8;
 /** How often the held connections' limits follow the admission limit and the connections' count. */
