@@ -198,6 +198,31 @@ describe("per-caller stream limits", () => {
     );
   });
 
+  it("keeps a quick caller's batched connections to its read budget per turn while it floods, and another caller answered", async () => {
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(4));
+    const flooding: http2.ClientHttp2Session[] = [];
+    for (let index = 0; index < 10; index++) flooding.push(await connect());
+    for (const session of flooding) expect((await grpcGet(session, tokenService)).code).toBe(0);
+    await until(
+      () => flooding.every((session) => limitOf(session) === BATCHED_STREAMS),
+      "the flooding caller's connections to carry BATCHED_STREAMS",
+    );
+    const dashboardSession = await connect();
+    // Rounds of 80 checks in flight, each connection's 8 written at once: more than the caller's
+    // share (4) arrives in one read, so its connections stop reading until the loop turns.
+    const failures: (number | undefined)[] = [];
+    for (let round = 0; round < 5; round++) {
+      const answers = await Promise.all([
+        ...flooding.flatMap((session) => Array.from({ length: BATCHED_STREAMS }, () => grpcGet(session, tokenService))),
+        grpcGet(dashboardSession, dashboard),
+      ]);
+      failures.push(...answers.map((answer) => answer.code).filter((code) => code !== 0));
+    }
+    expect(failures).toEqual([]);
+    expect(server.readsHeld).toContain("token-service");
+    expect(server.readsHeld).not.toContain("dashboard-bff");
+  });
+
   it("keeps the connection of a client that had more than 1,000 streams refused while catching up", async () => {
     server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(FIRST_STREAMS));
     const tap = await H2FrameTap.start(server.running.port);
