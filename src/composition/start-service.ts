@@ -27,7 +27,6 @@ import { openStore } from "../store/open.js";
 import { SchemaGate } from "../store/schema-gate.js";
 import type { Store } from "../store/store.js";
 import { type RunningServer, serve } from "../transport/server.js";
-import { callerSharesOf } from "../transport/stream-shares.js";
 import { readTlsCredentials } from "../transport/tls.js";
 
 const STORE_CLOSE_TIMEOUT_MS = 2_000;
@@ -159,7 +158,6 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       tls,
       limits: config.limits,
       observer: metrics,
-      callerShares: admission === undefined ? undefined : callerSharesOf(admission),
       readiness: () =>
         store.ping().then(
           () => schema.current(),

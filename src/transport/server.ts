@@ -32,7 +32,7 @@ import { HealthController, routeHealth } from "./health.js";
 import { DEFAULT_TRANSPORT_LIMITS, ReadDeadlines, type TransportLimits } from "./limits.js";
 import { REFLECTION_SERVICES, ReflectionIndex, routeReflection } from "./reflection.js";
 import type { PortObserver, PortRefusalReason } from "./refusals.js";
-import { type CallerShares, CallerStreamShares } from "./stream-shares.js";
+import { CallerStreamShares } from "./stream-shares.js";
 import { createTlsTerminator, type TlsCredentials, type TlsTerminator, tlsContextValues } from "./tls.js";
 
 export interface ServeOptions {
@@ -51,12 +51,6 @@ export interface ServeOptions {
   readonly limits?: Partial<TransportLimits>;
   /** Hears of every request and connection the port turns away. */
   readonly observer?: PortObserver;
-  /**
-   * With admission control: each active caller's part of its limit now, and its backlog. A
-   * connection that carries one caller's calls is then held to that part, spread over the caller's
-   * connections, as its SETTINGS_MAX_CONCURRENT_STREAMS (stream-shares.ts).
-   */
-  readonly callerShares?: CallerShares;
 }
 
 export interface RunningServer {
@@ -165,10 +159,12 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     },
   });
   await health.start();
+  // With admission control, a connection that carries one caller's calls is held to that caller's
+  // share of the limit, spread over its connections (stream-shares.ts).
   const shares =
-    options.callerShares === undefined
+    pipeline.admission === undefined
       ? undefined
-      : new CallerStreamShares(options.callerShares, limits.http2MaxConcurrentStreams, options.observer);
+      : new CallerStreamShares(pipeline.admission, limits.http2MaxConcurrentStreams, options.observer);
   const fastPath = new GrpcFastPath(pipeline, options.maxRequestBytes, limits, readDeadlines, logger, {
     observer: options.observer,
     shares,

@@ -84,24 +84,9 @@ interface ReadingHandle {
   readStop(): number;
 }
 
-/** What admission control says of the callers, read at each recomputation. */
-export interface CallerShares {
-  /** Each active caller's part of the admission limit now. */
-  share(): number;
-  /** Whether a caller's calls are answered without waiting on I/O (admission's `quick`). */
-  quick(caller: string): boolean;
-}
-
-/** Admission control's view of the callers, as the stream limits read it. */
-export function callerSharesOf(admission: AdmissionController): CallerShares {
-  return { share: () => admission.share(performance.now()), quick: (caller) => admission.quick(caller) };
-}
-
 export class CallerStreamShares {
   private readonly sessions = new Map<Http2Session, Single | typeof MIXED>();
   private readonly byCaller = new Map<string, Set<Http2Session>>();
-  /** Callers whose calls are answered without waiting on I/O, as of the last recomputation. */
-  private readonly batched = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   /** Calls read in this turn of the event loop, by caller; forgotten when the loop turns. */
   private readonly readThisTurn = new Map<string, number>();
@@ -112,12 +97,12 @@ export class CallerStreamShares {
   private turnEnd: NodeJS.Immediate | undefined;
 
   /**
-   * @param callers each active caller's part of the admission limit, and whether its calls are quick
+   * @param admission each active caller's share of its limit, and whether its calls are quick
    * @param configured HTTP2_MAX_CONCURRENT_STREAMS: what a mixed or health-only connection gets, and
    *   the most a held one gets
    */
   constructor(
-    private readonly callers: CallerShares,
+    private readonly admission: AdmissionController,
     private readonly configured: number,
     private readonly observer?: PortObserver,
   ) {}
@@ -163,6 +148,11 @@ export class CallerStreamShares {
     if (limit > state.limit) this.send(session, state, limit, true);
   }
 
+  /** Each active caller's share of admission's limit now. */
+  private share(): number {
+    return this.admission.share(performance.now());
+  }
+
   stop(): void {
     clearInterval(this.timer);
     this.timer = undefined;
@@ -176,7 +166,7 @@ export class CallerStreamShares {
   private count(session: Http2Session, caller: string): void {
     const read = (this.readThisTurn.get(caller) ?? 0) + 1;
     this.readThisTurn.set(caller, read);
-    this.turnBudget ??= this.callers.share();
+    this.turnBudget ??= this.share();
     if (read < this.turnBudget) return;
     // Immediates run once this turn's reads are done: reading resumes with the next turn.
     this.turnEnd ??= setImmediate(() => this.resumeReading());
@@ -201,10 +191,10 @@ export class CallerStreamShares {
   }
 
   /** What a connection that carries one caller's calls, or none yet, may have open now. */
-  private limitOf(state: Single, share = this.callers.share()): number {
+  private limitOf(state: Single, share = this.share()): number {
     if (state.caller === undefined) return this.configured;
     const connections = this.byCaller.get(state.caller)?.size ?? 1;
-    const least = this.batched.has(state.caller) ? BATCHED_STREAMS : 1;
+    const least = this.admission.quick(state.caller) ? BATCHED_STREAMS : 1;
     const calls = Math.max(least, Math.floor(share / connections));
     return Math.min(this.configured, calls + state.beside);
   }
@@ -235,10 +225,7 @@ export class CallerStreamShares {
   private release(session: Http2Session, caller: string): void {
     const sessions = this.byCaller.get(caller);
     sessions?.delete(session);
-    if (sessions?.size === 0) {
-      this.byCaller.delete(caller);
-      this.batched.delete(caller);
-    }
+    if (sessions?.size === 0) this.byCaller.delete(caller);
   }
 
   private recompute(): void {
@@ -248,10 +235,8 @@ export class CallerStreamShares {
     }
     const now = performance.now();
     // Once per round: the share walks every caller admission knows.
-    const share = this.callers.share();
-    for (const [caller, sessions] of this.byCaller) {
-      if (this.callers.quick(caller)) this.batched.add(caller);
-      else this.batched.delete(caller);
+    const share = this.share();
+    for (const sessions of this.byCaller.values()) {
       for (const session of sessions) {
         const state = this.sessions.get(session);
         if (state === undefined || state === MIXED) continue;

@@ -39,7 +39,6 @@ import type { Organizations } from "../../src/app/organizations.js";
 import type { TransportLimits } from "../../src/transport/limits.js";
 import type { PortRefusalReason } from "../../src/transport/refusals.js";
 import { type RunningServer, serve } from "../../src/transport/server.js";
-import { callerSharesOf } from "../../src/transport/stream-shares.js";
 import type { TlsCredentials } from "../../src/transport/tls.js";
 import { until } from "../support/until.js";
 
@@ -184,8 +183,6 @@ export async function startTestServer(
       portRefused: (reason) => portRefusals.push(reason),
       readsHeld: (caller) => readsHeld.push(caller),
     },
-    // As the service does: with admission control, one-caller connections are held to its shares.
-    callerShares: admission === undefined ? undefined : callerSharesOf(admission),
   });
   const address = `127.0.0.1:${running.port}`;
   return {

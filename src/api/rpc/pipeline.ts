@@ -16,7 +16,7 @@ import { isOrganizationId } from "../../app/ids.js";
 import type { CallerName } from "../callers.js";
 import { requestIdFor } from "../request-id.js";
 import { type RpcStatus, toRpcStatus } from "../status.js";
-import { AdmissionTicket, keyOf } from "./admission.js";
+import { type AdmissionController, AdmissionTicket, keyOf } from "./admission.js";
 import { CallScope, shuttingDownError } from "./call-scope.js";
 import { methodsOf } from "./methods.js";
 import type {
@@ -94,6 +94,11 @@ export class RpcPipeline {
       ).status,
       retryPushbackMs: pushbackMs,
     };
+  }
+
+  /** Admission control, when on: the transport holds each caller's connections to its share. */
+  get admission(): AdmissionController | undefined {
+    return this.options.admission?.controller;
   }
 
   register<T extends GenServiceMethods>(service: GenService<T>, handlers: ServiceHandlers<T>): void {
