@@ -17,7 +17,7 @@ const FLUSH_STARTED = /\b(fsync|fdatasync)\(/;
 const FLUSH_ENDED = /(\b(fsync|fdatasync)\(.*\)\s+= 0$)|(<\.\.\. (fsync|fdatasync) resumed>.*= 0$)/;
 const hasStrace = spawnSync("strace", ["-V"]).status === 0;
 
-type Mode = "none" | "sequential" | "large" | "concurrent";
+type Mode = "none" | "sequential" | "large" | "concurrent" | "connections";
 
 describe.skipIf(!hasStrace)("SQLite writes on the disk (strace; .ci/run installs it)", () => {
   let directory: string;
@@ -69,6 +69,20 @@ describe.skipIf(!hasStrace)("SQLite writes on the disk (strace; .ci/run installs
     expect(sequential).toBeGreaterThanOrEqual(WRITES);
     // Writes that arrive together commit together: a handful of flushes for all of them.
     expect(concurrent).toBeLessThanOrEqual(WRITES / 10);
+  }, 240_000);
+
+  it("writes only the WAL and the database file: a group's savepoints keep what they would undo in memory", async () => {
+    // Each write of a group runs in a savepoint, which keeps the pages it changes as they were, so
+    // that it can roll back alone. Past 64 KiB SQLite moves that to a temporary file, kept for as
+    // long as the connection is open (locking_mode = EXCLUSIVE): a write system call per page
+    // changed from then on, about half of a grouped write's CPU (docs/performance.md).
+    const files = (await trace("connections", 400))
+      .map((line) => /\bpwrite64\(\d+<([^>]*)>/.exec(line)?.[1])
+      .filter((file) => file !== undefined);
+    // The rollback journal is the migrations', run before the database turns to WAL mode.
+    const kinds = new Set(files.map((file) => file.replace(/^.*\.db(-wal|-journal)?$/, ".db$1")));
+    expect(kinds).toContain(".db-wal");
+    expect([...kinds].filter((kind) => ![".db", ".db-wal", ".db-journal"].includes(kind))).toEqual([]);
   }, 240_000);
 
   it("acknowledges a write only after a flush that ended after the write reached the file", async () => {
