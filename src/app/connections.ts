@@ -162,9 +162,16 @@ export class Connections {
     }
   }
 
-  /** A Connection the organization may see (the domain's accessOf). */
+  /**
+   * A Connection the organization may see (the domain's accessOf). Read as a check reads it: as
+   * exact as the database (every write that returned is seen), and on SQLite from the check cache
+   * or one prepared read, without waiting for the connection that writes hold. Read through it, a
+   * dashboard's GetConnection did not wait behind a storm's queue of reads. Writes read the row
+   * they will replace from the database itself (`write` below): the cache learns of a write only
+   * once it is on the disk, and a write that lost a race must see the winner when it tries again.
+   */
   async get(organizationId: string, id: string): Promise<ConnectionRecord> {
-    const access = accessOf(await this.store.getConnection(id), organizationId);
+    const access = accessOf(await this.store.getConnectionForCheck(id), organizationId);
     if (!access.ok) throw connectionNotFound(id);
     return access.connection;
   }

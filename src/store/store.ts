@@ -216,8 +216,8 @@ export interface Store {
   listEvents(query: ListEventsQuery): Promise<Page<EventRecord>>;
 
   /**
-   * The hot path of CheckConnection. Exact: reflects every transition that has returned to its
-   * caller, on this process or any other that shares the database.
+   * The hot path of CheckConnection, and GetConnection's read. Exact: reflects every transition
+   * that has returned to its caller, on this process or any other that shares the database.
    */
   getConnectionForCheck(id: string): Promise<ConnectionRecord | undefined>;
   /**
