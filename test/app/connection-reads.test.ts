@@ -17,21 +17,23 @@ const actor = (organizationId: string, caller = "api-gateway"): Actor => ({
 describeEachDatabase("GetConnection's read", (database) => {
   const testStore = useTestStore(database);
 
-  async function pair(): Promise<{ connections: Connections; source: string; destination: string }> {
+  /** Two new organizations, and a Connection from the first to the second. */
+  async function connected(name: string) {
     const store = testStore();
     const [source, destination] = [uniqueId("org"), uniqueId("org")];
     for (const id of [source, destination]) await store.createOrganization({ id, name: id, createTime: new Date() });
-    return { connections: new Connections(store), source, destination };
-  }
-
-  it("sees each acknowledged write at once, from either side, and hides the Connection from others", async () => {
-    const { connections, source, destination } = await pair();
+    const connections = new Connections(store);
     const created = await connections.create(actor(source), {
       destinationOrganizationId: destination,
       scopes: ["account.read"],
-      name: "Reads",
+      name,
       requestId: "",
     });
+    return { connections, source, destination, created };
+  }
+
+  it("sees each acknowledged write at once, from either side, and hides the Connection from others", async () => {
+    const { connections, source, destination, created } = await connected("Reads");
     expect(await connections.get(destination, created.id)).toEqual(created);
     const active = await connections.transition(actor(destination, "dashboard-bff"), created.id, "ACTIVATE", {
       etag: "",
@@ -50,13 +52,7 @@ describeEachDatabase("GetConnection's read", (database) => {
   it.runIf(database.dialect === "sqlite")(
     "answers a known Connection before reads of the database queued ahead of it",
     async () => {
-      const { connections, source, destination } = await pair();
-      const created = await connections.create(actor(source), {
-        destinationOrganizationId: destination,
-        scopes: ["account.read"],
-        name: "Queued",
-        requestId: "",
-      });
+      const { connections, source, destination, created } = await connected("Queued");
       const store = testStore();
       const settled: string[] = [];
       // Each a query on SQLite's one connection, taken in turn, several turns of the event loop in all.
