@@ -2,9 +2,10 @@
 // store at argv[2] and makes argv[4] organization writes, one after the other ("sequential"; with
 // 8 KB names, "large", so that the WAL is checkpointed several times) or all at once
 // ("concurrent"); or registers 40 organizations, creates argv[4] Connections between them and
-// activates them, 64 writes at a time ("connections"); then closes it. "none" only opens and closes: the baseline. Each acknowledged
-// write made one after the other is marked in the trace by a write of argv[5] to /dev/null, after
-// a first mark, "event loop <pid>", that names the event loop's thread (the process's main thread).
+// activates them, 64 writes at a time ("connections"); then closes it. "none" only opens and
+// closes: the baseline. Each acknowledged write made one after the other is marked in the trace by
+// a write of argv[5] to /dev/null, after a first mark, "event loop <pid>", that names the event
+// loop's thread (the process's main thread).
 
 import { openSync, writeSync } from "node:fs";
 import { Connections } from "../../src/app/connections.js";
