@@ -231,8 +231,16 @@ export class Metrics implements RpcObserver, ReloadObserver, AdmissionObserver, 
       if (database.checkCacheStats() !== undefined) {
         const cache = () => database.checkCacheStats() ?? { hits: 0, misses: 0, evictions: 0, entries: 0 };
         for (const [field, name, help] of [
-          ["hits", "connections_check_cache_hits_total", "Checks answered from the check cache."],
-          ["misses", "connections_check_cache_misses_total", "Checks that read the database (not in the cache)."],
+          [
+            "hits",
+            "connections_check_cache_hits_total",
+            "Checks and GetConnection reads answered from the check cache.",
+          ],
+          [
+            "misses",
+            "connections_check_cache_misses_total",
+            "Checks and GetConnection reads that read the database (not in the cache).",
+          ],
           [
             "evictions",
             "connections_check_cache_evictions_total",

@@ -33,9 +33,9 @@ export interface CheckReader {
 }
 
 export interface CheckCacheStats {
-  /** Checks answered from the cache. */
+  /** Reads (checks and GetConnection) answered from the cache. */
   readonly hits: number;
-  /** Checks that read the database. */
+  /** Reads (checks and GetConnection) that read the database. */
   readonly misses: number;
   /** Connections that left the cache to make room. */
   readonly evictions: number;

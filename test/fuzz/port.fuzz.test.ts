@@ -3,9 +3,9 @@
 // Pass: every request gets an answer (no hang), no answer is INTERNAL, every error carries an
 // ErrorInfo of the connections.v1 domain and no decoder's or setting's words, and the service
 // still answers afterwards. The run is made twice: with admission control off and on (the default),
-// where a new HTTP/2 connection may open FIRST_STREAMS (16) streams until its first is seen (stream-shares.ts), so
-// that requests beyond those are reset REFUSED_STREAM by nghttp2 before the service sees them: an
-// answer too, since nothing was done.
+// where a new HTTP/2 connection may open FIRST_STREAMS (16) streams until its first is seen
+// (stream-shares.ts), so that requests beyond those are reset REFUSED_STREAM by nghttp2 before the
+// service sees them: an answer too, since nothing was done.
 //
 // FUZZ_SEED (default below) and FUZZ_CASES (default 2000; `npm run fuzz` runs many more) choose the
 // run; a failure names its seed and case index, and `FUZZ_SEED=<seed> FUZZ_ONLY=<index>` replays it.
