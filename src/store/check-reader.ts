@@ -14,11 +14,12 @@
 // PostgreSQL may have several replicas writing, so nothing is cached: concurrent checks are
 // coalesced into one query instead, each sent after all of its callers arrived.
 //
-// Recency: a doubly linked list of slots in typed arrays (SlotList). A read relinks two slots and
-// never touches the Map from key to slot, and eviction takes the list's tail. (Evicting by a Map's
-// insertion order instead, `keys().next()` on the oldest key, walks over every entry deleted
-// since the Map's last rehash: with a full cache that grew to a large fraction of a millisecond
-// per miss.)
+// Recency: a doubly linked list of slots in typed arrays (SlotList). A read relinks two slots, and
+// eviction takes the list's tail. (Evicting by a Map's insertion order instead, `keys().next()` on
+// the oldest key, walks over every entry deleted since the Map's last rehash: with a full cache
+// that grew to a large fraction of a millisecond per miss.) The index from id to slot is a table of
+// hashes in a typed array, not a Map, so that looking up an id the cache does not hold, which every
+// miss does, reads no other id's string.
 
 import type { ConnectionRecord } from "./store.js";
 
@@ -58,69 +59,148 @@ function nextAllocation(allocated: number, capacity: number): number {
 }
 
 /**
- * Keys in slots 0 .. capacity-1, in least-recently-used order: a Map from key to slot and a
- * doubly linked list of slots in two typed arrays, so that a use is a few array writes and no
- * object is made per key. Callers keep their values in arrays indexed by slot.
+ * A string's 32-bit FNV-1a hash, its bits then mixed (murmur3's finalizer) so that ids differing
+ * only in their last characters spread over a table's low bits.
  */
-class SlotList<K> {
-  readonly #slots = new Map<K, number>();
+export function hashString(key: string): number {
+  let hash = 0x811c9dc5;
+  for (let index = 0; index < key.length; index++) hash = Math.imul(hash ^ key.charCodeAt(index), 0x01000193);
+  hash = Math.imul(hash ^ (hash >>> 16), 0x85ebca6b);
+  hash = Math.imul(hash ^ (hash >>> 13), 0xc2b2ae35);
+  return hash ^ (hash >>> 16);
+}
+
+/**
+ * Keys in slots 0 .. capacity-1, in least-recently-used order, with no object made per key.
+ *
+ * Recency is a doubly linked list of slots in two typed arrays. The index from key to slot is an
+ * open-addressing table (linear probing, at most half full) that holds each key's hash beside its
+ * slot, so a lookup compares hashes in one typed array and reads a key string only when the hashes
+ * match. A Map would load the strings of its bucket's chain: for a key it does not hold (every
+ * cache miss) that is one or two random memory reads, half a microsecond here, more than the rest
+ * of the lookup (docs/performance.md, Scale).
+ */
+class SlotList<K extends string> {
   readonly #keys: K[] = [];
+  /** Per slot: its key's hash. */
+  #hashes = new Int32Array(0);
   #previous = new Int32Array(0);
   #next = new Int32Array(0);
+  /** Per position: a hash, then the slot + 1 that holds the key (0: an empty position). */
+  #index = new Int32Array(0);
+  #positionMask = 0;
+  #size = 0;
   /** The most recently used slot. */
   #head = NONE;
   /** The least recently used slot, the next to be reused. */
   #tail = NONE;
+  /** Keys that left to make room for others, since start. */
+  evictions = 0;
 
-  constructor(readonly capacity: number) {}
+  constructor(readonly capacity: number) {
+    this.#allocate(nextAllocation(0, capacity));
+  }
 
   get size(): number {
-    return this.#slots.size;
+    return this.#size;
   }
 
   /** The key's slot, now the most recently used. */
-  use(key: K): number | undefined {
-    const slot = this.#slots.get(key);
-    if (slot !== undefined && slot !== this.#head) {
-      this.#unlink(slot);
-      this.#linkFirst(slot);
-    }
+  use(key: K, hash = hashString(key)): number | undefined {
+    const slot = this.#find(key, hash);
+    if (slot === NONE) return undefined;
+    this.#touch(slot);
     return slot;
   }
 
   /** The key's slot, without counting as a use. */
-  peek(key: K): number | undefined {
-    return this.#slots.get(key);
+  peek(key: K, hash = hashString(key)): number | undefined {
+    const slot = this.#find(key, hash);
+    return slot === NONE ? undefined : slot;
   }
 
   /** The key's slot, now the most recently used; when full, a new key takes the least recently used one's. */
-  claim(key: K): number {
-    const existing = this.use(key);
-    if (existing !== undefined) return existing;
-    let slot: number;
-    if (this.#slots.size >= this.capacity) {
+  claim(key: K, hash = hashString(key)): number {
+    let slot = this.#find(key, hash);
+    if (slot !== NONE) {
+      this.#touch(slot);
+      return slot;
+    }
+    if (this.#size >= this.capacity) {
       slot = this.#tail;
       this.#unlink(slot);
-      this.#slots.delete(this.#keys[slot] as K);
+      this.#remove(slot);
+      this.evictions++;
     } else {
-      slot = this.#slots.size;
-      if (slot >= this.#next.length) {
-        const length = nextAllocation(this.#next.length, this.capacity);
-        this.#previous = grown(this.#previous, length);
-        this.#next = grown(this.#next, length);
-      }
+      if (this.#size >= this.#next.length) this.#allocate(nextAllocation(this.#next.length, this.capacity));
+      slot = this.#size++;
     }
-    this.#slots.set(key, slot);
     this.#keys[slot] = key;
+    this.#hashes[slot] = hash;
+    this.#insert(hash, slot);
     this.#linkFirst(slot);
     return slot;
   }
 
   clear(): void {
-    this.#slots.clear();
     this.#keys.length = 0;
+    this.#index.fill(0);
+    this.#size = 0;
     this.#head = NONE;
     this.#tail = NONE;
+  }
+
+  #find(key: K, hash: number): number {
+    const index = this.#index;
+    for (let position = hash & this.#positionMask; ; position = (position + 1) & this.#positionMask) {
+      const stored = index[2 * position + 1] as number;
+      if (stored === 0) return NONE;
+      if (index[2 * position] === hash && this.#keys[stored - 1] === key) return stored - 1;
+    }
+  }
+
+  #insert(hash: number, slot: number): void {
+    const index = this.#index;
+    let position = hash & this.#positionMask;
+    while (index[2 * position + 1] !== 0) position = (position + 1) & this.#positionMask;
+    index[2 * position] = hash;
+    index[2 * position + 1] = slot + 1;
+  }
+
+  /** Takes `slot` out of the index, moving later entries of its probe run back (no tombstones). */
+  #remove(slot: number): void {
+    const index = this.#index;
+    const mask = this.#positionMask;
+    let hole = (this.#hashes[slot] as number) & mask;
+    while (index[2 * hole + 1] !== slot + 1) hole = (hole + 1) & mask;
+    for (let position = (hole + 1) & mask; index[2 * position + 1] !== 0; position = (position + 1) & mask) {
+      const home = (index[2 * position] as number) & mask;
+      // The entry may fill the hole only if the hole lies on its probe path (from home to here).
+      if (((position - home) & mask) >= ((position - hole) & mask)) {
+        index[2 * hole] = index[2 * position] as number;
+        index[2 * hole + 1] = index[2 * position + 1] as number;
+        hole = position;
+      }
+    }
+    index[2 * hole + 1] = 0;
+  }
+
+  /** Room for `slots` slots, and an index of at least twice as many positions. */
+  #allocate(slots: number): void {
+    this.#hashes = grown(this.#hashes, slots);
+    this.#previous = grown(this.#previous, slots);
+    this.#next = grown(this.#next, slots);
+    let positions = 16;
+    while (positions < 2 * slots) positions *= 2;
+    this.#index = new Int32Array(2 * positions);
+    this.#positionMask = positions - 1;
+    for (let slot = 0; slot < this.#size; slot++) this.#insert(this.#hashes[slot] as number, slot);
+  }
+
+  #touch(slot: number): void {
+    if (slot === this.#head) return;
+    this.#unlink(slot);
+    this.#linkFirst(slot);
   }
 
   #unlink(slot: number): void {
@@ -144,7 +224,7 @@ class SlotList<K> {
 const MIN_RECENT_MISS_SLOTS = 1024;
 
 /**
- * Which ids missed recently: a direct-mapped table of 32-bit hashes (FNV-1a) of missed ids, at
+ * Which ids missed recently: a direct-mapped table of 32-bit hashes (hashString) of missed ids, at
  * least as many slots as the cache has entries (and MIN_RECENT_MISS_SLOTS). An id stays noted
  * until a later miss lands on its slot, so "recently" means within about that many misses. A
  * collision of two ids' hashes only lets an id in one miss early.
@@ -161,11 +241,9 @@ export class RecentMisses {
   }
 
   /** Whether `id` missed recently; notes it if not. */
-  again(id: string): boolean {
-    let hash = 0x811c9dc5;
-    for (let index = 0; index < id.length; index++) hash = Math.imul(hash ^ id.charCodeAt(index), 0x01000193);
+  again(id: string, idHash = hashString(id)): boolean {
     // 0 marks an empty slot.
-    if (hash === 0) hash = 1;
+    const hash = idHash || 1;
     const slot = hash & this.#mask;
     if (this.#hashes[slot] === hash) return true;
     this.#hashes[slot] = hash;
@@ -174,7 +252,7 @@ export class RecentMisses {
 }
 
 /** A bounded map that forgets the least recently used entry first (a read counts as a use). */
-export class LruMap<K, V> {
+export class LruMap<K extends string, V> {
   readonly #order: SlotList<K>;
   readonly #values: V[] = [];
 
@@ -229,11 +307,13 @@ class ConnectionTable {
   #times = new Float64Array(0);
   /** name NUL creator NUL createRequestId, or a JSON array when one of them holds a NUL. */
   #text: string[] = [];
-  /** Connections that left the table to make room for others, since start. */
-  evictions = 0;
-
   constructor(readonly capacity: number) {
     this.#slots = new SlotList(capacity);
+  }
+
+  /** Connections that left the table to make room for others, since start. */
+  get evictions(): number {
+    return this.#slots.evictions;
   }
 
   get size(): number {
@@ -242,12 +322,6 @@ class ConnectionTable {
 
   get full(): boolean {
     return this.#slots.size >= this.capacity;
-  }
-
-  /** The cached version, without counting as a use. */
-  version(id: string): number | undefined {
-    const slot = this.#slots.peek(id);
-    return slot === undefined ? undefined : (this.#version[slot] as number);
   }
 
   get(id: string): ConnectionRecord | undefined {
@@ -277,17 +351,15 @@ class ConnectionTable {
   }
 
   /** Keeps `record` unless a newer version of it is cached. */
-  keep(record: ConnectionRecord): void {
-    const cached = this.version(record.id);
-    if (cached === undefined || cached <= record.version) this.#set(record);
+  keep(record: ConnectionRecord, hash = hashString(record.id)): void {
+    const slot = this.#slots.peek(record.id, hash);
+    if (slot === undefined || (this.#version[slot] as number) <= record.version) this.#set(record, hash);
   }
 
-  #set(record: ConnectionRecord): void {
+  #set(record: ConnectionRecord, hash: number): void {
     // Organizations are interned; past twice the capacity most of them belong to evicted entries.
     if (this.#organizations.length > 2 * this.capacity + 2) this.#clear();
-    const evicting = this.#slots.size >= this.#slots.capacity && this.#slots.peek(record.id) === undefined;
-    const slot = this.#slots.claim(record.id);
-    if (evicting) this.evictions++;
+    const slot = this.#slots.claim(record.id, hash);
     if (slot >= this.#version.length) this.#grow();
     this.#source[slot] = this.#organization(record.sourceOrganizationId);
     this.#destination[slot] = this.#organization(record.destinationOrganizationId);
@@ -443,11 +515,12 @@ export class CachingCheckReader implements CheckReader {
 
   /** Keeps what a miss read while there is room, and once full only ids that missed recently too. */
   #keepRead(record: ConnectionRecord): void {
+    const hash = hashString(record.id);
     if (this.#entries.full) {
       this.#recentMisses ??= new RecentMisses(this.#entries.capacity);
-      if (!this.#recentMisses.again(record.id)) return;
+      if (!this.#recentMisses.again(record.id, hash)) return;
     }
-    this.#entries.keep(record);
+    this.#entries.keep(record, hash);
   }
 }
 

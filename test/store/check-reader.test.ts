@@ -59,30 +59,39 @@ describe("LruMap", () => {
   });
 
   it("evicts in exactly least-recently-used order under random use", () => {
-    const capacity = 7;
-    const map = new LruMap<number, number>(capacity);
-    // The model: keys from least to most recently used.
-    const model: number[] = [];
-    let seed = 1;
-    const random = () => {
-      seed = (seed * 48271) % 2147483647;
-      return seed % 20;
-    };
-    for (let step = 0; step < 5_000; step++) {
-      const key = random();
-      const at = model.indexOf(key);
-      if (step % 3 === 0) {
-        map.set(key, step);
-        if (at >= 0) model.splice(at, 1);
-        else if (model.length === capacity) model.shift();
-        model.push(key);
-      } else {
-        expect(map.get(key) !== undefined).toBe(at >= 0);
-        if (at >= 0) model.push(...model.splice(at, 1));
+    // Small and large: the small one's index wraps around its end; the large one's has long probe
+    // runs, which every eviction shortens by moving later entries back.
+    for (const [capacity, keys, steps] of [
+      [7, 20, 5_000],
+      [1_500, 6_000, 60_000],
+    ] as const) {
+      const map = new LruMap<string, number>(capacity);
+      // The model: a Map's order is insertion order, so delete-and-set makes a key the most recent.
+      const model = new Map<string, number>();
+      let seed = 1;
+      const random = () => {
+        seed = (seed * 48271) % 2147483647;
+        return `k${seed % keys}`;
+      };
+      for (let step = 0; step < steps; step++) {
+        const key = random();
+        const held = model.get(key);
+        if (step % 3 === 0) {
+          map.set(key, step);
+          model.delete(key);
+          if (model.size === capacity) model.delete(model.keys().next().value as string);
+          model.set(key, step);
+        } else {
+          expect(map.get(key)).toBe(held);
+          if (held !== undefined) {
+            model.delete(key);
+            model.set(key, held);
+          }
+        }
       }
+      expect(map.size).toBe(model.size);
+      for (let key = 0; key < keys; key++) expect(map.peek(`k${key}`)).toBe(model.get(`k${key}`));
     }
-    expect(map.size).toBe(model.length);
-    for (let key = 0; key < 20; key++) expect(map.peek(key) !== undefined).toBe(model.includes(key));
   });
 
   it("peek does not count as a use", () => {
