@@ -8,7 +8,10 @@
 // - CheckConnection and BatchCheckConnection on ids the cache holds ("cached": a hot set of half
 //   the cache, every id checked once beforehand) and on random ids over the whole data set
 //   ("missing": the pool cycles through five times the cache, so an id is evicted before it comes
-//   back), as checks per second and the service's CPU per check;
+//   back), as checks per second and the service's CPU per check. Cached and missing alternate,
+//   BENCH_SCALE_ROUNDS times each, and each round's miss / cached ratio is taken from its own pair:
+//   this machine's speed drifts by a factor of two within a minute, which one cached run followed
+//   by one missing run took for the cost of a miss;
 // - the cache's cost per entry from outside: a second service whose cache holds every Connection,
 //   its anonymous resident memory (RSS without the memory-mapped database file) and heap (scraped
 //   from its /metrics) before and after every Connection was checked once.
@@ -19,6 +22,7 @@ import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BATCH_CHECK_PATH, batchCheckRequests, verifyBatches } from "./batch-check.js";
 import { buildService, processCpuSeconds, runClient, startService, statusMiB } from "./processes.js";
+import { median, roundRatios } from "./report.js";
 import { buildScaleDatabase, type ScaleDatasetOptions, scaleDataset } from "./scale-dataset.js";
 import { CHECK_PATH, checkRequests, type LoadPlan, type RequestItem } from "./workload.js";
 
@@ -34,10 +38,21 @@ export interface ScaleOptions {
 
 interface Run {
   readonly name: string;
+  readonly kind: "cached" | "missing";
+  readonly round: number;
   readonly checksPerCall: number;
   readonly checksPerSecond: number;
   readonly cpuUsPerCheck: number;
   readonly failures: number;
+}
+
+/** One kind of check the section measures, cached and missing. */
+interface ScaleCheck {
+  readonly name: string;
+  readonly path: string;
+  readonly cached: readonly RequestItem[];
+  readonly missing: readonly RequestItem[];
+  readonly checksPerCall: number;
 }
 
 const GOALS = { missVsCachedCpu: 1.5, batchVsSingle: 5 } as const;
@@ -74,7 +89,8 @@ export async function runScale(options: ScaleOptions): Promise<string[]> {
   const dataset: ScaleDatasetOptions = { connections: cache * factor, organizations: Math.ceil((cache * factor) / 50) };
   const startupConnections = integer("BENCH_SCALE_STARTUP_CONNECTIONS", 1_000_000);
   const starts = integer("BENCH_SCALE_STARTS", 3);
-  const seconds = integer("BENCH_SCALE_SECONDS", 5);
+  const seconds = integer("BENCH_SCALE_SECONDS", 4);
+  const rounds = integer("BENCH_SCALE_ROUNDS", 3);
   const warmupSeconds = integer("BENCH_SCALE_WARMUP_SECONDS", 2);
   const batchSize = integer("BENCH_BATCH_SIZE", 50);
   const path = join(workDir, "scale.db");
@@ -130,24 +146,26 @@ export async function runScale(options: ScaleOptions): Promise<string[]> {
   const url = `http://127.0.0.1:${service.port}`;
   const hotPool = checkRequests(scaleDataset(dataset, 0, cache / 2), cache, 1);
   const randomPool = checkRequests(scaleDataset(dataset), dataset.connections, 2);
+  const hotBatches = batchCheckRequests(hotPool, batchSize);
   progress("scale: verifying every batch's answers (and caching the hot set)");
   const verified = [
-    await verifyBatches(url, options.headers, batchCheckRequests(hotPool, batchSize)),
+    await verifyBatches(url, options.headers, hotBatches),
     await verifyBatches(url, options.headers, batchCheckRequests(randomPool, batchSize)),
   ];
   const runs: Run[] = [];
-  const measure = async (name: string, pathOf: string, requests: readonly RequestItem[], checksPerCall: number) => {
+  const measure = async (round: number, check: ScaleCheck, kind: Run["kind"]) => {
+    const { name, checksPerCall } = check;
     const planPath = join(workDir, `scale-plan-${runs.length}.json`);
     const plan: LoadPlan = {
       kind: "load",
       url,
-      path: pathOf,
+      path: check.path,
       headers: options.headers,
       sessions: 8,
       concurrency: checksPerCall > 1 ? 32 : 128,
       warmupSeconds,
       seconds,
-      requests,
+      requests: check[kind],
       reuse: true,
     };
     writeFileSync(planPath, JSON.stringify(plan));
@@ -160,31 +178,38 @@ export async function runScale(options: ScaleOptions): Promise<string[]> {
     const checks = result.completed * checksPerCall;
     const run: Run = {
       name,
+      kind,
+      round,
       checksPerCall,
       checksPerSecond: checks / result.seconds,
       cpuUsPerCheck: (cpuSeconds * 1e6) / checks,
       failures: Object.values(result.errors).reduce((sum, n) => sum + n, 0) + result.wrongAnswers,
     };
     progress(
-      `  ${name}: ${Math.round(run.checksPerSecond)} checks/s, ${run.cpuUsPerCheck.toFixed(0)} µs service CPU per check`,
+      `  ${name}, ${kind}: ${Math.round(run.checksPerSecond)} checks/s, ${run.cpuUsPerCheck.toFixed(1)} µs service CPU per check`,
     );
     runs.push(run);
   };
   const bodies = (items: readonly RequestItem[]) => items.map(({ body }) => ({ body }));
-  await measure("CheckConnection, cached", CHECK_PATH, hotPool, 1);
-  await measure("CheckConnection, missing", CHECK_PATH, randomPool, 1);
-  await measure(
-    `BatchCheckConnection (${batchSize}), cached`,
-    BATCH_CHECK_PATH,
-    bodies(batchCheckRequests(hotPool, batchSize)),
-    batchSize,
-  );
-  await measure(
-    `BatchCheckConnection (${batchSize}), missing`,
-    BATCH_CHECK_PATH,
-    bodies(batchCheckRequests(randomPool, batchSize)),
-    batchSize,
-  );
+  const kinds: [ScaleCheck, ScaleCheck] = [
+    { name: "CheckConnection", path: CHECK_PATH, cached: hotPool, missing: randomPool, checksPerCall: 1 },
+    {
+      name: `BatchCheckConnection (${batchSize})`,
+      path: BATCH_CHECK_PATH,
+      cached: bodies(hotBatches),
+      missing: bodies(batchCheckRequests(randomPool, batchSize)),
+      checksPerCall: batchSize,
+    },
+  ];
+  for (let round = 1; round <= rounds; round++) {
+    progress(`scale: round ${round} of ${rounds}`);
+    for (const check of kinds) {
+      // The missing run before evicted part of the hot set: each cached run starts with all of it.
+      await verifyBatches(url, options.headers, hotBatches);
+      await measure(round, check, "cached");
+      await measure(round, check, "missing");
+    }
+  }
   const checkingMemory = {
     peakRss: statusMiB(service.pid, "VmHWM"),
     rss: statusMiB(service.pid, "VmRSS"),
@@ -233,11 +258,22 @@ export async function runScale(options: ScaleOptions): Promise<string[]> {
       `${checkingMemory.rss.toFixed(0)} MiB, of which anonymous ${checkingMemory.anonymous.toFixed(0)} MiB (the rest ` +
       "is pages of the memory-mapped database file, which the kernel may reclaim)",
   );
-  for (const run of runs) {
-    log(
-      `  ${run.name}: ${Math.round(run.checksPerSecond)} checks/s, ${run.cpuUsPerCheck.toFixed(1)} µs service CPU per check` +
-        (run.failures > 0 ? `, ${run.failures} FAILED` : ""),
-    );
+  /** One figure of the runs named `name` of `kind`, in round order. */
+  const series = (name: string, kind: Run["kind"], figure: (run: Run) => number) =>
+    runs.filter((run) => run.name === name && run.kind === kind).map(figure);
+  const list = (values: readonly number[], digits: number) => values.map((value) => value.toFixed(digits)).join(", ");
+  log(`  checks, median of ${rounds} rounds (each round's runs in brackets), cached and missing alternating:`);
+  for (const { name } of kinds) {
+    for (const kind of ["cached", "missing"] as const) {
+      const perSecond = series(name, kind, (run) => run.checksPerSecond);
+      const cpu = series(name, kind, (run) => run.cpuUsPerCheck);
+      const failures = series(name, kind, (run) => run.failures).reduce((sum, n) => sum + n, 0);
+      log(
+        `    ${name}, ${kind}: ${Math.round(median(perSecond))} checks/s [${list(perSecond, 0)}], ` +
+          `${median(cpu).toFixed(1)} µs service CPU per check [${list(cpu, 1)}]` +
+          (failures > 0 ? `, ${failures} FAILED` : ""),
+      );
+    }
   }
   const wrong = verified.reduce((sum, v) => sum + v.wrong + v.failures, 0);
   log(`  answers verified: ${verified.reduce((sum, v) => sum + v.checks, 0)} checks, ${wrong} wrong or failed`);
@@ -247,18 +283,20 @@ export async function runScale(options: ScaleOptions): Promise<string[]> {
       `${holdsOne.rssMiB.toFixed(0)} and ${holdsOne.heapMiB.toFixed(0)} MiB: ${perEntry(holdsAll.rssMiB - holdsOne.rssMiB)} B of anonymous RSS ` +
       `and ${perEntry(holdsAll.heapMiB - holdsOne.heapMiB)} B of heap per entry (heap as scraped from /metrics, garbage included)`,
   );
-  const cpu = (name: string) => runs.find((run) => run.name.startsWith(name) && run.name.endsWith("missing"));
-  const cached = (name: string) => runs.find((run) => run.name.startsWith(name) && run.name.endsWith("cached"));
   const verdicts: string[] = [];
-  for (const name of ["CheckConnection", "BatchCheckConnection"]) {
-    const ratio = (cpu(name)?.cpuUsPerCheck ?? Number.NaN) / (cached(name)?.cpuUsPerCheck ?? Number.NaN);
+  for (const { name } of kinds) {
+    const ofKind = (kind: Run["kind"]) => runs.filter((run) => run.name === name && run.kind === kind);
+    const ratios = roundRatios(ofKind("missing"), ofKind("cached"), (run) => run.cpuUsPerCheck);
+    const ratio = ratios?.median ?? Number.NaN;
     verdicts.push(
-      `scale: ${name} miss / cached service CPU per check ${ratio.toFixed(2)}x (goal <= ${GOALS.missVsCachedCpu}x): ${ratio <= GOALS.missVsCachedCpu ? "met" : "NOT MET"}`,
+      `scale: ${name} miss / cached service CPU per check ${ratio.toFixed(2)}x, median of same-round ratios ` +
+        `(${ratios?.low.toFixed(2)}-${ratios?.high.toFixed(2)}) (goal <= ${GOALS.missVsCachedCpu}x): ` +
+        `${ratio <= GOALS.missVsCachedCpu ? "met" : "NOT MET"}`,
     );
   }
-  const batchRatio =
-    (cpu("BatchCheckConnection")?.checksPerSecond ?? Number.NaN) /
-    (cpu("CheckConnection")?.checksPerSecond ?? Number.NaN);
+  const missingRate = (name: string) => median(series(name, "missing", (run) => run.checksPerSecond));
+  const [single, batch] = kinds;
+  const batchRatio = missingRate(batch.name) / missingRate(single.name);
   verdicts.push(
     `scale: random-id BatchCheckConnection / CheckConnection checks per second ${batchRatio.toFixed(1)}x (goal >= ${GOALS.batchVsSingle}x): ${batchRatio >= GOALS.batchVsSingle ? "met" : "NOT MET"}`,
   );
