@@ -2,24 +2,25 @@
 //
 // SQLite belongs to one process (the file is locked exclusively), so every write passes through
 // this process and a cache that every write updates before it returns is exact. The cache is
-// bounded (CHECK_CACHE_ENTRIES, least recently used out first) and keeps each entry compact. A
-// miss reads the committed row synchronously through a prepared statement (CheckSource) and fills
-// the cache in the same step, so no write can land between the read and the fill; while a write's
-// transaction is open on the one connection, a read could see its uncommitted rows, so a miss then
-// waits for the connection instead. Once the cache is full, a miss is kept only when the same id
-// missed recently too (RecentMisses): when the checked ids outnumber the cache, keeping every miss
-// would evict on every miss for entries that are mostly evicted again before they are checked
-// again, and the eviction, the entry's encoding and the garbage it leaves cost more CPU than the
-// read.
+// bounded (CHECK_CACHE_ENTRIES, about the least recently used out first) and keeps each entry
+// compact. A miss reads the committed row synchronously through a prepared statement
+// (CheckSource) and fills the cache in the same step, so no write can land between the read and
+// the fill; while a write's transaction is open on the one connection, a read could see its
+// uncommitted rows, so a miss then waits for the connection instead. Once the cache is full, a
+// miss is kept only when the same id missed recently too (RecentMisses): when the checked ids
+// outnumber the cache, keeping every miss would evict on every miss for entries that are mostly
+// evicted again before they are checked again, and the eviction, the entry's encoding and the
+// garbage it leaves cost more CPU than the read.
 // PostgreSQL may have several replicas writing, so nothing is cached: concurrent checks are
 // coalesced into one query instead, each sent after all of its callers arrived.
 //
-// Recency: a doubly linked list of slots in typed arrays (SlotList). A read relinks two slots, and
-// eviction takes the list's tail. (Evicting by a Map's insertion order instead, `keys().next()` on
-// the oldest key, walks over every entry deleted since the Map's last rehash: with a full cache
-// that grew to a large fraction of a millisecond per miss.) The index from id to slot is a table of
-// hashes in a typed array, not a Map, so that looking up an id the cache does not hold, which every
-// miss does, reads no other id's string.
+// Which entry leaves when the cache is full: the clock algorithm (second chance), an
+// approximation of least recently used in which a hit only sets a bit of its own slot (SlotList).
+// (Evicting by a Map's insertion order instead, `keys().next()` on the oldest key, walks over every
+// entry deleted since the Map's last rehash: with a full cache that grew to a large fraction of a
+// millisecond per miss.) The index from id to slot is a table of hashes in a typed array, not a
+// Map, so that looking up an id the cache does not hold, which every miss does, reads no other
+// id's string.
 
 import type { ConnectionRecord } from "./store.js";
 
@@ -47,7 +48,7 @@ const NONE = -1;
 const INITIAL_SLOTS = 1024;
 
 /** A copy of `old` with room for `length` elements. */
-function grown<T extends Int32Array | Uint16Array | Float64Array>(old: T, length: number): T {
+function grown<T extends Uint8Array | Uint16Array | Int32Array | Float64Array>(old: T, length: number): T {
   const array = new (old.constructor as new (length: number) => T)(length);
   array.set(old);
   return array;
@@ -71,29 +72,31 @@ export function hashString(key: string): number {
 }
 
 /**
- * Keys in slots 0 .. capacity-1, in least-recently-used order, with no object made per key.
+ * Keys in slots 0 .. capacity-1, and which of them to reuse when full, with no object made per key.
  *
- * Recency is a doubly linked list of slots in two typed arrays. The index from key to slot is an
- * open-addressing table (linear probing, at most half full) that holds each key's hash beside its
- * slot, so a lookup compares hashes in one typed array and reads a key string only when the hashes
- * match. A Map would load the strings of its bucket's chain: for a key it does not hold (every
- * cache miss) that is one or two random memory reads, half a microsecond here, more than the rest
- * of the lookup (docs/performance.md, Scale).
+ * The choice is the clock algorithm (second chance), an approximation of least recently used: a
+ * use sets its slot's bit, and a new key takes the first slot at or after the clock's hand whose
+ * bit is clear, clearing the set bits it passes. A use so writes one byte of its own slot; a
+ * doubly linked list kept in exact recency order relinked the slot and its two neighbours on every
+ * hit, random memory reads that cost a cached check 0.3-1.5 µs here (docs/performance.md, Scale).
+ *
+ * The index from key to slot is an open-addressing table (linear probing, at most half full) that
+ * holds each key's hash beside its slot, so a lookup compares hashes in one typed array and reads a
+ * key string only when the hashes match. A Map would load the strings of its bucket's chain: for a
+ * key it does not hold (every cache miss) that is one or two random memory reads.
  */
 class SlotList<K extends string> {
   readonly #keys: K[] = [];
   /** Per slot: its key's hash. */
   #hashes = new Int32Array(0);
-  #previous = new Int32Array(0);
-  #next = new Int32Array(0);
+  /** Per slot: 1 when used since the hand last passed it. */
+  #used = new Uint8Array(0);
   /** Per position: a hash, then the slot + 1 that holds the key (0: an empty position). */
   #index = new Int32Array(0);
   #positionMask = 0;
   #size = 0;
-  /** The most recently used slot. */
-  #head = NONE;
-  /** The least recently used slot, the next to be reused. */
-  #tail = NONE;
+  /** The next slot to consider for reuse. */
+  #hand = 0;
   /** Keys that left to make room for others, since start. */
   evictions = 0;
 
@@ -105,11 +108,11 @@ class SlotList<K extends string> {
     return this.#size;
   }
 
-  /** The key's slot, now the most recently used. */
+  /** The key's slot, marked as used. */
   use(key: K, hash = hashString(key)): number | undefined {
     const slot = this.#find(key, hash);
     if (slot === NONE) return undefined;
-    this.#touch(slot);
+    this.#used[slot] = 1;
     return slot;
   }
 
@@ -119,26 +122,26 @@ class SlotList<K extends string> {
     return slot === NONE ? undefined : slot;
   }
 
-  /** The key's slot, now the most recently used; when full, a new key takes the least recently used one's. */
+  /** The key's slot, marked as used; when full, a new key takes the slot the clock gives up. */
   claim(key: K, hash = hashString(key)): number {
     let slot = this.#find(key, hash);
     if (slot !== NONE) {
-      this.#touch(slot);
+      this.#used[slot] = 1;
       return slot;
     }
     if (this.#size >= this.capacity) {
-      slot = this.#tail;
-      this.#unlink(slot);
+      slot = this.#victim();
       this.#remove(slot);
       this.evictions++;
     } else {
-      if (this.#size >= this.#next.length) this.#allocate(nextAllocation(this.#next.length, this.capacity));
+      if (this.#size >= this.#used.length) this.#allocate(nextAllocation(this.#used.length, this.capacity));
       slot = this.#size++;
     }
     this.#keys[slot] = key;
     this.#hashes[slot] = hash;
+    // Unused: the hand reaches it last, after every other slot.
+    this.#used[slot] = 0;
     this.#insert(hash, slot);
-    this.#linkFirst(slot);
     return slot;
   }
 
@@ -146,8 +149,17 @@ class SlotList<K extends string> {
     this.#keys.length = 0;
     this.#index.fill(0);
     this.#size = 0;
-    this.#head = NONE;
-    this.#tail = NONE;
+    this.#hand = 0;
+  }
+
+  /** The first slot from the hand on not used since the hand last passed it; clears the bits it passes. */
+  #victim(): number {
+    for (;;) {
+      const slot = this.#hand;
+      this.#hand = slot + 1 === this.#size ? 0 : slot + 1;
+      if (this.#used[slot] === 0) return slot;
+      this.#used[slot] = 0;
+    }
   }
 
   #find(key: K, hash: number): number {
@@ -188,36 +200,12 @@ class SlotList<K extends string> {
   /** Room for `slots` slots, and an index of at least twice as many positions. */
   #allocate(slots: number): void {
     this.#hashes = grown(this.#hashes, slots);
-    this.#previous = grown(this.#previous, slots);
-    this.#next = grown(this.#next, slots);
+    this.#used = grown(this.#used, slots);
     let positions = 16;
     while (positions < 2 * slots) positions *= 2;
     this.#index = new Int32Array(2 * positions);
     this.#positionMask = positions - 1;
     for (let slot = 0; slot < this.#size; slot++) this.#insert(this.#hashes[slot] as number, slot);
-  }
-
-  #touch(slot: number): void {
-    if (slot === this.#head) return;
-    this.#unlink(slot);
-    this.#linkFirst(slot);
-  }
-
-  #unlink(slot: number): void {
-    const previous = this.#previous[slot] as number;
-    const next = this.#next[slot] as number;
-    if (previous === NONE) this.#head = next;
-    else this.#next[previous] = next;
-    if (next === NONE) this.#tail = previous;
-    else this.#previous[next] = previous;
-  }
-
-  #linkFirst(slot: number): void {
-    this.#previous[slot] = NONE;
-    this.#next[slot] = this.#head;
-    if (this.#head === NONE) this.#tail = slot;
-    else this.#previous[this.#head] = slot;
-    this.#head = slot;
   }
 }
 
@@ -251,7 +239,7 @@ export class RecentMisses {
   }
 }
 
-/** A bounded map that forgets the least recently used entry first (a read counts as a use). */
+/** A bounded map that forgets about the least recently used entry first (SlotList; a read counts as a use). */
 export class LruMap<K extends string, V> {
   readonly #order: SlotList<K>;
   readonly #values: V[] = [];
