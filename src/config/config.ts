@@ -38,7 +38,7 @@ export interface Config {
   readonly maxDeadlineMs: number;
   /** What one client may hold of the port: timeouts and HTTP/2 limits (see src/transport/limits.ts). */
   readonly limits: TransportLimits;
-  /** SQLite: Connections the CheckConnection cache holds (least recently checked leave first). */
+  /** SQLite: Connections the CheckConnection cache holds (about the least recently checked leave first). */
   readonly checkCacheEntries: number;
   /** SQLite: MiB of the file read through a memory map (0: read() only). */
   readonly sqliteMmapMib: number;

@@ -110,7 +110,7 @@ export interface KyselyStoreOptions {
   readonly walFlusher?: WalFlusher;
   /** SQLite (required there): the database behind `db`, which check-cache misses read directly. */
   readonly sqlite?: SqliteDatabase.Database;
-  /** SQLite: how many Connections the check cache holds (least recently used go first). */
+  /** SQLite: how many Connections the check cache holds (about the least recently used go first). */
   readonly checkCacheEntries?: number;
   /** PostgreSQL: notifications of events committed by other processes; none when the feed only polls. */
   readonly feedListener?: FeedListener;
