@@ -258,9 +258,10 @@ export async function runScale(options: ScaleOptions): Promise<string[]> {
       `${checkingMemory.rss.toFixed(0)} MiB, of which anonymous ${checkingMemory.anonymous.toFixed(0)} MiB (the rest ` +
       "is pages of the memory-mapped database file, which the kernel may reclaim)",
   );
-  /** One figure of the runs named `name` of `kind`, in round order. */
-  const series = (name: string, kind: Run["kind"], figure: (run: Run) => number) =>
-    runs.filter((run) => run.name === name && run.kind === kind).map(figure);
+  /** The runs named `name` of `kind`, in round order. */
+  const runsOf = (name: string, kind: Run["kind"]) => runs.filter((run) => run.name === name && run.kind === kind);
+  /** One figure of those runs. */
+  const series = (name: string, kind: Run["kind"], figure: (run: Run) => number) => runsOf(name, kind).map(figure);
   const list = (values: readonly number[], digits: number) => values.map((value) => value.toFixed(digits)).join(", ");
   log(`  checks, median of ${rounds} rounds (each round's runs in brackets), cached and missing alternating:`);
   for (const { name } of kinds) {
@@ -285,8 +286,7 @@ export async function runScale(options: ScaleOptions): Promise<string[]> {
   );
   const verdicts: string[] = [];
   for (const { name } of kinds) {
-    const ofKind = (kind: Run["kind"]) => runs.filter((run) => run.name === name && run.kind === kind);
-    const ratios = roundRatios(ofKind("missing"), ofKind("cached"), (run) => run.cpuUsPerCheck);
+    const ratios = roundRatios(runsOf(name, "missing"), runsOf(name, "cached"), (run) => run.cpuUsPerCheck);
     const ratio = ratios?.median ?? Number.NaN;
     verdicts.push(
       `scale: ${name} miss / cached service CPU per check ${ratio.toFixed(2)}x, median of same-round ratios ` +

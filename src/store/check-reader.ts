@@ -63,7 +63,7 @@ function nextAllocation(allocated: number, capacity: number): number {
  * A string's 32-bit FNV-1a hash, its bits then mixed (murmur3's finalizer) so that ids differing
  * only in their last characters spread over a table's low bits.
  */
-export function hashString(key: string): number {
+function hashString(key: string): number {
   let hash = 0x811c9dc5;
   for (let index = 0; index < key.length; index++) hash = Math.imul(hash ^ key.charCodeAt(index), 0x01000193);
   hash = Math.imul(hash ^ (hash >>> 16), 0x85ebca6b);
@@ -109,8 +109,8 @@ class SlotList<K extends string> {
   }
 
   /** The key's slot, marked as used. */
-  use(key: K, hash = hashString(key)): number | undefined {
-    const slot = this.#find(key, hash);
+  use(key: K): number | undefined {
+    const slot = this.#find(key, hashString(key));
     if (slot === NONE) return undefined;
     this.#used[slot] = 1;
     return slot;
