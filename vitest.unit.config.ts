@@ -1,11 +1,18 @@
-// `npm run test:unit`: the fast loop. The domain, the api layer and the codecs, and the store on
-// SQLite in memory: no server process, no file, no PostgreSQL. `npm test` runs everything.
+// `npm run test:unit`: the fast loop. The domain, the api layer and the codecs, the store on SQLite
+// in memory, and the collection after a burst: no server process, no file, no PostgreSQL.
+// `npm test` runs everything.
 
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    include: ["test/domain/**/*.test.ts", "test/api/**/*.test.ts", "test/app/**/*.test.ts", "test/store/**/*.test.ts"],
+    include: [
+      "test/domain/**/*.test.ts",
+      "test/api/**/*.test.ts",
+      "test/app/**/*.test.ts",
+      "test/store/**/*.test.ts",
+      "test/runtime/**/*.test.ts",
+    ],
     // Start-up against files, permissions and absent servers, and fsync counting: the full suite's.
     exclude: ["test/store/open.test.ts", "test/store/sqlite-faults.test.ts", "test/store/durability.test.ts"],
     env: { TEST_DATABASES: "sqlite-memory" },
