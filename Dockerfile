@@ -21,12 +21,18 @@ COPY src ./src
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
 FROM ${NODE_IMAGE}
+# glibc's malloc: two arenas instead of eight per core, and the top of the heap given back past
+# 128 KiB freed instead of a threshold that grows to 64 MiB. A storm's HTTP/2 streams are malloc'd
+# and freed by nghttp2; with glibc's defaults about 10 MiB of them stayed resident after each
+# (docs/performance.md, "memory given back after a storm"). bench/processes.ts runs the service so.
 ENV NODE_ENV=production \
     HOST=0.0.0.0 \
     PORT=8080 \
     ADMIN_PORT=9090 \
     DATABASE_URL=sqlite:/app/data/connections.db \
-    SHUTDOWN_GRACE_MS=8000
+    SHUTDOWN_GRACE_MS=8000 \
+    MALLOC_ARENA_MAX=2 \
+    MALLOC_TRIM_THRESHOLD_=131072
 WORKDIR /app
 COPY --from=build --chown=root:root /app/package.json ./
 COPY --from=build --chown=root:root /app/node_modules ./node_modules

@@ -167,6 +167,9 @@ export async function startService(options: ServiceOptions): Promise<StartedServ
     CALLERS_FILE: options.callersFile,
     // Metrics on, as deployed (a free port: nothing scrapes it here).
     ADMIN_PORT: "0",
+    // glibc's malloc as the image sets it (Dockerfile).
+    MALLOC_ARENA_MAX: "2",
+    MALLOC_TRIM_THRESHOLD_: "131072",
     ...options.env,
   };
   if (options.logLevel === undefined) delete env.LOG_LEVEL;
