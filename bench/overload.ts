@@ -34,6 +34,8 @@ const RECOVERY_MS = 1_000;
 const SLICE_MS = 5_000;
 /** How long the canaries and the RSS sampling go on after the storm. */
 const AFTER_MS = 5_000;
+/** RSS is read once more this long after the storm, for information: V8 shrinks its young generation only once 5 s of quiet are behind it. */
+const LATER_MS = 10_000;
 /** Quiet before the idle RSS is read and before each scenario, so that one run's backlog is not the next one's load. */
 const SETTLE_MS = 5_000;
 
@@ -258,6 +260,8 @@ export async function runOverload(
     await sleep(AFTER_MS);
     const afterRss = statusMiB(inputs.pid, "VmRSS");
     for (const canary of canaries) canary.stop();
+    await sleep(LATER_MS - AFTER_MS);
+    const laterRss = statusMiB(inputs.pid, "VmRSS");
 
     const goodput = okAnswers(stormRun, stormAnswerBytes) / inputs.seconds;
     log();
@@ -269,7 +273,8 @@ export async function runOverload(
     );
     log(
       `  service RSS: idle ${idleRss.toFixed(0)} MiB, peak during ${peakRss.toFixed(0)} MiB (${(peakRss / idleRss).toFixed(2)}x), ` +
-        `${AFTER_MS / 1000} s after ${afterRss.toFixed(0)} MiB (${(afterRss / idleRss).toFixed(2)}x)`,
+        `${AFTER_MS / 1000} s after ${afterRss.toFixed(0)} MiB (${(afterRss / idleRss).toFixed(2)}x), ` +
+        `${LATER_MS / 1000} s after ${laterRss.toFixed(0)} MiB (${(laterRss / idleRss).toFixed(2)}x)`,
     );
     verdict(`${title}: goodput / capacity`, goodput / capacity, GOALS.goodputVsCapacity, false);
     verdict(`${title}: RSS during / idle`, peakRss / idleRss, GOALS.rssDuringVsIdle, true);
