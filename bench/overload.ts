@@ -18,7 +18,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { GetConnectionRequestSchema } from "../gen/connections/v1/connection_service_pb.js";
 import { type Answer, type Channel, Errors, failureOf, frame, type Headers, openChannel } from "./grpc-client.js";
-import { type H2loadResult, runH2load } from "./h2load.js";
+import { type H2loadSummary, runH2loadSummary } from "./h2load.js";
 import { statusMiB } from "./processes.js";
 import { CHECK_PATH } from "./workload.js";
 
@@ -193,7 +193,7 @@ function percentile(values: readonly number[], fraction: number): number {
 }
 
 /** OK answers in an h2load run: refusals are trailers-only, so every DATA byte belongs to an OK answer. */
-function okAnswers(result: H2loadResult, okAnswerBytes: number): number {
+function okAnswers(result: H2loadSummary, okAnswerBytes: number): number {
   return (result.dataBytesPerAnswer * result.answers2xx) / okAnswerBytes;
 }
 
@@ -220,7 +220,7 @@ export async function runOverload(
     const stormAnswerBytes = await okAnswerBytes(inputs.url, storm);
     for (const canary of scenario.canaries) await okAnswerBytes(inputs.url, canary);
     progress(`overload: ${title}: capacity (h2load -c8 -m16, ${inputs.capacitySeconds} s)`);
-    const capacityRun = await runH2load(inputs.h2load, {
+    const capacityRun = await runH2loadSummary(inputs.h2load, {
       url: inputs.url,
       path: storm.path,
       bodyPath: path,
@@ -229,7 +229,6 @@ export async function runOverload(
       clients: 8,
       streamsPerClient: 16,
       seconds: inputs.capacitySeconds,
-      logPath: join(inputs.workDir, `overload-capacity-${storm.name}.log`),
     });
     const capacity = okAnswers(capacityRun, stormAnswerBytes) / inputs.capacitySeconds;
     await sleep(SETTLE_MS);
@@ -244,7 +243,7 @@ export async function runOverload(
       peakRss = Math.max(peakRss, statusMiB(inputs.pid, "VmRSS"));
     }, 250);
     const stormStart = performance.now();
-    const stormRun = await runH2load(inputs.h2load, {
+    const stormRun = await runH2loadSummary(inputs.h2load, {
       url: inputs.url,
       path: storm.path,
       bodyPath: path,
@@ -253,7 +252,6 @@ export async function runOverload(
       clients: STORM_CLIENTS,
       streamsPerClient: STORM_STREAMS,
       seconds: inputs.seconds,
-      logPath: join(inputs.workDir, `overload-storm-${storm.name}.log`),
     });
     const stormEnd = performance.now();
     clearInterval(sampler);
