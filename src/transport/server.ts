@@ -26,6 +26,7 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import type { RpcPipeline } from "../api/rpc/pipeline.js";
 import { ConnectEdge, pathOf } from "./connect-edge.js";
 import { ABANDON_REQUEST, CONNECTION_AGING, routePipeline } from "./connect-routes.js";
+import { ConnectionPacer } from "./connection-pacing.js";
 import { closeGracefully } from "./goaway.js";
 import { GrpcFastPath } from "./grpc-fast-path.js";
 import { HealthController, routeHealth } from "./health.js";
@@ -214,8 +215,9 @@ class MultiProtocolServer implements RunningServer {
   private readonly tls: TlsTerminator | undefined;
   private readonly http1Server: http.Server;
   private readonly http2Server: http2.Http2Server;
-  /** Accepted connections whose first bytes have not arrived yet. */
+  /** Accepted connections not yet handed to a server: their first bytes have not arrived, or they wait for their turn. */
   private readonly undecidedSockets = new Set<net.Socket>();
+  private readonly pacer = new ConnectionPacer();
   private readonly http2Sessions = new Set<http2.ServerHttp2Session>();
   private draining = false;
   private closed: Promise<void> | undefined;
@@ -236,7 +238,10 @@ class MultiProtocolServer implements RunningServer {
         : createTlsTerminator(
             tlsCredentials,
             limits.firstBytesTimeoutMs,
-            (socket) => (socket.alpnProtocol === "h2" ? this.http2Server : this.http1Server).emit("connection", socket),
+            (socket) =>
+              this.pacer.admit(socket, () =>
+                (socket.alpnProtocol === "h2" ? this.http2Server : this.http1Server).emit("connection", socket),
+              ),
             (error) => {
               this.logger.debug({ err: error }, "TLS handshake failed");
               if (!hungUp(error)) this.observer?.portRefused("tls_handshake_failed");
@@ -429,6 +434,7 @@ class MultiProtocolServer implements RunningServer {
     this.health.shutDown();
     this.draining = true;
     const allClosed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
+    this.pacer.flush();
     for (const socket of this.undecidedSockets) socket.destroy();
     if (this.health.watcherCount > 0)
       await sleep(Math.min(HEALTH_WATCHERS_NOTICE_MS, graceMs), undefined, { ref: false });
@@ -486,17 +492,20 @@ class MultiProtocolServer implements RunningServer {
       socket.off("data", onData);
       socket.off("error", drop);
       socket.setTimeout(0);
-      this.undecidedSockets.delete(socket);
       socket.pause();
       socket.unshift(received);
-      if (http2Preface) {
-        // No resume(): the http2 session reads what is buffered on the socket itself; resuming
-        // would emit those bytes as 'data' to nobody, and the session would never see the preface.
-        this.http2Server.emit("connection", socket);
-      } else {
-        this.http1Server.emit("connection", socket);
-        socket.resume();
-      }
+      // It stays undecided until handed over; a drain hands over every waiting connection at once.
+      this.pacer.admit(socket, () => {
+        this.undecidedSockets.delete(socket);
+        if (http2Preface) {
+          // No resume(): the http2 session reads what is buffered on the socket itself; resuming
+          // would emit those bytes as 'data' to nobody, and the session would never see the preface.
+          this.http2Server.emit("connection", socket);
+        } else {
+          this.http1Server.emit("connection", socket);
+          socket.resume();
+        }
+      });
     };
     socket.on("data", onData);
     socket.on("error", drop);
