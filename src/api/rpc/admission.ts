@@ -54,7 +54,9 @@ export interface AdmissionSettings {
 export const DEFAULT_ADMISSION_SETTINGS: AdmissionSettings = {
   maxInFlight: 1000,
   minInFlight: 256,
-  targetDelayMs: 50,
+  // A saturated loop's turns at 50 ms held a storm's calls for 20-60 ms at the median before
+  // another caller's call was read; at 20 ms they hold fewer (docs/performance.md, Overload).
+  targetDelayMs: 20,
   callerIdleMs: 5_000,
   pushbackMs: 200,
   maxQueued: 1000,
