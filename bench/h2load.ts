@@ -77,7 +77,7 @@ export function ensureH2load(progress: (line: string) => void): string {
 
 /** A run with its per-request log, read for latency percentiles once h2load is done. */
 export async function runH2load(binary: string, options: H2loadLoggedOptions): Promise<H2loadResult> {
-  const summary = await runH2loadSummary(binary, options, [`--log-file=${options.logPath}`]);
+  const summary = await summarizedRun(binary, options, [`--log-file=${options.logPath}`]);
   return { ...summary, ...percentiles(options.logPath, options.seconds) };
 }
 
@@ -86,10 +86,14 @@ export async function runH2load(binary: string, options: H2loadLoggedOptions): P
  * second (200,000 lines for a 20 s storm), in which calls the bench itself times, such as the
  * overload section's canaries, would wait for it and be timed as slow.
  */
-export async function runH2loadSummary(
+export function runH2loadSummary(binary: string, options: H2loadOptions): Promise<H2loadSummary> {
+  return summarizedRun(binary, options, []);
+}
+
+async function summarizedRun(
   binary: string,
   options: H2loadOptions,
-  extraArgs: readonly string[] = [],
+  extraArgs: readonly string[],
 ): Promise<H2loadSummary> {
   const args = [
     `-t${options.threads}`,

@@ -15,6 +15,7 @@ import { performance } from "node:perf_hooks";
 import v8 from "node:v8";
 import vm from "node:vm";
 import type { Logger } from "pino";
+import { loopUtilizationMeter } from "./loop-utilization.js";
 
 /** How often the process is looked at. */
 const INTERVAL_MS = 1_000;
@@ -75,7 +76,6 @@ export class IdleCollector {
 export function processRuntime(): Runtime {
   v8.setFlagsFromString("--expose-gc");
   const gc = vm.runInNewContext("gc") as () => void;
-  let since = performance.eventLoopUtilization();
   const spaceBytes = (young: boolean, measure: "space_used_size" | "space_size") => {
     let bytes = 0;
     for (const space of v8.getHeapSpaceStatistics()) {
@@ -84,11 +84,7 @@ export function processRuntime(): Runtime {
     return bytes;
   };
   return {
-    utilization() {
-      const { utilization } = performance.eventLoopUtilization(since);
-      since = performance.eventLoopUtilization();
-      return utilization;
-    },
+    utilization: loopUtilizationMeter(),
     oldGenerationBytes: () => spaceBytes(false, "space_used_size"),
     youngGenerationBytes: () => spaceBytes(true, "space_size"),
     collect: gc,

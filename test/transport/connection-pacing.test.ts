@@ -1,6 +1,7 @@
 // New connections handed to the HTTP servers a few per turn of the event loop: the pacer's order and
 // bounds on sockets of its own, then a real server under a burst of new connections (every call
-// answered, on TLS too), and a drain that finds connections waiting for their turn.
+// answered, on TLS too), and a drain in the middle of such a burst (no call left hanging; that the
+// drain hands waiting connections over rather than dropping them is the pacer's flush, above).
 
 import http2 from "node:http2";
 import net from "node:net";
@@ -116,11 +117,11 @@ describe("a burst of new connections", () => {
     }
   });
 
-  it("drains with connections still waiting for their turn: none is left open, no call hangs", async () => {
+  it("drains in the middle of a burst of new connections without leaving a call hanging", async () => {
     const server = await startTestServer();
     const connections = 6 * NEW_CONNECTIONS_PER_TURN;
     const answered = burst(server.baseUrl, connections);
-    // The drain starts once the first connections are served, while later ones wait for their turn.
+    // The drain starts once the first connections are served, while later ones are still arriving.
     await server.waitForObserved(GET_ORGANIZATION, 0);
     await server.running.close(500);
     const settled = await answered;

@@ -5,6 +5,7 @@
 // free of timers and is tested on figures alone.
 
 import { monitorEventLoopDelay, performance } from "node:perf_hooks";
+import { loopUtilizationMeter } from "../../runtime/loop-utilization.js";
 import type { AdmissionController } from "./admission.js";
 
 /** How often the limit moves. */
@@ -16,14 +17,12 @@ const RESOLUTION_MS = 10;
 export function adaptToEventLoopDelay(controller: AdmissionController): () => void {
   const histogram = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
   histogram.enable();
-  let loop = performance.eventLoopUtilization();
+  const utilization = loopUtilizationMeter();
   const timer = setInterval(() => {
     // Nanoseconds; the histogram's own period is counted in, so it is taken off.
     const delayMs = Math.max(0, histogram.percentile(99) / 1e6 - RESOLUTION_MS);
     histogram.reset();
-    const { utilization } = performance.eventLoopUtilization(loop);
-    loop = performance.eventLoopUtilization();
-    controller.adapt(delayMs, utilization);
+    controller.adapt(delayMs, utilization());
     controller.admitWaiting(performance.now());
   }, WINDOW_MS).unref();
   return () => {
