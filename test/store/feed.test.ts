@@ -7,8 +7,8 @@
 
 import { Kysely, Migrator, PostgresDialect, sql } from "kysely";
 import pg from "pg";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { encodeCursor, Feed, type FeedBatch } from "../../src/app/feed.js";
+import { afterAll, beforeAll, expect, it, onTestFinished } from "vitest";
+import { encodeCursor, Feed, type FeedBatch, type FeedOptions } from "../../src/app/feed.js";
 import { migrationProvider } from "../../src/store/migrations.js";
 import { openStore } from "../../src/store/open.js";
 import {
@@ -28,6 +28,18 @@ import {
 import { until } from "../support/until.js";
 import { connectionRecord, createdEvent, newOrganization, transition, uniqueId } from "./fixtures.js";
 
+/**
+ * A feed on `store` whose poll errors are kept for the test to look at: thrown from the poller,
+ * they would be unhandled rejections reported against whichever file runs next.
+ */
+function feedOn(store: Store, options: Partial<FeedOptions>): { feed: Feed; pollErrors: unknown[] } {
+  const pollErrors: unknown[] = [];
+  const feed = new Feed(store, { maxWatchers: 10, heartbeatMs: 10_000, pollIntervalMs: 50, ...options }, (error) =>
+    pollErrors.push(error),
+  );
+  return { feed, pollErrors };
+}
+
 describeEachDatabase("Store change feed", (database) => {
   let testStore: TestStore;
   let store: Store;
@@ -40,6 +52,20 @@ describeEachDatabase("Store change feed", (database) => {
   afterAll(async () => {
     await testStore?.dispose();
   });
+
+  // On PostgreSQL a read may not see an event at once: the horizon stops below any transaction
+  // that may still be running here (such as the NOTIFY that announced an earlier write), and one
+  // that ends in another database between the query's snapshot and its look at pg_stat_activity
+  // counts as such. It holds back, never skips: each read is looked at once it holds as much as it
+  // will.
+  async function settled<T extends { length: number }>(read: () => Promise<T>, length: number): Promise<T> {
+    let result = await read();
+    await until(async () => {
+      result = await read();
+      return result.length >= length;
+    }, `a feed read of ${length}`);
+    return result;
+  }
 
   async function newConnection(source?: string, destination?: string) {
     const connection = connectionRecord(
@@ -58,18 +84,6 @@ describeEachDatabase("Store change feed", (database) => {
     const { next, event } = transition(ab, "ACTIVE");
     expect(await store.saveTransition(next, event)).toBe(true);
 
-    // On PostgreSQL a read may not see an event at once: the horizon stops below any transaction
-    // that may still be running here, and one that ends in another database between the query's
-    // snapshot and its look at pg_stat_activity counts as such. It holds back, never skips: each
-    // read is looked at once it holds as much as it will.
-    const settled = async <T extends { length: number }>(read: () => Promise<T>, length: number): Promise<T> => {
-      let result = await read();
-      await until(async () => {
-        result = await read();
-        return result.length >= length;
-      }, `a feed read of ${length}`);
-      return result;
-    };
     const all = await settled(
       () => store.readFeed({ after: FEED_START, through: undefined, organizationId: undefined, limit: 10 }),
       3,
@@ -119,9 +133,7 @@ describeEachDatabase("Store change feed", (database) => {
   });
 
   it("resets a stream that must end while its consumer does not read, after a few heartbeat intervals", async () => {
-    const feed = new Feed(store, { maxWatchers: 10, heartbeatMs: 50, pollIntervalMs: 1000 }, (error) => {
-      throw error;
-    });
+    const { feed } = feedOn(store, { heartbeatMs: 50, pollIntervalMs: 1000 });
     let abandoned = 0;
     const batches = feed.watch(
       { organizationId: undefined },
@@ -139,17 +151,24 @@ describeEachDatabase("Store change feed", (database) => {
     expect(feed.watcherCount).toBe(0);
   });
 
-  /** A watcher of every event from `start`, polling often (notifications do not come from raw sessions). */
+  /**
+   * A watcher of every event from `start`, polling often (notifications do not come from raw
+   * sessions). Stopped when the test ends, passed or failed: a poller left running would read a
+   * closed store for the rest of the worker's files.
+   */
   async function watchFrom(start: FeedPosition, pollIntervalMs = 50) {
-    const feed = new Feed(store, { maxWatchers: 10, heartbeatMs: 10_000, pollIntervalMs }, (error) => {
-      throw error;
-    });
+    const { feed, pollErrors } = feedOn(store, { pollIntervalMs });
     const abort = new AbortController();
     const batches = feed.watch(
       { organizationId: undefined },
       { startAfter: encodeCursor(await store.feedId(), start), startAtNow: false },
       { signal: abort.signal, deadline: undefined },
     );
+    const stop = async () => {
+      abort.abort();
+      await batches.return();
+    };
+    onTestFinished(stop);
     // Started now (a generator runs only when asked): its first message is taken with the rest.
     let first: Promise<IteratorResult<FeedBatch, void>> | undefined = batches.next();
     await first;
@@ -162,19 +181,45 @@ describeEachDatabase("Store change feed", (database) => {
           first = undefined;
           delivered.push(...batch.events.map((e) => e.id));
         }
+        expect(pollErrors).toEqual([]);
         return delivered;
       },
-      async stop() {
-        abort.abort();
-        await batches.return();
-      },
+      stop,
     };
   }
 
-  /** A raw session that records an event for `connection` in a transaction it leaves open. */
+  /**
+   * The head once it has reached `connection`'s last event: held back for a moment (see settled),
+   * a head taken as a test's start would lie before events the test then receives.
+   */
+  async function settledHead(connection: ConnectionRecord): Promise<FeedPosition> {
+    let last: FeedPosition | undefined;
+    await until(async () => {
+      const events = await store.readFeed({
+        after: FEED_START,
+        through: undefined,
+        organizationId: connection.sourceOrganizationId,
+        limit: 100,
+      });
+      last = events.at(-1)?.position;
+      return last !== undefined && (await store.feedHead()) === last;
+    }, `the head to reach ${connection.id}'s last event`);
+    return last as FeedPosition;
+  }
+
+  /**
+   * A raw session that records an event for `connection` in a transaction it leaves open, rolled
+   * back if the test ends first: left open, it would hold the feed back for every later test.
+   */
   async function openWriter(connection: ConnectionRecord) {
     const raw = new pg.Client({ connectionString: testStore.url });
     await raw.connect();
+    let open = true;
+    onTestFinished(async () => {
+      if (open) await raw.query("rollback");
+      open = false;
+      await raw.end();
+    });
     const id = uniqueId("evt_raw");
     await raw.query("begin");
     await raw.query(
@@ -187,7 +232,7 @@ describeEachDatabase("Store change feed", (database) => {
       id,
       async commit() {
         await raw.query("commit");
-        await raw.end();
+        open = false;
       },
     };
   }
@@ -197,7 +242,7 @@ describeEachDatabase("Store change feed", (database) => {
     async () => {
       const held = await newConnection();
       const other = await newConnection();
-      const start = await store.feedHead();
+      const start = await settledHead(other);
       const watcher = await watchFrom(start);
 
       // The held transaction records its event (taking the older transaction id) and stays open.
@@ -208,16 +253,19 @@ describeEachDatabase("Store change feed", (database) => {
       await newOrganization(store);
       // The younger event is committed but is not read while the older transaction may still add
       // an event before it.
-      expect(await store.feedHead()).toBe(start);
+      expect((await store.feedHead()) <= start).toBe(true);
       expect(await store.readFeed({ after: start, through: undefined, organizationId: undefined, limit: 10 })).toEqual(
         [],
       );
 
       await heldWriter.commit();
       expect(await watcher.take(2)).toEqual([heldWriter.id, event.id]);
-      const entries = await store.readFeed({ after: start, through: undefined, organizationId: undefined, limit: 10 });
+      const entries = await settled(
+        () => store.readFeed({ after: start, through: undefined, organizationId: undefined, limit: 10 }),
+        2,
+      );
       expect(entries.map((entry) => entry.event.id)).toEqual([heldWriter.id, event.id]);
-      expect(await store.feedHead()).toBe(entries[1]?.position);
+      await until(async () => (await store.feedHead()) === entries[1]?.position, "the head to reach the transition");
       await watcher.stop();
     },
   );
@@ -227,7 +275,7 @@ describeEachDatabase("Store change feed", (database) => {
     async () => {
       const [held, other] = [await newConnection(), await newConnection()];
       // No periodic poll within the test's time: only the looks after the wake-up can deliver.
-      const watcher = await watchFrom(await store.feedHead(), 60_000);
+      const watcher = await watchFrom(await settledHead(other), 60_000);
       const older = await openWriter(held);
       const { next, event } = transition(other, "ACTIVE");
       // Wakes the poller, which finds the younger event held back by the open transaction.
@@ -244,7 +292,7 @@ describeEachDatabase("Store change feed", (database) => {
     "delivers two writers that commit out of transaction id order exactly once, older id first, to a resumed cursor",
     async () => {
       const [one, two] = [await newConnection(), await newConnection()];
-      const start = await store.feedHead();
+      const start = await settledHead(two);
       const older = await openWriter(one);
       const younger = await openWriter(two);
       await younger.commit();
@@ -253,7 +301,10 @@ describeEachDatabase("Store change feed", (database) => {
       expect(await watcher.take(2)).toEqual([older.id, younger.id]);
       await watcher.stop();
       // A cursor taken between the two (after the older one) resumes with the younger one only.
-      const [first] = await store.readFeed({ after: start, through: undefined, organizationId: undefined, limit: 1 });
+      const [first] = await settled(
+        () => store.readFeed({ after: start, through: undefined, organizationId: undefined, limit: 1 }),
+        1,
+      );
       const resumed = await watchFrom(first?.position ?? start);
       expect(await resumed.take(1)).toEqual([younger.id]);
       await resumed.stop();
@@ -299,21 +350,25 @@ it.runIf(postgresAdminUrl !== undefined)(
       const connection = connectionRecord("org_a", await newOrganization(store));
       const created = createdEvent(connection);
       await store.createConnection(connection, created);
-      const feed = new Feed(store, { maxWatchers: 10, heartbeatMs: 10_000, pollIntervalMs: 50 }, (failure) => {
-        throw failure;
-      });
+      const { feed, pollErrors } = feedOn(store, { pollIntervalMs: 50 });
       const abort = new AbortController();
       const batches = feed.watch(
         { organizationId: undefined },
         { startAfter: oldCursor, startAtNow: false },
         { signal: abort.signal, deadline: undefined },
       );
+      // Stopped however the test ends, so that no poller outlives the store.
+      const stop = async () => {
+        abort.abort();
+        await batches.return();
+      };
+      onTestFinished(stop);
       const delivered: string[] = [];
       while (delivered.length < 2)
         delivered.push(...((await batches.next()).value as FeedBatch).events.map((e) => e.id));
       expect(delivered).toEqual(["evt_before_2", created.id]);
-      abort.abort();
-      await batches.return();
+      expect(pollErrors).toEqual([]);
+      await stop();
       // A cursor beyond the old positions, or of the old format but another feed, is refused.
       for (const cursor of [`f1.${feedId}.99`, `f1.otherFeed.1`]) {
         const refused = feed.watch(
