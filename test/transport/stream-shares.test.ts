@@ -228,6 +228,45 @@ describe("per-caller stream limits", () => {
     expect(server.readsHeld).not.toContain("dashboard-bff");
   });
 
+  it("starts a flooding caller's stopped connections a few per turn, in rotation, not all of them every turn", async () => {
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(8));
+    const flooding: http2.ClientHttp2Session[] = [];
+    for (let index = 0; index < 40; index++) flooding.push(await connect());
+    await untilQuick(flooding, "the flooding caller's connections to carry BATCHED_STREAMS");
+    const dashboardSession = await connect();
+    // Every socket handle shares the prototype; only the read budget stops a socket's reading.
+    const socket = dashboardSession.socket as unknown as { _handle: object };
+    const prototype = Object.getPrototypeOf(socket._handle) as { readStop(): number };
+    const readStop = prototype.readStop;
+    let stops = 0;
+    prototype.readStop = function (this: unknown) {
+      stops++;
+      return readStop.call(this);
+    };
+    const heldBefore = server.readsHeld.length;
+    const failures: (number | undefined)[] = [];
+    try {
+      for (let round = 0; round < 5; round++) {
+        const answers = await Promise.all([
+          ...flooding.flatMap((session) =>
+            Array.from({ length: BATCHED_STREAMS }, () => grpcGet(session, tokenService)),
+          ),
+          grpcGet(dashboardSession, dashboard),
+        ]);
+        failures.push(...answers.map((answer) => answer.code).filter((code) => code !== 0));
+      }
+    } finally {
+      prototype.readStop = readStop;
+    }
+    expect(failures).toEqual([]);
+    // Turns in which the caller reached its budget of 8: each stopped the two or three connections
+    // started for it (their streams fill the budget twice over), where stopping every connection
+    // of the caller would have been 40 a turn.
+    const turnsAtBudget = server.readsHeld.length - heldBefore;
+    expect(turnsAtBudget).toBeGreaterThan(10);
+    expect(stops).toBeLessThanOrEqual(4 * turnsAtBudget);
+  });
+
   it("keeps the connection of a client that had more than 1,000 streams refused while catching up", async () => {
     server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(FIRST_STREAMS));
     const tap = await H2FrameTap.start(server.running.port);
