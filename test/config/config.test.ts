@@ -51,7 +51,7 @@ describe("SQLITE_MMAP_MIB", () => {
 
 describe("ADMISSION_*", () => {
   it("turns admission control on by default, with a ceiling of 1000 and a queue of 1000 calls per caller; 0 turns it off", () => {
-    expect(loadConfig({}).admission).toMatchObject({ maxInFlight: 1000, minInFlight: 256, maxQueued: 1000 });
+    expect(loadConfig({}).admission).toMatchObject({ maxInFlight: 1000, minInFlight: 64, maxQueued: 1000 });
     expect(loadConfig({ ADMISSION_MAX_IN_FLIGHT: "0" }).admission).toBeUndefined();
     expect(loadConfig({ ADMISSION_MAX_QUEUED: "0" }).admission?.maxQueued).toBe(0);
   });

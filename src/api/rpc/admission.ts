@@ -53,7 +53,11 @@ export interface AdmissionSettings {
 
 export const DEFAULT_ADMISSION_SETTINGS: AdmissionSettings = {
   maxInFlight: 1000,
-  minInFlight: 256,
+  // A saturated loop reads about one share of a storm per turn, and another caller's call waits for
+  // that turn: at 256 the turns of a storm of GetConnection calls held a canary 40 ms at the median
+  // and 115-140 ms at the p99; at 64, 11 and 68-81 ms, with the storm served as fast
+  // (docs/performance.md, Overload).
+  minInFlight: 64,
   // A saturated loop's turns at 50 ms held a storm's calls for 20-60 ms at the median before
   // another caller's call was read; at 20 ms they hold fewer (docs/performance.md, Overload).
   targetDelayMs: 20,
