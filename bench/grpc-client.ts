@@ -14,9 +14,11 @@ export interface Answer {
   readonly error: string | undefined;
 }
 
-/** Failures counted by description. */
+/** Failures counted by description, and the calls sent again after a REFUSED_STREAM. */
 export class Errors {
   readonly counts: Record<string, number> = {};
+  /** Not failures: the service never saw such a call (see openChannel). */
+  refusedStreamsRetried = 0;
   add(description: string): void {
     this.counts[description] = (this.counts[description] ?? 0) + 1;
   }
@@ -100,34 +102,45 @@ export async function openChannel(plan: Pick<Plan, "url" | "path" | "sessions">,
         objects.set(headers, outgoing);
       }
       const session = sessions[slot % sessions.length] as http2.ClientHttp2Session;
-      let status: string | undefined;
-      let message: string | undefined;
-      let httpStatus: string | undefined;
-      let error: string | undefined;
-      const chunks: Buffer[] = [];
-      const stream = session.request(outgoing, { endStream: false });
-      const read = (fields: http2.IncomingHttpHeaders) => {
-        httpStatus ??= fields[":status"] === undefined ? undefined : String(fields[":status"]);
-        if (fields["grpc-status"] !== undefined) {
-          status = String(fields["grpc-status"]);
-          message =
-            fields["grpc-message"] === undefined ? undefined : decodeURIComponent(String(fields["grpc-message"]));
-        }
+      const send = () => {
+        let status: string | undefined;
+        let message: string | undefined;
+        let httpStatus: string | undefined;
+        let error: string | undefined;
+        const chunks: Buffer[] = [];
+        const stream = session.request(outgoing, { endStream: false });
+        const read = (fields: http2.IncomingHttpHeaders) => {
+          httpStatus ??= fields[":status"] === undefined ? undefined : String(fields[":status"]);
+          if (fields["grpc-status"] !== undefined) {
+            status = String(fields["grpc-status"]);
+            message =
+              fields["grpc-message"] === undefined ? undefined : decodeURIComponent(String(fields["grpc-message"]));
+          }
+        };
+        stream.on("response", read);
+        stream.on("trailers", read);
+        stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+        stream.on("error", (cause: Error) => {
+          error = `stream error: ${cause.message}`;
+        });
+        stream.on("close", () => {
+          // Opened before this client read a lowered stream limit: refused before the service saw it,
+          // so sent again at once, as grpc-js does transparently (docs/API.md, stream limits).
+          const refused = stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM && httpStatus === undefined;
+          if (refused && !session.closed && !session.destroyed) {
+            errors.refusedStreamsRetried++;
+            send();
+            return;
+          }
+          if (error === undefined && stream.rstCode !== undefined && stream.rstCode !== 0) {
+            error = `stream reset with code ${stream.rstCode}`;
+          }
+          if (error === undefined && httpStatus !== "200") error = `HTTP status ${httpStatus}`;
+          done({ status, message, body: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks), error });
+        });
+        stream.end(body);
       };
-      stream.on("response", read);
-      stream.on("trailers", read);
-      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-      stream.on("error", (cause: Error) => {
-        error = `stream error: ${cause.message}`;
-      });
-      stream.on("close", () => {
-        if (error === undefined && stream.rstCode !== undefined && stream.rstCode !== 0) {
-          error = `stream reset with code ${stream.rstCode}`;
-        }
-        if (error === undefined && httpStatus !== "200") error = `HTTP status ${httpStatus}`;
-        done({ status, message, body: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks), error });
-      });
-      stream.end(body);
+      send();
     },
     close() {
       for (const session of sessions) session.close();

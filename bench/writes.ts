@@ -485,6 +485,9 @@ async function measure(
     );
     const failures = Object.entries(client.errors.counts);
     if (failures.length > 0) throw new Error(`${label}: transport failures ${JSON.stringify(failures)}`);
+    if (client.errors.refusedStreamsRetried > 0) {
+      options.progress(`  ${label}: ${client.errors.refusedStreamsRetried} calls sent again after REFUSED_STREAM`);
+    }
     return { idle, creates, transitions, checks, halfLoad, createsWindow, transitionWindows };
   } finally {
     client.close();
