@@ -175,7 +175,7 @@ export class CallerStreamShares {
     this.connectionsReadThisTurn.add(session);
     this.turnBudget ??= this.share();
     if (read < this.turnBudget) return;
-    // Immediates run once this turn's reads are done: reading resumes with the next turn.
+    // Immediates run once this turn's reads are done: the turn's end starts the rotation.
     this.turnEnd ??= setImmediate(() => this.endTurn());
     if (read === this.turnBudget) this.observer?.readsHeld(caller);
     const queue = this.stopped.get(caller) ?? new Set<Http2Session>();
@@ -211,9 +211,7 @@ export class CallerStreamShares {
       }
       if (queue.size === 0) this.stopped.delete(caller);
     }
-    this.readThisTurn.clear();
-    this.connectionsReadThisTurn.clear();
-    this.turnBudget = undefined;
+    this.forgetTurn();
     if (this.stopped.size > 0) this.turnEnd = setImmediate(() => this.endTurn());
   }
 
@@ -221,13 +219,17 @@ export class CallerStreamShares {
   private resumeReading(): void {
     if (this.turnEnd !== undefined) clearImmediate(this.turnEnd);
     this.turnEnd = undefined;
-    this.readThisTurn.clear();
-    this.connectionsReadThisTurn.clear();
-    this.turnBudget = undefined;
+    this.forgetTurn();
     for (const queue of this.stopped.values()) {
       for (const session of queue) readingHandleOf(session)?.readStart();
     }
     this.stopped.clear();
+  }
+
+  private forgetTurn(): void {
+    this.readThisTurn.clear();
+    this.connectionsReadThisTurn.clear();
+    this.turnBudget = undefined;
   }
 
   /** What a connection that carries one caller's calls, or none yet, may have open now. */

@@ -192,6 +192,33 @@ describe("per-caller stream limits", () => {
     await watch.answer;
   });
 
+  /** `count` connections of the token service, each carrying BATCHED_STREAMS. */
+  async function quickConnections(count: number): Promise<http2.ClientHttp2Session[]> {
+    const connections: http2.ClientHttp2Session[] = [];
+    for (let index = 0; index < count; index++) connections.push(await connect());
+    await untilQuick(connections, "the flooding caller's connections to carry BATCHED_STREAMS");
+    return connections;
+  }
+
+  /**
+   * Five rounds of BATCHED_STREAMS checks written at once on each flooding connection, with one
+   * dashboard call beside each round; the status codes of the calls that failed.
+   */
+  async function floodRounds(
+    flooding: readonly http2.ClientHttp2Session[],
+    dashboardSession: http2.ClientHttp2Session,
+  ): Promise<(number | undefined)[]> {
+    const failures: (number | undefined)[] = [];
+    for (let round = 0; round < 5; round++) {
+      const answers = await Promise.all([
+        ...flooding.flatMap((session) => Array.from({ length: BATCHED_STREAMS }, () => grpcGet(session, tokenService))),
+        grpcGet(dashboardSession, dashboard),
+      ]);
+      failures.push(...answers.map((answer) => answer.code).filter((code) => code !== 0));
+    }
+    return failures;
+  }
+
   it("gives a caller answered at once BATCHED_STREAMS on each connection however small its share, and its share alone once its calls wait on the store", async () => {
     server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(2));
     const connections = [await connect(), await connect(), await connect()];
@@ -209,30 +236,18 @@ describe("per-caller stream limits", () => {
 
   it("keeps a quick caller's batched connections to its read budget per turn while it floods, and another caller answered", async () => {
     server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(4));
-    const flooding: http2.ClientHttp2Session[] = [];
-    for (let index = 0; index < 10; index++) flooding.push(await connect());
-    await untilQuick(flooding, "the flooding caller's connections to carry BATCHED_STREAMS");
+    const flooding = await quickConnections(10);
     const dashboardSession = await connect();
     // Rounds of 80 checks in flight, each connection's 8 written at once: more than the caller's
     // share (4) arrives in one read, so its connections stop reading until the loop turns.
-    const failures: (number | undefined)[] = [];
-    for (let round = 0; round < 5; round++) {
-      const answers = await Promise.all([
-        ...flooding.flatMap((session) => Array.from({ length: BATCHED_STREAMS }, () => grpcGet(session, tokenService))),
-        grpcGet(dashboardSession, dashboard),
-      ]);
-      failures.push(...answers.map((answer) => answer.code).filter((code) => code !== 0));
-    }
-    expect(failures).toEqual([]);
+    expect(await floodRounds(flooding, dashboardSession)).toEqual([]);
     expect(server.readsHeld).toContain("token-service");
     expect(server.readsHeld).not.toContain("dashboard-bff");
   });
 
   it("starts a flooding caller's stopped connections a few per turn, in rotation, not all of them every turn", async () => {
     server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(8));
-    const flooding: http2.ClientHttp2Session[] = [];
-    for (let index = 0; index < 40; index++) flooding.push(await connect());
-    await untilQuick(flooding, "the flooding caller's connections to carry BATCHED_STREAMS");
+    const flooding = await quickConnections(40);
     const dashboardSession = await connect();
     // Every socket handle shares the prototype; only the read budget stops a socket's reading.
     const socket = dashboardSession.socket as unknown as { _handle: object };
@@ -244,21 +259,11 @@ describe("per-caller stream limits", () => {
       return readStop.call(this);
     };
     const heldBefore = server.readsHeld.length;
-    const failures: (number | undefined)[] = [];
     try {
-      for (let round = 0; round < 5; round++) {
-        const answers = await Promise.all([
-          ...flooding.flatMap((session) =>
-            Array.from({ length: BATCHED_STREAMS }, () => grpcGet(session, tokenService)),
-          ),
-          grpcGet(dashboardSession, dashboard),
-        ]);
-        failures.push(...answers.map((answer) => answer.code).filter((code) => code !== 0));
-      }
+      expect(await floodRounds(flooding, dashboardSession)).toEqual([]);
     } finally {
       prototype.readStop = readStop;
     }
-    expect(failures).toEqual([]);
     // Turns in which the caller reached its budget of 8: each stopped the two or three connections
     // started for it (their streams fill the budget twice over), where stopping every connection
     // of the caller would have been 40 a turn.
