@@ -76,6 +76,8 @@ interface Single {
   sentAt: number;
   /** Health and reflection streams open on it, which need room beside the calls. */
   beside: number;
+  /** The turn (CallerStreamShares' count) in which a call was last read on it. */
+  readInTurn: number;
 }
 
 /** A connection that carried more than one caller's calls, or calls of no known caller: never held. */
@@ -93,8 +95,8 @@ export class CallerStreamShares {
   private timer: NodeJS.Timeout | undefined;
   /** Calls read in this turn of the event loop, by caller; forgotten when the loop turns. */
   private readonly readThisTurn = new Map<string, number>();
-  /** Held connections with a call read in this turn; forgotten when the loop turns. */
-  private readonly connectionsReadThisTurn = new Set<Http2Session>();
+  /** Turns of the event loop in which calls were read, counted. */
+  private turn = 0;
   /** This turn's read budget of each caller (its share), read once per turn. */
   private turnBudget: number | undefined;
   /** Each caller's held connections whose reading is stopped, in the order they are read again. */
@@ -119,11 +121,16 @@ export class CallerStreamShares {
 
   /** A new connection: FIRST_STREAMS until its first stream. */
   opened(session: Http2Session): void {
-    this.sessions.set(session, { caller: undefined, limit: this.firstStreams, sentAt: performance.now(), beside: 0 });
+    this.sessions.set(session, {
+      caller: undefined,
+      limit: this.firstStreams,
+      sentAt: performance.now(),
+      beside: 0,
+      readInTurn: -1,
+    });
     session.once("close", () => {
       const state = this.sessions.get(session);
       this.sessions.delete(session);
-      this.connectionsReadThisTurn.delete(session);
       if (state !== undefined && state !== MIXED && state.caller !== undefined) this.release(session, state.caller);
     });
   }
@@ -132,7 +139,7 @@ export class CallerStreamShares {
   called(session: Http2Session | undefined, caller: string | undefined): void {
     const state = session === undefined ? undefined : this.sessions.get(session);
     if (session === undefined || state === undefined || state === MIXED) return;
-    if (caller !== undefined && state.caller === caller) this.count(session, caller);
+    if (caller !== undefined && state.caller === caller) this.count(session, state, caller);
     else if (caller !== undefined && state.caller === undefined) this.hold(session, state, caller);
     else this.mix(session, state);
   }
@@ -169,14 +176,15 @@ export class CallerStreamShares {
    * One more of `caller`'s calls read on its held connection `session`: at its budget its
    * connections stop reading (and any of them read after that, too).
    */
-  private count(session: Http2Session, caller: string): void {
+  private count(session: Http2Session, state: Single, caller: string): void {
     const read = (this.readThisTurn.get(caller) ?? 0) + 1;
     this.readThisTurn.set(caller, read);
-    this.connectionsReadThisTurn.add(session);
+    state.readInTurn = this.turn;
+    // Immediates run once this turn's reads are done: the turn's end forgets its counts (so a
+    // budget is never reached across turns) and starts the rotation.
+    this.turnEnd ??= setImmediate(() => this.endTurn());
     this.turnBudget ??= this.share();
     if (read < this.turnBudget) return;
-    // Immediates run once this turn's reads are done: the turn's end starts the rotation.
-    this.turnEnd ??= setImmediate(() => this.endTurn());
     if (read === this.turnBudget) this.observer?.readsHeld(caller);
     const queue = this.stopped.get(caller) ?? new Set<Http2Session>();
     // Started but not read this turn: first in line next turn, ahead of those stopped before.
@@ -185,7 +193,7 @@ export class CallerStreamShares {
       const handle = readingHandleOf(held);
       if (handle === undefined || queue.has(held)) continue;
       handle.readStop();
-      if (this.connectionsReadThisTurn.has(held)) queue.add(held);
+      if ((this.sessions.get(held) as Single | undefined)?.readInTurn === this.turn) queue.add(held);
       else unread.push(held);
     }
     this.stopped.set(caller, unread.length === 0 ? queue : new Set([...unread, ...queue]));
@@ -228,7 +236,7 @@ export class CallerStreamShares {
 
   private forgetTurn(): void {
     this.readThisTurn.clear();
-    this.connectionsReadThisTurn.clear();
+    this.turn++;
     this.turnBudget = undefined;
   }
 
@@ -255,7 +263,7 @@ export class CallerStreamShares {
     const limit = this.limitOf(state);
     if (limit < state.limit) this.send(session, state, limit, true);
     this.timer ??= setInterval(() => this.recompute(), RECOMPUTE_MS).unref();
-    this.count(session, caller);
+    this.count(session, state, caller);
   }
 
   private mix(session: Http2Session, state: Single): void {

@@ -325,6 +325,14 @@ describe("per-caller stream limits", () => {
     }
   });
 
+  it("counts a caller's reads per turn afresh each turn: calls one turn at a time are never held, however many", async () => {
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(4));
+    const session = await connect();
+    // Three times its share, each call answered before the next is sent: one read per turn.
+    for (let call = 0; call < 12; call++) expect((await grpcGet(session, tokenService)).code).toBe(0);
+    expect(server.readsHeld).toEqual([]);
+  });
+
   it("makes a call beyond the caller's share wait in its client for a stream, instead of being refused OVERLOADED", async () => {
     server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(FIRST_STREAMS));
     const client = new GrpcJsClient(server.address);
