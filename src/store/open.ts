@@ -94,7 +94,10 @@ async function openSqlite(path: string, options: OpenStoreOptions): Promise<Stor
   return new KyselyStore(db, {
     dialect: "sqlite",
     inTransaction: () => database.inTransaction,
-    walFlusher: path === SQLITE_MEMORY ? undefined : new WalFlusher(path, database),
+    walFlusher:
+      path === SQLITE_MEMORY
+        ? undefined
+        : new WalFlusher(path, database, (use) => db.connection().execute(async () => use())),
     sqlite: database,
     checkCacheEntries: options.checkCacheEntries,
     backup: (destination) => database.backup(destination),

@@ -169,9 +169,7 @@ class GroupCommit {
       // Between two groups, the WAL copied into the database file once it has grown enough: the
       // writes wait (the next group's first write may start the WAL over), reads go on.
       if (this.#walFlusher?.checkpointDue) {
-        const checkpointed = await this.#walFlusher
-          .checkpoint((copy) => this.#db.connection().execute(async () => copy()))
-          .then(() => true, rejectQueued);
+        const checkpointed = await this.#walFlusher.checkpoint().then(() => true, rejectQueued);
         if (!checkpointed) continue;
       }
       // The group is taken on the next turn of the event loop, once the connection is ours: the

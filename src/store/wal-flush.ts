@@ -40,13 +40,14 @@ type FileHandle = Awaited<ReturnType<typeof open>>;
  */
 const CHECKPOINT_BYTES = 8 * 1024 * 1024;
 
-/** Runs `copy` while no statement of anyone else's is running on the connection. */
-export type ExclusiveUse = <T>(copy: () => T) => Promise<T>;
+/** Runs `use` while no statement of anyone else's is running on the connection. */
+export type ExclusiveUse = <T>(use: () => T) => Promise<T>;
 
 export class WalFlusher {
   readonly #walPath: string;
   readonly #databasePath: string;
   readonly #database: SqliteDatabase.Database;
+  readonly #exclusively: ExclusiveUse;
   #file: Promise<FileHandle> | undefined;
   /** The WAL file's descriptor once opened: its size says when to checkpoint. */
   #walDescriptor: number | undefined;
@@ -59,10 +60,12 @@ export class WalFlusher {
   #queued: Promise<void> | undefined;
   #failure: unknown;
 
-  constructor(databasePath: string, database: SqliteDatabase.Database) {
+  /** `exclusively`: how to wait for the connection (the writes' transactions) to be free. */
+  constructor(databasePath: string, database: SqliteDatabase.Database, exclusively: ExclusiveUse) {
     this.#walPath = `${databasePath}-wal`;
     this.#databasePath = databasePath;
     this.#database = database;
+    this.#exclusively = exclusively;
     // SQLite flushes nothing itself and runs no checkpoint of its own: both are done here.
     database.pragma("synchronous = OFF");
     database.pragma("wal_autocheckpoint = 0");
@@ -85,12 +88,12 @@ export class WalFlusher {
    * Copies the WAL into the database file and puts the file on the disk. The caller begins no
    * write transaction until it resolves (see the top of this file).
    */
-  async checkpoint(exclusively: ExclusiveUse): Promise<void> {
+  async checkpoint(): Promise<void> {
     // Every committed frame on the disk first (the flush already running may cover them all), and
     // nothing copied from a WAL whose flush failed.
     if (this.#failure !== undefined) throw this.#failure;
     await (this.#committedSinceFlushBegan ? this.flush() : this.#running);
-    await exclusively(() => this.#database.pragma("wal_checkpoint(PASSIVE)"));
+    await this.#exclusively(() => this.#database.pragma("wal_checkpoint(PASSIVE)"));
     await this.#sync(() => (this.#databaseFile ??= open(this.#databasePath, "r")));
   }
 
@@ -103,10 +106,16 @@ export class WalFlusher {
     return this.#queued;
   }
 
-  /** Call after the last write: SQLite's own checkpoint at close then flushes what it copies. */
+  /**
+   * Call after the last write: SQLite's own checkpoint at close then flushes what it copies. The
+   * last group may still be committing (a write that failed is answered before its group's COMMIT),
+   * and the pragma fails inside a transaction: it waits for the connection.
+   */
   async close(): Promise<void> {
+    await this.#exclusively(() => {
+      if (this.#database.open) this.#database.pragma("synchronous = FULL");
+    });
     await Promise.allSettled([this.#running, this.#queued]);
-    if (this.#database.open) this.#database.pragma("synchronous = FULL");
     const files = [this.#file, this.#databaseFile];
     this.#file = undefined;
     this.#walDescriptor = undefined;

@@ -133,4 +133,19 @@ describe("SQLite group commit on a file", () => {
       await store.close();
     }
   });
+
+  it("closes after the group of a write that failed and was answered before its group's COMMIT", async () => {
+    const store = await openStore({ databaseUrl: `sqlite:${join(directory, "close-after-failure.db")}` });
+    let closed = false;
+    try {
+      const organization = { id: uniqueId("org"), name: "Organization", createTime: new Date() };
+      await store.createOrganization(organization);
+      // Rejected inside its savepoint, before the group (of that one write) commits.
+      await expect(store.createOrganization(organization)).rejects.toBeInstanceOf(AlreadyExistsError);
+      await store.close();
+      closed = true;
+    } finally {
+      if (!closed) await store.close().catch(() => {});
+    }
+  });
 });
