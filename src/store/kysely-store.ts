@@ -89,10 +89,13 @@ const TRANSITION_COLUMNS = [
  */
 const FEED = {
   postgres: {
+    position: sql.ref<number>("connection_events.feed_position"),
     transaction: sql<string>`connection_events.feed_xid::text`.as("feed_transaction"),
     visible: sql<boolean>`connection_events.feed_xid < ${FEED_HORIZON}`,
   },
   sqlite: {
+    // The rowid, which feed_position mirrors: SQLite reads it without an index of its own.
+    position: sql.ref<number>("connection_events.seq"),
     transaction: sql<string>`'0'`.as("feed_transaction"),
     visible: sql<boolean>`true`,
   },
@@ -436,10 +439,10 @@ export class KyselyStore implements Store {
     const row = await this.#transactions.read(() => {
       let select = this.#db
         .selectFrom("connection_events")
-        .select(["feed_position", feed.transaction])
+        .select([feed.position.as("feed_position"), feed.transaction])
         .where(feed.visible);
       if (this.#dialect === "postgres") select = select.orderBy(sql`connection_events.feed_xid`, "desc");
-      return select.orderBy("feed_position", "desc").limit(1).executeTakeFirst();
+      return select.orderBy(feed.position, "desc").limit(1).executeTakeFirst();
     });
     return row === undefined ? FEED_START : feedPosition(row.feed_transaction, row.feed_position);
   }
@@ -451,7 +454,7 @@ export class KyselyStore implements Store {
       const select = this.#db
         .selectFrom("connection_events")
         .select("seq")
-        .where("feed_position", "=", Number(parts.position));
+        .where(FEED[this.#dialect].position, "=", Number(parts.position));
       return (
         this.#dialect === "postgres" ? select.where(sql<boolean>`feed_xid = ${parts.transaction}::xid8`) : select
       ).executeTakeFirst();
@@ -468,7 +471,7 @@ export class KyselyStore implements Store {
         .selectFrom("connection_events")
         .innerJoin("connections", "connections.id", "connection_events.connection_id")
         .select(EVENT_COLUMNS.map((column) => `connection_events.${column}` as const))
-        .select(["connection_events.feed_position", feed.transaction])
+        .select([feed.position.as("feed_position"), feed.transaction])
         .where(feed.visible)
         .select([
           "connections.source_organization_id as feed_source_organization_id",
@@ -486,7 +489,7 @@ export class KyselyStore implements Store {
         );
       }
       if (this.#dialect === "postgres") select = select.orderBy(sql`connection_events.feed_xid`);
-      return select.orderBy("connection_events.feed_position").limit(query.limit).execute();
+      return select.orderBy(feed.position).limit(query.limit).execute();
     });
     return rows.map((row) => ({
       position: feedPosition(row.feed_transaction, row.feed_position),
@@ -503,7 +506,7 @@ export class KyselyStore implements Store {
     if (this.#dialect === "sqlite") {
       // Transaction ids are all 0 on SQLite: past any place with another one, or before it.
       if (parts.transaction !== "0") return sql<boolean>`${sql.lit(operator === "<=")}`;
-      return sql<boolean>`connection_events.feed_position ${sql.raw(operator)} ${Number(parts.position)}`;
+      return sql<boolean>`${FEED.sqlite.position} ${sql.raw(operator)} ${Number(parts.position)}`;
     }
     return sql<boolean>`(connection_events.feed_xid, connection_events.feed_position) ${sql.raw(operator)} (${parts.transaction}::xid8, ${parts.position}::bigint)`;
   }

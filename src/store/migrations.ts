@@ -326,6 +326,20 @@ function feedTransactionOrder(): Migration {
 }
 
 /**
+ * SQLite: the change feed reads `seq`, the rowid, which `feed_position` only mirrors (a generated
+ * column of it), so the unique index on `feed_position` was one more B-tree page that every event
+ * wrote and nothing needed. A release from before this migration still reads the feed correctly
+ * (by a scan) until it is replaced.
+ */
+function feedReadsByRowid(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.dropIndex("connection_events_feed_position_key").execute();
+    },
+  };
+}
+
+/**
  * The feed's horizon (see feedTransactionOrder), evaluated in the snapshot of the query that uses
  * it: the smallest transaction id still running then, unless pg_stat_activity places it in another
  * database; with none, the snapshot's xmax (the next id to be assigned).
@@ -347,6 +361,8 @@ export function migrationProvider(dialect: SqlDialect): MigrationProvider {
     "0004_idempotency": idempotencyRecords(dialect),
     // SQLite's one connection already commits in position order.
     ...(dialect === "postgres" ? { "0005_feed_transaction_order": feedTransactionOrder() } : {}),
+    // One B-tree page less per event written; PostgreSQL's feed index (0005) orders by transaction.
+    ...(dialect === "sqlite" ? { "0006_feed_reads_by_rowid": feedReadsByRowid() } : {}),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }

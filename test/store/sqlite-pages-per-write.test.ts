@@ -1,0 +1,125 @@
+// SQLite: what a write costs is mostly the B-tree pages it changes, each one a page of WAL written
+// and flushed. Migration 0006 removed one page per event that held nothing new: a unique index of
+// the feed's position, which is the rowid. Checked here: the schema it leaves, that the feed reads
+// by the rowid and never scans the events, and that a database an earlier release filled keeps its
+// feed.
+
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import SqliteDatabase from "better-sqlite3";
+import { Kysely, Migrator, SqliteDialect, sql } from "kysely";
+import { afterEach, describe, expect, it } from "vitest";
+import { KyselyStore } from "../../src/store/kysely-store.js";
+import { migrateToLatest, migrationProvider } from "../../src/store/migrations.js";
+import { openStore } from "../../src/store/open.js";
+import type { Database } from "../../src/store/schema.js";
+import { FEED_START, feedPosition } from "../../src/store/store.js";
+
+const created = (n: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, n));
+
+describe("SQLite pages per write (migration 0006)", () => {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
+
+  it("keeps no index of the feed's position", async () => {
+    const sqlite = new SqliteDatabase(":memory:");
+    const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
+    cleanups.push(() => db.destroy());
+    await migrateToLatest(db as Kysely<unknown>, "sqlite");
+    const indexes = (sqlite.prepare("pragma index_list(connection_events)").all() as { name: string }[]).map(
+      (index) => index.name,
+    );
+    expect(indexes.sort()).toEqual(["connection_events_connection_seq_idx", "sqlite_autoindex_connection_events_1"]);
+  });
+
+  it("reads the feed by the rowid, never by a scan of the events", async () => {
+    const sqlite = new SqliteDatabase(":memory:");
+    const statements: string[] = [];
+    const db = new Kysely<Database>({
+      dialect: new SqliteDialect({ database: sqlite }),
+      log: (event) => {
+        if (event.level === "query") statements.push(event.query.sql);
+      },
+    });
+    cleanups.push(() => db.destroy());
+    await migrateToLatest(db as Kysely<unknown>, "sqlite");
+    const store = new KyselyStore(db, { dialect: "sqlite", sqlite, inTransaction: () => sqlite.inTransaction });
+    await store.createOrganization({ id: "org_a", name: "A", createTime: created(0) });
+    await store.createOrganization({ id: "org_b", name: "B", createTime: created(0) });
+    const fillStatements = statements.length;
+
+    const head = await store.feedHead();
+    expect(await store.feedContains(head)).toBe(false);
+    await store.readFeed({ after: FEED_START, through: head, organizationId: "org_a", limit: 10 });
+    await store.readFeed({ after: feedPosition(0, 5), through: undefined, organizationId: undefined, limit: 10 });
+
+    const feedStatements = statements.slice(fillStatements).filter((text) => text.includes("connection_events"));
+    expect(feedStatements.length).toBeGreaterThanOrEqual(4);
+    for (const text of feedStatements) {
+      const parameters = Array.from(text.matchAll(/\?/g), () => 0);
+      const plan = (sqlite.prepare(`explain query plan ${text}`).all(...parameters) as { detail: string }[])
+        .map((step) => step.detail)
+        .join("; ");
+      // Unfiltered, a place in the feed is sought in the rowid's B-tree, and the head is the last
+      // row in the rowid's own order (SQLite calls that a scan; LIMIT 1 ends it at the first row).
+      // One organization's events are found through its Connections (as before 0006).
+      if (text.includes('organization_id" = ?')) {
+        expect(plan, text).toMatch(/SEARCH connection_events USING INDEX connection_events_connection_seq_idx/);
+      } else if (/\bseq" (>|<=|=) \?/.test(text)) {
+        expect(plan, text).toMatch(/SEARCH connection_events USING INTEGER PRIMARY KEY/);
+        expect(plan, text).not.toMatch(/TEMP B-TREE/);
+      } else {
+        expect(plan, text).toBe("SCAN connection_events");
+      }
+    }
+  });
+
+  it("keeps the feed of a database that the release before it filled", async () => {
+    const directory = mkdtempSync(join(tmpdir(), "connections-pages-"));
+    cleanups.push(() => rmSync(directory, { recursive: true, force: true }));
+    const path = join(directory, "filled.db");
+
+    const db = new Kysely<unknown>({ dialect: new SqliteDialect({ database: new SqliteDatabase(path) }) });
+    try {
+      const migrator = new Migrator({ db, provider: migrationProvider("sqlite") });
+      expect((await migrator.migrateTo("0004_idempotency")).error).toBeUndefined();
+      await sql`insert into organizations (id, name, create_time) values
+        ('org_a', 'A', '2026-01-01T00:00:00.000Z'), ('org_b', 'B', '2026-01-01T00:00:00.000Z')`.execute(db);
+      await sql`insert into connections (id, source_organization_id, destination_organization_id, name, scopes,
+          state, create_time, update_time, activate_time, deactivate_time, creator, create_request_id, version)
+        values ('cxn_old', 'org_a', 'org_b', 'Old', '["account.read"]', 'ACTIVE', '2026-01-02T00:00:00.000Z',
+          '2026-01-03T00:00:00.000Z', '2026-01-03T00:00:00.000Z', null, '', '', 2)`.execute(db);
+      await sql`insert into connection_events (id, connection_id, type, from_state, to_state, actor_organization_id,
+          caller, actor, reason, request_id, create_time, source_organization_id, destination_organization_id, scopes)
+        values
+          ('evt_1', 'cxn_old', 'CREATED', null, 'PENDING', 'org_a', 'api-gateway', '', '', 'req_1',
+            '2026-01-02T00:00:00.000Z', 'org_a', 'org_b', '["account.read"]'),
+          ('evt_2', 'cxn_old', 'ACTIVATED', 'PENDING', 'ACTIVE', 'org_b', 'dashboard-bff', '', '', 'req_2',
+            '2026-01-03T00:00:00.000Z', 'org_a', 'org_b', '["account.read"]')`.execute(db);
+    } finally {
+      await db.destroy();
+    }
+
+    const store = await openStore({ databaseUrl: `sqlite:${path}` });
+    try {
+      const feed = await store.readFeed({
+        after: FEED_START,
+        through: undefined,
+        organizationId: undefined,
+        limit: 10,
+      });
+      expect(feed.map((entry) => [entry.event.id, entry.position])).toEqual([
+        ["evt_1", feedPosition(0, 1)],
+        ["evt_2", feedPosition(0, 2)],
+      ]);
+      expect(await store.feedHead()).toBe(feedPosition(0, 2));
+      expect(await store.feedContains(feedPosition(0, 2))).toBe(true);
+      expect(await store.feedContains(feedPosition(0, 3))).toBe(false);
+    } finally {
+      await store.close();
+    }
+  });
+});
