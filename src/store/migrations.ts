@@ -340,6 +340,21 @@ function feedReadsByRowid(): Migration {
 }
 
 /**
+ * PostgreSQL: `seq` (an identity column, so unique by construction) lost the unique index that
+ * `unique()` gave it in 0001. No read seeks `seq` alone: lists and the feed use the indexes that
+ * end with it. The index was one more insert per Connection and per event, each at its rightmost
+ * leaf, the one page that every concurrent writer of every replica changed.
+ */
+function seqWithoutUniqueIndex(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await sql`alter table connections drop constraint connections_seq_key`.execute(db);
+      await sql`alter table connection_events drop constraint connection_events_seq_key`.execute(db);
+    },
+  };
+}
+
+/**
  * The feed's horizon (see feedTransactionOrder), evaluated in the snapshot of the query that uses
  * it: the smallest transaction id still running then, unless pg_stat_activity places it in another
  * database; with none, the snapshot's xmax (the next id to be assigned).
@@ -361,8 +376,10 @@ export function migrationProvider(dialect: SqlDialect): MigrationProvider {
     "0004_idempotency": idempotencyRecords(dialect),
     // SQLite's one connection already commits in position order.
     ...(dialect === "postgres" ? { "0005_feed_transaction_order": feedTransactionOrder() } : {}),
-    // One B-tree page less per event written; PostgreSQL's feed index (0005) orders by transaction.
-    ...(dialect === "sqlite" ? { "0006_feed_reads_by_rowid": feedReadsByRowid() } : {}),
+    // One index less to write per event: each dialect had one that nothing read.
+    ...(dialect === "sqlite"
+      ? { "0006_feed_reads_by_rowid": feedReadsByRowid() }
+      : { "0006_seq_without_unique_index": seqWithoutUniqueIndex() }),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }

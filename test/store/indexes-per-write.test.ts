@@ -1,6 +1,8 @@
-// SQLite: what a write costs is mostly the B-tree pages it changes, each one a page of WAL written
-// and flushed. Migration 0006 removed one page per event that held nothing new: a unique index of
-// the feed's position, which is the rowid. Checked here: the schema it leaves, that the feed reads
+// What a write costs is mostly the B-tree pages it changes: on SQLite each is a page of WAL written
+// and flushed, on PostgreSQL an index insert with its WAL record. Migration 0006 removed, on each
+// dialect, a unique index that every event (and every Connection, on PostgreSQL) wrote and no read
+// used: on SQLite the feed position's (a copy of the rowid, which the feed now reads), on
+// PostgreSQL seq's (an identity column). Checked here: the indexes left, that the SQLite feed reads
 // by the rowid and never scans the events, and that a database an earlier release filled keeps its
 // feed.
 
@@ -9,16 +11,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import SqliteDatabase from "better-sqlite3";
 import { Kysely, Migrator, SqliteDialect, sql } from "kysely";
+import pg from "pg";
 import { afterEach, describe, expect, it } from "vitest";
 import { KyselyStore } from "../../src/store/kysely-store.js";
 import { migrateToLatest, migrationProvider } from "../../src/store/migrations.js";
 import { openStore } from "../../src/store/open.js";
 import type { Database } from "../../src/store/schema.js";
 import { FEED_START, feedPosition } from "../../src/store/store.js";
+import { describePostgres, provisionPostgres } from "../support/databases.js";
+import { connectionRecord, createdEvent, newOrganization } from "./fixtures.js";
 
 const created = (n: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, n));
 
-describe("SQLite pages per write (migration 0006)", () => {
+describe("SQLite: the indexes a write changes (migration 0006)", () => {
   const cleanups: (() => Promise<void> | void)[] = [];
   afterEach(async () => {
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
@@ -120,6 +125,56 @@ describe("SQLite pages per write (migration 0006)", () => {
       expect(await store.feedContains(feedPosition(0, 3))).toBe(false);
     } finally {
       await store.close();
+    }
+  });
+});
+
+describePostgres("PostgreSQL: the indexes a write changes (migration 0006)", () => {
+  it("keeps no index of seq alone, and lists, pages events and reads the feed as before", {
+    timeout: 30_000,
+  }, async () => {
+    const provisioned = await provisionPostgres();
+    try {
+      const store = await openStore({ databaseUrl: provisioned.url });
+      try {
+        const source = await newOrganization(store);
+        const destinations = [await newOrganization(store), await newOrganization(store)];
+        const connections = destinations.map((destination) => connectionRecord(source, destination));
+        for (const connection of connections) await store.createConnection(connection, createdEvent(connection));
+        const listed = await store.listConnections({
+          organizationId: source,
+          direction: "OUTBOUND",
+          states: [],
+          before: undefined,
+          limit: 10,
+        });
+        expect(listed.items.map((connection) => connection.id)).toEqual(connections.map(({ id }) => id).reverse());
+        const feed = await store.readFeed({ after: FEED_START, through: undefined, organizationId: source, limit: 10 });
+        expect(feed.map((entry) => entry.event.connectionId)).toEqual(connections.map(({ id }) => id));
+        const events = await store.listEvents({ connectionId: connections[0]?.id ?? "", after: undefined, limit: 10 });
+        expect(events.items.map((event) => event.type)).toEqual(["CREATED"]);
+      } finally {
+        await store.close();
+      }
+      const pool = new pg.Pool({ connectionString: provisioned.url, max: 1 });
+      try {
+        const { rows } = await pool.query<{ indexname: string }>(
+          "select indexname from pg_indexes where tablename in ('connections', 'connection_events') order by 1",
+        );
+        expect(rows.map((row) => row.indexname)).toEqual([
+          "connection_events_connection_seq_idx",
+          "connection_events_feed_order_key",
+          "connection_events_pkey",
+          "connections_destination_time_idx",
+          "connections_pair_key",
+          "connections_pkey",
+          "connections_source_time_idx",
+        ]);
+      } finally {
+        await pool.end();
+      }
+    } finally {
+      await provisioned.drop();
     }
   });
 });
