@@ -80,6 +80,26 @@ describe("SQLite start-up", () => {
     await expect(openStore({ databaseUrl: `sqlite:${path}` })).rejects.toThrow(damagedMessage(path));
   });
 
+  it("starts on a file that a later release gave a table WITHOUT ROWID, and reads its damaged end", async () => {
+    const path = await filled("without-rowid.db");
+    const later = new SqliteDatabase(path);
+    later.exec("create table later_release (key text primary key, value text not null) without rowid");
+    const insert = later.prepare("insert into later_release (key, value) values (?, ?)");
+    for (let i = 0; i < 2_000; i++) insert.run(`key_${String(i).padStart(5, "0")}`, "v".repeat(200));
+    const { pageno } = later
+      .prepare<[], { pageno: number }>(
+        "select pageno from dbstat where name = 'later_release' and pagetype = 'leaf' order by path desc limit 1",
+      )
+      .get() as { pageno: number };
+    const pageSize = later.pragma("page_size", { simple: true }) as number;
+    later.close();
+
+    const store = await openStore({ databaseUrl: `sqlite:${path}` });
+    await store.close();
+    damage(path, (pageno - 1) * pageSize, pageSize);
+    await expect(openStore({ databaseUrl: `sqlite:${path}` })).rejects.toThrow(damagedMessage(path));
+  });
+
   it("check-database finds damage that start-up does not read, and passes a sound file", async () => {
     const path = await filled("middle.db");
     const lines: string[] = [];
