@@ -2,9 +2,10 @@
 // and flushed, on PostgreSQL an index insert with its WAL record. Migration 0006 removed, on each
 // dialect, a unique index that every event (and every Connection, on PostgreSQL) wrote and no read
 // used: on SQLite the feed position's (a copy of the rowid, which the feed now reads), on
-// PostgreSQL seq's (an identity column). Checked here: the indexes left, that the SQLite feed reads
-// by the rowid and never scans the events, and that a database an earlier release filled keeps its
-// feed.
+// PostgreSQL seq's (an identity column). Migration 0007 (PostgreSQL) leaves room on Connection
+// pages, so that a transition updates its row in place (HOT) without touching any index. Checked
+// here: the indexes left, that the SQLite feed reads by the rowid and never scans the events, that
+// a database an earlier release filled keeps its feed, and that transitions stay on their page.
 
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -19,7 +20,7 @@ import { openStore } from "../../src/store/open.js";
 import type { Database } from "../../src/store/schema.js";
 import { FEED_START, feedPosition } from "../../src/store/store.js";
 import { describePostgres, provisionPostgres } from "../support/databases.js";
-import { connectionRecord, createdEvent, newOrganization } from "./fixtures.js";
+import { connectionRecord, createdEvent, newOrganization, transition } from "./fixtures.js";
 
 const created = (n: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, n));
 
@@ -172,6 +173,45 @@ describePostgres("PostgreSQL: the indexes a write changes (migration 0006)", () 
         ]);
       } finally {
         await pool.end();
+      }
+    } finally {
+      await provisioned.drop();
+    }
+  });
+  it("updates a Connection in place on its page (HOT) when it transitions", { timeout: 30_000 }, async () => {
+    const provisioned = await provisionPostgres();
+    try {
+      const store = await openStore({ databaseUrl: provisioned.url });
+      const pool = new pg.Pool({ connectionString: provisioned.url, max: 1 });
+      try {
+        const source = await newOrganization(store);
+        const connections = [];
+        // Enough rows to fill several pages: the first ones are on pages that inserts filled.
+        for (let i = 0; i < 150; i++) {
+          const connection = connectionRecord(source, await newOrganization(store));
+          await store.createConnection(connection, createdEvent(connection));
+          connections.push(connection);
+        }
+        const pages = async () =>
+          new Map(
+            (
+              await pool.query<{ id: string; page: string }>(
+                "select id, (ctid::text::point)[0]::bigint::text as page from connections",
+              )
+            ).rows.map((row) => [row.id, row.page]),
+          );
+        const before = await pages();
+        expect(new Set(before.values()).size).toBeGreaterThan(3);
+        for (const connection of connections) {
+          const { next, event } = transition(connection, "ACTIVE");
+          expect(await store.saveTransition(next, event)).toBe(true);
+        }
+        const after = await pages();
+        const moved = connections.filter((connection) => after.get(connection.id) !== before.get(connection.id));
+        expect(moved).toEqual([]);
+      } finally {
+        await pool.end();
+        await store.close();
       }
     } finally {
       await provisioned.drop();
