@@ -55,6 +55,17 @@ describe("SQLite start-up", () => {
     closeSync(fd);
   }
 
+  /** Where in the file the rightmost leaf page of `btree` (a table or an index) is. */
+  function lastLeaf(database: SqliteDatabase.Database, btree: string): { offset: number; bytes: number } {
+    const { pageno } = database
+      .prepare<[string], { pageno: number }>(
+        "select pageno from dbstat where name = ? and pagetype = 'leaf' order by path desc limit 1",
+      )
+      .get(btree) as { pageno: number };
+    const bytes = database.pragma("page_size", { simple: true }) as number;
+    return { offset: (pageno - 1) * bytes, bytes };
+  }
+
   const damagedMessage = (path: string) =>
     new RegExp(`SQLite database ${path} is damaged .*Restore it from a backup, or move it`);
 
@@ -68,15 +79,10 @@ describe("SQLite start-up", () => {
   it("refuses a file whose last rows are damaged: start-up reads the ends of every table and index", async () => {
     const path = await filled("last-rows.db");
     const probe = new SqliteDatabase(path, { readonly: true });
-    // The rightmost leaf of the table: where its newest rows (the highest rowids) are.
-    const { pageno } = probe
-      .prepare<[], { pageno: number }>(
-        "select pageno from dbstat where name = 'organizations' and pagetype = 'leaf' order by path desc limit 1",
-      )
-      .get() as { pageno: number };
-    const pageSize = probe.pragma("page_size", { simple: true }) as number;
+    // Where the table's newest rows (the highest rowids) are.
+    const leaf = lastLeaf(probe, "organizations");
     probe.close();
-    damage(path, (pageno - 1) * pageSize, pageSize);
+    damage(path, leaf.offset, leaf.bytes);
     await expect(openStore({ databaseUrl: `sqlite:${path}` })).rejects.toThrow(damagedMessage(path));
   });
 
@@ -86,17 +92,12 @@ describe("SQLite start-up", () => {
     later.exec("create table later_release (key text primary key, value text not null) without rowid");
     const insert = later.prepare("insert into later_release (key, value) values (?, ?)");
     for (let i = 0; i < 2_000; i++) insert.run(`key_${String(i).padStart(5, "0")}`, "v".repeat(200));
-    const { pageno } = later
-      .prepare<[], { pageno: number }>(
-        "select pageno from dbstat where name = 'later_release' and pagetype = 'leaf' order by path desc limit 1",
-      )
-      .get() as { pageno: number };
-    const pageSize = later.pragma("page_size", { simple: true }) as number;
+    const leaf = lastLeaf(later, "later_release");
     later.close();
 
     const store = await openStore({ databaseUrl: `sqlite:${path}` });
     await store.close();
-    damage(path, (pageno - 1) * pageSize, pageSize);
+    damage(path, leaf.offset, leaf.bytes);
     await expect(openStore({ databaseUrl: `sqlite:${path}` })).rejects.toThrow(damagedMessage(path));
   });
 
