@@ -22,8 +22,6 @@ import { FEED_START, feedPosition } from "../../src/store/store.js";
 import { describePostgres, provisionPostgres } from "../support/databases.js";
 import { connectionRecord, createdEvent, newOrganization, transition } from "./fixtures.js";
 
-const created = (n: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, n));
-
 describe("SQLite: the indexes a write changes (migration 0006)", () => {
   const cleanups: (() => Promise<void> | void)[] = [];
   afterEach(async () => {
@@ -53,8 +51,8 @@ describe("SQLite: the indexes a write changes (migration 0006)", () => {
     cleanups.push(() => db.destroy());
     await migrateToLatest(db as Kysely<unknown>, "sqlite");
     const store = new KyselyStore(db, { dialect: "sqlite", sqlite, inTransaction: () => sqlite.inTransaction });
-    await store.createOrganization({ id: "org_a", name: "A", createTime: created(0) });
-    await store.createOrganization({ id: "org_b", name: "B", createTime: created(0) });
+    await store.createOrganization({ id: "org_a", name: "A", createTime: new Date() });
+    await store.createOrganization({ id: "org_b", name: "B", createTime: new Date() });
     const fillStatements = statements.length;
 
     const head = await store.feedHead();
