@@ -60,6 +60,26 @@ export class RpcStreamError extends Error {
 
 const MAX_ACTOR_LENGTH = 200;
 
+/**
+ * The Call a handler gets. A class, not an object literal with `get signal()`: V8 gives every
+ * evaluation of such a literal a hidden class of its own, made in the old generation and holding
+ * the getter, so each call's objects stayed reachable from there through young-generation
+ * collections, were promoted, and piled up until a full collection's pause (docs/performance.md).
+ */
+class AdmittedCall implements Call {
+  constructor(
+    readonly caller: CallerName,
+    readonly organizationId: string,
+    readonly actor: string,
+    readonly requestId: string,
+    private readonly scope: CallScope,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.scope.signal;
+  }
+}
+
 /** A stream whose client went away: nobody receives a status, but the log and metrics say so. */
 const CANCELLED: RpcStatus = {
   code: Code.Canceled,
@@ -354,16 +374,7 @@ export class RpcPipeline {
     if (method.actsForOrganization && !method.actsForEveryOrganization.has(caller)) {
       scope.organizationId = await this.actingOrganization(meta.header("x-organization-id"));
     }
-    const { organizationId } = scope;
-    return {
-      caller,
-      organizationId,
-      actor,
-      requestId,
-      get signal() {
-        return scope.signal;
-      },
-    };
+    return new AdmittedCall(caller, scope.organizationId, actor, requestId, scope);
   }
 
   private async actingOrganization(header: string | undefined): Promise<string> {
