@@ -2,6 +2,8 @@
 // production default here; src/config.ts reads overrides from the environment, and
 // docs/architecture.md ("The port") says what each one defends against.
 
+import { UnderWay, type UnderWayEntry } from "../runtime/under-way.js";
+
 export interface TransportLimits {
   /** A connection that has not said which protocol it speaks by then is dropped. */
   readonly firstBytesTimeoutMs: number;
@@ -61,6 +63,8 @@ export interface PendingRead {
   readonly readBy: number;
   /** Called once, when readBy has passed; the reader answers and stops reading. */
   expire(now: number): void;
+  /** Its place among the pending reads while it is one; ReadDeadlines alone sets it. */
+  deadlineEntry?: UnderWayEntry<PendingRead> | undefined;
 }
 
 /**
@@ -70,13 +74,15 @@ export interface PendingRead {
  * expiry can be.
  */
 export class ReadDeadlines {
-  private readonly pending = new Set<PendingRead>();
+  /** Not a Set: one entry per request, added and removed on the hot path (runtime/under-way.ts). */
+  private readonly pending = new UnderWay<PendingRead>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly sweepMs = 50) {}
 
+  /** Adding a read that is pending already changes nothing. */
   add(read: PendingRead): void {
-    this.pending.add(read);
+    read.deadlineEntry ??= this.pending.add(read);
     if (this.timer === undefined) {
       this.timer = setInterval(() => this.sweep(), this.sweepMs);
       this.timer.unref();
@@ -84,7 +90,9 @@ export class ReadDeadlines {
   }
 
   delete(read: PendingRead): void {
-    this.pending.delete(read);
+    if (read.deadlineEntry === undefined) return;
+    this.pending.remove(read.deadlineEntry);
+    read.deadlineEntry = undefined;
   }
 
   private sweep(): void {
@@ -96,7 +104,7 @@ export class ReadDeadlines {
       return;
     }
     const now = Date.now();
-    for (const read of this.pending) {
+    for (const read of this.pending.values()) {
       if (read.readBy > now) continue;
       this.delete(read);
       read.expire(now);

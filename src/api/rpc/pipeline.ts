@@ -13,6 +13,7 @@ import { Code } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { invalidArgument, ServiceError } from "../../app/errors.js";
 import { isOrganizationId } from "../../app/ids.js";
+import { UnderWay } from "../../runtime/under-way.js";
 import type { CallerName } from "../callers.js";
 import { requestIdFor } from "../request-id.js";
 import { type RpcStatus, toRpcStatus } from "../status.js";
@@ -91,7 +92,7 @@ const CANCELLED: RpcStatus = {
 export class RpcPipeline {
   private readonly methods = new Map<string, RegisteredMethod>();
   /** The calls running now, so that shutdown can end them with SHUTTING_DOWN. */
-  private readonly inFlight = new Set<CallScope>();
+  private readonly inFlight = new UnderWay<CallScope>();
   private shuttingDown = false;
   /**
    * The one line per RPC. Its fields are set below and none can carry a secret, so it skips the
@@ -139,7 +140,7 @@ export class RpcPipeline {
    */
   cancelInFlight(): void {
     this.shuttingDown = true;
-    for (const scope of this.inFlight) scope.abort(shuttingDownError());
+    for (const scope of this.inFlight.values()) scope.abort(shuttingDownError());
   }
 
   /**
@@ -191,7 +192,7 @@ export class RpcPipeline {
     // One deadline for the whole call: authentication and the organization lookup count too.
     const deadline = Math.min(meta.deadline ?? Number.POSITIVE_INFINITY, Date.now() + this.options.maxDeadlineMs);
     const scope = new CallScope(meta, deadline);
-    this.inFlight.add(scope);
+    const running = this.inFlight.add(scope);
     if (this.shuttingDown) scope.abort(shuttingDownError());
     const ticket = given ?? this.enter(meta);
     let result: RpcResult;
@@ -218,7 +219,7 @@ export class RpcPipeline {
       }
       result = { ok: false, status, requestId };
     } finally {
-      this.inFlight.delete(scope);
+      this.inFlight.remove(running);
       scope.end();
     }
     this.finish(method, meta, scope, requestId, started, result.ok ? undefined : result.status, span);
