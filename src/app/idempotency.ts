@@ -20,8 +20,13 @@ export interface IdempotencyKey {
 export const PRUNE_BATCH = 500;
 
 export class Idempotency {
-  /** Calls under way in this process, by key: a concurrent retry waits for the first, then replays. */
-  readonly #running = new Map<string, Promise<unknown>>();
+  /**
+   * Calls under way in this process, by key: a concurrent retry waits for the first, then replays.
+   * Each holds a promise of its own that nothing but a retry waits on, not the call's work: V8 keeps
+   * a Map's replaced tables, entries and all, and through them young collections kept every write's
+   * objects alive until a full one (runtime/under-way.ts).
+   */
+  readonly #running = new Map<string, Promise<void>>();
 
   constructor(
     private readonly store: Store,
@@ -50,14 +55,20 @@ export class Idempotency {
   async exclusive<T>(key: IdempotencyKey, work: () => Promise<T>): Promise<T> {
     const slot = `${key.scope}\n${key.requestId}`;
     for (let running = this.#running.get(slot); running !== undefined; running = this.#running.get(slot)) {
-      await running.catch(() => {});
+      await running;
     }
-    const mine = work();
-    this.#running.set(slot, mine);
+    let finished = () => {};
+    this.#running.set(
+      slot,
+      new Promise<void>((resolve) => {
+        finished = resolve;
+      }),
+    );
     try {
-      return await mine;
+      return await work();
     } finally {
       this.#running.delete(slot);
+      finished();
     }
   }
 

@@ -2,8 +2,9 @@
 // the retention, so that the table stays the same size however long the service writes.
 
 import pino from "pino";
-import { expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { Idempotency, PRUNE_BATCH, startPruning } from "../../src/app/idempotency.js";
+import type { Store } from "../../src/store/store.js";
 import { describeEachDatabase, useTestStore } from "../support/databases.js";
 
 const HOUR_MS = 3_600_000;
@@ -96,5 +97,44 @@ describeEachDatabase("idempotency records", (database) => {
     await deleted;
     expect(counts[0]).toBeGreaterThanOrEqual(1);
     expect(await idempotency.find(key)).toBeUndefined();
+  });
+});
+
+describe("calls under way with one key", () => {
+  const key = (requestId: string) => ({
+    scope: "organization:org_a",
+    requestId,
+    method: "CreateConnection",
+    fingerprint: "f",
+  });
+  const idempotency = new Idempotency({} as Store);
+
+  it("runs a second call with the key only after the first ended, even when the first failed", async () => {
+    const order: string[] = [];
+    let failFirst = () => {};
+    const first = idempotency.exclusive(key("r1"), async () => {
+      order.push("first started");
+      await new Promise<void>((_, reject) => {
+        failFirst = () => reject(new Error("first failed"));
+      });
+    });
+    const second = idempotency.exclusive(key("r1"), async () => {
+      order.push("second started");
+      return "second";
+    });
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(order).toEqual(["first started"]);
+    failFirst();
+    await expect(first).rejects.toThrow("first failed");
+    await expect(second).resolves.toBe("second");
+    expect(order).toEqual(["first started", "second started"]);
+  });
+
+  it("runs calls with different keys side by side", async () => {
+    let release = () => {};
+    const held = idempotency.exclusive(key("r2"), () => new Promise<void>((resolve) => (release = resolve)));
+    await expect(idempotency.exclusive(key("r3"), async () => "other")).resolves.toBe("other");
+    release();
+    await held;
   });
 });
