@@ -24,6 +24,7 @@ import {
   postgresAdminUrl,
   provisionPostgres,
   type TestStore,
+  testPool,
 } from "../support/databases.js";
 import { until } from "../support/until.js";
 import { connectionRecord, createdEvent, newOrganization, transition, uniqueId } from "./fixtures.js";
@@ -317,7 +318,7 @@ it.runIf(postgresAdminUrl !== undefined)(
   async () => {
     const database = await provisionPostgres();
     const db = new Kysely<unknown>({
-      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: database.url }) }),
+      dialect: new PostgresDialect({ pool: testPool({ connectionString: database.url }) }),
     });
     let store: Store | undefined;
     try {

@@ -19,7 +19,7 @@ import { migrateToLatest, migrationProvider } from "../../src/store/migrations.j
 import { openStore } from "../../src/store/open.js";
 import type { Database } from "../../src/store/schema.js";
 import { FEED_START, feedPosition } from "../../src/store/store.js";
-import { describePostgres, provisionPostgres } from "../support/databases.js";
+import { describePostgres, provisionPostgres, testPool } from "../support/databases.js";
 import { connectionRecord, createdEvent, newOrganization, transition } from "./fixtures.js";
 
 describe("SQLite: the indexes a write changes (migration 0006)", () => {
@@ -155,7 +155,7 @@ describePostgres("PostgreSQL: the indexes a write changes (migration 0006)", () 
       } finally {
         await store.close();
       }
-      const pool = new pg.Pool({ connectionString: provisioned.url, max: 1 });
+      const pool = testPool({ connectionString: provisioned.url, max: 1 });
       try {
         const { rows } = await pool.query<{ indexname: string }>(
           "select indexname from pg_indexes where tablename in ('connections', 'connection_events') order by 1",
@@ -180,7 +180,7 @@ describePostgres("PostgreSQL: the indexes a write changes (migration 0006)", () 
     const provisioned = await provisionPostgres();
     try {
       const store = await openStore({ databaseUrl: provisioned.url });
-      const pool = new pg.Pool({ connectionString: provisioned.url, max: 1 });
+      const pool = testPool({ connectionString: provisioned.url, max: 1 });
       try {
         const source = await newOrganization(store);
         const connections = [];

@@ -5,18 +5,17 @@ import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import SqliteDatabase from "better-sqlite3";
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from "kysely";
-import pg from "pg";
 import { expect, it } from "vitest";
 import { migrationProvider } from "../../src/store/migrations.js";
 import { openStore, parseDatabaseUrl } from "../../src/store/open.js";
-import { describeEachDatabase, provisionDatabase } from "../support/databases.js";
+import { describeEachDatabase, provisionDatabase, testPool } from "../support/databases.js";
 
 function connect(url: string): Kysely<unknown> {
   const target = parseDatabaseUrl(url);
   if (target.dialect === "sqlite") mkdirSync(dirname(target.path), { recursive: true });
   return target.dialect === "sqlite"
     ? new Kysely({ dialect: new SqliteDialect({ database: new SqliteDatabase(target.path) }) })
-    : new Kysely({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: target.url, max: 1 }) }) });
+    : new Kysely({ dialect: new PostgresDialect({ pool: testPool({ connectionString: target.url, max: 1 }) }) });
 }
 
 describeEachDatabase("migration 0002 on a database that 0001 made and filled", (database) => {

@@ -145,6 +145,18 @@ export async function provisionPostgres(): Promise<ProvisionedDatabase> {
   };
 }
 
+/**
+ * A pg.Pool on a provisioned database, for tests that read or change it behind the store. pg.Pool
+ * ends its clients without waiting for their sockets to close, so `drop()` (WITH FORCE) can
+ * terminate one that is still closing: its error then goes to the pool, and a pool without an
+ * error listener throws it out of the test file as an uncaught exception.
+ */
+export function testPool(config: pg.PoolConfig): pg.Pool {
+  const pool = new pg.Pool(config);
+  pool.on("error", () => {});
+  return pool;
+}
+
 async function withAdminClient(work: (client: pg.Client) => Promise<unknown>): Promise<void> {
   const client = new pg.Client({ connectionString: postgresAdminUrl });
   await client.connect();
