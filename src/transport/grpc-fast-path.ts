@@ -125,6 +125,10 @@ function onRequestEnd(this: ServerHttp2Stream): void {
 
 function onStreamClose(this: ServerHttp2Stream): void {
   (this as CallStream)[CALL].streamClosed();
+  // The closed stream lets go of the call: node:http2 keeps its streams in a Map per connection,
+  // whose replaced tables young collections take for live (runtime/under-way.ts), and through the
+  // stream they kept the call's request, response and pipeline objects until a mark-compact.
+  (this as Partial<CallStream>)[CALL] = undefined;
 }
 
 function ignoreStreamError(): void {}
