@@ -7,12 +7,12 @@ import { sql } from "kysely";
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { StorePool } from "../../src/store/pg-pool.js";
-import { describePostgres, type ProvisionedDatabase, provisionPostgres } from "../support/databases.js";
+import { describePostgres, type ProvisionedDatabase, provisionPostgres, testPool } from "../support/databases.js";
 
 /** A pool of one connection, so that every use sees the session of the one before. */
 function onePool(url: string, namedStatements: boolean): StorePool {
   const connection = { connectionString: url };
-  return new StorePool(new pg.Pool({ ...connection, max: 1, pipeline: true }), 1, {
+  return new StorePool(testPool({ ...connection, max: 1, pipeline: true }), 1, {
     connection,
     statementTimeoutMs: 5_000,
     namedStatements,

@@ -3,15 +3,14 @@
 // timer fires before its loop reads the answer that came meanwhile) nor one slow answer is enough.
 // A database that stays silent is still found unreachable.
 
-import pg from "pg";
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
 import { StorePool } from "../../src/store/pg-pool.js";
-import { describePostgres, type ProvisionedDatabase, provisionPostgres } from "../support/databases.js";
+import { describePostgres, type ProvisionedDatabase, provisionPostgres, testPool } from "../support/databases.js";
 import { TcpProxy } from "../support/tcp-proxy.js";
 
 function poolFor(url: string): StorePool {
   const connection = { connectionString: url };
-  return new StorePool(new pg.Pool({ ...connection, max: 1, pipeline: true }), 1, {
+  return new StorePool(testPool({ ...connection, max: 1, pipeline: true }), 1, {
     connection,
     statementTimeoutMs: 5_000,
     namedStatements: false,
