@@ -4,15 +4,11 @@
 // collections until a full collection (docs/performance.md, "The Call's hidden class").
 
 import { create } from "@bufbuild/protobuf";
-import pino from "pino";
 import { describe, expect, it } from "vitest";
-import { ConnectionService, GetConnectionRequestSchema } from "../../gen/connections/v1/connection_service_pb.js";
-import { OrganizationService } from "../../gen/connections/v1/organization_service_pb.js";
-import { CallerAuthenticator } from "../../src/api/callers.js";
-import { RpcPipeline } from "../../src/api/rpc/pipeline.js";
-import type { Call, RequestMeta, UnaryMethod } from "../../src/api/rpc/types.js";
-import { ServiceError } from "../../src/app/errors.js";
-import type { Organizations } from "../../src/app/organizations.js";
+import { GetConnectionRequestSchema } from "../../gen/connections/v1/connection_service_pb.js";
+import type { RpcPipeline } from "../../src/api/rpc/pipeline.js";
+import type { Call, RequestMeta, RpcResult, UnaryMethod } from "../../src/api/rpc/types.js";
+import { createTestPipeline, HOLD_ID, Stubs } from "../transport/harness.js";
 
 const HEADERS: Record<string, string> = {
   authorization: "Bearer dev-api-gateway",
@@ -20,73 +16,34 @@ const HEADERS: Record<string, string> = {
   "x-actor": "user:usr_1",
 };
 
-/** A pipeline whose GetConnection keeps the Call it was given; `onClientGone` is the client's. */
-function pipelineKeepingCalls(calls: Call[]): RpcPipeline {
-  const pipeline = new RpcPipeline({
-    authenticator: CallerAuthenticator.dev(),
-    organizations: { isRegistered: async (id: string) => id === "org_a" } as unknown as Organizations,
-    logger: pino({ level: "silent" }),
-    maxDeadlineMs: 30_000,
-  });
-  const unused = async () => {
-    throw new ServiceError("INTERNAL", "not used here");
-  };
-  pipeline.register(ConnectionService, {
-    getConnection: async (request, call) => {
-      calls.push(call);
-      if (request.id === "cxn_cancelled")
-        await new Promise((resolve) => call.signal.addEventListener("abort", resolve));
-      return { connection: { id: request.id } };
-    },
-    createConnection: unused,
-    listConnections: unused,
-    activateConnection: unused,
-    deactivateConnection: unused,
-    reactivateConnection: unused,
-    listConnectionEvents: unused,
-    checkConnection: unused,
-    updateConnection: unused,
-    batchCheckConnection: unused,
-    watchConnectionEvents: async function* () {},
-  });
-  pipeline.register(OrganizationService, {
-    createOrganization: unused,
-    getOrganization: unused,
-  });
-  return pipeline;
+function meta(clientGone: (listener: () => void) => void = () => {}): RequestMeta {
+  return { header: (name) => HEADERS[name], deadline: undefined, protocol: "grpc", onClientGone: clientGone };
 }
 
-function meta(clientGone?: (listener: () => void) => void): RequestMeta {
-  return {
-    header: (name) => HEADERS[name],
-    deadline: undefined,
-    protocol: "grpc",
-    onClientGone: clientGone ?? (() => {}),
-  };
+function getConnection(pipeline: RpcPipeline, id: string, requestMeta = meta()): Promise<RpcResult> {
+  const method = pipeline.lookup("/connections.v1.ConnectionService/GetConnection") as UnaryMethod;
+  return pipeline.invoke(method, create(GetConnectionRequestSchema, { id }), requestMeta);
 }
-
-const GET = "/connections.v1.ConnectionService/GetConnection";
 
 describe("the Call a handler gets", () => {
   it("carries the caller, the acting organization, the actor and the request id", async () => {
-    const calls: Call[] = [];
-    const pipeline = pipelineKeepingCalls(calls);
-    const method = pipeline.lookup(GET) as UnaryMethod;
-    const result = await pipeline.invoke(method, create(GetConnectionRequestSchema, { id: "cxn_1" }), meta());
+    const stubs = new Stubs();
+    const result = await getConnection(createTestPipeline(stubs), "cxn_1");
     expect(result.ok).toBe(true);
-    expect(calls).toHaveLength(1);
-    expect(calls[0]).toMatchObject({ caller: "api-gateway", organizationId: "org_a", actor: "user:usr_1" });
-    expect(calls[0]?.requestId).toBe(result.requestId);
+    expect(stubs.lastCall).toMatchObject({ caller: "api-gateway", organizationId: "org_a", actor: "user:usr_1" });
+    expect(stubs.lastCall?.requestId).toBe(result.requestId);
   });
 
   it("has the same shape on every call, its signal an accessor they share", async () => {
+    const stubs = new Stubs();
+    const pipeline = createTestPipeline(stubs);
     const calls: Call[] = [];
-    const pipeline = pipelineKeepingCalls(calls);
-    const method = pipeline.lookup(GET) as UnaryMethod;
     for (const id of ["cxn_1", "cxn_2"]) {
-      await pipeline.invoke(method, create(GetConnectionRequestSchema, { id }), meta());
+      await getConnection(pipeline, id);
+      calls.push(stubs.lastCall as Call);
     }
     const [first, second] = calls as [Call, Call];
+    expect(first).not.toBe(second);
     expect(Object.getOwnPropertyDescriptor(first, "signal")).toBeUndefined();
     expect(Object.getPrototypeOf(first)).toBe(Object.getPrototypeOf(second));
     const accessor = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(first), "signal");
@@ -95,23 +52,23 @@ describe("the Call a handler gets", () => {
   });
 
   it("aborts its signal when the client goes away", async () => {
-    const calls: Call[] = [];
-    const pipeline = pipelineKeepingCalls(calls);
-    const method = pipeline.lookup(GET) as UnaryMethod;
+    const stubs = new Stubs();
     let goAway: (() => void) | undefined;
-    const answer = pipeline.invoke(
-      method,
-      create(GetConnectionRequestSchema, { id: "cxn_cancelled" }),
+    const answer = getConnection(
+      createTestPipeline(stubs),
+      HOLD_ID,
       meta((listener) => {
         goAway = listener;
       }),
     );
-    await expect.poll(() => calls.length).toBe(1);
-    expect(calls[0]?.signal.aborted).toBe(false);
+    await expect.poll(() => stubs.held).toBe(1);
+    const call = stubs.lastCall as Call;
+    expect(call.signal.aborted).toBe(false);
     goAway?.();
-    expect(calls[0]?.signal.aborted).toBe(true);
-    expect(calls[0]?.signal.reason).toMatchObject({ reason: "CANCELLED" });
+    expect(call.signal.aborted).toBe(true);
+    expect(call.signal.reason).toMatchObject({ reason: "CANCELLED" });
     const result = await answer;
+    stubs.releaseHolds();
     expect(result.ok).toBe(false);
   });
 });

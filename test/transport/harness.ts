@@ -33,7 +33,7 @@ import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { CallerAuthenticator } from "../../src/api/callers.js";
 import type { AdmissionController } from "../../src/api/rpc/admission.js";
 import { RpcPipeline } from "../../src/api/rpc/pipeline.js";
-import type { RpcLabels } from "../../src/api/rpc/types.js";
+import type { Call, RpcLabels } from "../../src/api/rpc/types.js";
 import { ServiceError } from "../../src/app/errors.js";
 import type { Organizations } from "../../src/app/organizations.js";
 import type { TransportLimits } from "../../src/transport/limits.js";
@@ -64,6 +64,8 @@ export class Stubs {
   sleepsFinished = 0;
   /** getConnection calls waiting on HOLD_ID. */
   private holds: (() => void)[] = [];
+  /** The Call the latest getConnection was handed (only the latest: storms must not pile them up). */
+  lastCall: Call | undefined;
 
   get held(): number {
     return this.holds.length;
@@ -77,6 +79,7 @@ export class Stubs {
     pipeline.register(ConnectionService, {
       createConnection: async (request) => ({ connection: { id: "cxn_new", name: request.name } }),
       getConnection: async (request, call) => {
+        this.lastCall = call;
         if (request.id.startsWith(SLEEP_PREFIX)) {
           this.sleepsStarted++;
           await sleep(Number(request.id.slice(SLEEP_PREFIX.length)));
