@@ -35,6 +35,14 @@ import { peerSpiffeIdOf } from "./tls.js";
 
 const GRPC_CONTENT_TYPES: ReadonlySet<string> = new Set(["application/grpc", "application/grpc+proto"]);
 const OK_TRAILERS: OutgoingHttpHeaders = { "grpc-status": "0" };
+/**
+ * `endStream` is given though it is the default: node:http2's respond() copies the options and sets
+ * `endStream` on the copy. Added there as a new property, it gave each call's copy a hidden class of
+ * its own (the copy's is detached from V8's transition tree), which young collections keep alive
+ * until a mark-compact, and with it the call's objects (docs/performance.md, "Hidden classes of
+ * their own").
+ */
+const RESPOND_WITH_TRAILERS = { endStream: false, waitForTrailers: true } as const;
 
 export class GrpcFastPath {
   constructor(
@@ -302,7 +310,7 @@ function respondWithMessage(stream: ServerHttp2Stream, message: Uint8Array, requ
       "grpc-accept-encoding": ACCEPTED_ENCODINGS,
       "x-request-id": requestId,
     },
-    { waitForTrailers: true },
+    RESPOND_WITH_TRAILERS,
   );
   stream.once("wantTrailers", sendOkTrailers);
   stream.end(frame(message));
