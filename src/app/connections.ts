@@ -16,6 +16,7 @@ import {
   type TransitionRefusal,
   type UpdateRequest,
 } from "../domain/connection.js";
+import type { Cancellation } from "../runtime/cancellation.js";
 import {
   AlreadyExistsError,
   type ConnectionRecord,
@@ -36,7 +37,7 @@ export interface Actor {
   readonly actor: string;
   readonly requestId: string;
   /** The call's cancellation: writes made for this actor roll back once it aborts. */
-  readonly signal?: AbortSignal;
+  readonly signal?: Cancellation;
   /**
    * For a write with a request_id: the record that answers it with the Connection it returns,
    * saved in the write's own transaction (src/api/idempotency.ts replays it to retries).

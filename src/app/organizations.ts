@@ -1,5 +1,6 @@
 // Use cases of organizations: registering them (the provisioning job) and reading them.
 
+import type { Cancellation } from "../runtime/cancellation.js";
 import { AlreadyExistsError, type IdempotencyRecord, type OrganizationRecord, type Store } from "../store/store.js";
 import { ServiceError } from "./errors.js";
 import { newId } from "./ids.js";
@@ -17,7 +18,7 @@ export class Organizations {
   async create(
     id: string,
     name: string,
-    signal?: AbortSignal,
+    signal?: Cancellation,
     answerFor?: (organization: OrganizationRecord) => IdempotencyRecord,
   ): Promise<OrganizationRecord> {
     const organization = { id: id === "" ? newId("org") : id, name, createTime: this.now() };

@@ -4,6 +4,7 @@
 
 import type SqliteDatabase from "better-sqlite3";
 import { type CompiledQuery, type Insertable, type Kysely, type RawBuilder, sql } from "kysely";
+import type { Cancellation } from "../runtime/cancellation.js";
 import {
   BatchingCheckReader,
   CachingCheckReader,
@@ -213,7 +214,7 @@ export class KyselyStore implements Store {
 
   async createOrganization(
     organization: OrganizationRecord,
-    signal?: AbortSignal,
+    signal?: Cancellation,
     answer?: IdempotencyRecord,
   ): Promise<OrganizationRecord> {
     await this.#transactions.write(signal, async (trx) => {
@@ -257,7 +258,7 @@ export class KyselyStore implements Store {
   async createConnection(
     connection: ConnectionRecord,
     event: EventRecord,
-    signal?: AbortSignal,
+    signal?: Cancellation,
     answer?: IdempotencyRecord,
   ): Promise<void> {
     const created = this.#insertCreated;
@@ -337,7 +338,7 @@ export class KyselyStore implements Store {
   async saveTransition(
     next: ConnectionRecord,
     event: EventRecord,
-    signal?: AbortSignal,
+    signal?: Cancellation,
     answer?: IdempotencyRecord,
   ): Promise<boolean> {
     const values = {
@@ -400,7 +401,7 @@ export class KyselyStore implements Store {
     return row === undefined ? undefined : toIdempotencyRecord(row);
   }
 
-  async saveIdempotencyRecord(record: IdempotencyRecord, signal?: AbortSignal): Promise<void> {
+  async saveIdempotencyRecord(record: IdempotencyRecord, signal?: Cancellation): Promise<void> {
     await this.#transactions.write(signal, (trx) => this.#saveAnswer(trx, record));
   }
 

@@ -33,6 +33,7 @@ import {
   type QueryResult,
 } from "kysely";
 import pg from "pg";
+import type { Cancellation } from "../runtime/cancellation.js";
 import { classifyError, suggestsUnreachable } from "./errors.js";
 import type { Database } from "./schema.js";
 import { type PoolStats, UnavailableError } from "./store.js";
@@ -294,7 +295,7 @@ export class StorePool {
    * cancelled on the server and the connection is discarded afterwards (a late cancel must not
    * hit the next user's query).
    */
-  reserve<T>(signal: AbortSignal | undefined, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
+  reserve<T>(signal: Cancellation | undefined, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
     return this.#withConnection(signal, (tracked) => work(this.#kyselyFor(tracked)));
   }
 
@@ -309,7 +310,7 @@ export class StorePool {
    * at the server, the running one is cancelled as in reserve(): a cancelled statement rolls back,
    * a COMMIT that already ran has committed (as before, when the abort came during COMMIT).
    */
-  writeStatement<R>(signal: AbortSignal | undefined, statement: CompiledQuery<R>): Promise<QueryResult<R>> {
+  writeStatement<R>(signal: Cancellation | undefined, statement: CompiledQuery<R>): Promise<QueryResult<R>> {
     return this.#withConnection(signal, async (tracked) => {
       const stream = (tracked.client as unknown as { connection?: { stream?: net.Socket } }).connection?.stream;
       stream?.cork();
@@ -336,7 +337,7 @@ export class StorePool {
   }
 
   /** Runs `use` on one connection of the pool, cancelled as reserve() says. */
-  async #withConnection<T>(signal: AbortSignal | undefined, use: (tracked: TrackedClient) => Promise<T>): Promise<T> {
+  async #withConnection<T>(signal: Cancellation | undefined, use: (tracked: TrackedClient) => Promise<T>): Promise<T> {
     const tracked = await this.#connect();
     if (signal?.aborted) {
       tracked.release();

@@ -2,6 +2,7 @@
 // is in use; the Kysely implementation translates driver errors into the sentinels below.
 
 import type { EventType, State } from "../domain/connection.js";
+import type { Cancellation } from "../runtime/cancellation.js";
 import type { CheckCacheStats } from "./check-reader.js";
 
 export type { CheckCacheStats };
@@ -178,7 +179,7 @@ export interface Store {
    */
   createOrganization(
     organization: OrganizationRecord,
-    signal?: AbortSignal,
+    signal?: Cancellation,
     answer?: IdempotencyRecord,
   ): Promise<OrganizationRecord>;
   getOrganization(id: string): Promise<OrganizationRecord | undefined>;
@@ -192,7 +193,7 @@ export interface Store {
   createConnection(
     connection: ConnectionRecord,
     event: EventRecord,
-    signal?: AbortSignal,
+    signal?: Cancellation,
     answer?: IdempotencyRecord,
   ): Promise<void>;
   getConnection(id: string): Promise<ConnectionRecord | undefined>;
@@ -210,7 +211,7 @@ export interface Store {
   saveTransition(
     next: ConnectionRecord,
     event: EventRecord,
-    signal?: AbortSignal,
+    signal?: Cancellation,
     answer?: IdempotencyRecord,
   ): Promise<boolean>;
   listEvents(query: ListEventsQuery): Promise<Page<EventRecord>>;
@@ -229,7 +230,7 @@ export interface Store {
   /** The answer recorded for a key, if any. */
   findIdempotencyRecord(scope: string, requestId: string): Promise<IdempotencyRecord | undefined>;
   /** Saves an answer that no other write carries (a final error, an update that changed nothing). */
-  saveIdempotencyRecord(record: IdempotencyRecord, signal?: AbortSignal): Promise<void>;
+  saveIdempotencyRecord(record: IdempotencyRecord, signal?: Cancellation): Promise<void>;
   /** Deletes at most `limit` of the records made before `before`, oldest first; returns how many. */
   pruneIdempotencyRecords(before: Date, limit: number): Promise<number>;
 

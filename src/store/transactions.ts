@@ -14,6 +14,7 @@
 
 import { setImmediate as nextTurn, setTimeout as sleep } from "node:timers/promises";
 import { CompiledQuery, type Kysely, type QueryResult } from "kysely";
+import type { Cancellation } from "../runtime/cancellation.js";
 import { classifyError, translateError } from "./errors.js";
 import type { StorePool } from "./pg-pool.js";
 import type { Database } from "./schema.js";
@@ -79,7 +80,7 @@ export class Transactions {
    * query is cancelled on the server; on SQLite the write's savepoint, or its group, rolls back)
    * and the write rejects with the signal's reason.
    */
-  async write<T>(signal: AbortSignal | undefined, work: Work<T>): Promise<T> {
+  async write<T>(signal: Cancellation | undefined, work: Work<T>): Promise<T> {
     const workThenCheck = async (trx: Kysely<Database>) => {
       const result = await work(trx);
       // The last moment before COMMIT: a call that was cut short must not change anything.
@@ -102,14 +103,14 @@ export class Transactions {
    * timeout, retries, cancellation), with its BEGIN and COMMIT sent along in one go
    * (StorePool.writeStatement). A signal that aborts while it is at the server cancels it there.
    */
-  async writeStatement<R>(signal: AbortSignal | undefined, statement: CompiledQuery<R>): Promise<QueryResult<R>> {
+  async writeStatement<R>(signal: Cancellation | undefined, statement: CompiledQuery<R>): Promise<QueryResult<R>> {
     const pool = this.#pool;
     if (pool === undefined) throw new Error("writeStatement is for PostgreSQL");
     return this.#attempts(signal, () => pool.writeStatement(signal, statement));
   }
 
   /** Runs a write's transaction, again when it lost a race; tells `ended` how each attempt ended. */
-  async #attempts<T>(signal: AbortSignal | undefined, transaction: () => Promise<T>): Promise<T> {
+  async #attempts<T>(signal: Cancellation | undefined, transaction: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
         signal?.throwIfAborted();
@@ -129,7 +130,7 @@ export class Transactions {
 
 /** A write waiting for, or running in, a group. */
 interface Member {
-  readonly signal: AbortSignal | undefined;
+  readonly signal: Cancellation | undefined;
   readonly work: Work<unknown>;
   readonly resolve: (result: unknown) => void;
   readonly reject: (error: unknown) => void;
@@ -151,7 +152,7 @@ class GroupCommit {
   }
 
   /** Resolves once `work` has committed; rejects with its own error, or the group's COMMIT's. */
-  run<T>(signal: AbortSignal | undefined, work: Work<T>): Promise<T> {
+  run<T>(signal: Cancellation | undefined, work: Work<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.#queue.push({ signal, work, resolve: resolve as (result: unknown) => void, reject });
       if (!this.#draining) {

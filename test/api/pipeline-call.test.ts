@@ -71,4 +71,32 @@ describe("the Call a handler gets", () => {
     stubs.releaseHolds();
     expect(result.ok).toBe(false);
   });
+
+  it("tells the listeners still added when it aborts, once, and none added after", async () => {
+    const stubs = new Stubs();
+    let goAway: (() => void) | undefined;
+    const answer = getConnection(
+      createTestPipeline(stubs),
+      HOLD_ID,
+      meta((listener) => {
+        goAway = listener;
+      }),
+    );
+    await expect.poll(() => stubs.held).toBe(1);
+    const signal = (stubs.lastCall as Call).signal;
+    const told: string[] = [];
+    const kept = () => told.push("kept");
+    const removed = () => told.push("removed");
+    signal.addEventListener("abort", kept);
+    signal.addEventListener("abort", removed);
+    signal.removeEventListener("abort", removed);
+    expect(() => signal.throwIfAborted()).not.toThrow();
+    goAway?.();
+    goAway?.();
+    signal.addEventListener("abort", () => told.push("late"));
+    expect(told).toEqual(["kept"]);
+    expect(() => signal.throwIfAborted()).toThrow(expect.objectContaining({ reason: "CANCELLED" }));
+    await answer;
+    stubs.releaseHolds();
+  });
 });

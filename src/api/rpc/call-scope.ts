@@ -1,8 +1,9 @@
 // One call's cancellation scope: the deadline, the client going away and shutdown each abort it,
 // with the ServiceError that says which. The pipeline races a call's work against it; handlers pass
-// its signal to the store so that an uncommitted write rolls back.
+// it to the store (it is the call's Cancellation) so that an uncommitted write rolls back.
 
 import { ServiceError } from "../../app/errors.js";
+import type { Cancellation } from "../../runtime/cancellation.js";
 import type { CallerName } from "../callers.js";
 import type { RequestMeta } from "./types.js";
 
@@ -15,14 +16,16 @@ function deadlineExceeded(): ServiceError {
 
 /**
  * One call's cancellation: aborted by the client going away, by the deadline, or by shutdown
- * (RpcPipeline.cancelInFlight). Also what the log line reports of a call that ended early. The
- * AbortSignal that handlers pass to the store is made only when one asks for it: a check never does.
+ * (RpcPipeline.cancelInFlight). Also what the log line reports of a call that ended early. It is
+ * the Cancellation that handlers pass to the store, with no AbortSignal behind it
+ * (runtime/cancellation.ts says why); a check never asks for one.
  */
-export class CallScope {
+export class CallScope implements Cancellation {
   caller: CallerName | undefined;
   organizationId = "";
   #reason: ServiceError | undefined;
-  #controller: AbortController | undefined;
+  /** The store's listeners (a pool connection to cancel on PostgreSQL); rarely more than one. */
+  #listeners: (() => void)[] | undefined;
   #interrupt: ((reason: ServiceError) => void) | undefined;
   #ended = false;
   private readonly timer: NodeJS.Timeout | undefined;
@@ -38,18 +41,34 @@ export class CallScope {
     meta.onClientGone(this.clientGone);
   }
 
-  get signal(): AbortSignal {
-    if (this.#controller === undefined) {
-      this.#controller = new AbortController();
-      if (this.#reason !== undefined) this.#controller.abort(this.#reason);
-    }
-    return this.#controller.signal;
+  get aborted(): boolean {
+    return this.#reason !== undefined;
+  }
+
+  get reason(): ServiceError | undefined {
+    return this.#reason;
+  }
+
+  throwIfAborted(): void {
+    if (this.#reason !== undefined) throw this.#reason;
+  }
+
+  addEventListener(_type: "abort", listener: () => void): void {
+    if (this.#reason !== undefined) return;
+    (this.#listeners ??= []).push(listener);
+  }
+
+  removeEventListener(_type: "abort", listener: () => void): void {
+    const index = this.#listeners?.indexOf(listener) ?? -1;
+    if (index >= 0) this.#listeners?.splice(index, 1);
   }
 
   abort(reason: ServiceError): void {
     if (this.#reason !== undefined || this.#ended) return;
     this.#reason = reason;
-    this.#controller?.abort(reason);
+    const listeners = this.#listeners;
+    this.#listeners = undefined;
+    if (listeners !== undefined) for (const listener of listeners) listener();
     this.#interrupt?.(reason);
   }
 

@@ -13,6 +13,7 @@ import { Code } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { invalidArgument, ServiceError } from "../../app/errors.js";
 import { isOrganizationId } from "../../app/ids.js";
+import type { Cancellation } from "../../runtime/cancellation.js";
 import { UnderWay } from "../../runtime/under-way.js";
 import type { CallerName } from "../callers.js";
 import { requestIdFor } from "../request-id.js";
@@ -76,8 +77,8 @@ class AdmittedCall implements Call {
     private readonly scope: CallScope,
   ) {}
 
-  get signal(): AbortSignal {
-    return this.scope.signal;
+  get signal(): Cancellation {
+    return this.scope;
   }
 }
 

@@ -7,6 +7,7 @@ import type { DescMessage, DescMethod, Message, MessageInitShape, MessageShape }
 import type { GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import type { Logger } from "pino";
 import type { Organizations } from "../../app/organizations.js";
+import type { Cancellation } from "../../runtime/cancellation.js";
 import type { CallerAuthenticator, CallerName } from "../callers.js";
 import type { RpcStatus } from "../status.js";
 import type { AdmissionController, AdmissionRefusal } from "./admission.js";
@@ -43,7 +44,7 @@ export interface Call {
    * cut it. The reason is a ServiceError (CANCELLED, DEADLINE_EXCEEDED, SHUTTING_DOWN). Pass it to
    * the store so that a write which has not committed rolls back instead.
    */
-  readonly signal: AbortSignal;
+  readonly signal: Cancellation;
 }
 
 /** What a server-streaming handler learns besides the call: when to stop. */
