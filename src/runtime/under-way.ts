@@ -20,6 +20,7 @@ export interface UnderWayEntry<T extends object> {
 
 export class UnderWay<T extends object> {
   #first: UnderWayEntry<T> | undefined;
+  #last: UnderWayEntry<T> | undefined;
   #size = 0;
 
   get size(): number {
@@ -30,6 +31,7 @@ export class UnderWay<T extends object> {
   add(value: T): UnderWayEntry<T> {
     const entry: UnderWayEntry<T> = { value, previous: undefined, next: this.#first };
     if (this.#first !== undefined) this.#first.previous = entry;
+    else this.#last = entry;
     this.#first = entry;
     this.#size++;
     return entry;
@@ -40,11 +42,17 @@ export class UnderWay<T extends object> {
     if (entry.value === undefined) return;
     if (entry.previous === undefined) this.#first = entry.next;
     else entry.previous.next = entry.next;
-    if (entry.next !== undefined) entry.next.previous = entry.previous;
+    if (entry.next === undefined) this.#last = entry.previous;
+    else entry.next.previous = entry.previous;
     entry.value = undefined;
     entry.previous = undefined;
     entry.next = undefined;
     this.#size--;
+  }
+
+  /** The entry of the value added first of those still here: a queue's head. */
+  get oldest(): UnderWayEntry<T> | undefined {
+    return this.#last;
   }
 
   /** The values now, newest first: a copy, so that the caller may remove entries as it goes. */

@@ -47,6 +47,28 @@ describe("UnderWay", () => {
     expect(list.values()).toEqual([]);
   });
 
+  it("gives the oldest entry still there, whichever were removed: first in, first out", () => {
+    const list = new UnderWay<{ name: string }>();
+    expect(list.oldest).toBeUndefined();
+    const [a, b, c, d] = ["a", "b", "c", "d"].map((name) => list.add({ name })) as [
+      UnderWayEntry<{ name: string }>,
+      UnderWayEntry<{ name: string }>,
+      UnderWayEntry<{ name: string }>,
+      UnderWayEntry<{ name: string }>,
+    ];
+    expect(list.oldest?.value?.name).toBe("a");
+    list.remove(b);
+    expect(list.oldest?.value?.name).toBe("a");
+    list.remove(a);
+    expect(list.oldest?.value?.name).toBe("c");
+    list.remove(d);
+    expect(list.oldest?.value?.name).toBe("c");
+    list.remove(c);
+    expect(list.oldest).toBeUndefined();
+    list.add({ name: "e" });
+    expect(list.oldest?.value?.name).toBe("e");
+  });
+
   it("keeps nothing of a removed value: the entry no longer points at it or at its neighbours", () => {
     const list = new UnderWay<object>();
     list.add({});

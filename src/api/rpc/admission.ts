@@ -31,6 +31,7 @@
 // is a call whose caller already has maxQueued waiting (Google SRE, "Handling Overload": refuse
 // cheaply when the queue is full); the transport ends a wait at the call's deadline.
 
+import { UnderWay, type UnderWayEntry } from "../../runtime/under-way.js";
 import type { CallerName } from "../callers.js";
 
 /** Why a call was refused: the whole replica was at its limit, or its caller was over its share. */
@@ -98,6 +99,8 @@ export class AdmissionTicket {
   #onAdmitted: (() => void) | undefined;
   /** When the pipeline claimed it (performance.now()). */
   #claimedAt = 0;
+  /** Its place in its caller's queue while it waits (the controller's alone to change). */
+  queued: UnderWayEntry<AdmissionTicket> | undefined;
 
   constructor(
     private readonly controller: AdmissionController | undefined,
@@ -192,8 +195,13 @@ export class AdmissionController {
   private readonly callers = new Map<string, CallerState>();
   /** Whether a call was refused or waited, or the limit was reached, since the last window: demand pressed on the limit. */
   private pressed = false;
-  /** The calls waiting for room, by caller, first in first; a caller's turn comes in this map's order. */
-  private readonly queues = new Map<string, Set<AdmissionTicket>>();
+  /**
+   * The calls waiting for room, by caller, first in first; a caller's turn comes in this map's order.
+   * Each queue is a list, not a Set: a storm's queue of a thousand calls churns, and the tables a
+   * Set replaces would keep every call that passed through it alive until a mark-compact
+   * (runtime/under-way.ts).
+   */
+  private readonly queues = new Map<string, UnderWay<AdmissionTicket>>();
   private readonly waits = new Map<string, WaitCounts>();
   /** The latest time any call was seen at: what `release` admits waiting calls at. */
   private clock = 0;
@@ -229,8 +237,12 @@ export class AdmissionController {
     if (refusal === undefined) return new AdmissionTicket(this, caller);
     if ((queue?.size ?? 0) >= this.settings.maxQueued) return refusal;
     const ticket = new AdmissionTicket(this, caller, true, now);
-    if (queue === undefined) this.queues.set(key, new Set([ticket]));
-    else queue.add(ticket);
+    let waiting = queue;
+    if (waiting === undefined) {
+      waiting = new UnderWay<AdmissionTicket>();
+      this.queues.set(key, waiting);
+    }
+    ticket.queued = waiting.add(ticket);
     return ticket;
   }
 
@@ -264,7 +276,10 @@ export class AdmissionController {
   leave(ticket: AdmissionTicket, outcome: "expired" | "cancelled"): void {
     const key = keyOf(ticket.caller);
     const queue = this.queues.get(key);
-    if (queue === undefined || !queue.delete(ticket)) return;
+    const place = ticket.queued;
+    if (queue === undefined || place === undefined) return;
+    ticket.queued = undefined;
+    queue.remove(place);
     if (queue.size === 0) this.queues.delete(key);
     this.waitCountsOf(key)[outcome]++;
   }
@@ -284,8 +299,10 @@ export class AdmissionController {
         admitted = false;
         for (const [key, queue] of this.queues) {
           if (this.whyNot(key, now) !== undefined) continue;
-          const ticket = queue.values().next().value as AdmissionTicket;
-          queue.delete(ticket);
+          const place = queue.oldest as UnderWayEntry<AdmissionTicket>;
+          const ticket = place.value as AdmissionTicket;
+          ticket.queued = undefined;
+          queue.remove(place);
           // To the back of the turns, or gone with its last waiting call.
           this.queues.delete(key);
           if (queue.size > 0) this.queues.set(key, queue);
