@@ -55,7 +55,8 @@ export class CallScope implements Cancellation {
 
   addEventListener(_type: "abort", listener: () => void): void {
     if (this.#reason !== undefined) return;
-    (this.#listeners ??= []).push(listener);
+    if (this.#listeners === undefined) this.#listeners = [listener];
+    else this.#listeners.push(listener);
   }
 
   removeEventListener(_type: "abort", listener: () => void): void {
