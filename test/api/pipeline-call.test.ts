@@ -25,6 +25,21 @@ function getConnection(pipeline: RpcPipeline, id: string, requestMeta = meta()):
   return pipeline.invoke(method, create(GetConnectionRequestSchema, { id }), requestMeta);
 }
 
+/** A GetConnection held in its handler, the Call it got, and the way to make its client go away. */
+async function heldCall(): Promise<{ stubs: Stubs; call: Call; goAway: () => void; answer: Promise<RpcResult> }> {
+  const stubs = new Stubs();
+  let clientGone: (() => void) | undefined;
+  const answer = getConnection(
+    createTestPipeline(stubs),
+    HOLD_ID,
+    meta((listener) => {
+      clientGone = listener;
+    }),
+  );
+  await expect.poll(() => stubs.held).toBe(1);
+  return { stubs, call: stubs.lastCall as Call, goAway: () => clientGone?.(), answer };
+}
+
 describe("the Call a handler gets", () => {
   it("carries the caller, the acting organization, the actor and the request id", async () => {
     const stubs = new Stubs();
@@ -52,19 +67,9 @@ describe("the Call a handler gets", () => {
   });
 
   it("aborts its signal when the client goes away", async () => {
-    const stubs = new Stubs();
-    let goAway: (() => void) | undefined;
-    const answer = getConnection(
-      createTestPipeline(stubs),
-      HOLD_ID,
-      meta((listener) => {
-        goAway = listener;
-      }),
-    );
-    await expect.poll(() => stubs.held).toBe(1);
-    const call = stubs.lastCall as Call;
+    const { stubs, call, goAway, answer } = await heldCall();
     expect(call.signal.aborted).toBe(false);
-    goAway?.();
+    goAway();
     expect(call.signal.aborted).toBe(true);
     expect(call.signal.reason).toMatchObject({ reason: "CANCELLED" });
     const result = await answer;
@@ -73,17 +78,8 @@ describe("the Call a handler gets", () => {
   });
 
   it("tells the listeners still added when it aborts, once, and none added after", async () => {
-    const stubs = new Stubs();
-    let goAway: (() => void) | undefined;
-    const answer = getConnection(
-      createTestPipeline(stubs),
-      HOLD_ID,
-      meta((listener) => {
-        goAway = listener;
-      }),
-    );
-    await expect.poll(() => stubs.held).toBe(1);
-    const signal = (stubs.lastCall as Call).signal;
+    const { stubs, call, goAway, answer } = await heldCall();
+    const signal = call.signal;
     const told: string[] = [];
     const kept = () => told.push("kept");
     const removed = () => told.push("removed");
@@ -91,8 +87,8 @@ describe("the Call a handler gets", () => {
     signal.addEventListener("abort", removed);
     signal.removeEventListener("abort", removed);
     expect(() => signal.throwIfAborted()).not.toThrow();
-    goAway?.();
-    goAway?.();
+    goAway();
+    goAway();
     signal.addEventListener("abort", () => told.push("late"));
     expect(told).toEqual(["kept"]);
     expect(() => signal.throwIfAborted()).toThrow(expect.objectContaining({ reason: "CANCELLED" }));
