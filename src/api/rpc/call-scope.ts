@@ -18,7 +18,7 @@ function deadlineExceeded(): ServiceError {
  * One call's cancellation: aborted by the client going away, by the deadline, or by shutdown
  * (RpcPipeline.cancelInFlight). Also what the log line reports of a call that ended early. It is
  * the Cancellation that handlers pass to the store, with no AbortSignal behind it
- * (runtime/cancellation.ts says why); a check never asks for one.
+ * (runtime/cancellation.ts says why).
  */
 export class CallScope implements Cancellation {
   caller: CallerName | undefined;
