@@ -9,7 +9,7 @@
 // Prints figures; asserts nothing about time. Throws when a call failed or an answer was wrong.
 
 import { randomBytes } from "node:crypto";
-import { mkdirSync, readdirSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { create, type DescMessage, fromBinary, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import pg from "pg";
@@ -329,6 +329,11 @@ interface WriteFigures {
   readonly transitions: PhaseResult;
   readonly checks: PhaseResult;
   readonly halfLoad: PhaseResult;
+  /**
+   * The p99 of the half-load creates as the services logged them (durationMs: from the pipeline's
+   * start to its answer, without the transport or the client); NaN when nothing was logged.
+   */
+  readonly halfLoadServiceP99Ms: number;
   readonly createGoal: number;
 }
 
@@ -478,6 +483,7 @@ async function measure(
 
     options.progress(`  ${label}: CreateConnection at half that rate, on a schedule`);
     const halfRate = HALF_LOAD_RATE ?? creates.perSecond / 2;
+    const halfLoadFrom = Date.now();
     const halfLoad = await withCpu(pids, () =>
       openLoop(take(Math.ceil(halfRate * options.seconds)), halfRate, options.seconds, async (pair) => {
         await createCall(pair);
@@ -488,10 +494,28 @@ async function measure(
     if (client.errors.refusedStreamsRetried > 0) {
       options.progress(`  ${label}: ${client.errors.refusedStreamsRetried} calls sent again after REFUSED_STREAM`);
     }
-    return { idle, creates, transitions, checks, halfLoad, createsWindow, transitionWindows };
+    const halfLoadWindow = [halfLoadFrom, Date.now()] as const;
+    return { idle, creates, transitions, checks, halfLoad, halfLoadWindow, createsWindow, transitionWindows };
   } finally {
     client.close();
   }
+}
+
+/**
+ * The durationMs of the OK CreateConnection calls that the services' log files record as ended
+ * within `window` (epoch ms): what the service itself took, beside what the client saw.
+ */
+function loggedCreateMs(logPaths: readonly string[], window: readonly [number, number]): number[] {
+  const durations: number[] = [];
+  for (const path of logPaths) {
+    for (const line of readFileSync(path, "utf8").split("\n")) {
+      if (!line.includes(PATHS.create)) continue;
+      const { time = 0, code, durationMs } = JSON.parse(line) as { time?: number; code?: string; durationMs?: number };
+      if (code === "OK" && durationMs !== undefined && time >= window[0] && time <= window[1])
+        durations.push(durationMs);
+    }
+  }
+  return durations;
 }
 
 /** Runs one statement on a connection of its own (CREATE and DROP DATABASE cannot share one). */
@@ -529,17 +553,22 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
     mkdirSync(dir, { recursive: true });
     return dir;
   };
-  const start = (name: string, databaseUrl: string) =>
-    startService({
+  const logPathOf = (name: string) => join(options.workDir, `service-writes-${name}.log`);
+  /** The log files of the deployment being measured. */
+  let logPaths: string[] = [];
+  const start = (name: string, databaseUrl: string) => {
+    logPaths.push(logPathOf(name));
+    return startService({
       databaseUrl,
       logLevel: options.logLevel,
       callersFile: callers.path,
-      logPath: join(options.workDir, `service-writes-${name}.log`),
+      logPath: logPathOf(name),
       cpuProfileDir: profileDir(name),
       // A fresh database and no separate migrate step: the replicas migrate it as they start
       // (production PostgreSQL defaults MIGRATE_ON_START to false).
       env: { MIGRATE_ON_START: "true" },
     });
+  };
   const figures: WriteFigures[] = [];
   const deploy = async (
     name: string,
@@ -548,6 +577,7 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
     replicas: () => Promise<(Child & { readonly port: number })[]>,
   ) => {
     options.progress(`writes: ${label}`);
+    logPaths = [];
     const servers = await replicas();
     let measured: Awaited<ReturnType<typeof measure>>;
     try {
@@ -563,7 +593,9 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
     const summary = (windows: readonly (readonly [number, number])[]) =>
       dir === undefined || file === undefined ? [] : summariseProfile(join(dir, file), windows);
     const profiles = { creates: summary([measured.createsWindow]), transitions: summary(measured.transitionWindows) };
-    figures.push({ label, createGoal, profiles, ...measured });
+    // Read once the services have stopped: every line is written by then.
+    const halfLoadServiceP99Ms = p99(loggedCreateMs(logPaths, measured.halfLoadWindow));
+    figures.push({ label, createGoal, profiles, halfLoadServiceP99Ms, ...measured });
   };
   if (options.deployments.has("sqlite")) {
     await deploy("sqlite", "SQLite, one service, every write flushed", GOALS.sqliteCreates, async () => [
@@ -600,7 +632,9 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     `Writes over gRPC by the bench's node:http2 client, ${IN_FLIGHT} in flight, ${options.seconds} s per phase, every ` +
       "answer decoded and checked: CreateConnection of unique pairs (after a 2 s warm-up); Activate, then Deactivate, " +
       "of the Connections created (transitions/s over both); CheckConnection of the active ones from the same client; " +
-      "then CreateConnection sent on a schedule at half the measured rate (p99 from when each call was due). " +
+      "then CreateConnection sent on a schedule at half the measured rate (p99 from when each call was due; " +
+      "'service p99', of the same calls as the services' log lines time them: from the pipeline's start to its " +
+      "answer, without the transport and the client). " +
       "'CPU us' is the services' CPU time per answer (every replica, not the database), from /proc; 'by CPU' is " +
       "creates over checks by that cost (check CPU over create CPU), which holds when other work shares the machine",
   );
@@ -617,6 +651,7 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     `${((figure.checks.cpuUsPerCall ?? Number.NaN) / (figure.creates.cpuUsPerCall ?? Number.NaN)).toFixed(2)}x`,
     `${count(figure.halfLoad.perSecond)}/s`,
     figure.halfLoad.p99Ms.toFixed(1),
+    Number.isNaN(figure.halfLoadServiceP99Ms) ? "-" : figure.halfLoadServiceP99Ms.toFixed(1),
   ]);
   const headers = [
     "deployment",
@@ -631,6 +666,7 @@ function print(figures: readonly WriteFigures[], options: WritesOptions): void {
     "by CPU",
     "half load",
     "half-load p99 ms",
+    "service p99 ms",
   ];
   table(headers, rows);
   for (const figure of figures) {
