@@ -139,6 +139,8 @@ export interface ServiceOptions {
 
 export interface StartedService extends Child {
   readonly port: number;
+  /** Where its stdout (the log) goes. */
+  readonly logPath: string;
   /** From spawning the process to what `until` waited for. */
   readonly readyMs: number;
   /** CPU seconds the process had used by then. */
@@ -195,7 +197,13 @@ export async function startService(options: ServiceOptions): Promise<StartedServ
     failedToStart("service", child, stderr),
     timeout("service", 60_000, () => `${stderr()}\n${readFileSync(options.logPath, "utf8").slice(-4000)}`),
   ]);
-  return { ...tracked, port, readyMs: performance.now() - spawned, readyCpuSeconds: processCpuSeconds(tracked.pid) };
+  return {
+    ...tracked,
+    port,
+    logPath: options.logPath,
+    readyMs: performance.now() - spawned,
+    readyCpuSeconds: processCpuSeconds(tracked.pid),
+  };
 }
 
 async function freePort(): Promise<number> {

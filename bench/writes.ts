@@ -33,12 +33,12 @@ import {
 import { integer } from "./config.js";
 import { type Channel, Errors, failureOf, frame, openChannel } from "./grpc-client.js";
 import {
-  type Child,
   cpuSecondsOfProcessesNamed,
   machineCpuSeconds,
   onCleanUp,
   processCpuSeconds,
   processSystemCalls,
+  type StartedService,
   startService,
 } from "./processes.js";
 import { summariseProfile } from "./profile.js";
@@ -553,31 +553,20 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
     mkdirSync(dir, { recursive: true });
     return dir;
   };
-  const logPathOf = (name: string) => join(options.workDir, `service-writes-${name}.log`);
-  /** The log files of the deployment being measured. */
-  let logPaths: string[] = [];
-  const start = (name: string, databaseUrl: string) => {
-    logPaths.push(logPathOf(name));
-    return startService({
+  const start = (name: string, databaseUrl: string) =>
+    startService({
       databaseUrl,
       logLevel: options.logLevel,
       callersFile: callers.path,
-      logPath: logPathOf(name),
+      logPath: join(options.workDir, `service-writes-${name}.log`),
       cpuProfileDir: profileDir(name),
       // A fresh database and no separate migrate step: the replicas migrate it as they start
       // (production PostgreSQL defaults MIGRATE_ON_START to false).
       env: { MIGRATE_ON_START: "true" },
     });
-  };
   const figures: WriteFigures[] = [];
-  const deploy = async (
-    name: string,
-    label: string,
-    createGoal: number,
-    replicas: () => Promise<(Child & { readonly port: number })[]>,
-  ) => {
+  const deploy = async (name: string, label: string, createGoal: number, replicas: () => Promise<StartedService[]>) => {
     options.progress(`writes: ${label}`);
-    logPaths = [];
     const servers = await replicas();
     let measured: Awaited<ReturnType<typeof measure>>;
     try {
@@ -594,6 +583,7 @@ export async function runWritesBench(options: WritesOptions): Promise<void> {
       dir === undefined || file === undefined ? [] : summariseProfile(join(dir, file), windows);
     const profiles = { creates: summary([measured.createsWindow]), transitions: summary(measured.transitionWindows) };
     // Read once the services have stopped: every line is written by then.
+    const logPaths = servers.map((server) => server.logPath);
     const halfLoadServiceP99Ms = p99(loggedCreateMs(logPaths, measured.halfLoadWindow));
     figures.push({ label, createGoal, profiles, halfLoadServiceP99Ms, ...measured });
   };

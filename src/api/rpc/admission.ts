@@ -272,14 +272,20 @@ export class AdmissionController {
     this.admitWaiting(this.clock);
   }
 
+  /** Takes a waiting ticket out of its caller's queue; false when it was in none (admitted, or gone). */
+  private dequeue(queue: UnderWay<AdmissionTicket>, ticket: AdmissionTicket): boolean {
+    const place = ticket.queued;
+    if (place === undefined) return false;
+    ticket.queued = undefined;
+    queue.remove(place);
+    return true;
+  }
+
   /** A waiting call leaves its queue without being admitted. */
   leave(ticket: AdmissionTicket, outcome: "expired" | "cancelled"): void {
     const key = keyOf(ticket.caller);
     const queue = this.queues.get(key);
-    const place = ticket.queued;
-    if (queue === undefined || place === undefined) return;
-    ticket.queued = undefined;
-    queue.remove(place);
+    if (queue === undefined || !this.dequeue(queue, ticket)) return;
     if (queue.size === 0) this.queues.delete(key);
     this.waitCountsOf(key)[outcome]++;
   }
@@ -299,10 +305,8 @@ export class AdmissionController {
         admitted = false;
         for (const [key, queue] of this.queues) {
           if (this.whyNot(key, now) !== undefined) continue;
-          const place = queue.oldest as UnderWayEntry<AdmissionTicket>;
-          const ticket = place.value as AdmissionTicket;
-          ticket.queued = undefined;
-          queue.remove(place);
+          const ticket = queue.oldest?.value as AdmissionTicket;
+          this.dequeue(queue, ticket);
           // To the back of the turns, or gone with its last waiting call.
           this.queues.delete(key);
           if (queue.size > 0) this.queues.set(key, queue);
