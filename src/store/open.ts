@@ -47,8 +47,12 @@ export type DatabaseTarget =
 const SQLITE_MEMORY = ":memory:";
 /** How long a starting process waits for the SQLite file lock (e.g. a predecessor shutting down). */
 const SQLITE_LOCK_WAIT_MS = 1000;
-/** SQLite's page cache, in KiB. */
-const SQLITE_CACHE_KIB = 32 * 1024;
+/**
+ * SQLite's page cache, in KiB: 2,048 pages. No larger, because a COMMIT whose write split a page
+ * walks the whole cache (docs/performance.md, "SQLite's page cache walked at COMMIT"), and reads
+ * outside a write go through the memory map instead of the cache.
+ */
+const SQLITE_CACHE_KIB = 8 * 1024;
 /** The most of the file SQLite reads through a memory map: its compile-time limit (0x7fff0000 bytes), in MiB. */
 export const MAX_SQLITE_MMAP_MIB = 2047;
 const SQLITE_BUSY_TIMEOUT_MS = 5000;
@@ -119,8 +123,8 @@ function openSqliteFile(
   // Left at SQLite's default (FULL, with its own checkpoints) for the migrate step; the service's
   // WalFlusher takes flushing and checkpoints off the event loop (wal-flush.ts).
   database.pragma("foreign_keys = ON");
-  // Writes touch every index of a Connection and its event at random keys: SQLite's default page
-  // cache (2 MB) soon misses on each of them.
+  // Writes touch every index of a Connection and its event, some at random keys: SQLite's default
+  // page cache (2 MB) would miss on more of them.
   database.pragma(`cache_size = -${SQLITE_CACHE_KIB}`);
   // Reads through a memory map: a check that misses the cache reads a random page of a file far
   // larger than SQLite's page cache, and through the map that costs no read() and no copy
