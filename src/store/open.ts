@@ -48,8 +48,8 @@ const SQLITE_MEMORY = ":memory:";
 /** How long a starting process waits for the SQLite file lock (e.g. a predecessor shutting down). */
 const SQLITE_LOCK_WAIT_MS = 1000;
 /**
- * SQLite's page cache, in KiB: 2,048 pages. No larger, because a COMMIT whose write split a page
- * walks the whole cache (docs/performance.md, "SQLite's page cache walked at COMMIT"), and reads
+ * SQLite's page cache, in KiB: 2,048 pages. No larger, because a COMMIT after a page split may
+ * walk the whole cache (docs/performance.md, "SQLite's page cache walked at COMMIT"), and reads
  * outside a write go through the memory map instead of the cache.
  */
 const SQLITE_CACHE_KIB = 8 * 1024;
