@@ -49,8 +49,8 @@ const SQLITE_MEMORY = ":memory:";
 const SQLITE_LOCK_WAIT_MS = 1000;
 /**
  * SQLite's page cache, in KiB: 2,048 pages. No larger, because a COMMIT after a page split may
- * walk the whole cache (docs/performance.md, "SQLite's page cache walked at COMMIT"), and reads
- * outside a write go through the memory map instead of the cache.
+ * walk the whole cache (docs/performance.md, "SQLite's page cache walked at COMMIT"), and with the
+ * memory map (SQLITE_MMAP_MIB) reads outside a write do not go through the cache.
  */
 const SQLITE_CACHE_KIB = 8 * 1024;
 /** The most of the file SQLite reads through a memory map: its compile-time limit (0x7fff0000 bytes), in MiB. */
