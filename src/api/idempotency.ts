@@ -18,7 +18,7 @@ import { Code } from "@connectrpc/connect";
 import { type ErrorReason, invalidArgument, ServiceError } from "../app/errors.js";
 import type { Idempotency, IdempotencyKey } from "../app/idempotency.js";
 import { AlreadyExistsError, type IdempotencyRecord } from "../store/store.js";
-import { encodeForSending } from "./check-encoding.js";
+import { encodeForSending } from "./binary-codecs.js";
 import { toRpcStatus } from "./status.js";
 
 const MAX_REQUEST_ID_LENGTH = 128;

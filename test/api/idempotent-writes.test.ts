@@ -9,7 +9,7 @@ import {
   CreateConnectionRequestSchema,
   CreateConnectionResponseSchema,
 } from "../../gen/connections/v1/connection_service_pb.js";
-import { binaryEncoderFor } from "../../src/api/check-encoding.js";
+import { binaryEncoderFor } from "../../src/api/binary-codecs.js";
 import { IdempotentWrites } from "../../src/api/idempotency.js";
 import { Idempotency } from "../../src/app/idempotency.js";
 import type { IdempotencyRecord, Store } from "../../src/store/store.js";

@@ -4,7 +4,7 @@
 // does not run, fails at startup.
 
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { binaryDecoderFor, binaryEncoderFor } from "../check-encoding.js";
+import { binaryDecoderFor, binaryEncoderFor } from "../binary-codecs.js";
 import { CALLER_TABLE } from "../policy.js";
 import type { MethodBase, RegisteredMethod, ServiceHandlers, StreamingMethod, UnaryMethod } from "./types.js";
 

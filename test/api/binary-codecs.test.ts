@@ -18,7 +18,7 @@ import {
   encodeBatchCheckConnectionResponse,
   encodeCheckConnectionResponse,
   encodeConnection,
-} from "../../src/api/check-encoding.js";
+} from "../../src/api/binary-codecs.js";
 
 const CONNECTIONS: MessageInitShape<typeof ConnectionSchema>[] = [
   {},

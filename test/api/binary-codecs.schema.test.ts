@@ -26,7 +26,7 @@ import {
   encodeConnection,
   readBatchCheckConnectionRequest,
   readCheckConnectionRequest,
-} from "../../src/api/check-encoding.js";
+} from "../../src/api/binary-codecs.js";
 import { Random, randomInit } from "../fuzz/generate.js";
 
 const SAMPLES = 400;

@@ -3,7 +3,7 @@
 // typed arrays per string field; a BatchCheckConnection carries up to 100 checks and answers with up
 // to 100 Connections, so that cost dominated the call. The encoders compute the size first and write
 // into one buffer; the decoders read the plain shape these requests have. They give exactly what
-// toBinary and fromBinary give (test/api/check-encoding*.test.ts compare them, on fixtures and on
+// toBinary and fromBinary give (test/api/binary-codecs*.test.ts compare them, on fixtures and on
 // messages filled from the schema, so a new field fails there until it is written here); anything
 // they do not expect (unknown fields, non-ASCII text, a timestamp before 1970) is left to protobuf-es.
 
