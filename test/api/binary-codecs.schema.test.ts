@@ -1,5 +1,5 @@
-// The hand-written check codecs proved against the schema rather than fixtures: messages filled
-// from their descriptors' fields (ConnectionSchema.fields and the check messages'), random values
+// The hand-written codecs proved against the schema rather than fixtures: messages filled
+// from their descriptors' fields (ConnectionSchema.fields and the encoded messages'), random values
 // of each field's type, compared with protobuf-es's toBinary and fromBinary. A field added to one
 // of these messages is filled here too, so the codec fails this test until it handles the field.
 
@@ -19,11 +19,15 @@ import {
   BatchCheckConnectionResponseSchema,
   CheckConnectionRequestSchema,
   CheckConnectionResponseSchema,
+  GetConnectionResponseSchema,
+  ListConnectionsResponseSchema,
 } from "../../gen/connections/v1/connection_service_pb.js";
 import {
   encodeBatchCheckConnectionResponse,
   encodeCheckConnectionResponse,
   encodeConnection,
+  encodeGetConnectionResponse,
+  encodeListConnectionsResponse,
   readBatchCheckConnectionRequest,
   readCheckConnectionRequest,
 } from "../../src/api/binary-codecs.js";
@@ -61,6 +65,8 @@ describe("check codecs against the schema", () => {
     { schema: ConnectionSchema, encode: encodeConnection },
     { schema: CheckConnectionResponseSchema, encode: encodeCheckConnectionResponse },
     { schema: BatchCheckConnectionResponseSchema, encode: encodeBatchCheckConnectionResponse },
+    { schema: GetConnectionResponseSchema, encode: encodeGetConnectionResponse },
+    { schema: ListConnectionsResponseSchema, encode: encodeListConnectionsResponse },
   ] as const;
 
   it.each(encoders)("encodes random $schema.typeName with every field as toBinary does", ({ schema, encode }) => {

@@ -1,5 +1,6 @@
-// The hand-written codecs of the check requests and answers must give exactly what protobuf-es's
-// fromBinary and toBinary give, for every shape, and leave what they do not expect to protobuf-es.
+// The hand-written codecs of the check requests and answers, and of the GetConnection and
+// ListConnections answers, must give exactly what protobuf-es's fromBinary and toBinary give, for
+// every shape, and leave what they do not expect to protobuf-es.
 
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -11,6 +12,8 @@ import {
   type CheckConnectionRequest_Action,
   CheckConnectionRequestSchema,
   CheckConnectionResponseSchema,
+  GetConnectionResponseSchema,
+  ListConnectionsResponseSchema,
 } from "../../gen/connections/v1/connection_service_pb.js";
 import {
   decodeBatchCheckConnectionRequest,
@@ -18,6 +21,8 @@ import {
   encodeBatchCheckConnectionResponse,
   encodeCheckConnectionResponse,
   encodeConnection,
+  encodeGetConnectionResponse,
+  encodeListConnectionsResponse,
 } from "../../src/api/binary-codecs.js";
 
 const CONNECTIONS: MessageInitShape<typeof ConnectionSchema>[] = [
@@ -92,11 +97,47 @@ describe("check answer encoding", () => {
   });
 
   it("leaves messages with unknown fields to toBinary, which keeps them", () => {
-    const response = create(CheckConnectionResponseSchema, { allowed: true });
-    response.$unknown = [{ no: 99, wireType: 0, data: new Uint8Array([1]) }];
-    expect(Buffer.from(encodeCheckConnectionResponse(response))).toEqual(
-      Buffer.from(toBinary(CheckConnectionResponseSchema, response)),
+    const unknown = [{ no: 99, wireType: 0, data: new Uint8Array([1]) }];
+    const check = create(CheckConnectionResponseSchema, { allowed: true });
+    check.$unknown = unknown;
+    expect(Buffer.from(encodeCheckConnectionResponse(check))).toEqual(
+      Buffer.from(toBinary(CheckConnectionResponseSchema, check)),
     );
+    const get = create(GetConnectionResponseSchema, { connection: CONNECTIONS[1] });
+    get.$unknown = unknown;
+    expect(Buffer.from(encodeGetConnectionResponse(get))).toEqual(
+      Buffer.from(toBinary(GetConnectionResponseSchema, get)),
+    );
+    const list = create(ListConnectionsResponseSchema, { connections: [CONNECTIONS[1] ?? {}], nextPageToken: "t" });
+    list.$unknown = unknown;
+    expect(Buffer.from(encodeListConnectionsResponse(list))).toEqual(
+      Buffer.from(toBinary(ListConnectionsResponseSchema, list)),
+    );
+  });
+});
+
+describe("GetConnection and ListConnections answer encoding", () => {
+  it("encodes every GetConnectionResponse shape as toBinary does", () => {
+    for (const init of [...CONNECTIONS.map((connection) => ({ connection })), {}]) {
+      const response = create(GetConnectionResponseSchema, init);
+      expect(Buffer.from(encodeGetConnectionResponse(response))).toEqual(
+        Buffer.from(toBinary(GetConnectionResponseSchema, response)),
+      );
+    }
+  });
+
+  it("encodes pages of 0 to 100 Connections, with and without a page token, as toBinary does", () => {
+    for (const count of [0, 1, 7, 100]) {
+      for (const nextPageToken of ["", "eyJiZWZvcmUiOiJjeG5fMDEyMyJ9", "ünïcødé"]) {
+        const response = create(ListConnectionsResponseSchema, {
+          connections: Array.from({ length: count }, (_, index) => CONNECTIONS[index % CONNECTIONS.length] ?? {}),
+          nextPageToken,
+        });
+        expect(Buffer.from(encodeListConnectionsResponse(response))).toEqual(
+          Buffer.from(toBinary(ListConnectionsResponseSchema, response)),
+        );
+      }
+    }
   });
 });
 
