@@ -148,8 +148,15 @@ class Canary {
     this.timer = setInterval(() => this.callOnce(), CANARY_INTERVAL_MS);
   }
 
-  stop(): void {
+  /**
+   * Stops calling, waits for the calls in flight (a call sent just before was counted as failed,
+   * and closing the connection under it drew the server's GOAWAY), then closes the connection. A
+   * call still unanswered after its deadline counts as failed.
+   */
+  async stop(): Promise<void> {
     clearInterval(this.timer);
+    const until = performance.now() + CANARY_DEADLINE_MS + 1_000;
+    while (this.pending.size > 0 && performance.now() < until) await sleep(10);
     this.channel?.close();
     for (const startedAt of this.pending) {
       this.calls.push({ startedAt, ms: Number.POSITIVE_INFINITY, failure: "no answer" });
@@ -257,7 +264,7 @@ export async function runOverload(
     clearInterval(sampler);
     await sleep(AFTER_MS);
     const afterRss = statusMiB(inputs.pid, "VmRSS");
-    for (const canary of canaries) canary.stop();
+    await Promise.all(canaries.map((canary) => canary.stop()));
     await sleep(LATER_MS - AFTER_MS);
     const laterRss = statusMiB(inputs.pid, "VmRSS");
 
