@@ -4,7 +4,10 @@
 // of node:http2's streams, which is freed only when their JavaScript objects are collected
 // (docs/performance.md, "memory given back after a storm"). So once a second, while the event loop
 // is nearly idle:
-// - when the old generation holds much more than after the last full collection, run one;
+// - when the old generation holds much more memory than after the last full collection, run one.
+//   Held, not used: V8's own full collection at a storm's end frees the storm's objects but keeps
+//   their pages (46 MiB held for 15 used, in the overload bench), and gives them back only in a
+//   collection that compacts, which a quiet process does not start;
 // - once the loop has been quiet for YOUNG_SETTLE_TICKS, run one more if the young generation is
 //   still at its storm size: V8 shrinks it only in a collection that sees the allocation of its
 //   last 5 s as low, which the first, a second after the storm, does not.
@@ -34,7 +37,7 @@ const YOUNG_SPACES: ReadonlySet<string> = new Set(["new_space", "new_large_objec
 export interface Runtime {
   /** The share of the time since the last call that the event loop was busy. */
   utilization(): number;
-  /** Bytes in use in V8's old generation (everything but the young generation). */
+  /** Bytes V8 holds for its old generation (everything but the young generation), in use or not. */
   oldGenerationBytes(): number;
   /** Bytes V8 holds for its young generation, in use or not. */
   youngGenerationBytes(): number;
@@ -45,7 +48,10 @@ export interface Runtime {
 export type CollectionReason = "old generation grew" | "young generation settled";
 
 export class IdleCollector {
-  /** The old generation's size after the last full collection: ours, or V8's (the least seen since). */
+  /**
+   * What the old generation held after the last full collection that gave memory back: ours, or
+   * V8's (the least seen since).
+   */
   #baseline: number;
   /** Looks in a row that found the loop quiet. */
   #quietTicks = 0;
@@ -76,17 +82,17 @@ export class IdleCollector {
 export function processRuntime(): Runtime {
   v8.setFlagsFromString("--expose-gc");
   const gc = vm.runInNewContext("gc") as () => void;
-  const spaceBytes = (young: boolean, measure: "space_used_size" | "space_size") => {
+  const spaceBytes = (young: boolean) => {
     let bytes = 0;
     for (const space of v8.getHeapSpaceStatistics()) {
-      if (YOUNG_SPACES.has(space.space_name) === young) bytes += space[measure];
+      if (YOUNG_SPACES.has(space.space_name) === young) bytes += space.space_size;
     }
     return bytes;
   };
   return {
     utilization: loopUtilizationMeter(),
-    oldGenerationBytes: () => spaceBytes(false, "space_used_size"),
-    youngGenerationBytes: () => spaceBytes(true, "space_size"),
+    oldGenerationBytes: () => spaceBytes(false),
+    youngGenerationBytes: () => spaceBytes(true),
     collect: gc,
   };
 }

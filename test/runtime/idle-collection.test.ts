@@ -1,7 +1,7 @@
-// The collections after a burst: when they run (quiet, and the old generation grew since the last
-// full collection; or quiet for a while with the young generation still at its storm size), when
-// they do not (busy, or nothing to give back), and that on the real process the first frees what a
-// burst left.
+// The collections after a burst: when they run (quiet, and the old generation holds more than after
+// the last full collection; or quiet for a while with the young generation still at its storm
+// size), when they do not (busy, or nothing to give back), and that on the real process the first
+// frees what a burst left.
 
 import pino from "pino";
 import { describe, expect, it, vi } from "vitest";
