@@ -7,6 +7,7 @@ import { checkDatabase } from "./bin/check-database.js";
 import { type RunningService, startService } from "./composition/start-service.js";
 import { type Config, ConfigError, loadConfig } from "./config/config.js";
 import { createLogger, endLogs } from "./observability/log.js";
+import { limitHeapGrowth } from "./runtime/heap-growth.js";
 import { collectWhenIdle } from "./runtime/idle-collection.js";
 import { migrateDatabase } from "./store/open.js";
 
@@ -95,6 +96,7 @@ async function serve(): Promise<void> {
   );
   lifecycle.started(service);
   // One process, one heap: per process, not per service (tests run several services in one).
+  limitHeapGrowth(config.heapGrowingPercent);
   collectWhenIdle(logger);
   // The callers file and TLS credentials are read again without a restart.
   process.on("SIGHUP", () => service.reload());

@@ -3,6 +3,7 @@
 
 import { dirname, join } from "node:path";
 import { type AdmissionSettings, DEFAULT_ADMISSION_SETTINGS } from "../api/rpc/admission.js";
+import { DEFAULT_HEAP_GROWING_PERCENT } from "../runtime/heap-growth.js";
 import { DEFAULT_CHECK_CACHE_ENTRIES } from "../store/check-reader.js";
 import { MAX_SQLITE_MMAP_MIB } from "../store/open.js";
 import { DEFAULT_SCHEMA_AHEAD_LIMIT } from "../store/schema-version.js";
@@ -52,6 +53,8 @@ export interface Config {
   readonly watchPollIntervalMs: number;
   /** How long the answers of idempotent writes are kept for replay (IDEMPOTENCY_RETENTION). */
   readonly idempotencyRetentionMs: number;
+  /** V8's old generation may grow by this percent of its live bytes between full collections; 0: V8 chooses. */
+  readonly heapGrowingPercent: number;
 }
 
 export interface TlsFiles {
@@ -180,6 +183,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, { serving = tru
     watchHeartbeatMs: integer("WATCH_HEARTBEAT_MS", 15_000, 10, 15_000),
     watchPollIntervalMs: integer("WATCH_POLL_INTERVAL_MS", 1000, 10, 60_000),
     idempotencyRetentionMs: idempotencyRetention(env.IDEMPOTENCY_RETENTION, problems),
+    heapGrowingPercent: integer("HEAP_GROWING_PERCENT", DEFAULT_HEAP_GROWING_PERCENT, 0, 1000),
   };
   const { limits } = config;
   if (limits.http1HeadersTimeoutMs > limits.http1RequestTimeoutMs) {

@@ -36,6 +36,20 @@ describe("IDEMPOTENCY_RETENTION", () => {
   });
 });
 
+describe("HEAP_GROWING_PERCENT", () => {
+  it("holds V8's heap growth to 50% by default; 0 leaves it to V8", () => {
+    expect(loadConfig({}).heapGrowingPercent).toBe(50);
+    expect(loadConfig({ HEAP_GROWING_PERCENT: "0" }).heapGrowingPercent).toBe(0);
+    expect(loadConfig({ HEAP_GROWING_PERCENT: "100" }).heapGrowingPercent).toBe(100);
+  });
+
+  it("refuses what is not a percentage V8 takes", () => {
+    expect(problemsOf({ HEAP_GROWING_PERCENT: "-1" })).toEqual([
+      "HEAP_GROWING_PERCENT=-1: expected a whole number from 0 to 1000",
+    ]);
+  });
+});
+
 describe("SQLITE_MMAP_MIB", () => {
   it("maps as much of the file as SQLite allows by default; 0 turns the map off", () => {
     expect(loadConfig({}).sqliteMmapMib).toBe(2047);
