@@ -3,8 +3,9 @@
 // and under a storm it let 15-20 MiB of live objects grow to 60-70 MiB of heap: each full
 // collection then had the garbage of several seconds of calls to clear, node:http2's header strings
 // above all, and paused the event loop 45-124 ms, once every 3-6 s. With the factor held at 1.5
-// they come three to four times as often and pause 6-46 ms: what set every other caller's p99
-// during a storm, and RSS 1.4-1.6x idle, against 1.0-1.2x (docs/performance.md, Overload).
+// they come three to four times as often and pause 6-46 ms. Those pauses had set every other
+// caller's p99 during a storm (73-149 ms, now 42-84), and the heap's growth its RSS (1.26-1.73x
+// idle, now 1.03-1.19x): docs/performance.md, Overload.
 
 import v8 from "node:v8";
 
