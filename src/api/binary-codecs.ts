@@ -3,11 +3,12 @@
 // fromBinary/toBinary walk every message by reflection and allocate a few typed arrays per string
 // field; a BatchCheckConnection carries up to 100 checks and answers with up to 100 Connections, so
 // that cost dominated the call; it was also a sixth of a GetConnection's CPU (toBinary took 11 µs
-// for one Connection, which these encoders write in 1.5). The encoders compute the size first and write into one buffer; the
-// decoders read the plain shape the check requests have. They give exactly what
-// toBinary and fromBinary give (test/api/binary-codecs*.test.ts compare them, on fixtures and on
-// messages filled from the schema, so a new field fails there until it is written here); anything
-// they do not expect (unknown fields, non-ASCII text, a timestamp before 1970) is left to protobuf-es.
+// for one Connection, which these encoders write in 1.5). The encoders compute the size first and
+// write into one buffer; the decoders read the plain shape the check requests have. They give
+// exactly what toBinary and fromBinary give (test/api/binary-codecs*.test.ts compare them, on
+// fixtures and on messages filled from the schema, so a new field fails there until it is written
+// here); anything they do not expect (unknown fields, non-ASCII text, a timestamp before 1970) is
+// left to protobuf-es.
 
 import { type DescMessage, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
