@@ -60,8 +60,13 @@ import type { PortObserver } from "./refusals.js";
  * reports as UNAVAILABLE and h2load as failures.
  */
 export const FIRST_STREAMS = 16;
-/** What a connection of a caller whose calls are answered without waiting on I/O may carry at least. */
-export const BATCHED_STREAMS = 8;
+/**
+ * What a connection of a caller whose calls are answered without waiting on I/O may carry at least.
+ * 16 rather than 8 since V8's heap growth is held (src/runtime/heap-growth.ts): 8 had kept a
+ * storm's RSS under 1.5x idle, and 16 served the token service's storm at 1.6x the rate, its
+ * canaries' p99 lower (docs/performance.md, Overload).
+ */
+export const BATCHED_STREAMS = 16;
 /** How often the held connections' limits follow the admission limit and the connections' count. */
 const RECOMPUTE_MS = 250;
 /** A recomputation lowers a connection's limit no sooner than this after its last SETTINGS. */

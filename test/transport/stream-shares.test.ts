@@ -82,13 +82,20 @@ describe("per-caller stream limits", () => {
   const limitOf = (session: http2.ClientHttp2Session) => session.remoteSettings.maxConcurrentStreams;
 
   /**
-   * Sends the token service's checks answered from memory on every one of `connections` until each
-   * carries BATCHED_STREAMS. A caller is quick by the moving average of its calls' work, so one slow
-   * first call (cold code, a loaded machine) keeps it slow until more quick calls bring it down.
+   * Sends the token service's checks answered from memory on every one of `connections` until
+   * `admission` finds the caller quick and each connection carries BATCHED_STREAMS. A caller is
+   * quick by the moving average of its calls' work, so one slow first call (cold code, a loaded
+   * machine) keeps it slow until more quick calls bring it down. (A new connection may carry as
+   * many streams before its first call, so the limit alone does not say the caller was found quick.)
    */
-  async function untilQuick(connections: readonly http2.ClientHttp2Session[], what: string): Promise<void> {
+  async function untilQuick(
+    admission: AdmissionController,
+    connections: readonly http2.ClientHttp2Session[],
+    what: string,
+  ): Promise<void> {
     await until(async () => {
-      if (connections.every((session) => limitOf(session) === BATCHED_STREAMS)) return true;
+      const quick = admission.quick("token-service");
+      if (quick && connections.every((session) => limitOf(session) === BATCHED_STREAMS)) return true;
       for (const session of connections) expect((await grpcGet(session, tokenService)).code).toBe(0);
       return false;
     }, what);
@@ -193,10 +200,10 @@ describe("per-caller stream limits", () => {
   });
 
   /** `count` connections of the token service, each carrying BATCHED_STREAMS. */
-  async function quickConnections(count: number): Promise<http2.ClientHttp2Session[]> {
+  async function quickConnections(admission: AdmissionController, count: number): Promise<http2.ClientHttp2Session[]> {
     const connections: http2.ClientHttp2Session[] = [];
     for (let index = 0; index < count; index++) connections.push(await connect());
-    await untilQuick(connections, "the flooding caller's connections to carry BATCHED_STREAMS");
+    await untilQuick(admission, connections, "the flooding caller's connections to carry BATCHED_STREAMS");
     return connections;
   }
 
@@ -220,10 +227,11 @@ describe("per-caller stream limits", () => {
   }
 
   it("gives a caller answered at once BATCHED_STREAMS on each connection however small its share, and its share alone once its calls wait on the store", async () => {
-    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(2));
+    const admission = controllerAt(2);
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, admission);
     const connections = [await connect(), await connect(), await connect()];
     // Checks answered from memory: a share of 2 over three connections would leave one stream each.
-    await untilQuick(connections, "each connection of a caller answered at once to carry BATCHED_STREAMS");
+    await untilQuick(admission, connections, "each connection of a caller answered at once to carry BATCHED_STREAMS");
     // Its calls now wait on the store: its excess must wait in its client again.
     for (const session of connections) {
       expect((await grpcGet(session, tokenService, `${SLEEP_PREFIX}20`)).code).toBe(0);
@@ -235,10 +243,11 @@ describe("per-caller stream limits", () => {
   });
 
   it("keeps a quick caller's batched connections to its read budget per turn while it floods, and another caller answered", async () => {
-    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(4));
-    const flooding = await quickConnections(10);
+    const admission = controllerAt(4);
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, admission);
+    const flooding = await quickConnections(admission, 10);
     const dashboardSession = await connect();
-    // Rounds of 80 checks in flight, each connection's 8 written at once: more than the caller's
+    // Rounds of 160 checks in flight, each connection's 16 written at once: more than the caller's
     // share (4) arrives in one read, so its connections stop reading until the loop turns.
     expect(await floodRounds(flooding, dashboardSession)).toEqual([]);
     expect(server.readsHeld).toContain("token-service");
@@ -246,8 +255,9 @@ describe("per-caller stream limits", () => {
   });
 
   it("starts a flooding caller's stopped connections a few per turn, in rotation, not all of them every turn", async () => {
-    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, controllerAt(8));
-    const flooding = await quickConnections(40);
+    const admission = controllerAt(8);
+    server = await startTestServer({ http2MaxConcurrentStreams: CONFIGURED_STREAMS }, admission);
+    const flooding = await quickConnections(admission, 40);
     const dashboardSession = await connect();
     // Every socket handle shares the prototype; only the read budget stops a socket's reading.
     const socket = dashboardSession.socket as unknown as { _handle: object };
