@@ -37,6 +37,11 @@ function varintSize(value: number): number {
   return size;
 }
 
+/** A length-delimited field of `length` bytes as it goes on the wire: tag, length and bytes. */
+function lengthDelimitedSize(field: number, length: number): number {
+  return varintSize(field * 8) + varintSize(length) + length;
+}
+
 class Writer {
   offset = 0;
   constructor(readonly buffer: Buffer) {}
@@ -80,8 +85,7 @@ function stringSize(field: number, value: string): number {
 
 /** An element of a repeated string field, which is written even when empty. */
 function elementSize(field: number, value: string): number {
-  const length = utf8Length(value);
-  return varintSize(field * 8) + varintSize(length) + length;
+  return lengthDelimitedSize(field, utf8Length(value));
 }
 
 function writeString(writer: Writer, field: number, value: string): void {
@@ -149,7 +153,7 @@ function writeConnection(connection: Connection): Uint8Array | undefined {
     const body = timestampBody(time);
     if (body === undefined) return undefined;
     bodies.push({ field, body });
-    size += varintSize(field * 8) + varintSize(body.size) + body.size;
+    size += lengthDelimitedSize(field, body.size);
   }
   const writer = new Writer(Buffer.allocUnsafe(size));
   writeString(writer, 1, connection.id);
@@ -169,11 +173,6 @@ function writeConnection(connection: Connection): Uint8Array | undefined {
   return writer.buffer;
 }
 
-/** A Connection as a length-delimited field: its tag, length and bytes. */
-function connectionFieldSize(field: number, connection: Uint8Array): number {
-  return varintSize(field * 8) + varintSize(connection.length) + connection.length;
-}
-
 /** One CheckConnectionResponse's size and writer, or undefined to leave it to toBinary. */
 function checkResponse(response: CheckConnectionResponse): { size: number; write(writer: Writer): void } | undefined {
   if (hasUnknown(response)) return undefined;
@@ -183,7 +182,7 @@ function checkResponse(response: CheckConnectionResponse): { size: number; write
     varintFieldSize(1, allowed) +
     varintFieldSize(2, response.reason) +
     varintFieldSize(3, response.state) +
-    (connection === undefined ? 0 : connectionFieldSize(4, connection));
+    (connection === undefined ? 0 : lengthDelimitedSize(4, connection.length));
   return {
     size,
     write(writer) {
@@ -210,7 +209,7 @@ export function encodeBatchCheckConnectionResponse(response: BatchCheckConnectio
     const encoded = checkResponse(result);
     if (encoded === undefined || hasUnknown(response)) return toBinary(BatchCheckConnectionResponseSchema, response);
     results.push(encoded);
-    size += 1 + varintSize(encoded.size) + encoded.size;
+    size += lengthDelimitedSize(1, encoded.size);
   }
   const writer = new Writer(Buffer.allocUnsafe(size));
   for (const encoded of results) {
@@ -225,7 +224,7 @@ export function encodeGetConnectionResponse(response: GetConnectionResponse): Ui
   if (hasUnknown(response)) return toBinary(GetConnectionResponseSchema, response);
   if (response.connection === undefined) return Buffer.alloc(0);
   const connection = encodeConnection(response.connection);
-  const writer = new Writer(Buffer.allocUnsafe(connectionFieldSize(1, connection)));
+  const writer = new Writer(Buffer.allocUnsafe(lengthDelimitedSize(1, connection.length)));
   writer.bytes(1, connection);
   return writer.buffer;
 }
@@ -234,7 +233,7 @@ export function encodeListConnectionsResponse(response: ListConnectionsResponse)
   if (hasUnknown(response)) return toBinary(ListConnectionsResponseSchema, response);
   const connections = response.connections.map(encodeConnection);
   let size = stringSize(2, response.nextPageToken);
-  for (const connection of connections) size += connectionFieldSize(1, connection);
+  for (const connection of connections) size += lengthDelimitedSize(1, connection.length);
   const writer = new Writer(Buffer.allocUnsafe(size));
   for (const connection of connections) writer.bytes(1, connection);
   writeString(writer, 2, response.nextPageToken);

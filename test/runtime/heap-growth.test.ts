@@ -3,11 +3,11 @@
 // Each figure comes from a process of its own, since the flag holds for the whole process.
 
 import { execFile } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 const MODULE = new URL("../../src/runtime/heap-growth.ts", import.meta.url).pathname;
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -28,10 +28,7 @@ for (let index = 0; index < 6_000_000; index++) ring[index % ring.length] = { in
 setTimeout(() => console.log(JSON.stringify({ full, kept: live.length + ring.length })), 50);
 `;
 
-async function fullCollections(percent: number): Promise<number> {
-  const dir = mkdtempSync(join(tmpdir(), "heap-growth-"));
-  const program = join(dir, "program.mts");
-  writeFileSync(program, PROGRAM);
+async function fullCollections(program: string, percent: number): Promise<number> {
   const { stdout } = await promisify(execFile)(process.execPath, ["--import", "tsx", program, String(percent)], {
     cwd: ROOT,
   });
@@ -39,8 +36,17 @@ async function fullCollections(percent: number): Promise<number> {
 }
 
 describe("limitHeapGrowth", () => {
+  let dir: string;
+  let program: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "heap-growth-"));
+    program = join(dir, "program.mts");
+    writeFileSync(program, PROGRAM);
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
   it("makes V8 collect the old generation more often than it chooses to itself", async () => {
-    const [unlimited, limited] = await Promise.all([fullCollections(0), fullCollections(50)]);
+    const [unlimited, limited] = await Promise.all([fullCollections(program, 0), fullCollections(program, 50)]);
     expect(unlimited).toBeGreaterThan(0);
     expect(limited).toBeGreaterThanOrEqual(1.5 * unlimited);
   }, 60_000);
