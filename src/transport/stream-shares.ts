@@ -96,6 +96,12 @@ interface ReadingHandle {
 
 export class CallerStreamShares {
   private readonly sessions = new Map<Http2Session, Single | typeof MIXED>();
+  /**
+   * Each open connection's socket handle, taken once when it opens: reaching it through
+   * `session.socket` goes through node:http2's socket Proxy, which cost about a microsecond per
+   * call in a storm, where handles are stopped and started every turn.
+   */
+  private readonly handles = new Map<Http2Session, ReadingHandle>();
   private readonly byCaller = new Map<string, Set<Http2Session>>();
   private timer: NodeJS.Timeout | undefined;
   /** Calls read in this turn of the event loop, by caller; forgotten when the loop turns. */
@@ -133,9 +139,12 @@ export class CallerStreamShares {
       beside: 0,
       readInTurn: -1,
     });
+    const handle = socketHandleOf(session);
+    if (handle !== undefined) this.handles.set(session, handle);
     session.once("close", () => {
       const state = this.sessions.get(session);
       this.sessions.delete(session);
+      this.handles.delete(session);
       if (state !== undefined && state !== MIXED && state.caller !== undefined) this.release(session, state.caller);
     });
   }
@@ -195,7 +204,7 @@ export class CallerStreamShares {
     // Started but not read this turn: first in line next turn, ahead of those stopped before.
     const unread: Http2Session[] = [];
     for (const held of read === this.turnBudget ? (this.byCaller.get(caller) ?? []) : [session]) {
-      const handle = readingHandleOf(held);
+      const handle = this.readingHandleOf(held);
       if (handle === undefined || queue.has(held)) continue;
       handle.readStop();
       if ((this.sessions.get(held) as Single | undefined)?.readInTurn === this.turn) queue.add(held);
@@ -220,7 +229,7 @@ export class CallerStreamShares {
         queue.delete(session);
         const state = this.sessions.get(session);
         room -= state === undefined || state === MIXED ? 1 : state.limit;
-        readingHandleOf(session)?.readStart();
+        this.readingHandleOf(session)?.readStart();
       }
       if (queue.size === 0) this.stopped.delete(caller);
     }
@@ -234,9 +243,14 @@ export class CallerStreamShares {
     this.turnEnd = undefined;
     this.forgetTurn();
     for (const queue of this.stopped.values()) {
-      for (const session of queue) readingHandleOf(session)?.readStart();
+      for (const session of queue) this.readingHandleOf(session)?.readStart();
     }
     this.stopped.clear();
+  }
+
+  /** The socket handle a session reads from, while it is open. */
+  private readingHandleOf(session: Http2Session): ReadingHandle | undefined {
+    return session.destroyed ? undefined : this.handles.get(session);
   }
 
   private forgetTurn(): void {
@@ -285,7 +299,7 @@ export class CallerStreamShares {
     const queue = this.stopped.get(caller);
     if (queue?.delete(session) !== true) return;
     if (queue.size === 0) this.stopped.delete(caller);
-    readingHandleOf(session)?.readStart();
+    this.readingHandleOf(session)?.readStart();
   }
 
   private recompute(): void {
@@ -325,9 +339,8 @@ export class CallerStreamShares {
   }
 }
 
-/** The socket handle a session reads from, while it has one (node:http2's socket proxy passes `_handle` through). */
-function readingHandleOf(session: Http2Session): ReadingHandle | undefined {
-  if (session.destroyed) return undefined;
+/** The handle under a session's socket (node:http2's socket proxy passes `_handle` through). */
+function socketHandleOf(session: Http2Session): ReadingHandle | undefined {
   const handle = (session.socket as { _handle?: Partial<ReadingHandle> | null } | undefined)?._handle;
   return typeof handle?.readStop === "function" && typeof handle.readStart === "function"
     ? (handle as ReadingHandle)
