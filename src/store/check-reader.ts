@@ -63,7 +63,7 @@ function nextAllocation(allocated: number, capacity: number): number {
  * A string's 32-bit FNV-1a hash, its bits then mixed (murmur3's finalizer) so that ids differing
  * only in their last characters spread over a table's low bits.
  */
-function hashString(key: string): number {
+export function hashString(key: string): number {
   let hash = 0x811c9dc5;
   for (let index = 0; index < key.length; index++) hash = Math.imul(hash ^ key.charCodeAt(index), 0x01000193);
   hash = Math.imul(hash ^ (hash >>> 16), 0x85ebca6b);

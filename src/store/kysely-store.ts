@@ -10,6 +10,7 @@ import {
   CachingCheckReader,
   type CheckCacheStats,
   type CheckReader,
+  DEFAULT_CHECK_CACHE_ENTRIES,
   LruMap,
 } from "./check-reader.js";
 import type { FeedListener } from "./feed-notifications.js";
@@ -208,7 +209,8 @@ export class KyselyStore implements Store {
       );
     } else {
       if (options.sqlite === undefined) throw new Error("KyselyStore on SQLite needs options.sqlite");
-      this.#checks = new CachingCheckReader(new SqliteCheckSource(options.sqlite, db), options.checkCacheEntries);
+      const cacheEntries = options.checkCacheEntries ?? DEFAULT_CHECK_CACHE_ENTRIES;
+      this.#checks = new CachingCheckReader(new SqliteCheckSource(options.sqlite, db, cacheEntries), cacheEntries);
     }
   }
 

@@ -1,5 +1,5 @@
 // The check cache's reads on SQLite, straight through better-sqlite3: a miss is one prepared
-// primary-key read and a batch's misses one prepared statement (`id in (?, ?, ...)`, one per
+// primary-key read and a batch's misses one prepared statement (`seq in (?, ?, ...)`, one per
 // number of ids), with no query building, no promise and no wait for Kysely's connection mutex.
 // Each row comes back as one JSON array (json_array, times as epoch milliseconds computed by SQLite)
 // and one JSON.parse: better-sqlite3 builds a row's array or object through one V8 API call per
@@ -8,11 +8,17 @@
 // statement synchronously on the one connection this process holds exclusively; the one state in
 // which such a read could see uncommitted rows, a write's open transaction, is reported by idle(),
 // and then the read waits for Kysely's connection.
+//
+// The table's key is its rowid (`seq`), not `id`: reading by id descends the `id` index and then
+// the table, two random pages of a file far larger than the caches, and the index's descent was
+// about a third of what a batch's miss cost more than a hit. So the source remembers where each id
+// it read lives (RowidIndex) and reads those by rowid, one descent; an id it has not placed yet is
+// read by id, and placed.
 
 import type SqliteDatabase from "better-sqlite3";
 import type { Kysely } from "kysely";
 import type { State } from "../domain/connection.js";
-import type { CheckSource } from "./check-reader.js";
+import { type CheckSource, hashString } from "./check-reader.js";
 import { translateError } from "./errors.js";
 import { CONNECTION_RECORD_COLUMNS } from "./rows.js";
 import type { Database } from "./schema.js";
@@ -20,13 +26,17 @@ import type { ConnectionRecord } from "./store.js";
 
 const TIME_COLUMNS: ReadonlySet<string> = new Set(["create_time", "update_time", "activate_time", "deactivate_time"]);
 
-/** One row as a JSON array of CONNECTION_RECORD_COLUMNS' values, times (stored as ISO 8601 text) in epoch ms. */
-const ROW_AS_JSON = `json_array(${CONNECTION_RECORD_COLUMNS.map((column) =>
+/**
+ * One row as a JSON array of its rowid and CONNECTION_RECORD_COLUMNS' values, times (stored as ISO
+ * 8601 text) in epoch ms.
+ */
+const ROW_AS_JSON = `json_array(seq, ${CONNECTION_RECORD_COLUMNS.map((column) =>
   TIME_COLUMNS.has(column) ? `cast(round(unixepoch(${column}, 'subsec') * 1000) as integer)` : column,
 ).join(", ")})`;
 
 /** ROW_AS_JSON parsed. */
 type ConnectionValues = [
+  rowid: number,
   id: string,
   sourceOrganizationId: string,
   destinationOrganizationId: string,
@@ -46,19 +56,29 @@ type ConnectionValues = [
 const MAX_IDS_PER_STATEMENT = 100;
 /** Distinct scope sets kept parsed; the scope catalogue allows a handful, so this is only a bound. */
 const MAX_SCOPE_SETS = 256;
+/** How many ids the source places at most, for each entry the check cache holds (RowidIndex's bound). */
+export const PLACED_IDS_PER_CACHE_ENTRY = 4;
 
 export class SqliteCheckSource implements CheckSource {
   // Prepared on first use: a replica started before the migrate step has no table to prepare them on.
   #byId: SqliteDatabase.Statement<[string], string> | undefined;
+  #byRowid: SqliteDatabase.Statement<[number], string> | undefined;
   /** Index n: the statement for n ids. */
   readonly #byIds: (SqliteDatabase.Statement<string[], string> | undefined)[] = [];
+  /** Index n: the statement for n rowids. */
+  readonly #byRowids: (SqliteDatabase.Statement<number[], string> | undefined)[] = [];
+  readonly #rowids: RowidIndex;
   /** Scopes as stored (a JSON array) to the frozen array every record with them shares. */
   readonly #scopes = new Map<string, readonly string[]>();
 
+  /** @param cacheEntries the check cache's capacity: the source places up to PLACED_IDS_PER_CACHE_ENTRY times as many ids */
   constructor(
     private readonly database: SqliteDatabase.Database,
     private readonly db: Kysely<Database>,
-  ) {}
+    cacheEntries: number,
+  ) {
+    this.#rowids = new RowidIndex(PLACED_IDS_PER_CACHE_ENTRY * cacheEntries);
+  }
 
   idle(): boolean {
     return !this.database.inTransaction;
@@ -66,11 +86,20 @@ export class SqliteCheckSource implements CheckSource {
 
   one(id: string): ConnectionRecord | undefined {
     try {
+      const rowid = this.#rowids.get(id);
+      if (rowid !== undefined) {
+        this.#byRowid ??= this.database
+          .prepare<[number], string>(`select ${ROW_AS_JSON} from connections where seq = ?`)
+          .pluck(true);
+        const row = this.#byRowid.get(rowid);
+        const values = row === undefined ? undefined : (JSON.parse(row) as ConnectionValues);
+        if (values?.[1] === id) return this.#record(values);
+      }
       this.#byId ??= this.database
         .prepare<[string], string>(`select ${ROW_AS_JSON} from connections where id = ?`)
         .pluck(true);
       const row = this.#byId.get(id);
-      return row === undefined ? undefined : this.#record(row);
+      return row === undefined ? undefined : this.#placed(JSON.parse(row) as ConnectionValues);
     } catch (error) {
       throw translateError(error);
     }
@@ -79,9 +108,29 @@ export class SqliteCheckSource implements CheckSource {
   many(ids: readonly string[]): ConnectionRecord[] {
     try {
       const records: ConnectionRecord[] = [];
-      for (let from = 0; from < ids.length; from += MAX_IDS_PER_STATEMENT) {
-        const chunk = ids.length <= MAX_IDS_PER_STATEMENT ? ids : ids.slice(from, from + MAX_IDS_PER_STATEMENT);
-        for (const row of this.#statementFor(chunk.length).all(...chunk)) records.push(this.#record(row));
+      // The rowid each placed id is read at; the rest, and any two ids whose hashes place them at one
+      // rowid, are read by id.
+      const idAt = new Map<number, string>();
+      const unplaced: string[] = [];
+      for (const id of ids) {
+        const rowid = this.#rowids.get(id);
+        if (rowid === undefined || idAt.has(rowid)) unplaced.push(id);
+        else idAt.set(rowid, id);
+      }
+      if (idAt.size > 0) {
+        for (const row of this.#rows(this.#byRowids, "seq", [...idAt.keys()])) {
+          const values = JSON.parse(row) as ConnectionValues;
+          // Another id's row, placed here by a colliding hash: that id is read by id below.
+          if (idAt.get(values[0]) !== values[1]) continue;
+          idAt.delete(values[0]);
+          records.push(this.#record(values));
+        }
+        for (const id of idAt.values()) unplaced.push(id);
+      }
+      if (unplaced.length > 0) {
+        for (const row of this.#rows(this.#byIds, "id", unplaced)) {
+          records.push(this.#placed(JSON.parse(row) as ConnectionValues));
+        }
       }
       return records;
     } catch (error) {
@@ -94,34 +143,47 @@ export class SqliteCheckSource implements CheckSource {
     return this.db.connection().execute(async () => read());
   }
 
-  #statementFor(count: number): SqliteDatabase.Statement<string[], string> {
-    let statement = this.#byIds[count];
-    if (statement === undefined) {
-      const placeholders = new Array<string>(count).fill("?").join(", ");
-      statement = this.database
-        .prepare<string[], string>(`select ${ROW_AS_JSON} from connections where id in (${placeholders})`)
-        .pluck(true);
-      this.#byIds[count] = statement;
+  /** The rows whose `column` is among `keys`: one statement per MAX_IDS_PER_STATEMENT keys. */
+  *#rows<K extends string | number>(
+    statements: (SqliteDatabase.Statement<K[], string> | undefined)[],
+    column: "id" | "seq",
+    keys: readonly K[],
+  ): Generator<string> {
+    for (let from = 0; from < keys.length; from += MAX_IDS_PER_STATEMENT) {
+      const chunk = keys.length <= MAX_IDS_PER_STATEMENT ? keys : keys.slice(from, from + MAX_IDS_PER_STATEMENT);
+      let statement = statements[chunk.length];
+      if (statement === undefined) {
+        const placeholders = new Array<string>(chunk.length).fill("?").join(", ");
+        statement = this.database
+          .prepare<K[], string>(`select ${ROW_AS_JSON} from connections where ${column} in (${placeholders})`)
+          .pluck(true);
+        statements[chunk.length] = statement;
+      }
+      yield* statement.all(...chunk);
     }
-    return statement;
   }
 
-  #record(json: string): ConnectionRecord {
-    const row = JSON.parse(json) as ConnectionValues;
+  /** A row read by id: its rowid is remembered, so that the next read of it is by rowid. */
+  #placed(values: ConnectionValues): ConnectionRecord {
+    this.#rowids.set(values[1], values[0]);
+    return this.#record(values);
+  }
+
+  #record(row: ConnectionValues): ConnectionRecord {
     return {
-      id: row[0],
-      sourceOrganizationId: row[1],
-      destinationOrganizationId: row[2],
-      name: row[3],
-      scopes: this.#parsedScopes(row[4]),
-      state: row[5] as State,
-      createTime: new Date(row[6]),
-      updateTime: new Date(row[7]),
-      activateTime: row[8] === null ? undefined : new Date(row[8]),
-      deactivateTime: row[9] === null ? undefined : new Date(row[9]),
-      creator: row[10],
-      createRequestId: row[11],
-      version: row[12],
+      id: row[1],
+      sourceOrganizationId: row[2],
+      destinationOrganizationId: row[3],
+      name: row[4],
+      scopes: this.#parsedScopes(row[5]),
+      state: row[6] as State,
+      createTime: new Date(row[7]),
+      updateTime: new Date(row[8]),
+      activateTime: row[9] === null ? undefined : new Date(row[9]),
+      deactivateTime: row[10] === null ? undefined : new Date(row[10]),
+      creator: row[11],
+      createRequestId: row[12],
+      version: row[13],
     };
   }
 
@@ -133,5 +195,88 @@ export class SqliteCheckSource implements CheckSource {
       this.#scopes.set(json, scopes);
     }
     return scopes;
+  }
+}
+
+const INITIAL_POSITIONS = 1024;
+
+/**
+ * Where ids' rows are: each id's 32-bit hash (hashString) to its rowid, for the ids read so far. A
+ * Connection is never deleted nor inserted again, so an id's rowid never changes; and a read by
+ * rowid checks the id of the row it gets, so a colliding hash only sends that id to a read by id.
+ *
+ * An open-addressing table (linear probing, at most half full) of (hash, rowid) pairs in one typed
+ * array: 16 to 32 bytes an id (8 a position, half to three quarters of them empty) and no object.
+ * It doubles while it holds fewer than `maxIds` ids (so it holds up to twice as many); once full, a
+ * new id takes its home position from the id there, which is then read by id again.
+ */
+export class RowidIndex {
+  /** Per position: a hash, then a rowid (0: an empty position; SQLite's rowids here start at 1). */
+  #entries = new Int32Array(2 * INITIAL_POSITIONS);
+  #mask = INITIAL_POSITIONS - 1;
+  #size = 0;
+
+  constructor(private readonly maxIds: number) {}
+
+  get size(): number {
+    return this.#size;
+  }
+
+  get(id: string): number | undefined {
+    const hash = hashString(id);
+    const entries = this.#entries;
+    for (let position = hash & this.#mask; ; position = (position + 1) & this.#mask) {
+      const rowid = entries[2 * position + 1] as number;
+      if (rowid === 0) return undefined;
+      if (entries[2 * position] === hash) return rowid;
+    }
+  }
+
+  set(id: string, rowid: number): void {
+    // An Int32Array holds it; SQLite's rowids would only grow past it after two billion inserts.
+    if (rowid < 1 || rowid > 0x7fff_ffff) return;
+    const hash = hashString(id);
+    let entries = this.#entries;
+    let position = hash & this.#mask;
+    for (; entries[2 * position + 1] !== 0; position = (position + 1) & this.#mask) {
+      if (entries[2 * position] === hash) {
+        entries[2 * position + 1] = rowid;
+        return;
+      }
+    }
+    if (2 * (this.#size + 1) > this.#mask + 1) {
+      if (this.#size >= this.maxIds) {
+        // Full: the id takes its home position from the id there, so no position is newly taken
+        // (at least half stay empty, which ends every probe) and every probe run stays whole. An
+        // empty home is left empty.
+        position = hash & this.#mask;
+        if (entries[2 * position + 1] === 0) return;
+        entries[2 * position] = hash;
+        entries[2 * position + 1] = rowid;
+        return;
+      }
+      this.#grow();
+      entries = this.#entries;
+      for (position = hash & this.#mask; entries[2 * position + 1] !== 0; position = (position + 1) & this.#mask);
+    }
+    entries[2 * position] = hash;
+    entries[2 * position + 1] = rowid;
+    this.#size++;
+  }
+
+  #grow(): void {
+    const old = this.#entries;
+    const positions = old.length; // twice as many as before
+    const entries = new Int32Array(2 * positions);
+    const mask = positions - 1;
+    for (let from = 0; from < old.length; from += 2) {
+      if (old[from + 1] === 0) continue;
+      let position = (old[from] as number) & mask;
+      while (entries[2 * position + 1] !== 0) position = (position + 1) & mask;
+      entries[2 * position] = old[from] as number;
+      entries[2 * position + 1] = old[from + 1] as number;
+    }
+    this.#entries = entries;
+    this.#mask = mask;
   }
 }

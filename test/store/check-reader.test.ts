@@ -2,17 +2,19 @@
 
 import SqliteDatabase from "better-sqlite3";
 import { Kysely, SqliteDialect, sql } from "kysely";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
   BatchingCheckReader,
   CachingCheckReader,
   type CheckSource,
+  hashString,
   LruMap,
   RecentMisses,
 } from "../../src/store/check-reader.js";
 import { KyselyStore } from "../../src/store/kysely-store.js";
 import { migrateToLatest } from "../../src/store/migrations.js";
 import type { Database } from "../../src/store/schema.js";
+import { RowidIndex, SqliteCheckSource } from "../../src/store/sqlite-check-source.js";
 import type { ConnectionRecord } from "../../src/store/store.js";
 import { connectionRecord, createdEvent, newOrganization, transition } from "./fixtures.js";
 
@@ -487,7 +489,94 @@ describe("CachingCheckReader on SQLite (SqliteCheckSource)", () => {
     expect(await checks).toEqual([a, [b, a]]);
     expect(await reader.getConnectionForCheck(a.id)).toEqual(a);
   });
+
+  it("reads an id it read before by its rowid, one descent instead of the id index's and the table's", () => {
+    const prepared = vi.spyOn(sqlite, "prepare");
+    try {
+      const source = new SqliteCheckSource(sqlite, db, 10);
+      expect(source.many([a.id, b.id])).toEqual(expect.arrayContaining([a, b]));
+      expect(source.one(c.id)).toEqual(c);
+      const byId = prepared.mock.calls.map(([text]) => text);
+      expect(byId.every((text) => / where id (=|in) /.test(text))).toBe(true);
+      prepared.mockClear();
+      expect(source.many([b.id, a.id, "cxn_unknown"])).toEqual(expect.arrayContaining([a, b]));
+      expect(source.one(c.id)).toEqual(c);
+      const texts = prepared.mock.calls.map(([text]) => text);
+      expect(texts).toHaveLength(3); // seq in (?, ?), id in (?) for the unknown id, and seq = ?
+      expect(texts.filter((text) => / where seq (=|in) /.test(text))).toHaveLength(2);
+    } finally {
+      prepared.mockRestore();
+    }
+  });
+
+  it("answers ids whose hashes collide with each other's own rows, one at a time or in one batch", async () => {
+    const [x, y] = [await newOrganization(writer), await newOrganization(writer)];
+    const [firstId, secondId] = collidingIds("cxn_collide_");
+    const first = connectionRecord(x, y, { id: firstId, name: "first" });
+    const second = connectionRecord(y, x, { id: secondId, name: "second" });
+    for (const record of [first, second]) await writer.createConnection(record, createdEvent(record));
+    const source = new SqliteCheckSource(sqlite, db, 10);
+    expect(source.one(first.id)).toEqual(first);
+    // Placed at first's rowid by its hash: read there, found to be another's, then read by id.
+    expect(source.one(second.id)).toEqual(second);
+    expect(source.one(first.id)).toEqual(first);
+    expect(source.many([second.id])).toEqual([second]);
+    expect(source.many([first.id, second.id, a.id])).toEqual(expect.arrayContaining([first, second, a]));
+    expect(source.many([first.id, second.id, a.id])).toHaveLength(3);
+    expect(await cold().getConnectionsForCheck([second.id, first.id])).toEqual([second, first]);
+  });
 });
+
+describe("RowidIndex", () => {
+  it("answers each placed id's rowid as it grows, and nothing for an id never placed", () => {
+    const index = new RowidIndex(100_000);
+    for (let n = 1; n <= 20_000; n++) index.set(`cxn_${n}`, n);
+    expect(index.size).toBe(20_000);
+    for (let n = 1; n <= 20_000; n++) expect(index.get(`cxn_${n}`)).toBe(n);
+    expect(index.get("cxn_0")).toBeUndefined();
+    expect(index.get("cxn_20001")).toBeUndefined();
+  });
+
+  it("places no more than its bound: a later id takes its home position, and no id answers another's rowid unless their hashes collide", () => {
+    const index = new RowidIndex(1_000);
+    for (let n = 1; n <= 5_000; n++) index.set(`cxn_${n}`, n);
+    // Full at half its positions, the first power of two at or past the bound.
+    expect(index.size).toBe(1_024);
+    let placed = 0;
+    for (let n = 1; n <= 5_000; n++) {
+      const rowid = index.get(`cxn_${n}`);
+      if (rowid === undefined) continue;
+      if (rowid === n) placed++;
+      else expect(hashString(`cxn_${rowid}`)).toBe(hashString(`cxn_${n}`));
+    }
+    expect(placed).toBeGreaterThan(800);
+  });
+
+  it("stays at most half full however many ids it is given, so looking up an id it does not hold ends", () => {
+    const index = new RowidIndex(1_000);
+    for (let n = 1; n <= 100_000; n++) index.set(`cxn_${n}`, n);
+    expect(index.size).toBe(1_024);
+    for (let n = 100_001; n <= 110_000; n++) expect(index.get(`cxn_${n}`) ?? n).toBe(n);
+  });
+
+  it("ignores rowids an Int32Array cannot hold", () => {
+    const index = new RowidIndex(10);
+    index.set("cxn_big", 2 ** 31);
+    index.set("cxn_zero", 0);
+    expect([index.get("cxn_big"), index.get("cxn_zero"), index.size]).toEqual([undefined, undefined, 0]);
+  });
+});
+
+/** Two ids of the form `${prefix}${n}` whose hashes collide (a birthday search: about 2^16 ids). */
+function collidingIds(prefix: string): [string, string] {
+  const seen = new Map<number, string>();
+  for (let n = 0; ; n++) {
+    const id = `${prefix}${n}`;
+    const other = seen.get(hashString(id));
+    if (other !== undefined) return [other, id];
+    seen.set(hashString(id), id);
+  }
+}
 
 describe("BatchingCheckReader", () => {
   const records = Array.from({ length: 10 }, (_, i) => connectionRecord("org_a", `org_${i}`));
