@@ -14,7 +14,7 @@ import {
 import { KyselyStore } from "../../src/store/kysely-store.js";
 import { migrateToLatest } from "../../src/store/migrations.js";
 import type { Database } from "../../src/store/schema.js";
-import { RowidIndex, SqliteCheckSource } from "../../src/store/sqlite-check-source.js";
+import { RowidIndex, SqliteCheckSource, timeOf } from "../../src/store/sqlite-check-source.js";
 import type { ConnectionRecord } from "../../src/store/store.js";
 import { connectionRecord, createdEvent, newOrganization, transition } from "./fixtures.js";
 
@@ -564,6 +564,29 @@ describe("RowidIndex", () => {
     index.set("cxn_big", 2 ** 31);
     index.set("cxn_zero", 0);
     expect([index.get("cxn_big"), index.get("cxn_zero"), index.size]).toEqual([undefined, undefined, 0]);
+  });
+});
+
+describe("timeOf", () => {
+  it("reads every time toISOString writes exactly as Date does, and leaves other text to Date", () => {
+    const samples = [
+      "1000-01-01T00:00:00.000Z",
+      "1969-12-31T23:59:59.999Z",
+      "2024-02-29T12:00:00.500Z",
+      "9999-12-31T23:59:59.999Z",
+      "0001-01-01T00:00:00.001Z",
+      "0999-12-31T23:59:59.999Z",
+      "+275760-09-13T00:00:00.000Z",
+      "2026-01-01 01:02:03",
+      "2026-01-01T01:02:03Z",
+    ];
+    let seed = 7;
+    for (let n = 0; n < 10_000; n++) {
+      seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+      // 1000-01-01 to 9999-12-31
+      samples.push(new Date(-30_610_224_000_000 + (seed / 2 ** 31) * 283_985_308_800_000).toISOString());
+    }
+    for (const text of samples) expect(timeOf(text).getTime(), text).toBe(new Date(text).getTime());
   });
 });
 
