@@ -137,23 +137,35 @@ export class SqliteCheckSource implements CheckSource {
   }
 
   /** The rows whose `column` is among `keys`: one statement per MAX_IDS_PER_STATEMENT keys. */
-  *#rows<K extends string | number>(
+  #rows<K extends string | number>(
     statements: (SqliteDatabase.Statement<K[], string> | undefined)[],
     column: "id" | "seq",
     keys: readonly K[],
-  ): Generator<string> {
+  ): string[] {
+    if (keys.length <= MAX_IDS_PER_STATEMENT) return this.#statement(statements, column, keys.length).all(...keys);
+    const rows: string[] = [];
     for (let from = 0; from < keys.length; from += MAX_IDS_PER_STATEMENT) {
-      const chunk = keys.length <= MAX_IDS_PER_STATEMENT ? keys : keys.slice(from, from + MAX_IDS_PER_STATEMENT);
-      let statement = statements[chunk.length];
-      if (statement === undefined) {
-        const placeholders = new Array<string>(chunk.length).fill("?").join(", ");
-        statement = this.database
-          .prepare<K[], string>(`select ${ROW_AS_JSON} from connections where ${column} in (${placeholders})`)
-          .pluck(true);
-        statements[chunk.length] = statement;
-      }
-      yield* statement.all(...chunk);
+      const chunk = keys.slice(from, from + MAX_IDS_PER_STATEMENT);
+      for (const row of this.#statement(statements, column, chunk.length).all(...chunk)) rows.push(row);
     }
+    return rows;
+  }
+
+  /** The statement that reads the rows whose `column` is among `count` keys, prepared on first use. */
+  #statement<K extends string | number>(
+    statements: (SqliteDatabase.Statement<K[], string> | undefined)[],
+    column: "id" | "seq",
+    count: number,
+  ): SqliteDatabase.Statement<K[], string> {
+    let statement = statements[count];
+    if (statement === undefined) {
+      const placeholders = new Array<string>(count).fill("?").join(", ");
+      statement = this.database
+        .prepare<K[], string>(`select ${ROW_AS_JSON} from connections where ${column} in (${placeholders})`)
+        .pluck(true);
+      statements[count] = statement;
+    }
+    return statement;
   }
 
   /** A row read by id: its rowid is remembered, so that the next read of it is by rowid. */
