@@ -509,6 +509,33 @@ describe("CachingCheckReader on SQLite (SqliteCheckSource)", () => {
     }
   });
 
+  it("searches by the table's integer primary key or the id index, never scanning, in every statement it prepares", () => {
+    const prepared = vi.spyOn(sqlite, "prepare");
+    const texts: string[] = [];
+    try {
+      const source = new SqliteCheckSource(sqlite, db, 10);
+      for (let round = 0; round < 2; round++) {
+        source.one(a.id);
+        source.many([a.id, b.id, "cxn_unknown"]);
+      }
+      texts.push(...prepared.mock.calls.map(([text]) => text));
+    } finally {
+      prepared.mockRestore();
+    }
+    // id = ?, seq in (?), id in (?, ?), then seq = ?, seq in (?, ?), id in (?)
+    expect(texts).toHaveLength(6);
+    for (const text of texts) {
+      const plan = sqlite
+        .prepare(`explain query plan ${text}`)
+        .all(...Array.from({ length: (text.match(/\?/g) ?? []).length }, () => 1)) as { detail: string }[];
+      const details = plan.map((step) => step.detail).join("; ");
+      expect(details, text).toMatch(
+        /^SEARCH connections USING (INTEGER PRIMARY KEY \(rowid=\?\)|INDEX sqlite_autoindex_connections_\d \(id=\?\))/,
+      );
+      expect(details, text).not.toMatch(/SCAN/);
+    }
+  });
+
   it("answers ids whose hashes collide with each other's own rows, one at a time or in one batch", async () => {
     const [x, y] = [await newOrganization(writer), await newOrganization(writer)];
     const [firstId, secondId] = collidingIds("cxn_collide_");
