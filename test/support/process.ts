@@ -83,7 +83,9 @@ export function untilLogged(
       () => reject(new Error(`service did not start in ${timeoutMs} ms:\n${stderr}`)),
       timeoutMs,
     );
-    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+    const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+    const drained = new Promise((resolve) => lines.once("close", resolve));
+    lines.on("line", (line) => {
       let entry: Record<string, unknown>;
       try {
         entry = JSON.parse(line) as Record<string, unknown>;
@@ -96,9 +98,13 @@ export function untilLogged(
         resolve(entry);
       }
     });
-    exited.then((code) => {
+    exited.then(async (code) => {
       clearTimeout(timer);
-      reject(new Error(`service exited with ${code} before serving:\n${stderr}`));
+      // A service that fails at start logs why on stdout (JSON), not stderr: its last lines, once
+      // read (the exit can come before the pipe's last bytes), say it.
+      await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, 1_000).unref())]);
+      const lastLogs = logs.slice(-5).map((entry) => JSON.stringify(entry));
+      reject(new Error(`service exited with ${code} before serving:\n${stderr}${lastLogs.join("\n")}`));
     });
   });
 }
