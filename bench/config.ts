@@ -40,6 +40,8 @@ export const config = {
   randomSeed: integer("BENCH_RANDOM_SEED", 20_260_101),
   /** Another checkout of the service (with node_modules) to run on a copy of the SQLite data set, for before/after. */
   compareRoot: process.env.BENCH_COMPARE_ROOT || undefined,
+  /** The allocator of every server: the image's (jemalloc, bench/allocator.ts), or glibc's malloc with BENCH_ALLOCATOR=glibc. */
+  allocator: process.env.BENCH_ALLOCATOR === "glibc" ? ("glibc" as const) : ("image" as const),
   overload: process.env.BENCH_OVERLOAD !== "off",
   overloadSeconds: {
     seconds: integer("BENCH_OVERLOAD_SECONDS", 20),

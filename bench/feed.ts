@@ -23,6 +23,7 @@ import {
 } from "../gen/connections/v1/connection_service_pb.js";
 import { OrganizationService } from "../gen/connections/v1/organization_service_pb.js";
 import { openStore } from "../src/store/open.js";
+import { serverAllocator } from "./processes.js";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const adminUrl = process.env.BENCH_DATABASE_URL || process.env.TEST_DATABASE_URL;
@@ -39,7 +40,7 @@ interface Replica {
 function startReplica(env: Record<string, string>): Promise<Replica> {
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
     cwd: ROOT,
-    env: { ...process.env, PORT: "0", ADMIN_PORT: "off", LOG_LEVEL: "info", ...env },
+    env: { ...process.env, ...serverAllocator().env, PORT: "0", ADMIN_PORT: "off", LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));

@@ -8,6 +8,7 @@
 
 import { execFileSync, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { aptInstall } from "./apt.js";
 
 export interface H2loadOptions {
   readonly url: string;
@@ -63,9 +64,7 @@ export function ensureH2load(progress: (line: string) => void): string {
   };
   const existing = found();
   if (existing !== undefined) return existing;
-  if (process.getuid?.() === 0) {
-    progress("h2load is missing: apt-get install -y nghttp2-client");
-    execFileSync("sh", ["-c", "apt-get update -qq && apt-get install -y -qq nghttp2-client"], { stdio: "inherit" });
+  if (aptInstall("nghttp2-client", progress)) {
     const installed = found();
     if (installed !== undefined) return installed;
   }

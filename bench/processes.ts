@@ -6,6 +6,7 @@ import { closeSync, openSync, readdirSync, readFileSync } from "node:fs";
 import http2 from "node:http2";
 import { connect, createServer } from "node:net";
 import { createInterface } from "node:readline";
+import { type Allocator, benchAllocator } from "./allocator.js";
 import type { ClientMessage, ListResult, LoadResult, Plan } from "./workload.js";
 
 export const ROOT = new URL("..", import.meta.url).pathname;
@@ -97,10 +98,19 @@ function timeout(name: string, ms: number, stderr: () => string): Promise<never>
   });
 }
 
+let allocator: Allocator | undefined;
+
+/** The allocator every server runs with (allocator.ts), chosen on first use. */
+export function serverAllocator(progress: (line: string) => void = () => {}): Allocator {
+  allocator ??= benchAllocator(progress);
+  return allocator;
+}
+
 /** A bench server script (baseline-server.ts, ceiling-server.ts) that prints {"port": N}, on a free port. */
 export async function startBenchServer(name: string, script: string): Promise<Child & { readonly port: number }> {
   const child = spawn(process.execPath, ["--import", "tsx", script], {
     cwd: ROOT,
+    env: { ...process.env, ...serverAllocator().env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const stderr = collect(child);
@@ -169,9 +179,7 @@ export async function startService(options: ServiceOptions): Promise<StartedServ
     CALLERS_FILE: options.callersFile,
     // Metrics on, as deployed (a free port: nothing scrapes it here).
     ADMIN_PORT: "0",
-    // glibc's malloc as the image sets it (Dockerfile).
-    MALLOC_ARENA_MAX: "2",
-    MALLOC_TRIM_THRESHOLD_: "131072",
+    ...serverAllocator().env,
     ...options.env,
   };
   if (options.logLevel === undefined) delete env.LOG_LEVEL;

@@ -34,7 +34,7 @@ import { config, integer } from "./config.js";
 import { frame } from "./grpc-client.js";
 import { ensureH2load } from "./h2load.js";
 import { overloadScenarios, runOverload } from "./overload.js";
-import { buildService, cleanUp, onCleanUp, statusMiB } from "./processes.js";
+import { buildService, cleanUp, onCleanUp, serverAllocator, statusMiB } from "./processes.js";
 import {
   count,
   log,
@@ -76,6 +76,7 @@ async function main(): Promise<void> {
     `service: NODE_ENV=production, a CALLERS_FILE of sha256 digests, LOG_LEVEL=${config.logLevel ?? "its default"}, ` +
       "metrics on, stdout to a file; each client runs in its own process",
   );
+  log(`allocator of every server: ${serverAllocator(progress).description}`);
   const workDir = await mkdtemp(join(tmpdir(), "connections-bench-"));
   onCleanUp("work directory", () => rm(workDir, { recursive: true, force: true }));
   const credentials = writeCallersFile(workDir);

@@ -1,12 +1,22 @@
-// The container image: the HEALTHCHECK script against a real service (always), and, when a
-// container engine answers here, the image built from the Dockerfile, run, found healthy over
-// grpc.health.v1, and stopped with SIGTERM into exit code 0.
+// The container image: the HEALTHCHECK script against a real service (always); the service on the
+// allocator the image preloads, with the Dockerfile's own settings (when libjemalloc2 is installed
+// here: .ci/run installs it); and, when a container engine answers here, the image built from the
+// Dockerfile, run, found healthy over grpc.health.v1, and stopped with SIGTERM into exit code 0.
 
-import { execFile, execFileSync, spawn } from "node:child_process";
+import { execFile, execFileSync, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
+import { imageAllocatorEnv, jemallocLoaded } from "../../bench/allocator.js";
+import {
+  CheckConnectionRequest_Action,
+  CheckConnectionResponse_Reason,
+} from "../../gen/connections/v1/connection_service_pb.js";
 import { createTestPki } from "../support/certificates.js";
 import { BUILT_HEALTHCHECK, type ServiceProcess, startServiceProcess } from "../support/process.js";
+import { GrpcJsRpcClient, uniqueId } from "../support/service.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const run = promisify(execFile);
@@ -62,6 +72,59 @@ describe("HEALTHCHECK script (dist/src/bin/healthcheck.js)", () => {
     }
   });
 });
+
+const allocatorEnv = imageAllocatorEnv();
+/** Whether the library the Dockerfile preloads is installed here: a wrong name fails below, not skips. */
+const allocatorInstalled = execFileSync("/sbin/ldconfig", ["-p"], { encoding: "utf8" }).includes(
+  `${allocatorEnv.LD_PRELOAD} `,
+);
+if (!allocatorInstalled) {
+  console.warn(`allocator test skipped: ${allocatorEnv.LD_PRELOAD} is not installed (apt-get install libjemalloc2)`);
+}
+
+describe.skipIf(!allocatorInstalled)(
+  "the image's allocator: jemalloc, preloaded with the Dockerfile's settings",
+  () => {
+    it("is loaded, and takes every MALLOC_CONF setting without a warning", () => {
+      expect(jemallocLoaded(allocatorEnv)).toBe(true);
+      // jemalloc ignores a setting it does not know, saying so only on stderr.
+      const probe = spawnSync(process.execPath, ["-e", "0"], {
+        env: { ...process.env, ...allocatorEnv },
+        encoding: "utf8",
+      });
+      expect(probe.status).toBe(0);
+      expect(probe.stderr).toBe("");
+    });
+
+    it("runs the service with jemalloc mapped: writes, checks, and a drain that exits 0", async () => {
+      const directory = mkdtempSync(join(tmpdir(), "connections-jemalloc-"));
+      const service = await startServiceProcess({ DATABASE_URL: `sqlite:${join(directory, "c.db")}`, ...allocatorEnv });
+      const client = new GrpcJsRpcClient(`127.0.0.1:${service.port}`);
+      try {
+        expect(readFileSync(`/proc/${service.child.pid}/maps`, "utf8")).toContain("libjemalloc");
+        const [source, destination] = [uniqueId("org"), uniqueId("org")];
+        for (const id of [source, destination]) {
+          await client.as({ caller: "provisioning" }).createOrganization({ id, name: id });
+        }
+        const { connection } = await client
+          .as({ caller: "api-gateway", organizationId: source })
+          .createConnection({ destinationOrganizationId: destination, scopes: ["account.read"] });
+        const check = await client.as({ caller: "token-service" }).checkConnection({
+          connectionId: connection?.id ?? "",
+          organizationId: source,
+          action: CheckConnectionRequest_Action.ISSUE_SHARE_TOKEN,
+          scope: "account.read",
+        });
+        expect(check.reason).toBe(CheckConnectionResponse_Reason.NOT_ACTIVE);
+      } finally {
+        client.close();
+        const code = await service.stop("SIGTERM");
+        rmSync(directory, { recursive: true, force: true });
+        expect(code).toBe(0);
+      }
+    });
+  },
+);
 
 /** "docker" or "podman" when one is installed and its daemon/runtime answers, else undefined. */
 function containerEngine(): string | undefined {
