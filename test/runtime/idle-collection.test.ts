@@ -1,12 +1,13 @@
-// The collections after a burst: when they run (quiet, and the old generation holds more than after
-// the last full collection; or quiet for a while with the young generation still at its storm
-// size), when they do not (busy, or nothing to give back), and that on the real process the first
-// frees what a burst left.
+// The collections after a burst: when they run (the first quiet look after a burst; quiet, and the
+// old generation holds more than after the last full collection; or quiet for a while with the
+// young generation still at its storm size), when they do not (busy, a short spell of work, or
+// nothing to give back), and that on the real process the first frees what a burst left.
 
 import vm from "node:vm";
 import pino from "pino";
 import { describe, expect, it, vi } from "vitest";
 import {
+  BURST_LOOKS,
   collectWhenIdle,
   IdleCollector,
   LARGE_YOUNG_BYTES,
@@ -104,6 +105,49 @@ describe("IdleCollector: the old generation", () => {
       expect(collector.tick()).toBeUndefined();
     }
     expect(runtime.collections).toBe(0);
+  });
+});
+
+describe("IdleCollector: the end of a burst", () => {
+  it("collects at the first quiet look after BURST_LOOKS busy looks, and only then", () => {
+    const runtime = new FakeRuntime();
+    const collector = new IdleCollector(runtime);
+    runtime.busy = 0.9;
+    // A storm's leftovers that the old generation's growth does not show (native memory, mostly).
+    runtime.garbage = MIB;
+    expect(ticks(collector, BURST_LOOKS)).toEqual([]);
+    runtime.busy = QUIET_UTILIZATION;
+    expect(collector.tick()).toBe("burst ended");
+    expect(runtime.garbage).toBe(0);
+    expect(ticks(collector, 20)).toEqual([]);
+    expect(runtime.collections).toBe(1);
+  });
+
+  it("leaves a shorter spell of work to the other rules, and counts a burst's looks in a row", () => {
+    const runtime = new FakeRuntime();
+    const collector = new IdleCollector(runtime);
+    runtime.garbage = MIB;
+    for (let spell = 0; spell < 5; spell++) {
+      runtime.busy = 0.9;
+      expect(ticks(collector, BURST_LOOKS - 1)).toEqual([]);
+      runtime.busy = 0;
+      expect(collector.tick()).toBeUndefined();
+    }
+    expect(runtime.collections).toBe(0);
+  });
+
+  it("counts the old generation's growth from the collection that ended the burst", () => {
+    const runtime = new FakeRuntime();
+    const collector = new IdleCollector(runtime);
+    runtime.busy = 0.9;
+    runtime.garbage = WORTH_COLLECTING_BYTES - 1;
+    ticks(collector, BURST_LOOKS);
+    runtime.busy = 0;
+    expect(collector.tick()).toBe("burst ended");
+    runtime.garbage = WORTH_COLLECTING_BYTES - 1;
+    expect(collector.tick()).toBeUndefined();
+    runtime.garbage = WORTH_COLLECTING_BYTES;
+    expect(collector.tick()).toBe("old generation grew");
   });
 });
 
