@@ -15,8 +15,9 @@ import {
   CheckConnectionResponse_Reason,
 } from "../../gen/connections/v1/connection_service_pb.js";
 import { createTestPki } from "../support/certificates.js";
+import { connectionFixture } from "../support/fixtures.js";
 import { BUILT_HEALTHCHECK, type ServiceProcess, startServiceProcess } from "../support/process.js";
-import { GrpcJsRpcClient, uniqueId } from "../support/service.js";
+import { GrpcJsRpcClient } from "../support/service.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const run = promisify(execFile);
@@ -102,20 +103,14 @@ describe.skipIf(!allocatorInstalled)(
       const client = new GrpcJsRpcClient(`127.0.0.1:${service.port}`);
       try {
         expect(readFileSync(`/proc/${service.child.pid}/maps`, "utf8")).toContain("libjemalloc");
-        const [source, destination] = [uniqueId("org"), uniqueId("org")];
-        for (const id of [source, destination]) {
-          await client.as({ caller: "provisioning" }).createOrganization({ id, name: id });
-        }
-        const { connection } = await client
-          .as({ caller: "api-gateway", organizationId: source })
-          .createConnection({ destinationOrganizationId: destination, scopes: ["account.read"] });
+        const { source, connection } = await connectionFixture(client, { state: "ACTIVE", scopes: ["account.read"] });
         const check = await client.as({ caller: "token-service" }).checkConnection({
-          connectionId: connection?.id ?? "",
+          connectionId: connection.id,
           organizationId: source,
           action: CheckConnectionRequest_Action.ISSUE_SHARE_TOKEN,
           scope: "account.read",
         });
-        expect(check.reason).toBe(CheckConnectionResponse_Reason.NOT_ACTIVE);
+        expect(check.reason).toBe(CheckConnectionResponse_Reason.ALLOWED);
       } finally {
         client.close();
         const code = await service.stop("SIGTERM");
