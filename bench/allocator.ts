@@ -53,7 +53,7 @@ export function benchAllocator(progress: (line: string) => void): Allocator {
     return { description: `jemalloc as the image runs it (${described})`, env };
   }
   return {
-    description: `glibc's malloc: libjemalloc2 is not installed, so the servers do not run as the image does (${described})`,
+    description: `glibc's malloc: jemalloc did not load with the image's settings (${described}; is libjemalloc2 installed?), so the servers do not run as the image does`,
     env: {},
   };
 }
